@@ -1,0 +1,415 @@
+//! The invariants: a pure function from state and command to exactly one event.
+
+use time::{Duration, OffsetDateTime};
+
+use crate::command::*;
+use crate::error::DomainError;
+use crate::event::*;
+use crate::state::{Contract, CustomerState};
+
+/// How far in the future a command's `occurred_at` may lie (clock skew between services).
+pub const MAX_CLOCK_SKEW: Duration = Duration::minutes(5);
+/// First-response SLA in minutes (seed 004).
+pub const RESPONSE_SLA_MINUTES: u32 = 120;
+/// Default renewal notice window (seed 000).
+pub const DEFAULT_NOTICE_DAYS: u32 = 90;
+/// Longest accepted identifier (contract, service, complaint, order, request ids).
+pub const MAX_ID_LEN: usize = 200;
+/// Longest accepted free text (names, notes, reasons, comments).
+pub const MAX_TEXT_LEN: usize = 2_000;
+
+/// Checks `command` against `state` and returns the one event it becomes.
+///
+/// `occurred_at` is the business time of the command, `now` the recording time; both are
+/// passed in so the function stays deterministic.
+pub fn decide(
+    state: &CustomerState,
+    command: &Command,
+    occurred_at: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Result<Event, DomainError> {
+    if occurred_at > now + MAX_CLOCK_SKEW {
+        return Err(DomainError::OccurredInFuture);
+    }
+    if let Command::RegisterCustomer(c) = command {
+        return register(state, c);
+    }
+    if !state.registered {
+        return Err(DomainError::CustomerNotRegistered);
+    }
+    if state.churned
+        && !matches!(
+            command,
+            Command::SignContract(_) | Command::LogIntervention(_)
+        )
+    {
+        return Err(DomainError::CustomerChurned);
+    }
+    match command {
+        Command::RegisterCustomer(_) => Err(DomainError::CustomerAlreadyRegistered),
+        Command::SignContract(c) => contracts::sign(state, c),
+        Command::MarkRenewalDue(c) => contracts::mark_renewal_due(state, c, occurred_at),
+        Command::RenewContract(c) => contracts::renew(state, c),
+        Command::ExpandContract(c) => contracts::expand(state, c),
+        Command::TerminateContract(c) => contracts::terminate(state, c),
+        Command::DeliverService(c) => service::deliver(state, c),
+        Command::DelayService(c) => service::delay(state, c),
+        Command::RespondToRequest(c) => service::respond(c),
+        Command::LogComplaint(c) => complaints::log(state, c),
+        Command::ResolveComplaint(c) => complaints::resolve(state, c),
+        Command::DeliverValueAdd(c) => care::value_add(c),
+        Command::RecordCareTouch(c) => care::care_touch(c),
+        Command::RecordSurvey(c) => care::survey(c),
+        Command::LogIntervention(c) => care::intervention(c),
+        Command::RecordPurchase(c) => usage::purchase(state, c),
+        Command::RecordActivity(c) => usage::activity(c),
+        Command::FlagInactivity(c) => usage::inactivity(c),
+        Command::ChangeKeyContact(c) => usage::key_contact(c),
+    }
+}
+
+fn register(state: &CustomerState, c: &RegisterCustomer) -> Result<Event, DomainError> {
+    if state.registered {
+        return Err(DomainError::CustomerAlreadyRegistered);
+    }
+    let name = text("name", &c.name, MAX_TEXT_LEN)?;
+    Ok(Event::CustomerRegistered(CustomerRegistered {
+        name,
+        segment: opt_text("segment", &c.segment)?,
+        region: opt_text("region", &c.region)?,
+        account_manager: opt_text("account_manager", &c.account_manager)?,
+        acquisition_channel: opt_text("acquisition_channel", &c.acquisition_channel)?,
+    }))
+}
+
+/// A trimmed, non-empty string of at most `max` characters.
+fn text(field: &'static str, value: &str, max: usize) -> Result<String, DomainError> {
+    let v = value.trim();
+    if v.is_empty() {
+        return Err(DomainError::EmptyField { field });
+    }
+    if v.chars().count() > max {
+        return Err(DomainError::FieldTooLong { field, max });
+    }
+    Ok(v.to_owned())
+}
+
+fn id(field: &'static str, value: &str) -> Result<String, DomainError> {
+    text(field, value, MAX_ID_LEN)
+}
+
+/// Optional free text: blank becomes absent.
+fn opt_text(field: &'static str, value: &Option<String>) -> Result<Option<String>, DomainError> {
+    match value.as_deref().map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) => text(field, v, MAX_TEXT_LEN).map(Some),
+    }
+}
+
+fn positive(field: &'static str, amount: i64) -> Result<i64, DomainError> {
+    if amount <= 0 {
+        return Err(DomainError::InvalidAmount { field });
+    }
+    Ok(amount)
+}
+
+fn currency(code: &str) -> Result<String, DomainError> {
+    if code.len() == 3 && code.bytes().all(|b| b.is_ascii_uppercase()) {
+        Ok(code.to_owned())
+    } else {
+        Err(DomainError::InvalidCurrency(code.to_owned()))
+    }
+}
+
+fn active_contract<'s>(
+    state: &'s CustomerState,
+    contract_id: &str,
+) -> Result<&'s Contract, DomainError> {
+    let contract = state
+        .contracts
+        .get(contract_id)
+        .ok_or_else(|| DomainError::ContractNotFound(contract_id.to_owned()))?;
+    if !contract.is_active() {
+        return Err(DomainError::ContractNotActive(contract_id.to_owned()));
+    }
+    Ok(contract)
+}
+
+mod contracts {
+    use super::*;
+
+    pub(super) fn sign(state: &CustomerState, c: &SignContract) -> Result<Event, DomainError> {
+        let contract_id = id("contract_id", &c.contract_id)?;
+        if state.contracts.contains_key(&contract_id) {
+            return Err(DomainError::ContractAlreadyExists(contract_id));
+        }
+        positive("value_minor", c.value_minor)?;
+        let currency = currency(&c.currency)?;
+        if c.ends_on <= c.starts_on {
+            return Err(DomainError::InvalidDates("ends_on must be after starts_on"));
+        }
+        let notice_days = c.notice_days.unwrap_or(DEFAULT_NOTICE_DAYS);
+        if notice_days > 3_650 {
+            return Err(DomainError::OutOfRange {
+                field: "notice_days",
+                detail: "at most 3650",
+            });
+        }
+        Ok(Event::ContractSigned(ContractSigned {
+            contract_id,
+            value_minor: c.value_minor,
+            currency,
+            starts_on: c.starts_on,
+            ends_on: c.ends_on,
+            notice_days,
+            win_back: state.churned,
+        }))
+    }
+
+    pub(super) fn mark_renewal_due(
+        state: &CustomerState,
+        c: &MarkRenewalDue,
+        occurred_at: OffsetDateTime,
+    ) -> Result<Event, DomainError> {
+        let contract = active_contract(state, &c.contract_id)?;
+        if c.term_ends_on != contract.ends_on {
+            return Err(DomainError::TermMismatch {
+                contract_id: c.contract_id.clone(),
+            });
+        }
+        if contract.renewal_due_for == Some(contract.ends_on) {
+            return Err(DomainError::RenewalAlreadyMarked {
+                contract_id: c.contract_id.clone(),
+            });
+        }
+        let window_opens = contract.ends_on - Duration::days(i64::from(contract.notice_days));
+        if occurred_at.date() < window_opens {
+            return Err(DomainError::RenewalNotDue {
+                contract_id: c.contract_id.clone(),
+            });
+        }
+        Ok(Event::RenewalMarkedDue(RenewalMarkedDue {
+            contract_id: c.contract_id.clone(),
+            term_ends_on: c.term_ends_on,
+            notice_days: contract.notice_days,
+        }))
+    }
+
+    pub(super) fn renew(state: &CustomerState, c: &RenewContract) -> Result<Event, DomainError> {
+        let contract = active_contract(state, &c.contract_id)?;
+        if c.new_ends_on <= contract.ends_on {
+            return Err(DomainError::InvalidDates(
+                "new_ends_on must be after the contract's current end",
+            ));
+        }
+        if let Some(v) = c.value_minor {
+            positive("value_minor", v)?;
+        }
+        Ok(Event::ContractRenewed(ContractRenewed {
+            contract_id: c.contract_id.clone(),
+            previous_ends_on: contract.ends_on,
+            new_ends_on: c.new_ends_on,
+            value_minor: c.value_minor,
+        }))
+    }
+
+    pub(super) fn expand(state: &CustomerState, c: &ExpandContract) -> Result<Event, DomainError> {
+        active_contract(state, &c.contract_id)?;
+        positive("added_value_minor", c.added_value_minor)?;
+        Ok(Event::ContractExpanded(ContractExpanded {
+            contract_id: c.contract_id.clone(),
+            kind: c.kind,
+            added_value_minor: c.added_value_minor,
+        }))
+    }
+
+    pub(super) fn terminate(
+        state: &CustomerState,
+        c: &TerminateContract,
+    ) -> Result<Event, DomainError> {
+        active_contract(state, &c.contract_id)?;
+        let others_active = state
+            .contracts
+            .iter()
+            .any(|(id, k)| id != &c.contract_id && k.is_active());
+        Ok(Event::ContractTerminated(ContractTerminated {
+            contract_id: c.contract_id.clone(),
+            reason: opt_text("reason", &c.reason)?,
+            churned: !others_active,
+        }))
+    }
+}
+
+mod service {
+    use super::*;
+
+    pub(super) fn deliver(state: &CustomerState, c: &DeliverService) -> Result<Event, DomainError> {
+        active_contract(state, &c.contract_id)?;
+        let service_id = id("service_id", &c.service_id)?;
+        if c.delivered_on > c.promised_on {
+            return Err(DomainError::DeliveryLate);
+        }
+        Ok(Event::ServiceDelivered(ServiceDelivered {
+            contract_id: c.contract_id.clone(),
+            service_id,
+            promised_on: c.promised_on,
+            delivered_on: c.delivered_on,
+            exceeded_expectations: c.exceeded_expectations.unwrap_or(false),
+        }))
+    }
+
+    pub(super) fn delay(state: &CustomerState, c: &DelayService) -> Result<Event, DomainError> {
+        active_contract(state, &c.contract_id)?;
+        let service_id = id("service_id", &c.service_id)?;
+        if c.days_late == 0 || c.days_late > 3_650 {
+            return Err(DomainError::OutOfRange {
+                field: "days_late",
+                detail: "between 1 and 3650",
+            });
+        }
+        Ok(Event::ServiceDelayed(ServiceDelayed {
+            contract_id: c.contract_id.clone(),
+            service_id,
+            promised_on: c.promised_on,
+            days_late: c.days_late,
+            reason: opt_text("reason", &c.reason)?,
+        }))
+    }
+
+    pub(super) fn respond(c: &RespondToRequest) -> Result<Event, DomainError> {
+        Ok(Event::RequestResponded(RequestResponded {
+            request_id: id("request_id", &c.request_id)?,
+            response_minutes: c.response_minutes,
+            within_sla: c.response_minutes <= RESPONSE_SLA_MINUTES,
+        }))
+    }
+}
+
+mod complaints {
+    use super::*;
+
+    pub(super) fn log(state: &CustomerState, c: &LogComplaint) -> Result<Event, DomainError> {
+        let complaint_id = id("complaint_id", &c.complaint_id)?;
+        if state.complaints.contains_key(&complaint_id) {
+            return Err(DomainError::ComplaintAlreadyExists(complaint_id));
+        }
+        Ok(Event::ComplaintLogged(ComplaintLogged {
+            complaint_id,
+            severity: c.severity,
+            topic: opt_text("topic", &c.topic)?,
+        }))
+    }
+
+    pub(super) fn resolve(
+        state: &CustomerState,
+        c: &ResolveComplaint,
+    ) -> Result<Event, DomainError> {
+        let complaint = state
+            .complaints
+            .get(&c.complaint_id)
+            .ok_or_else(|| DomainError::ComplaintNotFound(c.complaint_id.clone()))?;
+        if !complaint.open {
+            return Err(DomainError::ComplaintNotOpen(c.complaint_id.clone()));
+        }
+        Ok(Event::ComplaintResolved(ComplaintResolved {
+            complaint_id: c.complaint_id.clone(),
+            severity: complaint.severity,
+            resolution_hours: c.resolution_hours,
+        }))
+    }
+}
+
+mod care {
+    use super::*;
+    use crate::types::SurveyKind;
+
+    pub(super) fn value_add(c: &DeliverValueAdd) -> Result<Event, DomainError> {
+        Ok(Event::ValueAddDelivered(ValueAddDelivered {
+            kind: c.kind,
+            note: opt_text("note", &c.note)?,
+        }))
+    }
+
+    pub(super) fn care_touch(c: &RecordCareTouch) -> Result<Event, DomainError> {
+        Ok(Event::CareTouchRecorded(CareTouchRecorded {
+            kind: c.kind,
+            note: opt_text("note", &c.note)?,
+        }))
+    }
+
+    pub(super) fn survey(c: &RecordSurvey) -> Result<Event, DomainError> {
+        let ok = match c.kind {
+            SurveyKind::Csat => (1..=5).contains(&c.score),
+            SurveyKind::Nps => c.score <= 10,
+        };
+        if !ok {
+            return Err(DomainError::OutOfRange {
+                field: "score",
+                detail: "csat is 1-5, nps is 0-10",
+            });
+        }
+        Ok(Event::SurveyAnswered(SurveyAnswered {
+            kind: c.kind,
+            score: c.score,
+            comment: opt_text("comment", &c.comment)?,
+        }))
+    }
+
+    pub(super) fn intervention(c: &LogIntervention) -> Result<Event, DomainError> {
+        Ok(Event::InterventionLogged(InterventionLogged {
+            action: c.action,
+            note: opt_text("note", &c.note)?,
+            alert_id: match &c.alert_id {
+                Some(a) => Some(id("alert_id", a)?),
+                None => None,
+            },
+        }))
+    }
+}
+
+mod usage {
+    use super::*;
+
+    pub(super) fn purchase(state: &CustomerState, c: &RecordPurchase) -> Result<Event, DomainError> {
+        let order_id = id("order_id", &c.order_id)?;
+        if state.orders.contains(&order_id) {
+            return Err(DomainError::DuplicateOrder(order_id));
+        }
+        positive("amount_minor", c.amount_minor)?;
+        Ok(Event::PurchaseRecorded(PurchaseRecorded {
+            order_id,
+            amount_minor: c.amount_minor,
+            currency: currency(&c.currency)?,
+            ordered_on: c.ordered_on,
+        }))
+    }
+
+    pub(super) fn activity(c: &RecordActivity) -> Result<Event, DomainError> {
+        Ok(Event::ActivityRecorded(ActivityRecorded {
+            day: c.day,
+            logins: c.logins,
+            active_users: c.active_users,
+        }))
+    }
+
+    pub(super) fn inactivity(c: &FlagInactivity) -> Result<Event, DomainError> {
+        if c.days_inactive == 0 {
+            return Err(DomainError::OutOfRange {
+                field: "days_inactive",
+                detail: "at least 1",
+            });
+        }
+        Ok(Event::InactivityFlagged(InactivityFlagged {
+            days_inactive: c.days_inactive,
+            last_activity_on: c.last_activity_on,
+        }))
+    }
+
+    pub(super) fn key_contact(c: &ChangeKeyContact) -> Result<Event, DomainError> {
+        Ok(Event::KeyContactChanged(KeyContactChanged {
+            role: c.role,
+            previous_contact: opt_text("previous_contact", &c.previous_contact)?,
+            new_contact: text("new_contact", &c.new_contact, MAX_TEXT_LEN)?,
+        }))
+    }
+}

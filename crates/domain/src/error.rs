@@ -1,0 +1,80 @@
+//! Why the domain refused a command.
+
+use thiserror::Error;
+
+/// A business rule refused the command. Each variant has a stable snake_case
+/// [`code`](DomainError::code) that clients can rely on.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum DomainError {
+    #[error("customer is not registered")]
+    CustomerNotRegistered,
+    #[error("customer is already registered")]
+    CustomerAlreadyRegistered,
+    #[error("customer has churned; only sign_contract (win-back) and log_intervention are accepted")]
+    CustomerChurned,
+    #[error("contract {0} already exists")]
+    ContractAlreadyExists(String),
+    #[error("contract {0} not found")]
+    ContractNotFound(String),
+    #[error("contract {0} is not active")]
+    ContractNotActive(String),
+    #[error("complaint {0} already exists")]
+    ComplaintAlreadyExists(String),
+    #[error("complaint {0} not found")]
+    ComplaintNotFound(String),
+    #[error("complaint {0} is already resolved")]
+    ComplaintNotOpen(String),
+    #[error("order {0} is already recorded")]
+    DuplicateOrder(String),
+    #[error("{field} must be greater than zero")]
+    InvalidAmount { field: &'static str },
+    #[error("currency must be a three-letter ISO 4217 code, got {0:?}")]
+    InvalidCurrency(String),
+    #[error("{0}")]
+    InvalidDates(&'static str),
+    #[error("delivered_on is after promised_on; record a late delivery with delay_service")]
+    DeliveryLate,
+    #[error("{field} is out of range: {detail}")]
+    OutOfRange { field: &'static str, detail: &'static str },
+    #[error("{field} must not be empty")]
+    EmptyField { field: &'static str },
+    #[error("{field} is longer than {max} characters")]
+    FieldTooLong { field: &'static str, max: usize },
+    #[error("contract {contract_id} is not inside its notice window yet")]
+    RenewalNotDue { contract_id: String },
+    #[error("renewal of contract {contract_id} is already marked due for this term")]
+    RenewalAlreadyMarked { contract_id: String },
+    #[error("term_ends_on does not match the current end of contract {contract_id}")]
+    TermMismatch { contract_id: String },
+    #[error("occurred_at is in the future")]
+    OccurredInFuture,
+}
+
+impl DomainError {
+    /// The stable, machine-readable code for this refusal.
+    pub fn code(&self) -> &'static str {
+        match self {
+            DomainError::CustomerNotRegistered => "customer_not_registered",
+            DomainError::CustomerAlreadyRegistered => "customer_already_registered",
+            DomainError::CustomerChurned => "customer_churned",
+            DomainError::ContractAlreadyExists(_) => "contract_already_exists",
+            DomainError::ContractNotFound(_) => "contract_not_found",
+            DomainError::ContractNotActive(_) => "contract_not_active",
+            DomainError::ComplaintAlreadyExists(_) => "complaint_already_exists",
+            DomainError::ComplaintNotFound(_) => "complaint_not_found",
+            DomainError::ComplaintNotOpen(_) => "complaint_not_open",
+            DomainError::DuplicateOrder(_) => "duplicate_order",
+            DomainError::InvalidAmount { .. } => "invalid_amount",
+            DomainError::InvalidCurrency(_) => "invalid_currency",
+            DomainError::InvalidDates(_) => "invalid_dates",
+            DomainError::DeliveryLate => "delivery_late",
+            DomainError::OutOfRange { .. } => "out_of_range",
+            DomainError::EmptyField { .. } => "empty_field",
+            DomainError::FieldTooLong { .. } => "field_too_long",
+            DomainError::RenewalNotDue { .. } => "renewal_not_due",
+            DomainError::RenewalAlreadyMarked { .. } => "renewal_already_marked",
+            DomainError::TermMismatch { .. } => "term_mismatch",
+            DomainError::OccurredInFuture => "occurred_in_future",
+        }
+    }
+}
