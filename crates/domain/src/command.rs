@@ -61,6 +61,15 @@ impl Command {
         "log_intervention",
     ];
 
+    /// The `type` of the event this command becomes when accepted.
+    pub fn event_type(&self) -> &'static str {
+        let i = Command::TYPES
+            .iter()
+            .position(|t| *t == self.command_type())
+            .unwrap_or(0);
+        crate::event::Event::TYPES[i]
+    }
+
     /// The snake_case `type` of this command.
     pub fn command_type(&self) -> &'static str {
         match self {

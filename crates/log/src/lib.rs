@@ -1,1 +1,28 @@
-//! placeholder
+//! The event log on NATS JetStream, shared by the gateway, the projectors and the tools.
+//!
+//! - [`server`] starts a pinned `nats-server` as a child process (for `crm dev` and tests).
+//! - [`connect`] opens a connection from [`NatsConfig`] and refuses servers older than 2.11.
+//! - [`stream`] creates the immutable `CRM_EVENTS` stream or verifies an existing one.
+//! - [`subject`] maps a customer to its partitioned subject.
+//! - [`envelope`] is the JSON wire form of an event with its hash chain and schema version.
+//! - [`log`] is the raw log: conditional appends, per-customer reads, reading everything.
+//! - [`repository`] loads customers (through a bounded cache), decides, appends, retries,
+//!   and keeps idempotency keys for as long as the log exists.
+//! - [`eventstore`] exposes the log through `eventually`'s `EventStore` trait.
+
+pub mod connect;
+pub mod envelope;
+pub mod error;
+pub mod eventstore;
+pub mod log;
+pub mod repository;
+pub mod server;
+pub mod stream;
+pub mod subject;
+
+pub use connect::{NatsConfig, connect};
+pub use envelope::{Envelope, Metadata};
+pub use error::LogError;
+pub use log::{EventLog, StoredEvent};
+pub use repository::{Customers, Receipt, SubmitError, SubmitOptions, Submitted};
+pub use stream::StreamSettings;

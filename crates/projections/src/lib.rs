@@ -1,1 +1,17 @@
-//! placeholder
+//! Projector services: they consume the event log and keep SQL read models.
+//!
+//! - [`store`] opens the read store (SQLite, one file in the data dir) and migrates it.
+//! - [`projector`] is the generic runner: read the log in large batches from the
+//!   checkpoint, let a [`Projection`] fold the batch in memory and write each touched row
+//!   once, and commit the rows together with the new checkpoint in one transaction, so a
+//!   crash at any point neither loses nor double-applies an event.
+//! - [`lifecycle`] is the lifecycle-stage projection and its queries.
+
+pub mod error;
+pub mod lifecycle;
+pub mod projector;
+pub mod store;
+
+pub use error::ProjectionError;
+pub use projector::{Projection, Projector, ProjectorOptions, ProjectorStatus};
+pub use store::ReadStore;

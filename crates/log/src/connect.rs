@@ -1,0 +1,157 @@
+//! Connecting to NATS: credentials, nkeys and TLS from config, and the server-version gate.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::error::LogError;
+
+/// The oldest nats-server the log is correct on. 2.9/2.10 silently ignore consumer
+/// `filter_subjects` and skipped expected-sequence checks in measured runs.
+pub const MIN_SERVER: (u64, u64) = (2, 11);
+
+/// A string that never appears in logs or `Debug` output.
+#[derive(Clone, Deserialize, Default)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+    /// The secret value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// How to reach NATS.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    pub url: String,
+    /// A `.creds` file (JWT + nkey seed).
+    pub credentials_file: Option<PathBuf>,
+    /// An nkey seed (`SU…`).
+    pub nkey_seed: Option<Secret>,
+    pub user: Option<String>,
+    pub password: Option<Secret>,
+    pub token: Option<Secret>,
+    pub require_tls: bool,
+    pub tls_ca_file: Option<PathBuf>,
+    pub tls_cert_file: Option<PathBuf>,
+    pub tls_key_file: Option<PathBuf>,
+    /// Client name shown in the server's connection list.
+    pub name: String,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        Self {
+            url: "nats://127.0.0.1:4222".into(),
+            credentials_file: None,
+            nkey_seed: None,
+            user: None,
+            password: None,
+            token: None,
+            require_tls: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
+            name: "crm".into(),
+        }
+    }
+}
+
+impl NatsConfig {
+    /// A config for a plain URL.
+    pub fn url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+}
+
+/// Connects and checks the server version.
+pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, LogError> {
+    let connect_err = |reason: String| LogError::Connect {
+        url: config.url.clone(),
+        reason,
+    };
+    let mut opts = async_nats::ConnectOptions::new()
+        .name(&config.name)
+        .connection_timeout(Duration::from_secs(5))
+        .request_timeout(Some(Duration::from_secs(10)));
+    if let Some(path) = &config.credentials_file {
+        opts = opts
+            .credentials_file(path)
+            .await
+            .map_err(|e| connect_err(format!("credentials file {}: {e}", path.display())))?;
+    }
+    if let Some(seed) = &config.nkey_seed {
+        opts = opts.nkey(seed.expose().to_owned());
+    }
+    if let (Some(user), Some(pass)) = (&config.user, &config.password) {
+        opts = opts.user_and_password(user.clone(), pass.expose().to_owned());
+    }
+    if let Some(token) = &config.token {
+        opts = opts.token(token.expose().to_owned());
+    }
+    if config.require_tls {
+        opts = opts.require_tls(true);
+    }
+    if let Some(ca) = &config.tls_ca_file {
+        opts = opts.add_root_certificates(ca.clone());
+    }
+    if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
+        opts = opts.add_client_certificate(cert.clone(), key.clone());
+    }
+    let client = opts
+        .connect(config.url.as_str())
+        .await
+        .map_err(|e| connect_err(e.to_string()))?;
+    check_version(&client.server_info().version)?;
+    Ok(client)
+}
+
+/// Refuses servers older than [`MIN_SERVER`].
+pub fn check_version(version: &str) -> Result<(), LogError> {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(|c: char| !c.is_ascii_digit())
+        .map(|p| p.parse::<u64>().unwrap_or(0));
+    let major = parts.next().unwrap_or(0);
+    let minor = parts.next().unwrap_or(0);
+    if (major, minor) < MIN_SERVER {
+        return Err(LogError::ServerTooOld {
+            found: version.to_owned(),
+            required: "2.11",
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_gate() {
+        assert!(check_version("2.9.10").is_err());
+        assert!(check_version("2.10.26").is_err());
+        assert!(check_version("2.11.0").is_ok());
+        assert!(check_version("2.12.8").is_ok());
+        assert!(check_version("3.0.0-beta").is_ok());
+        assert!(check_version("garbage").is_err());
+    }
+}

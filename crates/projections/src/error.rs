@@ -1,0 +1,18 @@
+//! Errors of the projections boundary.
+
+use thiserror::Error;
+
+/// What can stop a projector or a query.
+#[derive(Debug, Error)]
+pub enum ProjectionError {
+    #[error("read store: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("read store migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error(transparent)]
+    Log(#[from] crm_log::LogError),
+    #[error("corrupt projection state for {customer}: {reason}")]
+    CorruptState { customer: String, reason: String },
+    #[error("crash injected before commit of batch {batch}")]
+    InjectedCrash { batch: u64 },
+}

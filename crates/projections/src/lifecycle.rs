@@ -1,0 +1,234 @@
+//! The lifecycle-stage projection: stage, since, won-back flag and transition history per
+//! customer, plus counts per stage.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crm_domain::CustomerId;
+use crm_domain::lifecycle::{Lifecycle, Stage, Transition};
+use crm_log::StoredEvent;
+use serde::Serialize;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::error::ProjectionError;
+use crate::projector::Projection;
+use crate::store::ReadStore;
+
+/// The projection's name.
+pub const NAME: &str = "lifecycle";
+/// Rows per multi-row statement (7 bound values each, well under SQLite's limit).
+const ROWS_PER_STATEMENT: usize = 500;
+
+/// The lifecycle projection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LifecycleProjection;
+
+fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+impl Projection for LifecycleProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn apply_batch(
+        &self,
+        tx: &mut SqliteConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), ProjectionError> {
+        // Load every touched customer once.
+        let mut ids: Vec<CustomerId> = events.iter().map(|e| e.envelope.customer_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut states: HashMap<CustomerId, (Lifecycle, u64)> = HashMap::with_capacity(ids.len());
+        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "SELECT customer_id, state, last_sequence FROM lifecycle_customers WHERE customer_id IN (",
+            );
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(id.to_string());
+            }
+            q.push(")");
+            let rows: Vec<(String, String, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
+            for (id, state, seq) in rows {
+                let corrupt = |reason: String| ProjectionError::CorruptState {
+                    customer: id.clone(),
+                    reason,
+                };
+                let cid = CustomerId::parse(&id).map_err(|e| corrupt(e.to_string()))?;
+                let lc: Lifecycle =
+                    serde_json::from_str(&state).map_err(|e| corrupt(e.to_string()))?;
+                states.insert(cid, (lc, u64::try_from(seq).unwrap_or(0)));
+            }
+        }
+
+        // Fold the batch in memory.
+        let mut transitions: Vec<(CustomerId, Transition, u64)> = Vec::new();
+        for stored in events {
+            let env = &stored.envelope;
+            let event = env.event().map_err(|e| crm_log::LogError::Decode {
+                sequence: stored.sequence,
+                reason: e.to_string(),
+            })?;
+            let (lc, seq) = states.entry(env.customer_id).or_default();
+            if let Some(t) = lc.apply(&event, env.occurred_at, env.version) {
+                transitions.push((env.customer_id, t, stored.sequence));
+            }
+            *seq = (*seq).max(stored.sequence);
+        }
+
+        // Write each touched customer's final state once.
+        let rows: Vec<_> = states
+            .iter()
+            .filter_map(|(id, (lc, seq))| lc.stage.map(|stage| (id, lc, stage, *seq)))
+            .collect();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO lifecycle_customers (customer_id, stage, since, version, last_sequence, won_back, state) ",
+            );
+            q.push_values(chunk, |mut b, (id, lc, stage, seq)| {
+                b.push_bind(id.to_string())
+                    .push_bind(stage.as_str())
+                    .push_bind(lc.since.map(rfc3339).unwrap_or_default())
+                    .push_bind(i64_of(lc.version))
+                    .push_bind(i64_of(*seq))
+                    .push_bind(i64::from(lc.won_back))
+                    .push_bind(serde_json::to_string(lc).unwrap_or_default());
+            });
+            q.push(
+                " ON CONFLICT (customer_id) DO UPDATE SET stage = excluded.stage, since = excluded.since, \
+                 version = excluded.version, last_sequence = excluded.last_sequence, \
+                 won_back = excluded.won_back, state = excluded.state",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in transitions.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO lifecycle_transitions (customer_id, version, from_stage, to_stage, at, event_type, sequence) ",
+            );
+            q.push_values(chunk, |mut b, (id, t, seq)| {
+                b.push_bind(id.to_string())
+                    .push_bind(i64_of(t.version))
+                    .push_bind(t.from.map(|s| s.as_str()))
+                    .push_bind(t.to.as_str())
+                    .push_bind(rfc3339(t.at))
+                    .push_bind(t.event_type.clone())
+                    .push_bind(i64_of(*seq));
+            });
+            q.push(" ON CONFLICT (customer_id, version) DO NOTHING");
+            q.build().execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A customer's lifecycle as the view shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LifecycleView {
+    pub stage: String,
+    pub since: String,
+    pub version: u64,
+    pub won_back: bool,
+    #[serde(skip)]
+    pub last_sequence: u64,
+}
+
+/// One stage change as the view shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransitionView {
+    pub from: Option<String>,
+    pub to: String,
+    pub at: String,
+    pub version: u64,
+    pub event_type: String,
+    pub stream_sequence: u64,
+}
+
+/// The lifecycle of one customer, if the projection has seen it.
+pub async fn get(store: &ReadStore, id: &CustomerId) -> Result<Option<LifecycleView>, ProjectionError> {
+    let row: Option<(String, String, i64, i64, i64)> = sqlx::query_as(
+        "SELECT stage, since, version, won_back, last_sequence FROM lifecycle_customers WHERE customer_id = ?",
+    )
+    .bind(id.to_string())
+    .fetch_optional(store.pool())
+    .await?;
+    Ok(row.map(|(stage, since, version, won_back, seq)| LifecycleView {
+        stage,
+        since,
+        version: u64::try_from(version).unwrap_or(0),
+        won_back: won_back != 0,
+        last_sequence: u64::try_from(seq).unwrap_or(0),
+    }))
+}
+
+/// A customer's stage changes in order, after `after_version`, at most `limit`.
+pub async fn history(
+    store: &ReadStore,
+    id: &CustomerId,
+    after_version: u64,
+    limit: u32,
+) -> Result<Vec<TransitionView>, ProjectionError> {
+    let rows: Vec<(Option<String>, String, String, i64, String, i64)> = sqlx::query_as(
+        "SELECT from_stage, to_stage, at, version, event_type, sequence FROM lifecycle_transitions \
+         WHERE customer_id = ? AND version > ? ORDER BY version LIMIT ?",
+    )
+    .bind(id.to_string())
+    .bind(i64_of(after_version))
+    .bind(i64::from(limit))
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(from, to, at, version, event_type, seq)| TransitionView {
+            from,
+            to,
+            at,
+            version: u64::try_from(version).unwrap_or(0),
+            event_type,
+            stream_sequence: u64::try_from(seq).unwrap_or(0),
+        })
+        .collect())
+}
+
+/// Customers per stage; every stage is present, zero when empty.
+pub async fn stage_counts(store: &ReadStore) -> Result<BTreeMap<String, u64>, ProjectionError> {
+    let rows: Vec<(String, i64)> =
+        sqlx::query_as("SELECT stage, COUNT(*) FROM lifecycle_customers GROUP BY stage")
+            .fetch_all(store.pool())
+            .await?;
+    let mut counts: BTreeMap<String, u64> = Stage::ALL
+        .iter()
+        .map(|s| (s.as_str().to_owned(), 0))
+        .collect();
+    for (stage, n) in rows {
+        counts.insert(stage, u64::try_from(n).unwrap_or(0));
+    }
+    Ok(counts)
+}
+
+/// Every row of the view, for comparing two copies (tests, rebuild checks).
+pub async fn dump(store: &ReadStore) -> Result<Vec<(String, String, String, i64, i64, String)>, ProjectionError> {
+    Ok(sqlx::query_as(
+        "SELECT customer_id, stage, since, version, won_back, state FROM lifecycle_customers ORDER BY customer_id",
+    )
+    .fetch_all(store.pool())
+    .await?)
+}
+
+/// Every transition, for comparing two copies.
+pub async fn dump_transitions(
+    store: &ReadStore,
+) -> Result<Vec<(String, i64, Option<String>, String, String, String, i64)>, ProjectionError> {
+    Ok(sqlx::query_as(
+        "SELECT customer_id, version, from_stage, to_stage, at, event_type, sequence FROM lifecycle_transitions ORDER BY customer_id, version",
+    )
+    .fetch_all(store.pool())
+    .await?)
+}

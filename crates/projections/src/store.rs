@@ -1,0 +1,60 @@
+//! The read store: SQLite in WAL mode, migrated at open.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
+
+use crate::error::ProjectionError;
+
+/// A handle on the read models.
+#[derive(Debug, Clone)]
+pub struct ReadStore {
+    pool: SqlitePool,
+}
+
+impl ReadStore {
+    /// Opens (creating if needed) the SQLite file at `path` and applies migrations.
+    pub async fn open_file(path: &Path) -> Result<Self, ProjectionError> {
+        let url = format!("sqlite://{}", path.display());
+        Self::open(&url).await
+    }
+
+    /// Opens a `sqlite:` URL and applies migrations.
+    pub async fn open(url: &str) -> Result<Self, ProjectionError> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// A projection's checkpoint (0 when it never ran).
+    pub async fn checkpoint(&self, name: &str) -> Result<u64, ProjectionError> {
+        let row: Option<(i64,)> =
+            sqlx::query_as("SELECT last_sequence FROM projection_checkpoints WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(row.map_or(0, |(s,)| u64::try_from(s).unwrap_or(0)))
+    }
+
+    /// Whether the store answers.
+    pub async fn ping(&self) -> Result<(), ProjectionError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
