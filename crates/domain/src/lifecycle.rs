@@ -8,7 +8,7 @@
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
-use time::{Date, OffsetDateTime};
+use time::OffsetDateTime;
 
 use crate::event::Event;
 
@@ -75,8 +75,10 @@ pub struct Lifecycle {
     /// Last applied per-customer version.
     pub version: u64,
     pub active_contracts: BTreeSet<String>,
-    /// Start of the current relationship's first term (reset on win-back).
-    pub term_started_on: Option<Date>,
+    /// Business time the current relationship's first contract was signed (reset on
+    /// win-back); maturity by age counts from here.
+    #[serde(with = "time::serde::rfc3339::option")]
+    pub relationship_started_at: Option<OffsetDateTime>,
     /// A renewal or expansion happened in the current relationship.
     pub renewed_or_expanded: bool,
     pub inactive: bool,
@@ -102,8 +104,9 @@ impl Lifecycle {
                     if self.stage == Some(Stage::Churned) {
                         self.won_back = true;
                     }
-                    if self.stage == Some(Stage::Churned) || self.term_started_on.is_none() {
-                        self.term_started_on = Some(e.starts_on);
+                    if self.stage == Some(Stage::Churned) || self.relationship_started_at.is_none()
+                    {
+                        self.relationship_started_at = Some(occurred_at);
                         self.renewed_or_expanded = false;
                     }
                 }
@@ -140,7 +143,7 @@ impl Lifecycle {
     }
 
     fn derive_stage(&self, at: OffsetDateTime) -> Stage {
-        let Some(started) = self.term_started_on else {
+        let Some(started) = self.relationship_started_at else {
             return Stage::Acquisition;
         };
         if self.active_contracts.is_empty() {
@@ -149,7 +152,7 @@ impl Lifecycle {
         if self.inactive {
             return Stage::Decline;
         }
-        let mature_by_age = (at.date() - started).whole_days() >= MATURITY_AFTER_DAYS;
+        let mature_by_age = (at - started).whole_days() >= MATURITY_AFTER_DAYS;
         if self.renewed_or_expanded || mature_by_age {
             Stage::Maturity
         } else {

@@ -174,6 +174,24 @@ impl NatsServer {
         let _ = self.child.kill().await;
     }
 
+    /// Stops the server gracefully: SIGTERM, then SIGKILL if it has not exited in 5 s.
+    pub async fn stop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(pid.to_string())
+                .status()
+                .await;
+            if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        self.kill().await;
+    }
+
     /// Stops the server gracefully (SIGTERM via the `--signal` flag is not portable, so the
     /// child is killed; JetStream's file store is crash-safe) and starts it again on the same
     /// port and store.

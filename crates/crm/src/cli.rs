@@ -1,0 +1,85 @@
+//! Command-line arguments and dispatch.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::telemetry::LogFormat;
+use crate::{config, dev, services};
+
+/// Event-sourced customer-lifecycle backend.
+#[derive(Debug, Parser)]
+#[command(name = "crm", version, about)]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Commands,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Everything in one process: a pinned nats-server, the gateway and all projectors,
+    /// SQLite read models in the data dir.
+    Dev(dev::DevArgs),
+    /// The HTTP gateway.
+    Gateway {
+        #[arg(long, env = "CRM_CONFIG")]
+        config: Option<PathBuf>,
+        /// Overrides gateway.http_addr.
+        #[arg(long)]
+        http_addr: Option<SocketAddr>,
+    },
+    /// Runs a projector until stopped.
+    Project {
+        /// Projection to run.
+        #[arg(value_parser = ["lifecycle"])]
+        projection: String,
+        #[arg(long, env = "CRM_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// API keys.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Generates a new random key and prints it with the hash to put in config.
+    New,
+    /// Prints the SHA-256 hash of a key for `gateway.api_keys[].key_sha256`.
+    Hash { key: String },
+}
+
+/// Runs the chosen command.
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Commands::Dev(args) => dev::run(args).await,
+        Commands::Gateway { config, http_addr } => {
+            let mut cfg = config::load(config.as_deref())?;
+            if let Some(addr) = http_addr {
+                cfg.gateway.http_addr = addr;
+            }
+            services::run_gateway(cfg).await
+        }
+        Commands::Project { projection, config } => {
+            let cfg = config::load(config.as_deref())?;
+            services::run_projector(cfg, &projection).await
+        }
+        Commands::Key { command } => {
+            match command {
+                KeyCommand::New => {
+                    let key = services::new_api_key();
+                    println!("key: {key}");
+                    println!("key_sha256: {}", crm_gateway::auth::hash_key(&key));
+                }
+                KeyCommand::Hash { key } => println!("{}", crm_gateway::auth::hash_key(&key)),
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,73 @@
+//! The one typed configuration: defaults, then a TOML file, then `CRM_SECTION__KEY`
+//! environment variables (for example `CRM_NATS__URL`, `CRM_GATEWAY__HTTP_ADDR`).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use crm_gateway::GatewayConfig;
+use crm_log::{NatsConfig, StreamSettings};
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// Where the read models live.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StoreConfig {
+    /// SQLite file.
+    pub sqlite_path: PathBuf,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            sqlite_path: PathBuf::from("views.sqlite"),
+        }
+    }
+}
+
+/// Projector tuning.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ProjectorConfig {
+    pub batch_size: usize,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        Self { batch_size: 5_000 }
+    }
+}
+
+/// Everything `crm` can be configured with.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub nats: NatsConfig,
+    pub stream: StreamSettings,
+    pub store: StoreConfig,
+    pub gateway: GatewayConfig,
+    pub projector: ProjectorConfig,
+}
+
+/// Loads defaults, the optional file, then the environment.
+pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    let mut figment = Figment::new();
+    if let Some(path) = path {
+        anyhow::ensure!(path.is_file(), "config file {} does not exist", path.display());
+        figment = figment.merge(Toml::file(path));
+    }
+    // Only nested keys (`CRM_NATS__URL`); flat variables such as CRM_NATS_SERVER are not
+    // configuration.
+    figment = figment.merge(
+        Env::prefixed("CRM_")
+            .filter(|k| k.as_str().contains("__"))
+            .split("__"),
+    );
+    figment
+        .extract()
+        .with_context(|| match path {
+            Some(p) => format!("invalid configuration in {} or CRM_* environment", p.display()),
+            None => "invalid configuration in CRM_* environment".to_owned(),
+        })
+}

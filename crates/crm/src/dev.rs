@@ -1,0 +1,118 @@
+//! `crm dev`: the whole system in one process, for a laptop.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use crm_gateway::{ApiKeyConfig, Role};
+use crm_log::server::{NatsServer, ServerOptions};
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::{config, services};
+
+/// Arguments of `crm dev`.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Address of the HTTP gateway.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub http_addr: SocketAddr,
+    /// Directory for the NATS store, the SQLite views and the dev key.
+    #[arg(long, default_value = "./.crm")]
+    pub data_dir: PathBuf,
+    /// Port of the nats-server to start (a free one by default).
+    #[arg(long, conflicts_with = "nats_url")]
+    pub nats_port: Option<u16>,
+    /// Use this NATS server instead of starting one.
+    #[arg(long)]
+    pub nats_url: Option<String>,
+    /// Optional config file layered under the dev defaults.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+}
+
+/// The dev key with every role, kept in the data dir so a restart reuses it.
+fn dev_key(data_dir: &Path) -> anyhow::Result<String> {
+    let path = data_dir.join("dev-api-key");
+    if let Ok(existing) = std::fs::read_to_string(&path) {
+        let key = existing.trim().to_owned();
+        if !key.is_empty() {
+            return Ok(key);
+        }
+    }
+    let key = services::new_api_key();
+    std::fs::write(&path, format!("{key}\n")).with_context(|| format!("writing {}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
+    }
+    Ok(key)
+}
+
+/// Runs everything until Ctrl-C.
+pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let mut cfg = config::load(args.config.as_deref())?;
+    cfg.store.sqlite_path = data_dir.join("views.sqlite");
+    cfg.gateway.http_addr = args.http_addr;
+
+    let mut server = None;
+    match &args.nats_url {
+        Some(url) => cfg.nats.url = url.clone(),
+        None => {
+            let s = NatsServer::start_with(ServerOptions {
+                port: args.nats_port,
+                store_dir: Some(data_dir.join("nats")),
+                binary: None,
+                log_file: Some(data_dir.join("nats-server.log")),
+            })
+            .await?;
+            cfg.nats.url = s.url();
+            server = Some(s);
+        }
+    }
+
+    let key = dev_key(&data_dir)?;
+    cfg.gateway.api_keys.push(ApiKeyConfig {
+        name: "dev".into(),
+        key_sha256: crm_gateway::auth::hash_key(&key),
+        roles: Role::ALL.to_vec(),
+    });
+
+    let parts = services::open(&cfg).await?;
+    let state = services::app_state(&cfg, &parts)?;
+    let listener = TcpListener::bind(cfg.gateway.http_addr)
+        .await
+        .with_context(|| format!("binding {}", cfg.gateway.http_addr))?;
+    let addr = listener.local_addr()?;
+
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    services::spawn_projectors(&cfg, &parts, &mut tasks, &shutdown);
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        crm_gateway::serve(listener, state, token).await?;
+        Ok(())
+    });
+
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "http: http://{addr}")?;
+        writeln!(out, "nats: {}", cfg.nats.url)?;
+        writeln!(out, "api key: {key}")?;
+        writeln!(out, "data dir: {}", data_dir.display())?;
+        writeln!(out, "ready")?;
+        out.flush()?;
+    }
+
+    let result = services::supervise(tasks, shutdown).await;
+    if let Some(mut s) = server {
+        s.stop().await;
+    }
+    result
+}

@@ -1,0 +1,85 @@
+//! Router, shared state and the server loop.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use crm_log::Customers;
+use crm_projections::ReadStore;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::trace::TraceLayer;
+
+use crate::auth::{ApiKeyConfig, Auth};
+use crate::intake::MAX_BODY_BYTES;
+use crate::routes::{commands, customers, health};
+
+/// Gateway settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GatewayConfig {
+    pub http_addr: SocketAddr,
+    pub api_keys: Vec<ApiKeyConfig>,
+    /// How long a read waits for the views to reach this process's own latest write to
+    /// the customer (read-your-writes), in milliseconds.
+    pub read_your_writes_ms: u64,
+    /// Customers kept in the aggregate cache.
+    pub cache_capacity: usize,
+    /// Attempts for a command without `If-Match` that meets concurrent writers.
+    pub max_attempts: u32,
+}
+
+impl Default for GatewayConfig {
+    fn default() -> Self {
+        Self {
+            http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            api_keys: Vec::new(),
+            read_your_writes_ms: 2_000,
+            cache_capacity: crm_log::repository::DEFAULT_CACHE_CAPACITY,
+            max_attempts: crm_log::repository::DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub customers: Arc<Customers>,
+    pub store: ReadStore,
+    pub auth: Arc<Auth>,
+    pub read_wait: Duration,
+}
+
+/// The HTTP router.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/openapi.json", get(health::openapi))
+        .route("/v1/customers/{customer_id}/commands", post(commands::submit))
+        .route("/v1/customers/{customer_id}", get(customers::get_customer))
+        .route(
+            "/v1/customers/{customer_id}/lifecycle/history",
+            get(customers::lifecycle_history),
+        )
+        .route("/v1/stages", get(customers::stages))
+        .fallback(health::not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// Serves until `shutdown` is cancelled, then drains in-flight requests.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}

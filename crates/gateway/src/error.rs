@@ -1,0 +1,99 @@
+//! API errors and their one mapping to HTTP.
+
+use axum::Json;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use crm_domain::DomainError;
+use crm_log::{LogError, SubmitError};
+use crm_projections::ProjectionError;
+use serde_json::json;
+
+/// Everything a handler can answer with besides success.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed or invalid input: `code` is stable, `message` is for humans.
+    #[error("{message}")]
+    BadRequest { code: &'static str, message: String },
+    #[error("missing or invalid API key")]
+    Unauthenticated,
+    #[error("the key's roles do not allow this call (needs {needed})")]
+    Forbidden { needed: &'static str },
+    #[error("{what} not found")]
+    NotFound { code: &'static str, what: String },
+    #[error("request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+    #[error(transparent)]
+    Projection(#[from] ProjectionError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+}
+
+impl ApiError {
+    /// A 400 with a code.
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        ApiError::BadRequest {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Status and stable code.
+    pub fn status_and_code(&self) -> (StatusCode, &'static str) {
+        match self {
+            ApiError::BadRequest { code, .. } => (StatusCode::BAD_REQUEST, code),
+            ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
+            ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
+            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::Submit(e) => match e {
+                SubmitError::Rejected(d) => (StatusCode::UNPROCESSABLE_ENTITY, domain_code(d)),
+                SubmitError::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
+                SubmitError::Contention { .. } => (StatusCode::CONFLICT, "concurrent_modification"),
+                SubmitError::IdempotencyKeyReused { .. } => {
+                    (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+                }
+                SubmitError::Log(l) => log_status(l),
+            },
+            ApiError::Log(l) => log_status(l),
+            ApiError::Projection(ProjectionError::Log(l)) => log_status(l),
+            ApiError::Projection(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        }
+    }
+}
+
+fn domain_code(d: &DomainError) -> &'static str {
+    d.code()
+}
+
+fn log_status(e: &LogError) -> (StatusCode, &'static str) {
+    match e {
+        LogError::Conflict { .. } => (StatusCode::CONFLICT, "concurrent_modification"),
+        LogError::Connect { .. } | LogError::Nats(_) | LogError::Server(_) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "log_unavailable")
+        }
+        LogError::ServerTooOld { .. }
+        | LogError::StreamMisconfigured { .. }
+        | LogError::Decode { .. }
+        | LogError::Immutable(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = self.status_and_code();
+        let message = if status.is_server_error() {
+            // Internal details go to the log with their cause chain, not to clients.
+            tracing::error!(error = %self, ?self, code, "request failed");
+            match status {
+                StatusCode::SERVICE_UNAVAILABLE => "the event log is unavailable; retry later".to_owned(),
+                _ => "internal error".to_owned(),
+            }
+        } else {
+            self.to_string()
+        };
+        let body = json!({ "error": { "code": code, "message": message } });
+        (status, Json(body)).into_response()
+    }
+}

@@ -1,0 +1,50 @@
+//! Health, readiness, the OpenAPI document and the JSON 404.
+
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> Json<serde_json::Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+/// `GET /readyz`: NATS and the read store answer.
+pub async fn readyz(State(state): State<AppState>) -> Response {
+    let nats = state.customers.log().ping(Duration::from_secs(2)).await;
+    let store = state.store.ping().await;
+    let body = json!({
+        "nats": if nats.is_ok() { "ok" } else { "unavailable" },
+        "read_store": if store.is_ok() { "ok" } else { "unavailable" },
+    });
+    let status = if nats.is_ok() && store.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(body)).into_response()
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi() -> Response {
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        include_str!("../../openapi.json"),
+    )
+        .into_response()
+}
+
+/// Any unknown route.
+pub async fn not_found() -> ApiError {
+    ApiError::NotFound {
+        code: "not_found",
+        what: "route".into(),
+    }
+}

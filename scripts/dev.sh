@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Starts the whole system on embedded defaults: `crm dev` with its own pinned nats-server
+# and SQLite in ./.crm. Extra arguments go to `crm dev` (see `crm dev --help`).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+bash scripts/setup-nats.sh
+export CRM_NATS_SERVER="$root/.tools/nats-server-2.12.8/nats-server"
+exec cargo run --release --quiet --bin crm -- dev "$@"
