@@ -1,1 +1,9 @@
+//! End-to-end tests of the spine: a real nats-server per test, real SQLite, real HTTP.
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+mod bad_input;
+mod concurrency;
+mod idempotency;
+mod lifecycle;
+mod log_guarantees;
+mod projector_crash;

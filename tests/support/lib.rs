@@ -1,1 +1,243 @@
-//! e2e support
+//! Test support: a real nats-server per test, the real gateway and projectors on free
+//! ports, SQLite in a temporary directory, and a small HTTP client.
+#![allow(clippy::unwrap_used)] // test support: a panic is the failure report
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crm_cli::config::Config;
+use crm_cli::services::{self, Parts};
+use crm_gateway::{ApiKeyConfig, Role};
+use crm_log::server::NatsServer;
+use crm_log::{EventLog, StoredEvent, StreamSettings};
+use reqwest::StatusCode;
+use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+/// The key every test app accepts, with every role.
+pub const KEY: &str = "test-key-all-roles";
+/// A key with only the reader role.
+pub const READER_KEY: &str = "test-key-reader";
+
+/// A nats-server and a temporary directory for one test.
+pub struct Env {
+    pub nats: NatsServer,
+    pub dir: tempfile::TempDir,
+    pub stream: StreamSettings,
+}
+
+impl Env {
+    /// Starts a fresh nats-server.
+    pub async fn new() -> Env {
+        Self::with_stream(StreamSettings::default()).await
+    }
+
+    /// Starts a fresh nats-server; the stream will be created with `stream`.
+    pub async fn with_stream(stream: StreamSettings) -> Env {
+        let nats = NatsServer::start().await.expect("start nats-server");
+        Env {
+            nats,
+            dir: tempfile::tempdir().expect("tempdir"),
+            stream,
+        }
+    }
+
+    /// Config for an app whose read store is the file `views` in the test dir.
+    pub fn config(&self, views: &str) -> Config {
+        let mut cfg = Config::default();
+        cfg.nats.url = self.nats.url();
+        cfg.stream = self.stream.clone();
+        cfg.store.sqlite_path = self.dir.path().join(views);
+        cfg.projector.batch_size = 500;
+        cfg.gateway.api_keys = vec![
+            ApiKeyConfig {
+                name: "tester".into(),
+                key_sha256: crm_gateway::auth::hash_key(KEY),
+                roles: Role::ALL.to_vec(),
+            },
+            ApiKeyConfig {
+                name: "reader".into(),
+                key_sha256: crm_gateway::auth::hash_key(READER_KEY),
+                roles: vec![Role::Reader],
+            },
+        ];
+        cfg
+    }
+
+    /// Opens the log with an independent connection.
+    pub async fn log(&self) -> EventLog {
+        let client = crm_log::connect(&crm_log::NatsConfig::url(self.nats.url()))
+            .await
+            .expect("connect");
+        EventLog::open(client, &self.stream).await.expect("open log")
+    }
+
+    /// Path of a file in the test dir.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+/// A running gateway (+ projectors, unless disabled) on a free port.
+pub struct App {
+    pub base: String,
+    pub parts: Parts,
+    pub http: reqwest::Client,
+    shutdown: CancellationToken,
+    tasks: JoinSet<anyhow::Result<()>>,
+}
+
+impl App {
+    /// Gateway and projectors.
+    pub async fn start(env: &Env) -> App {
+        Self::start_with(env.config("views.sqlite"), true).await
+    }
+
+    /// Gateway, and projectors when `projectors`.
+    pub async fn start_with(cfg: Config, projectors: bool) -> App {
+        let parts = services::open(&cfg).await.expect("open parts");
+        let state = services::app_state(&cfg, &parts).expect("state");
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let base = format!("http://{}", listener.local_addr().expect("addr"));
+        let shutdown = CancellationToken::new();
+        let mut tasks = JoinSet::new();
+        if projectors {
+            services::spawn_projectors(&cfg, &parts, &mut tasks, &shutdown);
+        }
+        let token = shutdown.clone();
+        tasks.spawn(async move {
+            crm_gateway::serve(listener, state, token).await?;
+            Ok(())
+        });
+        App {
+            base,
+            parts,
+            http: reqwest::Client::new(),
+            shutdown,
+            tasks,
+        }
+    }
+
+    /// Stops everything and waits for it.
+    pub async fn stop(mut self) {
+        self.shutdown.cancel();
+        while let Some(r) = self.tasks.join_next().await {
+            r.expect("task panicked").expect("task failed");
+        }
+    }
+
+    /// POSTs a command with extra headers; returns status and JSON body.
+    pub async fn command_with(
+        &self,
+        customer: Uuid,
+        body: &Value,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}/v1/customers/{customer}/commands", self.base))
+            .bearer_auth(KEY)
+            .json(body);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().await.expect("send");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// POSTs a command.
+    pub async fn command(&self, customer: Uuid, body: Value) -> (StatusCode, Value) {
+        self.command_with(customer, &body, &[]).await
+    }
+
+    /// POSTs a command that must be accepted; returns the receipt.
+    pub async fn accept(&self, customer: Uuid, body: Value) -> Value {
+        let (status, json) = self.command(customer, body.clone()).await;
+        assert_eq!(status, StatusCode::CREATED, "{body} -> {json}");
+        json
+    }
+
+    /// GETs a path with the all-roles key.
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("send");
+        let status = resp.status();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Waits until the lifecycle view has applied everything in the log.
+    pub async fn settle(&self) {
+        let head = self.parts.log.head().await.expect("head");
+        wait_for_checkpoint(&self.parts.store, "lifecycle", head).await;
+    }
+}
+
+/// Polls a projection's checkpoint until it reaches `target` (10 s at most).
+pub async fn wait_for_checkpoint(store: &crm_projections::ReadStore, name: &str, target: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let cp = store.checkpoint(name).await.expect("checkpoint");
+        if cp >= target {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "projection {name} stuck at {cp}, target {target}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Every event of every customer in the log, read with an independent consumer.
+pub async fn read_all(log: &EventLog) -> Vec<StoredEvent> {
+    use futures::StreamExt;
+    let head = log.head().await.expect("head");
+    if head == 0 {
+        return Vec::new();
+    }
+    let stream = log.subscribe(0).await.expect("subscribe");
+    let mut stream = std::pin::pin!(stream);
+    let mut out = Vec::new();
+    while let Some(item) = stream.next().await {
+        let e = item.expect("event");
+        let done = e.sequence >= head;
+        out.push(e);
+        if done {
+            break;
+        }
+    }
+    out
+}
+
+/// Checks one customer's chain: versions 1..n, prev_hash links, valid hashes.
+pub fn assert_chain(events: &[StoredEvent]) {
+    let mut prev = crm_log::envelope::GENESIS_HASH.to_owned();
+    for (i, e) in events.iter().enumerate() {
+        assert_eq!(e.envelope.version, i as u64 + 1, "version gap at {}", e.sequence);
+        assert_eq!(e.envelope.prev_hash, prev, "broken link at version {}", i + 1);
+        assert!(e.envelope.hash_is_valid(), "bad hash at version {}", i + 1);
+        prev = e.envelope.hash.clone();
+    }
+}
+
+/// A register_customer body.
+pub fn register(name: &str) -> Value {
+    serde_json::json!({ "type": "register_customer", "name": name })
+}
+
+/// A sign_contract body.
+pub fn sign(contract: &str) -> Value {
+    serde_json::json!({
+        "type": "sign_contract", "contract_id": contract, "value_minor": 1_200_000,
+        "currency": "EUR", "starts_on": "2025-01-01", "ends_on": "2025-12-31"
+    })
+}

@@ -1,0 +1,100 @@
+//! Bad input: the right status and stable code, and nothing written to the log.
+
+use crm_e2e::{App, Env, READER_KEY, register};
+use serde_json::json;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_bad_request_gets_its_code_and_writes_nothing() {
+    let env = Env::new().await;
+    let app = App::start(&env).await;
+    let c = Uuid::now_v7();
+    app.accept(c, register("Strict")).await;
+    app.accept(c, crm_e2e::sign("c1")).await;
+    let log = env.log().await;
+    let head_before = log.head().await.unwrap();
+    let url = format!("{}/v1/customers/{c}/commands", app.base);
+
+    let raw = |body: Vec<u8>| {
+        let http = app.http.clone();
+        let url = url.clone();
+        async move {
+            let resp = http
+                .post(&url)
+                .bearer_auth(crm_e2e::KEY)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let json: serde_json::Value = resp.json().await.unwrap();
+            (status, json["error"]["code"].as_str().unwrap_or("").to_owned())
+        }
+    };
+    let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
+        ("malformed json", b"{\"type\": ".to_vec(), 400, "malformed_json"),
+        ("invalid utf-8", vec![0xff, 0xfe, 0x7b], 400, "malformed_json"),
+        ("not an object", b"[1,2]".to_vec(), 400, "invalid_command"),
+        ("no type", b"{\"name\":\"x\"}".to_vec(), 400, "missing_command_type"),
+        ("unknown type", br#"{"type":"drop_table"}"#.to_vec(), 400, "unknown_command_type"),
+        ("unknown field", br#"{"type":"record_care_touch","kind":"birthday","mood":"happy"}"#.to_vec(), 400, "unknown_field"),
+        ("wrong type", br#"{"type":"respond_to_request","request_id":"r","response_minutes":"soon"}"#.to_vec(), 400, "invalid_command"),
+        ("missing field", br#"{"type":"log_complaint","complaint_id":"k"}"#.to_vec(), 400, "invalid_command"),
+        ("bad enum", br#"{"type":"log_complaint","complaint_id":"k","severity":"apocalyptic"}"#.to_vec(), 400, "invalid_command"),
+        ("bad date", br#"{"type":"record_activity","day":"2025-02-30","logins":1}"#.to_vec(), 400, "invalid_command"),
+        ("bad occurred_at", br#"{"type":"record_care_touch","kind":"other","occurred_at":"tomorrow"}"#.to_vec(), 400, "invalid_occurred_at"),
+        ("negative amount", br#"{"type":"record_purchase","order_id":"o1","amount_minor":-100,"currency":"EUR","ordered_on":"2025-01-01"}"#.to_vec(), 422, "invalid_amount"),
+        ("zero contract value", br#"{"type":"sign_contract","contract_id":"c9","value_minor":0,"currency":"EUR","starts_on":"2025-01-01","ends_on":"2025-02-01"}"#.to_vec(), 422, "invalid_amount"),
+        ("huge number", br#"{"type":"record_purchase","order_id":"o1","amount_minor":1e400,"currency":"EUR","ordered_on":"2025-01-01"}"#.to_vec(), 400, "malformed_json"),
+        ("unknown contract", br#"{"type":"deliver_service","contract_id":"nope","service_id":"s","promised_on":"2025-01-01","delivered_on":"2025-01-01"}"#.to_vec(), 422, "contract_not_found"),
+        ("already registered", br#"{"type":"register_customer","name":"Again"}"#.to_vec(), 422, "customer_already_registered"),
+        ("future", br#"{"type":"record_care_touch","kind":"other","occurred_at":"2999-01-01T00:00:00Z"}"#.to_vec(), 422, "occurred_in_future"),
+        ("oversized", {
+            let mut b = br#"{"type":"record_care_touch","kind":"other","note":""#.to_vec();
+            b.extend(std::iter::repeat_n(b'a', 70_000));
+            b.extend(br#""}"#);
+            b
+        }, 413, "payload_too_large"),
+    ];
+    for (name, body, status, code) in cases {
+        let (got_status, got_code) = raw(body).await;
+        assert_eq!((got_status, got_code.as_str()), (status, code), "case {name}");
+    }
+
+    // A customer that does not exist.
+    let ghost = Uuid::now_v7();
+    let (s, b) = app.command(ghost, json!({"type": "record_care_touch", "kind": "birthday"})).await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (422, Some("customer_not_registered")));
+    let (s, b) = app.get(&format!("/v1/customers/{ghost}")).await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (404, Some("customer_not_found")));
+    let (s, b) = app.get("/v1/customers/not-a-uuid").await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (400, Some("invalid_customer_id")));
+
+    // If-Match with a stale version.
+    let (s, b) = app
+        .command_with(c, &json!({"type": "record_care_touch", "kind": "birthday"}), &[("If-Match", "1")])
+        .await;
+    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (409, Some("version_conflict")));
+
+    // Auth: no key, wrong key, a reader trying to publish.
+    let body = json!({"type": "record_care_touch", "kind": "birthday"});
+    let no_key = app.http.post(&url).json(&body).send().await.unwrap();
+    assert_eq!(no_key.status(), 401);
+    let wrong = app.http.post(&url).bearer_auth("nope").json(&body).send().await.unwrap();
+    assert_eq!(wrong.status(), 401);
+    let reader = app.http.post(&url).bearer_auth(READER_KEY).json(&body).send().await.unwrap();
+    assert_eq!(reader.status(), 403);
+    let err: serde_json::Value = reader.json().await.unwrap();
+    assert_eq!(err["error"]["code"], "forbidden");
+
+    assert_eq!(log.head().await.unwrap(), head_before, "a refused command wrote to the log");
+
+    // If-Match with the current version is accepted.
+    let (s, r) = app
+        .command_with(c, &json!({"type": "record_care_touch", "kind": "birthday"}), &[("If-Match", "2")])
+        .await;
+    assert_eq!(s, 201);
+    assert_eq!(r["version"], 3);
+    app.stop().await;
+}

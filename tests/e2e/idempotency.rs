@@ -1,0 +1,84 @@
+//! Retries with one Idempotency-Key: inside and after JetStream's duplicate window, and
+//! after a restart of the gateway and of nats-server.
+
+use std::time::Duration;
+
+use crm_e2e::{App, Env, read_all, register, sign};
+use crm_log::StreamSettings;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_one_event_forever() {
+    let mut env = Env::with_stream(StreamSettings {
+        duplicate_window: Duration::from_secs(1),
+        ..StreamSettings::default()
+    })
+    .await;
+    let c = Uuid::now_v7();
+    let app = App::start(&env).await;
+    app.accept(c, register("Retry")).await;
+
+    let body = sign("c1");
+    let key = [("Idempotency-Key", "sign-c1-attempt")];
+    let (s1, first) = app.command_with(c, &body, &key).await;
+    assert_eq!(s1, 201, "{first}");
+    let (s2, second) = app.command_with(c, &body, &key).await;
+    assert_eq!(s2, 200);
+    assert_eq!(second, first);
+
+    // Past the server's duplicate window.
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    let (s3, third) = app.command_with(c, &body, &key).await;
+    assert_eq!(s3, 200);
+    assert_eq!(third, first);
+
+    // The same key for a different command is a client bug, not a replay.
+    let other = serde_json::json!({"type": "record_care_touch", "kind": "birthday"});
+    let (s, err) = app.command_with(c, &other, &key).await;
+    assert_eq!(s, 422);
+    assert_eq!(err["error"]["code"], "idempotency_key_reused");
+    app.stop().await;
+
+    // Restart nats-server and the gateway: the key is remembered by the log itself.
+    env.nats.restart(None).await.unwrap();
+    let app = App::start(&env).await;
+    let (s4, fourth) = app.command_with(c, &body, &key).await;
+    assert_eq!(s4, 200, "{fourth}");
+    assert_eq!(fourth, first);
+
+    let log = env.log().await;
+    let with_key: Vec<_> = read_all(&log)
+        .await
+        .into_iter()
+        .filter(|e| e.envelope.idempotency_key.as_deref() == Some("sign-c1-attempt"))
+        .collect();
+    assert_eq!(with_key.len(), 1);
+    assert_eq!(with_key[0].envelope.event_id.to_string(), first["event_id"].as_str().unwrap());
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_retries_with_one_key_write_once() {
+    let env = Env::new().await;
+    let a = App::start(&env).await;
+    let b = App::start_with(env.config("views-b.sqlite"), false).await;
+    let c = Uuid::now_v7();
+    a.accept(c, register("Racer")).await;
+    let body = serde_json::json!({"type": "log_complaint", "complaint_id": "k1", "severity": "major"});
+    let key = [("Idempotency-Key", "complaint-k1")];
+    let (r1, r2, r3, r4) = tokio::join!(
+        a.command_with(c, &body, &key),
+        b.command_with(c, &body, &key),
+        a.command_with(c, &body, &key),
+        b.command_with(c, &body, &key),
+    );
+    let all = [r1, r2, r3, r4];
+    assert_eq!(all.iter().filter(|(s, _)| *s == 201).count(), 1, "{all:?}");
+    assert!(all.iter().all(|(s, b)| (*s == 201 || *s == 200) && b == &all[0].1 || b["event_id"] == all[0].1["event_id"]));
+    let ids: std::collections::HashSet<_> = all.iter().map(|(_, b)| b["event_id"].clone()).collect();
+    assert_eq!(ids.len(), 1);
+    let log = env.log().await;
+    assert_eq!(log.head().await.unwrap(), 2);
+    a.stop().await;
+    b.stop().await;
+}

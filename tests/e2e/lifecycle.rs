@@ -1,0 +1,110 @@
+//! The lifecycle walk through the public command path.
+
+use crm_e2e::{App, Env, register, sign};
+use serde_json::json;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquisition_growth_maturity_churned_and_win_back() {
+    let env = Env::new().await;
+    let app = App::start(&env).await;
+    let c = Uuid::now_v7();
+
+    app.accept(c, register("Acme")).await;
+    let (_, v) = app.get(&format!("/v1/customers/{c}")).await;
+    assert_eq!(v["lifecycle"]["stage"], "acquisition");
+    assert_eq!(v["version"], 1);
+
+    app.accept(c, sign("c1")).await;
+    app.accept(
+        c,
+        json!({"type": "delay_service", "contract_id": "c1", "service_id": "s1",
+               "promised_on": "2025-03-01", "days_late": 3}),
+    )
+    .await;
+    let (_, v) = app.get(&format!("/v1/customers/{c}")).await;
+    assert_eq!(v["lifecycle"]["stage"], "growth", "{v}");
+    assert_eq!(v["version"], 3);
+
+    app.accept(
+        c,
+        json!({"type": "renew_contract", "contract_id": "c1", "new_ends_on": "2026-12-31"}),
+    )
+    .await;
+    let (_, v) = app.get(&format!("/v1/customers/{c}")).await;
+    assert_eq!(v["lifecycle"]["stage"], "maturity");
+
+    app.accept(c, json!({"type": "terminate_contract", "contract_id": "c1", "reason": "budget"}))
+        .await;
+    let (_, v) = app.get(&format!("/v1/customers/{c}")).await;
+    assert_eq!(v["lifecycle"]["stage"], "churned");
+    assert_eq!(v["lifecycle"]["won_back"], false);
+
+    // After churn only a win-back or an intervention is accepted.
+    let (status, body) = app
+        .command(c, json!({"type": "record_care_touch", "kind": "birthday"}))
+        .await;
+    assert_eq!(status, 422);
+    assert_eq!(body["error"]["code"], "customer_churned");
+
+    app.accept(c, sign("c2")).await;
+    let (_, v) = app.get(&format!("/v1/customers/{c}")).await;
+    assert_eq!(v["lifecycle"]["stage"], "growth");
+    assert_eq!(v["lifecycle"]["won_back"], true);
+    assert_eq!(v["version"], 6);
+
+    let (status, h) = app.get(&format!("/v1/customers/{c}/lifecycle/history")).await;
+    assert_eq!(status, 200);
+    let steps: Vec<(serde_json::Value, String, u64, String)> = h["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["from"].clone(),
+                t["to"].as_str().unwrap().to_owned(),
+                t["version"].as_u64().unwrap(),
+                t["event_type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        vec![
+            (json!(null), "acquisition".into(), 1, "customer_registered".into()),
+            (json!("acquisition"), "growth".into(), 2, "contract_signed".into()),
+            (json!("growth"), "maturity".into(), 4, "contract_renewed".into()),
+            (json!("maturity"), "churned".into(), 5, "contract_terminated".into()),
+            (json!("churned"), "growth".into(), 6, "contract_signed".into()),
+        ]
+    );
+
+    let (_, stages) = app.get("/v1/stages").await;
+    assert_eq!(stages["stages"]["growth"], 1);
+    assert_eq!(stages["stages"]["churned"], 0);
+    assert_eq!(stages["total"], 1);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_and_log_survive_a_restart() {
+    let env = Env::new().await;
+    let c = Uuid::now_v7();
+    let app = App::start(&env).await;
+    app.accept(c, register("Persist")).await;
+    app.accept(c, sign("c1")).await;
+    app.settle().await;
+    app.stop().await;
+
+    let app = App::start(&env).await;
+    let (status, v) = app.get(&format!("/v1/customers/{c}")).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["version"], 2);
+    assert_eq!(v["lifecycle"]["stage"], "growth");
+    // The restarted process has an empty cache: the next command still gets version 3.
+    let r = app
+        .accept(c, json!({"type": "record_care_touch", "kind": "holiday"}))
+        .await;
+    assert_eq!(r["version"], 3);
+    app.stop().await;
+}

@@ -1,0 +1,117 @@
+//! What the stream itself guarantees: immutability, refusing a misconfigured stream, the
+//! hash chain, and the eventually EventStore contract.
+
+use async_nats::jetstream;
+use crm_domain::CustomerId;
+use crm_domain::event::{CareTouchRecorded, Event};
+use crm_domain::types::CareTouchKind;
+use crm_e2e::{App, Env, assert_chain, read_all, register};
+use crm_log::eventstore::JetStreamEventStore;
+use crm_log::{Customers, EventLog, LogError, StreamSettings};
+use eventually_core::store::{AppendError, EventStore, Expected, Select};
+use futures::TryStreamExt;
+use std::sync::Arc;
+use uuid::Uuid;
+
+#[tokio::test]
+async fn delete_and_purge_are_refused_by_the_server() {
+    let env = Env::new().await;
+    let app = App::start(&env).await;
+    let c = Uuid::now_v7();
+    app.accept(c, register("Immutable")).await;
+
+    let log = env.log().await;
+    assert!(log.try_delete(1).await.is_err());
+    assert!(log.try_purge().await.is_err());
+
+    // Also with a plain JetStream client, not through our adapter.
+    let client = async_nats::connect(env.nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let stream = js.get_stream("CRM_EVENTS").await.unwrap();
+    assert!(stream.delete_message(1).await.is_err());
+    assert!(stream.purge().await.is_err());
+    assert!(stream.purge().filter(format!("crm.events.*.{c}")).await.is_err());
+    let mut stream = stream;
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.state.messages, 1);
+    assert!(info.config.deny_delete && info.config.deny_purge && info.config.allow_direct);
+    assert_eq!(info.config.metadata.get("crm.partitions").map(String::as_str), Some("16"));
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_mutable_stream_is_refused() {
+    let env = Env::new().await;
+    let client = async_nats::connect(env.nats.url()).await.unwrap();
+    let js = jetstream::new(client.clone());
+    js.create_stream(jetstream::stream::Config {
+        name: "CRM_EVENTS".into(),
+        subjects: vec!["crm.events.*.*".into()],
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let err = EventLog::open(client, &StreamSettings::default()).await.unwrap_err();
+    match err {
+        LogError::StreamMisconfigured { reason, .. } => assert!(reason.contains("deny_delete"), "{reason}"),
+        other => panic!("expected StreamMisconfigured, got {other}"),
+    }
+}
+
+#[tokio::test]
+async fn envelopes_carry_headers_schema_and_a_verifiable_chain() {
+    let env = Env::new().await;
+    let app = App::start(&env).await;
+    let c = Uuid::now_v7();
+    app.accept(c, register("Chain")).await;
+    app.accept(c, crm_e2e::sign("c1")).await;
+    app.accept(c, serde_json::json!({"type": "record_care_touch", "kind": "birthday"})).await;
+
+    let client = async_nats::connect(env.nats.url()).await.unwrap();
+    let js = jetstream::new(client);
+    let stream = js.get_stream("CRM_EVENTS").await.unwrap();
+    let raw = stream.direct_get(2).await.unwrap();
+    assert_eq!(raw.headers.get("Crm-Event-Type").map(|v| v.as_str()), Some("contract_signed"));
+    let json: serde_json::Value = serde_json::from_slice(&raw.payload).unwrap();
+    assert_eq!(json["schema_version"], 1);
+    assert_eq!(json["version"], 2);
+    assert_eq!(json["customer_id"], c.to_string());
+    assert_eq!(raw.headers.get("Crm-Event-Id").map(|v| v.as_str().to_owned()), json["event_id"].as_str().map(str::to_owned));
+    let subject = raw.subject.to_string();
+    assert!(subject.starts_with("crm.events.") && subject.ends_with(&c.to_string()), "{subject}");
+
+    let log = env.log().await;
+    let events = read_all(&log).await;
+    assert_chain(&events);
+    // Tampering with any byte of content is detectable.
+    let mut forged = events[1].clone();
+    forged.envelope.payload["value_minor"] = serde_json::json!(1);
+    assert!(!forged.envelope.hash_is_valid());
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn eventually_event_store_contract() {
+    let env = Env::new().await;
+    let log = env.log().await;
+    let customers = Arc::new(Customers::new(log.clone(), 100, 4));
+    let mut store = JetStreamEventStore::new(customers, "test");
+    let id = CustomerId::new(Uuid::now_v7());
+    let touch = || Event::CareTouchRecorded(CareTouchRecorded { kind: CareTouchKind::Holiday, note: None });
+
+    assert_eq!(store.append(id, Expected::Exact(0), vec![touch()]).await.unwrap(), 1);
+    assert_eq!(store.append(id, Expected::Exact(1), vec![touch(), touch()]).await.unwrap(), 3);
+    let conflict = store.append(id, Expected::Exact(1), vec![touch()]).await.unwrap_err();
+    assert!(conflict.is_conflict_error());
+    assert_eq!(store.append(id, Expected::Any, vec![touch()]).await.unwrap(), 4);
+
+    let all: Vec<_> = store.stream(id, Select::All).await.unwrap().try_collect().await.unwrap();
+    assert_eq!(all.iter().map(|p| eventually_core::versioning::Versioned::version(p)).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
+    let from3: Vec<_> = store.stream(id, Select::From(3)).await.unwrap().try_collect().await.unwrap();
+    assert_eq!(from3.len(), 2);
+    let everything: Vec<_> = store.stream_all(Select::All).await.unwrap().try_collect().await.unwrap();
+    assert_eq!(everything.len(), 4);
+    assert!(matches!(store.remove(id).await, Err(LogError::Immutable(_))));
+    assert_chain(&read_all(&log).await);
+}
