@@ -29,7 +29,10 @@ async fn each_bad_request_gets_its_code_and_writes_nothing() {
                 .unwrap();
             let status = resp.status().as_u16();
             let json: serde_json::Value = resp.json().await.unwrap();
-            (status, json["error"]["code"].as_str().unwrap_or("").to_owned())
+            (
+                status,
+                json["error"]["code"].as_str().unwrap_or("").to_owned(),
+            )
         }
     };
     let cases: Vec<(&str, Vec<u8>, u16, &str)> = vec![
@@ -59,40 +62,87 @@ async fn each_bad_request_gets_its_code_and_writes_nothing() {
     ];
     for (name, body, status, code) in cases {
         let (got_status, got_code) = raw(body).await;
-        assert_eq!((got_status, got_code.as_str()), (status, code), "case {name}");
+        assert_eq!(
+            (got_status, got_code.as_str()),
+            (status, code),
+            "case {name}"
+        );
     }
 
     // A customer that does not exist.
     let ghost = Uuid::now_v7();
-    let (s, b) = app.command(ghost, json!({"type": "record_care_touch", "kind": "birthday"})).await;
-    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (422, Some("customer_not_registered")));
+    let (s, b) = app
+        .command(
+            ghost,
+            json!({"type": "record_care_touch", "kind": "birthday"}),
+        )
+        .await;
+    assert_eq!(
+        (s.as_u16(), b["error"]["code"].as_str()),
+        (422, Some("customer_not_registered"))
+    );
     let (s, b) = app.get(&format!("/v1/customers/{ghost}")).await;
-    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (404, Some("customer_not_found")));
+    assert_eq!(
+        (s.as_u16(), b["error"]["code"].as_str()),
+        (404, Some("customer_not_found"))
+    );
     let (s, b) = app.get("/v1/customers/not-a-uuid").await;
-    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (400, Some("invalid_customer_id")));
+    assert_eq!(
+        (s.as_u16(), b["error"]["code"].as_str()),
+        (400, Some("invalid_customer_id"))
+    );
 
     // If-Match with a stale version.
     let (s, b) = app
-        .command_with(c, &json!({"type": "record_care_touch", "kind": "birthday"}), &[("If-Match", "1")])
+        .command_with(
+            c,
+            &json!({"type": "record_care_touch", "kind": "birthday"}),
+            &[("If-Match", "1")],
+        )
         .await;
-    assert_eq!((s.as_u16(), b["error"]["code"].as_str()), (409, Some("version_conflict")));
+    assert_eq!(
+        (s.as_u16(), b["error"]["code"].as_str()),
+        (409, Some("version_conflict"))
+    );
 
     // Auth: no key, wrong key, a reader trying to publish.
     let body = json!({"type": "record_care_touch", "kind": "birthday"});
     let no_key = app.http.post(&url).json(&body).send().await.unwrap();
     assert_eq!(no_key.status(), 401);
-    let wrong = app.http.post(&url).bearer_auth("nope").json(&body).send().await.unwrap();
+    let wrong = app
+        .http
+        .post(&url)
+        .bearer_auth("nope")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(wrong.status(), 401);
-    let reader = app.http.post(&url).bearer_auth(READER_KEY).json(&body).send().await.unwrap();
+    let reader = app
+        .http
+        .post(&url)
+        .bearer_auth(READER_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(reader.status(), 403);
     let err: serde_json::Value = reader.json().await.unwrap();
     assert_eq!(err["error"]["code"], "forbidden");
 
-    assert_eq!(log.head().await.unwrap(), head_before, "a refused command wrote to the log");
+    assert_eq!(
+        log.head().await.unwrap(),
+        head_before,
+        "a refused command wrote to the log"
+    );
 
     // If-Match with the current version is accepted.
     let (s, r) = app
-        .command_with(c, &json!({"type": "record_care_touch", "kind": "birthday"}), &[("If-Match", "2")])
+        .command_with(
+            c,
+            &json!({"type": "record_care_touch", "kind": "birthday"}),
+            &[("If-Match", "2")],
+        )
         .await;
     assert_eq!(s, 201);
     assert_eq!(r["version"], 3);

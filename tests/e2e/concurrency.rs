@@ -18,7 +18,11 @@ async fn sixteen_writers_fifty_commands_each_on_one_customer() {
 
     let mut handles = Vec::new();
     for writer in 0..16 {
-        let app_base = if writer % 2 == 0 { a.base.clone() } else { b.base.clone() };
+        let app_base = if writer % 2 == 0 {
+            a.base.clone()
+        } else {
+            b.base.clone()
+        };
         handles.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let mut accepted = Vec::new();
@@ -47,7 +51,11 @@ async fn sixteen_writers_fifty_commands_each_on_one_customer() {
     for h in handles {
         receipts.extend(h.await.unwrap());
     }
-    assert!(receipts.len() >= 780, "too many refusals: {} accepted", receipts.len());
+    assert!(
+        receipts.len() >= 780,
+        "too many refusals: {} accepted",
+        receipts.len()
+    );
 
     let log = env.log().await;
     let events: Vec<_> = read_all(&log)

@@ -53,7 +53,10 @@ async fn one_key_one_event_forever() {
         .filter(|e| e.envelope.idempotency_key.as_deref() == Some("sign-c1-attempt"))
         .collect();
     assert_eq!(with_key.len(), 1);
-    assert_eq!(with_key[0].envelope.event_id.to_string(), first["event_id"].as_str().unwrap());
+    assert_eq!(
+        with_key[0].envelope.event_id.to_string(),
+        first["event_id"].as_str().unwrap()
+    );
     app.stop().await;
 }
 
@@ -64,7 +67,8 @@ async fn concurrent_retries_with_one_key_write_once() {
     let b = App::start_with(env.config("views-b.sqlite"), false).await;
     let c = Uuid::now_v7();
     a.accept(c, register("Racer")).await;
-    let body = serde_json::json!({"type": "log_complaint", "complaint_id": "k1", "severity": "major"});
+    let body =
+        serde_json::json!({"type": "log_complaint", "complaint_id": "k1", "severity": "major"});
     let key = [("Idempotency-Key", "complaint-k1")];
     let (r1, r2, r3, r4) = tokio::join!(
         a.command_with(c, &body, &key),
@@ -74,8 +78,13 @@ async fn concurrent_retries_with_one_key_write_once() {
     );
     let all = [r1, r2, r3, r4];
     assert_eq!(all.iter().filter(|(s, _)| *s == 201).count(), 1, "{all:?}");
-    assert!(all.iter().all(|(s, b)| (*s == 201 || *s == 200) && b == &all[0].1 || b["event_id"] == all[0].1["event_id"]));
-    let ids: std::collections::HashSet<_> = all.iter().map(|(_, b)| b["event_id"].clone()).collect();
+    assert!(
+        all.iter()
+            .all(|(s, b)| (*s == 201 || *s == 200) && b == &all[0].1
+                || b["event_id"] == all[0].1["event_id"])
+    );
+    let ids: std::collections::HashSet<_> =
+        all.iter().map(|(_, b)| b["event_id"].clone()).collect();
     assert_eq!(ids.len(), 1);
     let log = env.log().await;
     assert_eq!(log.head().await.unwrap(), 2);

@@ -34,8 +34,11 @@ async fn acquisition_growth_maturity_churned_and_win_back() {
     let (_, v) = app.get(&format!("/v1/customers/{c}")).await;
     assert_eq!(v["lifecycle"]["stage"], "maturity");
 
-    app.accept(c, json!({"type": "terminate_contract", "contract_id": "c1", "reason": "budget"}))
-        .await;
+    app.accept(
+        c,
+        json!({"type": "terminate_contract", "contract_id": "c1", "reason": "budget"}),
+    )
+    .await;
     let (_, v) = app.get(&format!("/v1/customers/{c}")).await;
     assert_eq!(v["lifecycle"]["stage"], "churned");
     assert_eq!(v["lifecycle"]["won_back"], false);
@@ -53,7 +56,9 @@ async fn acquisition_growth_maturity_churned_and_win_back() {
     assert_eq!(v["lifecycle"]["won_back"], true);
     assert_eq!(v["version"], 6);
 
-    let (status, h) = app.get(&format!("/v1/customers/{c}/lifecycle/history")).await;
+    let (status, h) = app
+        .get(&format!("/v1/customers/{c}/lifecycle/history"))
+        .await;
     assert_eq!(status, 200);
     let steps: Vec<(serde_json::Value, String, u64, String)> = h["transitions"]
         .as_array()
@@ -71,11 +76,36 @@ async fn acquisition_growth_maturity_churned_and_win_back() {
     assert_eq!(
         steps,
         vec![
-            (json!(null), "acquisition".into(), 1, "customer_registered".into()),
-            (json!("acquisition"), "growth".into(), 2, "contract_signed".into()),
-            (json!("growth"), "maturity".into(), 4, "contract_renewed".into()),
-            (json!("maturity"), "churned".into(), 5, "contract_terminated".into()),
-            (json!("churned"), "growth".into(), 6, "contract_signed".into()),
+            (
+                json!(null),
+                "acquisition".into(),
+                1,
+                "customer_registered".into()
+            ),
+            (
+                json!("acquisition"),
+                "growth".into(),
+                2,
+                "contract_signed".into()
+            ),
+            (
+                json!("growth"),
+                "maturity".into(),
+                4,
+                "contract_renewed".into()
+            ),
+            (
+                json!("maturity"),
+                "churned".into(),
+                5,
+                "contract_terminated".into()
+            ),
+            (
+                json!("churned"),
+                "growth".into(),
+                6,
+                "contract_signed".into()
+            ),
         ]
     );
 

@@ -30,12 +30,24 @@ async fn delete_and_purge_are_refused_by_the_server() {
     let stream = js.get_stream("CRM_EVENTS").await.unwrap();
     assert!(stream.delete_message(1).await.is_err());
     assert!(stream.purge().await.is_err());
-    assert!(stream.purge().filter(format!("crm.events.*.{c}")).await.is_err());
+    assert!(
+        stream
+            .purge()
+            .filter(format!("crm.events.*.{c}"))
+            .await
+            .is_err()
+    );
     let mut stream = stream;
     let info = stream.info().await.unwrap();
     assert_eq!(info.state.messages, 1);
     assert!(info.config.deny_delete && info.config.deny_purge && info.config.allow_direct);
-    assert_eq!(info.config.metadata.get("crm.partitions").map(String::as_str), Some("16"));
+    assert_eq!(
+        info.config
+            .metadata
+            .get("crm.partitions")
+            .map(String::as_str),
+        Some("16")
+    );
     app.stop().await;
 }
 
@@ -52,9 +64,13 @@ async fn a_mutable_stream_is_refused() {
     })
     .await
     .unwrap();
-    let err = EventLog::open(client, &StreamSettings::default()).await.unwrap_err();
+    let err = EventLog::open(client, &StreamSettings::default())
+        .await
+        .unwrap_err();
     match err {
-        LogError::StreamMisconfigured { reason, .. } => assert!(reason.contains("deny_delete"), "{reason}"),
+        LogError::StreamMisconfigured { reason, .. } => {
+            assert!(reason.contains("deny_delete"), "{reason}")
+        }
         other => panic!("expected StreamMisconfigured, got {other}"),
     }
 }
@@ -66,20 +82,35 @@ async fn envelopes_carry_headers_schema_and_a_verifiable_chain() {
     let c = Uuid::now_v7();
     app.accept(c, register("Chain")).await;
     app.accept(c, crm_e2e::sign("c1")).await;
-    app.accept(c, serde_json::json!({"type": "record_care_touch", "kind": "birthday"})).await;
+    app.accept(
+        c,
+        serde_json::json!({"type": "record_care_touch", "kind": "birthday"}),
+    )
+    .await;
 
     let client = async_nats::connect(env.nats.url()).await.unwrap();
     let js = jetstream::new(client);
     let stream = js.get_stream("CRM_EVENTS").await.unwrap();
     let raw = stream.direct_get(2).await.unwrap();
-    assert_eq!(raw.headers.get("Crm-Event-Type").map(|v| v.as_str()), Some("contract_signed"));
+    assert_eq!(
+        raw.headers.get("Crm-Event-Type").map(|v| v.as_str()),
+        Some("contract_signed")
+    );
     let json: serde_json::Value = serde_json::from_slice(&raw.payload).unwrap();
     assert_eq!(json["schema_version"], 1);
     assert_eq!(json["version"], 2);
     assert_eq!(json["customer_id"], c.to_string());
-    assert_eq!(raw.headers.get("Crm-Event-Id").map(|v| v.as_str().to_owned()), json["event_id"].as_str().map(str::to_owned));
+    assert_eq!(
+        raw.headers
+            .get("Crm-Event-Id")
+            .map(|v| v.as_str().to_owned()),
+        json["event_id"].as_str().map(str::to_owned)
+    );
     let subject = raw.subject.to_string();
-    assert!(subject.starts_with("crm.events.") && subject.ends_with(&c.to_string()), "{subject}");
+    assert!(
+        subject.starts_with("crm.events.") && subject.ends_with(&c.to_string()),
+        "{subject}"
+    );
 
     let log = env.log().await;
     let events = read_all(&log).await;
@@ -98,20 +129,72 @@ async fn eventually_event_store_contract() {
     let customers = Arc::new(Customers::new(log.clone(), 100, 4));
     let mut store = JetStreamEventStore::new(customers, "test");
     let id = CustomerId::new(Uuid::now_v7());
-    let touch = || Event::CareTouchRecorded(CareTouchRecorded { kind: CareTouchKind::Holiday, note: None });
+    let touch = || {
+        Event::CareTouchRecorded(CareTouchRecorded {
+            kind: CareTouchKind::Holiday,
+            note: None,
+        })
+    };
 
-    assert_eq!(store.append(id, Expected::Exact(0), vec![touch()]).await.unwrap(), 1);
-    assert_eq!(store.append(id, Expected::Exact(1), vec![touch(), touch()]).await.unwrap(), 3);
-    let conflict = store.append(id, Expected::Exact(1), vec![touch()]).await.unwrap_err();
+    assert_eq!(
+        store
+            .append(id, Expected::Exact(0), vec![touch()])
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        store
+            .append(id, Expected::Exact(1), vec![touch(), touch()])
+            .await
+            .unwrap(),
+        3
+    );
+    let conflict = store
+        .append(id, Expected::Exact(1), vec![touch()])
+        .await
+        .unwrap_err();
     assert!(conflict.is_conflict_error());
-    assert_eq!(store.append(id, Expected::Any, vec![touch()]).await.unwrap(), 4);
+    assert_eq!(
+        store
+            .append(id, Expected::Any, vec![touch()])
+            .await
+            .unwrap(),
+        4
+    );
 
-    let all: Vec<_> = store.stream(id, Select::All).await.unwrap().try_collect().await.unwrap();
-    assert_eq!(all.iter().map(|p| eventually_core::versioning::Versioned::version(p)).collect::<Vec<_>>(), vec![1, 2, 3, 4]);
-    let from3: Vec<_> = store.stream(id, Select::From(3)).await.unwrap().try_collect().await.unwrap();
+    let all: Vec<_> = store
+        .stream(id, Select::All)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(
+        all.iter()
+            .map(eventually_core::versioning::Versioned::version)
+            .collect::<Vec<_>>(),
+        vec![1, 2, 3, 4]
+    );
+    let from3: Vec<_> = store
+        .stream(id, Select::From(3))
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     assert_eq!(from3.len(), 2);
-    let everything: Vec<_> = store.stream_all(Select::All).await.unwrap().try_collect().await.unwrap();
+    let everything: Vec<_> = store
+        .stream_all(Select::All)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
     assert_eq!(everything.len(), 4);
-    assert!(matches!(store.remove(id).await, Err(LogError::Immutable(_))));
+    assert!(matches!(
+        store.remove(id).await,
+        Err(LogError::Immutable(_))
+    ));
     assert_chain(&read_all(&log).await);
 }

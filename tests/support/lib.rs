@@ -72,7 +72,9 @@ impl Env {
         let client = crm_log::connect(&crm_log::NatsConfig::url(self.nats.url()))
             .await
             .expect("connect");
-        EventLog::open(client, &self.stream).await.expect("open log")
+        EventLog::open(client, &self.stream)
+            .await
+            .expect("open log")
     }
 
     /// Path of a file in the test dir.
@@ -222,8 +224,18 @@ pub async fn read_all(log: &EventLog) -> Vec<StoredEvent> {
 pub fn assert_chain(events: &[StoredEvent]) {
     let mut prev = crm_log::envelope::GENESIS_HASH.to_owned();
     for (i, e) in events.iter().enumerate() {
-        assert_eq!(e.envelope.version, i as u64 + 1, "version gap at {}", e.sequence);
-        assert_eq!(e.envelope.prev_hash, prev, "broken link at version {}", i + 1);
+        assert_eq!(
+            e.envelope.version,
+            i as u64 + 1,
+            "version gap at {}",
+            e.sequence
+        );
+        assert_eq!(
+            e.envelope.prev_hash,
+            prev,
+            "broken link at version {}",
+            i + 1
+        );
         assert!(e.envelope.hash_is_valid(), "bad hash at version {}", i + 1);
         prev = e.envelope.hash.clone();
     }

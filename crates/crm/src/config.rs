@@ -54,7 +54,11 @@ pub struct Config {
 pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
     let mut figment = Figment::new();
     if let Some(path) = path {
-        anyhow::ensure!(path.is_file(), "config file {} does not exist", path.display());
+        anyhow::ensure!(
+            path.is_file(),
+            "config file {} does not exist",
+            path.display()
+        );
         figment = figment.merge(Toml::file(path));
     }
     // Only nested keys (`CRM_NATS__URL`); flat variables such as CRM_NATS_SERVER are not
@@ -64,10 +68,11 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
             .filter(|k| k.as_str().contains("__"))
             .split("__"),
     );
-    figment
-        .extract()
-        .with_context(|| match path {
-            Some(p) => format!("invalid configuration in {} or CRM_* environment", p.display()),
-            None => "invalid configuration in CRM_* environment".to_owned(),
-        })
+    figment.extract().with_context(|| match path {
+        Some(p) => format!(
+            "invalid configuration in {} or CRM_* environment",
+            p.display()
+        ),
+        None => "invalid configuration in CRM_* environment".to_owned(),
+    })
 }

@@ -43,7 +43,8 @@ fn dev_key(data_dir: &Path) -> anyhow::Result<String> {
         }
     }
     let key = services::new_api_key();
-    std::fs::write(&path, format!("{key}\n")).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::write(&path, format!("{key}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;

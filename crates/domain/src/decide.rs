@@ -370,7 +370,10 @@ mod care {
 mod usage {
     use super::*;
 
-    pub(super) fn purchase(state: &CustomerState, c: &RecordPurchase) -> Result<Event, DomainError> {
+    pub(super) fn purchase(
+        state: &CustomerState,
+        c: &RecordPurchase,
+    ) -> Result<Event, DomainError> {
         let order_id = id("order_id", &c.order_id)?;
         if state.orders.contains(&order_id) {
             return Err(DomainError::DuplicateOrder(order_id));

@@ -10,7 +10,9 @@ pub enum DomainError {
     CustomerNotRegistered,
     #[error("customer is already registered")]
     CustomerAlreadyRegistered,
-    #[error("customer has churned; only sign_contract (win-back) and log_intervention are accepted")]
+    #[error(
+        "customer has churned; only sign_contract (win-back) and log_intervention are accepted"
+    )]
     CustomerChurned,
     #[error("contract {0} already exists")]
     ContractAlreadyExists(String),
@@ -35,7 +37,10 @@ pub enum DomainError {
     #[error("delivered_on is after promised_on; record a late delivery with delay_service")]
     DeliveryLate,
     #[error("{field} is out of range: {detail}")]
-    OutOfRange { field: &'static str, detail: &'static str },
+    OutOfRange {
+        field: &'static str,
+        detail: &'static str,
+    },
     #[error("{field} must not be empty")]
     EmptyField { field: &'static str },
     #[error("{field} is longer than {max} characters")]

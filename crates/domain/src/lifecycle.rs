@@ -118,10 +118,8 @@ impl Lifecycle {
             Event::ContractTerminated(e) => {
                 self.active_contracts.remove(&e.contract_id);
             }
-            Event::InactivityFlagged(e) => {
-                if e.days_inactive >= DECLINE_INACTIVE_DAYS {
-                    self.inactive = true;
-                }
+            Event::InactivityFlagged(e) if e.days_inactive >= DECLINE_INACTIVE_DAYS => {
+                self.inactive = true;
             }
             Event::ActivityRecorded(_) => self.inactive = false,
             _ => {}

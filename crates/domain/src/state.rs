@@ -88,7 +88,10 @@ impl CustomerState {
             Event::ComplaintLogged(e) => {
                 self.complaints.insert(
                     e.complaint_id.clone(),
-                    Complaint { severity: e.severity, open: true },
+                    Complaint {
+                        severity: e.severity,
+                        open: true,
+                    },
                 );
             }
             Event::ComplaintResolved(e) => {

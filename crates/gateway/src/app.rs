@@ -60,7 +60,10 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(health::openapi))
-        .route("/v1/customers/{customer_id}/commands", post(commands::submit))
+        .route(
+            "/v1/customers/{customer_id}/commands",
+            post(commands::submit),
+        )
         .route("/v1/customers/{customer_id}", get(customers::get_customer))
         .route(
             "/v1/customers/{customer_id}/lifecycle/history",

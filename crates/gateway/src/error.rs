@@ -46,7 +46,9 @@ impl ApiError {
             ApiError::Unauthenticated => (StatusCode::UNAUTHORIZED, "unauthenticated"),
             ApiError::Forbidden { .. } => (StatusCode::FORBIDDEN, "forbidden"),
             ApiError::NotFound { code, .. } => (StatusCode::NOT_FOUND, code),
-            ApiError::PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
+            ApiError::PayloadTooLarge { .. } => {
+                (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+            }
             ApiError::Submit(e) => match e {
                 SubmitError::Rejected(d) => (StatusCode::UNPROCESSABLE_ENTITY, domain_code(d)),
                 SubmitError::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
@@ -87,7 +89,9 @@ impl IntoResponse for ApiError {
             // Internal details go to the log with their cause chain, not to clients.
             tracing::error!(error = %self, ?self, code, "request failed");
             match status {
-                StatusCode::SERVICE_UNAVAILABLE => "the event log is unavailable; retry later".to_owned(),
+                StatusCode::SERVICE_UNAVAILABLE => {
+                    "the event log is unavailable; retry later".to_owned()
+                }
                 _ => "internal error".to_owned(),
             }
         } else {

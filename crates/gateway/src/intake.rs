@@ -97,7 +97,9 @@ pub fn idempotency_key(raw: Option<&str>) -> Result<Option<String>, ApiError> {
         Some(k) if k.len() > MAX_IDEMPOTENCY_KEY_LEN || k.chars().any(char::is_control) => {
             Err(ApiError::bad_request(
                 "invalid_idempotency_key",
-                format!("Idempotency-Key must be at most {MAX_IDEMPOTENCY_KEY_LEN} printable characters"),
+                format!(
+                    "Idempotency-Key must be at most {MAX_IDEMPOTENCY_KEY_LEN} printable characters"
+                ),
             ))
         }
         Some(k) => Ok(Some(k.to_owned())),
@@ -121,9 +123,15 @@ mod tests {
         assert_eq!(code("[]"), "invalid_command");
         assert_eq!(code("{}"), "missing_command_type");
         assert_eq!(code(r#"{"type":"launch_rocket"}"#), "unknown_command_type");
-        assert_eq!(code(r#"{"type":"register_customer","name":"A","x":1}"#), "unknown_field");
+        assert_eq!(
+            code(r#"{"type":"register_customer","name":"A","x":1}"#),
+            "unknown_field"
+        );
         assert_eq!(code(r#"{"type":"register_customer"}"#), "invalid_command");
-        assert_eq!(code(r#"{"type":"register_customer","name":5}"#), "invalid_command");
+        assert_eq!(
+            code(r#"{"type":"register_customer","name":5}"#),
+            "invalid_command"
+        );
         assert_eq!(
             code(r#"{"type":"register_customer","name":"A","occurred_at":"yesterday"}"#),
             "invalid_occurred_at"

@@ -190,7 +190,10 @@ mod tests {
         let back = Envelope::from_bytes(&e.to_bytes()).expect("parse");
         assert_eq!(back, e);
         assert!(back.hash_is_valid());
-        assert_eq!(back.event().expect("decode").event_type(), "customer_registered");
+        assert_eq!(
+            back.event().expect("decode").event_type(),
+            "customer_registered"
+        );
     }
 
     #[test]

@@ -8,8 +8,13 @@ pub enum LogError {
     /// Optimistic concurrency: someone else appended to this customer first.
     #[error("concurrent append: the customer's last sequence is not {expected}")]
     Conflict { expected: u64 },
-    #[error("nats-server {found} is too old: {required} or newer is required (use the pinned server from scripts/setup-nats.sh)")]
-    ServerTooOld { found: String, required: &'static str },
+    #[error(
+        "nats-server {found} is too old: {required} or newer is required (use the pinned server from scripts/setup-nats.sh)"
+    )]
+    ServerTooOld {
+        found: String,
+        required: &'static str,
+    },
     #[error("stream {stream} is misconfigured: {reason}")]
     StreamMisconfigured { stream: String, reason: String },
     #[error("cannot connect to NATS at {url}: {reason}")]

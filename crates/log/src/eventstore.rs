@@ -70,10 +70,10 @@ impl EventStore for JetStreamEventStore {
                 Some(s) => (s.envelope.version, s.sequence, s.envelope.hash),
                 None => (0, 0, GENESIS_HASH.to_owned()),
             };
-            if let Expected::Exact(v) = version {
-                if u64::from(v) != current {
-                    return Err(LogError::Conflict { expected: last_seq });
-                }
+            if let Expected::Exact(v) = version
+                && u64::from(v) != current
+            {
+                return Err(LogError::Conflict { expected: last_seq });
             }
             let meta = Metadata {
                 actor: self.actor.clone(),
@@ -133,14 +133,15 @@ impl EventStore for JetStreamEventStore {
             }
             let live = Box::pin(log.subscribe(after).await?);
             // End right after the head item; waiting for one more would never return.
-            let bounded = futures::stream::unfold((live, false), move |(mut live, done)| async move {
-                if done {
-                    return None;
-                }
-                let item = live.next().await?;
-                let done = item.as_ref().map_or(true, |s| s.sequence >= head);
-                Some((item, (live, done)))
-            });
+            let bounded =
+                futures::stream::unfold((live, false), move |(mut live, done)| async move {
+                    if done {
+                        return None;
+                    }
+                    let item = live.next().await?;
+                    let done = item.as_ref().map_or(true, |s| s.sequence >= head);
+                    Some((item, (live, done)))
+                });
             Ok(bounded
                 .and_then(|s| futures::future::ready(persisted(s)))
                 .boxed())

@@ -57,7 +57,10 @@ impl std::fmt::Debug for EventLog {
 
 impl EventLog {
     /// Opens the log on a connected client, creating or verifying the stream.
-    pub async fn open(client: async_nats::Client, settings: &StreamSettings) -> Result<Self, LogError> {
+    pub async fn open(
+        client: async_nats::Client,
+        settings: &StreamSettings,
+    ) -> Result<Self, LogError> {
         let js = jetstream::new(client.clone());
         let (stream, partitions) = ensure_stream(&js, settings).await?;
         Ok(Self {
@@ -151,12 +154,11 @@ impl EventLog {
                 .await
             {
                 Ok(msg) => {
-                    let envelope = Envelope::from_bytes(&msg.payload).map_err(|e| {
-                        LogError::Decode {
+                    let envelope =
+                        Envelope::from_bytes(&msg.payload).map_err(|e| LogError::Decode {
                             sequence: msg.sequence,
                             reason: e.to_string(),
-                        }
-                    })?;
+                        })?;
                     next = msg.sequence + 1;
                     out.push(StoredEvent {
                         sequence: msg.sequence,
@@ -217,7 +219,11 @@ impl EventLog {
 
     /// Purges the stream. Denied by the stream's configuration, see [`EventLog::try_delete`].
     pub async fn try_purge(&self) -> Result<(), LogError> {
-        self.stream.purge().await.map(|_| ()).map_err(LogError::nats)
+        self.stream
+            .purge()
+            .await
+            .map(|_| ())
+            .map_err(LogError::nats)
     }
 
     /// Waits up to `timeout` for the connection to be usable; for readiness probes.

@@ -80,7 +80,9 @@ pub enum SubmitError {
     Rejected(#[from] DomainError),
     #[error("version conflict: expected version {expected}, the customer is at version {actual}")]
     VersionConflict { expected: u64, actual: u64 },
-    #[error("gave up after {attempts} attempts: concurrent writers kept appending to this customer")]
+    #[error(
+        "gave up after {attempts} attempts: concurrent writers kept appending to this customer"
+    )]
     Contention { attempts: u32 },
     #[error("idempotency key was already used for a {original_type} command")]
     IdempotencyKeyReused { original_type: String },
@@ -240,31 +242,31 @@ impl Customers {
         let mut caught_up = fresh;
         let mut attempts = 0;
         loop {
-            if let Some(key) = &opts.meta.idempotency_key {
-                if let Some(r) = loaded.receipts.get(key) {
-                    if r.event_type != command.event_type() {
-                        return Err(SubmitError::IdempotencyKeyReused {
-                            original_type: r.event_type.clone(),
-                        });
-                    }
-                    return Ok(Submitted {
-                        receipt: r.clone(),
-                        replayed: true,
+            if let Some(key) = &opts.meta.idempotency_key
+                && let Some(r) = loaded.receipts.get(key)
+            {
+                if r.event_type != command.event_type() {
+                    return Err(SubmitError::IdempotencyKeyReused {
+                        original_type: r.event_type.clone(),
                     });
                 }
+                return Ok(Submitted {
+                    receipt: r.clone(),
+                    replayed: true,
+                });
             }
-            if let Some(expected) = opts.expected_version {
-                if loaded.state.version != expected {
-                    if !caught_up {
-                        self.catch_up(&id, loaded).await?;
-                        caught_up = true;
-                        continue;
-                    }
-                    return Err(SubmitError::VersionConflict {
-                        expected,
-                        actual: loaded.state.version,
-                    });
+            if let Some(expected) = opts.expected_version
+                && loaded.state.version != expected
+            {
+                if !caught_up {
+                    self.catch_up(&id, loaded).await?;
+                    caught_up = true;
+                    continue;
                 }
+                return Err(SubmitError::VersionConflict {
+                    expected,
+                    actual: loaded.state.version,
+                });
             }
             let event = match decide(&loaded.state, command, occurred_at, opts.now) {
                 Ok(event) => event,

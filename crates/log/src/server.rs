@@ -138,17 +138,26 @@ impl NatsServer {
     async fn wait_ready(&mut self) -> Result<(), LogError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
-            if let Some(status) = self.child.try_wait().map_err(|e| LogError::Server(e.to_string()))? {
+            if let Some(status) = self
+                .child
+                .try_wait()
+                .map_err(|e| LogError::Server(e.to_string()))?
+            {
                 return Err(LogError::Server(format!(
                     "nats-server exited during start-up ({status}); is port {} free?",
                     self.port
                 )));
             }
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .is_ok()
+            {
                 return Ok(());
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(LogError::Server("nats-server did not start within 15s".into()));
+                return Err(LogError::Server(
+                    "nats-server did not start within 15s".into(),
+                ));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

@@ -92,7 +92,10 @@ pub async fn ensure_stream(
                 )]),
                 ..Default::default()
             };
-            let created = js.get_or_create_stream(config).await.map_err(LogError::nats)?;
+            let created = js
+                .get_or_create_stream(config)
+                .await
+                .map_err(LogError::nats)?;
             let partitions = {
                 let mut c = created.clone();
                 verify(&c.info().await.map_err(LogError::nats)?.config)?
@@ -110,7 +113,9 @@ pub fn verify(config: &stream::Config) -> Result<u32, LogError> {
         reason: reason.to_owned(),
     };
     if !config.deny_delete || !config.deny_purge {
-        return Err(bad("deny_delete and deny_purge must be set: the log is immutable"));
+        return Err(bad(
+            "deny_delete and deny_purge must be set: the log is immutable",
+        ));
     }
     if config.allow_rollup {
         return Err(bad("allow_rollup must be off: a rollup purges history"));
@@ -126,10 +131,14 @@ pub fn verify(config: &stream::Config) -> Result<u32, LogError> {
         || config.max_bytes > 0
         || config.max_messages_per_subject > 0
     {
-        return Err(bad("no max age, size or message limits are allowed: events would be dropped"));
+        return Err(bad(
+            "no max age, size or message limits are allowed: events would be dropped",
+        ));
     }
     if !config.allow_direct {
-        return Err(bad("allow_direct must be on: customers are loaded with direct gets"));
+        return Err(bad(
+            "allow_direct must be on: customers are loaded with direct gets",
+        ));
     }
     if !config.subjects.iter().any(|s| s == &stream_subjects()) {
         return Err(bad(&format!("subjects must include {}", stream_subjects())));

@@ -50,9 +50,6 @@ mod tests {
             customer_subject(&id, 16),
             format!("crm.events.{p:02}.0191e4c2-7a3b-7cde-8f00-123456789abc")
         );
-        assert_eq!(
-            customer_from_subject(&customer_subject(&id, 16)),
-            Some(id)
-        );
+        assert_eq!(customer_from_subject(&customer_subject(&id, 16)), Some(id));
     }
 }

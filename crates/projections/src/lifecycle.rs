@@ -152,20 +152,25 @@ pub struct TransitionView {
 }
 
 /// The lifecycle of one customer, if the projection has seen it.
-pub async fn get(store: &ReadStore, id: &CustomerId) -> Result<Option<LifecycleView>, ProjectionError> {
+pub async fn get(
+    store: &ReadStore,
+    id: &CustomerId,
+) -> Result<Option<LifecycleView>, ProjectionError> {
     let row: Option<(String, String, i64, i64, i64)> = sqlx::query_as(
         "SELECT stage, since, version, won_back, last_sequence FROM lifecycle_customers WHERE customer_id = ?",
     )
     .bind(id.to_string())
     .fetch_optional(store.pool())
     .await?;
-    Ok(row.map(|(stage, since, version, won_back, seq)| LifecycleView {
-        stage,
-        since,
-        version: u64::try_from(version).unwrap_or(0),
-        won_back: won_back != 0,
-        last_sequence: u64::try_from(seq).unwrap_or(0),
-    }))
+    Ok(
+        row.map(|(stage, since, version, won_back, seq)| LifecycleView {
+            stage,
+            since,
+            version: u64::try_from(version).unwrap_or(0),
+            won_back: won_back != 0,
+            last_sequence: u64::try_from(seq).unwrap_or(0),
+        }),
+    )
 }
 
 /// A customer's stage changes in order, after `after_version`, at most `limit`.
@@ -214,7 +219,9 @@ pub async fn stage_counts(store: &ReadStore) -> Result<BTreeMap<String, u64>, Pr
 }
 
 /// Every row of the view, for comparing two copies (tests, rebuild checks).
-pub async fn dump(store: &ReadStore) -> Result<Vec<(String, String, String, i64, i64, String)>, ProjectionError> {
+pub async fn dump(
+    store: &ReadStore,
+) -> Result<Vec<(String, String, String, i64, i64, String)>, ProjectionError> {
     Ok(sqlx::query_as(
         "SELECT customer_id, stage, since, version, won_back, state FROM lifecycle_customers ORDER BY customer_id",
     )

@@ -67,7 +67,9 @@ pub struct Projector<P> {
 
 impl<P> std::fmt::Debug for Projector<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Projector").field("options", &self.options).finish()
+        f.debug_struct("Projector")
+            .field("options", &self.options)
+            .finish()
     }
 }
 
@@ -107,7 +109,8 @@ impl<P: Projection> Projector<P> {
                 Err(e @ ProjectionError::InjectedCrash { .. }) => return Err(e),
                 Err(e) => {
                     tracing::error!(projection = self.name(), error = %e, "projector failed; retrying");
-                    self.status.send_modify(|s| s.state = format!("failed: {e}"));
+                    self.status
+                        .send_modify(|s| s.state = format!("failed: {e}"));
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(()),
                         _ = tokio::time::sleep(backoff) => {}

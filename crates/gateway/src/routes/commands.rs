@@ -32,7 +32,10 @@ fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     };
     let v = raw.trim().trim_start_matches("W/").trim_matches('"');
     v.parse::<u64>().map(Some).map_err(|_| {
-        ApiError::bad_request("invalid_if_match", "If-Match must be a customer version number")
+        ApiError::bad_request(
+            "invalid_if_match",
+            "If-Match must be a customer version number",
+        )
     })
 }
 

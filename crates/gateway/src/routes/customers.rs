@@ -115,7 +115,10 @@ pub async fn lifecycle_history(
 }
 
 /// `GET /v1/stages`.
-pub async fn stages(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Value>, ApiError> {
+pub async fn stages(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
     state.auth.authorize(&headers, Role::Reader)?;
     let counts = lifecycle::stage_counts(&state.store).await?;
     let total: u64 = counts.values().sum();
