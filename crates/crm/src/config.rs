@@ -76,3 +76,22 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
         None => "invalid configuration in CRM_* environment".to_owned(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_config_loads() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/crm.example.toml");
+        let cfg = load(Some(&path)).expect("example config");
+        assert_eq!(cfg.stream.replicas, 3);
+        assert_eq!(cfg.gateway.api_keys.len(), 1);
+        assert_eq!(cfg.projector.batch_size, 5000);
+    }
+
+    #[test]
+    fn a_missing_file_is_an_error() {
+        assert!(load(Some(Path::new("/nonexistent/crm.toml"))).is_err());
+    }
+}
