@@ -107,7 +107,8 @@ impl App {
         let shutdown = CancellationToken::new();
         let mut tasks = JoinSet::new();
         if projectors {
-            services::spawn_projectors(&cfg, &parts, &mut tasks, &shutdown);
+            services::spawn_projectors(&cfg, &parts, &["all"], &mut tasks, &shutdown)
+                .expect("projectors");
         }
         let token = shutdown.clone();
         tasks.spawn(async move {

@@ -34,9 +34,14 @@ pub enum Commands {
     },
     /// Runs a projector until stopped.
     Project {
-        /// Projection to run.
-        #[arg(value_parser = ["lifecycle"])]
+        /// Projection to run: lifecycle, trust, health, renewals or all.
+        #[arg(value_parser = ["all", "lifecycle", "trust", "health", "renewals"])]
         projection: String,
+        #[arg(long, env = "CRM_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// The scheduler: marks renewals due and flags inactivity on each tick.
+    Schedule {
         #[arg(long, env = "CRM_CONFIG")]
         config: Option<PathBuf>,
     },
@@ -69,6 +74,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Commands::Project { projection, config } => {
             let cfg = config::load(config.as_deref())?;
             services::run_projector(cfg, &projection).await
+        }
+        Commands::Schedule { config } => {
+            services::run_scheduler(config::load(config.as_deref())?).await
         }
         Commands::Key { command } => {
             match command {

@@ -39,6 +39,28 @@ impl Default for ProjectorConfig {
     }
 }
 
+/// The scoring policy.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// A policy TOML file; the shipped `policy/default.toml` when absent.
+    pub path: Option<PathBuf>,
+}
+
+/// The scheduler.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SchedulerConfig {
+    /// Seconds between ticks.
+    pub interval_secs: u64,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self { interval_secs: 60 }
+    }
+}
+
 /// Everything `crm` can be configured with.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -48,6 +70,8 @@ pub struct Config {
     pub store: StoreConfig,
     pub gateway: GatewayConfig,
     pub projector: ProjectorConfig,
+    pub policy: PolicyConfig,
+    pub scheduler: SchedulerConfig,
 }
 
 /// Loads defaults, the optional file, then the environment.

@@ -94,7 +94,14 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    services::spawn_projectors(&cfg, &parts, &mut tasks, &shutdown);
+    services::spawn_projectors(&cfg, &parts, &["all"], &mut tasks, &shutdown)?;
+    services::spawn_scheduler(
+        &cfg,
+        &parts,
+        std::sync::Arc::new(crm_scheduler::SystemClock),
+        &mut tasks,
+        &shutdown,
+    );
     let token = shutdown.clone();
     tasks.spawn(async move {
         crm_gateway::serve(listener, state, token).await?;

@@ -4,10 +4,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use crm_domain::policy::Policy;
 use crm_gateway::{AppState, Auth};
 use crm_log::{Customers, EventLog};
+use crm_projections::health::HealthProjection;
 use crm_projections::lifecycle::LifecycleProjection;
-use crm_projections::{Projector, ProjectorOptions, ReadStore};
+use crm_projections::renewals::RenewalsProjection;
+use crm_projections::trust::TrustProjection;
+use crm_projections::{Projection, Projector, ProjectorOptions, ReadStore};
 use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -56,15 +60,30 @@ pub fn app_state(cfg: &Config, parts: &Parts) -> anyhow::Result<AppState> {
     })
 }
 
-/// Spawns every projector into `tasks`.
-pub fn spawn_projectors(
+/// Every projection's name.
+pub const PROJECTIONS: [&str; 4] = [
+    crm_projections::lifecycle::NAME,
+    crm_projections::trust::NAME,
+    crm_projections::health::NAME,
+    crm_projections::renewals::NAME,
+];
+
+/// Loads the configured scoring policy.
+pub fn policy(cfg: &Config) -> anyhow::Result<Arc<Policy>> {
+    Ok(Arc::new(crm_projections::policy::load(
+        cfg.policy.path.as_deref(),
+    )?))
+}
+
+fn spawn_one<P: Projection>(
+    projection: P,
     cfg: &Config,
     parts: &Parts,
     tasks: &mut JoinSet<anyhow::Result<()>>,
     shutdown: &CancellationToken,
 ) {
     let projector = Projector::new(
-        LifecycleProjection,
+        projection,
         parts.store.clone(),
         parts.log.clone(),
         ProjectorOptions {
@@ -77,6 +96,88 @@ pub fn spawn_projectors(
         projector.run(token).await?;
         Ok(())
     });
+}
+
+/// Spawns the named projectors (`all` for every one) into `tasks`.
+pub fn spawn_projectors(
+    cfg: &Config,
+    parts: &Parts,
+    names: &[&str],
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let policy = policy(cfg)?;
+    let all = names.contains(&"all");
+    let wanted = |n: &str| all || names.contains(&n);
+    for name in names {
+        anyhow::ensure!(
+            *name == "all" || PROJECTIONS.contains(name),
+            "unknown projection {name:?}; known: all, {}",
+            PROJECTIONS.join(", ")
+        );
+    }
+    if wanted(crm_projections::lifecycle::NAME) {
+        spawn_one(LifecycleProjection, cfg, parts, tasks, shutdown);
+    }
+    if wanted(crm_projections::trust::NAME) {
+        spawn_one(
+            TrustProjection::new(policy.clone()),
+            cfg,
+            parts,
+            tasks,
+            shutdown,
+        );
+    }
+    if wanted(crm_projections::health::NAME) {
+        spawn_one(
+            HealthProjection::new(policy.clone()),
+            cfg,
+            parts,
+            tasks,
+            shutdown,
+        );
+    }
+    if wanted(crm_projections::renewals::NAME) {
+        spawn_one(RenewalsProjection, cfg, parts, tasks, shutdown);
+    }
+    Ok(())
+}
+
+/// Spawns the scheduler with `clock` into `tasks`.
+pub fn spawn_scheduler(
+    cfg: &Config,
+    parts: &Parts,
+    clock: Arc<dyn crm_scheduler::Clock>,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+) {
+    let scheduler =
+        crm_scheduler::Scheduler::new(parts.customers.clone(), parts.store.clone(), clock);
+    let interval = Duration::from_secs(cfg.scheduler.interval_secs.max(1));
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        scheduler.run(interval, token).await;
+        Ok(())
+    });
+}
+
+/// `crm schedule`.
+pub async fn run_scheduler(cfg: Config) -> anyhow::Result<()> {
+    let parts = open(&cfg).await?;
+    let shutdown = CancellationToken::new();
+    let mut tasks = JoinSet::new();
+    spawn_scheduler(
+        &cfg,
+        &parts,
+        Arc::new(crm_scheduler::SystemClock),
+        &mut tasks,
+        &shutdown,
+    );
+    tracing::info!(
+        interval_secs = cfg.scheduler.interval_secs,
+        "scheduler running"
+    );
+    supervise(tasks, shutdown).await
 }
 
 /// Resolves when SIGINT or SIGTERM arrives.
@@ -149,13 +250,12 @@ pub async fn run_gateway(cfg: Config) -> anyhow::Result<()> {
     supervise(tasks, shutdown).await
 }
 
-/// `crm project <name>`.
+/// `crm project <name|all>`.
 pub async fn run_projector(cfg: Config, name: &str) -> anyhow::Result<()> {
-    anyhow::ensure!(name == "lifecycle", "unknown projection {name:?}");
     let parts = open(&cfg).await?;
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    spawn_projectors(&cfg, &parts, &mut tasks, &shutdown);
+    spawn_projectors(&cfg, &parts, &[name], &mut tasks, &shutdown)?;
     tracing::info!(projection = name, "projector running");
     supervise(tasks, shutdown).await
 }

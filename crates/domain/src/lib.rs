@@ -11,15 +11,20 @@
 //! - [`decide`] holds the invariants, one function per command family.
 //! - [`aggregate`] plugs the pure functions into `eventually`'s `Aggregate` trait.
 //! - [`lifecycle`] is the pure stage model the lifecycle projection folds.
+//! - [`policy`], [`trust`] and [`health`] price events into the trust account, score
+//!   health, raise churn alerts and cut value tiers, all from business time.
 
 pub mod aggregate;
 pub mod command;
 pub mod decide;
 pub mod error;
 pub mod event;
+pub mod health;
 pub mod ids;
 pub mod lifecycle;
+pub mod policy;
 pub mod state;
+pub mod trust;
 pub mod types;
 
 pub use aggregate::{Customer, Submission};

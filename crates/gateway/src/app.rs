@@ -16,7 +16,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::{ApiKeyConfig, Auth};
 use crate::intake::MAX_BODY_BYTES;
-use crate::routes::{commands, customers, health};
+use crate::routes::{commands, customers, health, views};
 
 /// Gateway settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -69,7 +69,17 @@ pub fn router(state: AppState) -> Router {
             "/v1/customers/{customer_id}/lifecycle/history",
             get(customers::lifecycle_history),
         )
+        .route(
+            "/v1/customers/{customer_id}/trust/ledger",
+            get(customers::trust_ledger),
+        )
+        .route(
+            "/v1/customers/{customer_id}/alerts",
+            get(customers::customer_alerts),
+        )
         .route("/v1/stages", get(customers::stages))
+        .route("/v1/alerts", get(views::alerts))
+        .route("/v1/renewals", get(views::renewals))
         .fallback(health::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())

@@ -5,12 +5,18 @@
 //!   checkpoint, let a [`Projection`] fold the batch in memory and write each touched row
 //!   once, and commit the rows together with the new checkpoint in one transaction, so a
 //!   crash at any point neither loses nor double-applies an event.
-//! - [`lifecycle`] is the lifecycle-stage projection and its queries.
+//! - [`lifecycle`], [`trust`], [`health`] and [`renewals`] are the projections, each with
+//!   its queries; [`policy`] loads the scoring policy file they price and score with.
 
 pub mod error;
+pub mod health;
 pub mod lifecycle;
+pub mod policy;
 pub mod projector;
+pub mod renewals;
+mod sql;
 pub mod store;
+pub mod trust;
 
 pub use error::ProjectionError;
 pub use projector::{Projection, Projector, ProjectorOptions, ProjectorStatus};

@@ -52,6 +52,15 @@ impl ReadStore {
         Ok(row.map_or(0, |(s,)| u64::try_from(s).unwrap_or(0)))
     }
 
+    /// The lowest checkpoint among `names` (0 if any never ran).
+    pub async fn min_checkpoint(&self, names: &[&str]) -> Result<u64, ProjectionError> {
+        let mut lowest = u64::MAX;
+        for name in names {
+            lowest = lowest.min(self.checkpoint(name).await?);
+        }
+        Ok(if names.is_empty() { 0 } else { lowest })
+    }
+
     /// Whether the store answers.
     pub async fn ping(&self) -> Result<(), ProjectionError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;

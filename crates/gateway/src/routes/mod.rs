@@ -3,6 +3,7 @@
 pub mod commands;
 pub mod customers;
 pub mod health;
+pub mod views;
 
 use crm_domain::CustomerId;
 

@@ -1,0 +1,257 @@
+//! The renewals projection: every contract with its end date, notice window and status.
+//!
+//! Stored statuses are `active`, `due` (marked due by the scheduler), `renewed` (in a
+//! renewed term) and `terminated`; `lapsed` (the end date passed without renewal) and the
+//! days left are computed at query time against the reader's date.
+
+use std::collections::{BTreeMap, HashMap};
+
+use crm_domain::{CustomerId, Event};
+use crm_log::StoredEvent;
+use serde::{Deserialize, Serialize};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use time::{Date, Duration};
+
+use crate::error::ProjectionError;
+use crate::projector::Projection;
+use crate::sql::{ROWS_PER_STATEMENT, decode, i64_of, json, load_states, touched};
+use crate::store::ReadStore;
+
+/// The projection's name.
+pub const NAME: &str = "renewals";
+
+/// The renewals projection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RenewalsProjection;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct Contract {
+    starts_on: Date,
+    ends_on: Date,
+    notice_days: u32,
+    status: String,
+    value_minor: i64,
+    currency: String,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Customer {
+    version: u64,
+    last_sequence: u64,
+    contracts: BTreeMap<String, Contract>,
+}
+
+impl Projection for RenewalsProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn apply_batch(
+        &self,
+        tx: &mut SqliteConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut customers: HashMap<CustomerId, Customer> =
+            load_states(tx, "renewal_customers", &touched(events)).await?;
+        let mut dirty: HashMap<(CustomerId, String), ()> = HashMap::new();
+        for stored in events {
+            let env = &stored.envelope;
+            let c = customers.entry(env.customer_id).or_default();
+            if env.version <= c.version {
+                continue;
+            }
+            c.version = env.version;
+            c.last_sequence = stored.sequence;
+            let event = decode(stored)?;
+            let touched_contract = match &event {
+                Event::ContractSigned(e) => {
+                    c.contracts.insert(
+                        e.contract_id.clone(),
+                        Contract {
+                            starts_on: e.starts_on,
+                            ends_on: e.ends_on,
+                            notice_days: e.notice_days,
+                            status: "active".into(),
+                            value_minor: e.value_minor,
+                            currency: e.currency.clone(),
+                        },
+                    );
+                    Some(e.contract_id.clone())
+                }
+                Event::RenewalMarkedDue(e) => c.contracts.get_mut(&e.contract_id).map(|k| {
+                    k.status = "due".into();
+                    e.contract_id.clone()
+                }),
+                Event::ContractRenewed(e) => c.contracts.get_mut(&e.contract_id).map(|k| {
+                    k.status = "renewed".into();
+                    k.ends_on = e.new_ends_on;
+                    if let Some(v) = e.value_minor {
+                        k.value_minor = v;
+                    }
+                    e.contract_id.clone()
+                }),
+                Event::ContractExpanded(e) => c.contracts.get_mut(&e.contract_id).map(|k| {
+                    k.value_minor = k.value_minor.saturating_add(e.added_value_minor);
+                    e.contract_id.clone()
+                }),
+                Event::ContractTerminated(e) => c.contracts.get_mut(&e.contract_id).map(|k| {
+                    k.status = "terminated".into();
+                    e.contract_id.clone()
+                }),
+                _ => None,
+            };
+            if let Some(contract) = touched_contract {
+                dirty.insert((env.customer_id, contract), ());
+            }
+        }
+        let list: Vec<_> = customers.iter().collect();
+        for chunk in list.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO renewal_customers (customer_id, version, last_sequence, state) ",
+            );
+            q.push_values(chunk, |mut b, (id, c)| {
+                b.push_bind(id.to_string())
+                    .push_bind(i64_of(c.version))
+                    .push_bind(i64_of(c.last_sequence))
+                    .push_bind(json(c));
+            });
+            q.push(
+                " ON CONFLICT (customer_id) DO UPDATE SET version = excluded.version, \
+                 last_sequence = excluded.last_sequence, state = excluded.state",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        let rows: Vec<_> = dirty
+            .into_keys()
+            .filter_map(|(id, contract)| {
+                let k = customers.get(&id)?.contracts.get(&contract)?.clone();
+                Some((id, contract, k))
+            })
+            .collect();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO renewals (customer_id, contract_id, starts_on, ends_on, notice_days, \
+                 status, value_minor, currency) ",
+            );
+            q.push_values(chunk, |mut b, (id, contract, k)| {
+                b.push_bind(id.to_string())
+                    .push_bind(contract.clone())
+                    .push_bind(k.starts_on.to_string())
+                    .push_bind(k.ends_on.to_string())
+                    .push_bind(i64::from(k.notice_days))
+                    .push_bind(k.status.clone())
+                    .push_bind(k.value_minor)
+                    .push_bind(k.currency.clone());
+            });
+            q.push(
+                " ON CONFLICT (customer_id, contract_id) DO UPDATE SET starts_on = excluded.starts_on, \
+                 ends_on = excluded.ends_on, notice_days = excluded.notice_days, \
+                 status = excluded.status, value_minor = excluded.value_minor, \
+                 currency = excluded.currency",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A contract as the renewals view shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RenewalView {
+    pub customer_id: String,
+    pub contract_id: String,
+    pub starts_on: String,
+    pub ends_on: String,
+    pub notice_days: u32,
+    /// The day the renewal window opens (ends_on - notice_days).
+    pub notice_from: String,
+    pub status: String,
+    pub days_left: i64,
+    pub value_minor: i64,
+    pub currency: String,
+}
+
+type RenewalRow = (String, String, String, String, i64, String, i64, String);
+
+fn parse_date(s: &str) -> Option<Date> {
+    Date::parse(s, &time::format_description::well_known::Iso8601::DATE).ok()
+}
+
+fn view(r: RenewalRow, today: Date) -> Option<RenewalView> {
+    let (customer_id, contract_id, starts_on, ends_on, notice_days, status, value_minor, currency) =
+        r;
+    let end = parse_date(&ends_on)?;
+    let notice = u32::try_from(notice_days).unwrap_or(0);
+    let status = if status != "terminated" && end < today {
+        "lapsed".to_owned()
+    } else {
+        status
+    };
+    Some(RenewalView {
+        customer_id,
+        contract_id,
+        starts_on,
+        ends_on,
+        notice_days: notice,
+        notice_from: (end - Duration::days(i64::from(notice))).to_string(),
+        status,
+        days_left: (end - today).whole_days(),
+        value_minor,
+        currency,
+    })
+}
+
+/// Contracts not terminated that end within `within_days` of `today` (including lapsed
+/// ones that ended before today when `include_lapsed`), soonest first.
+pub async fn upcoming(
+    store: &ReadStore,
+    today: Date,
+    within_days: i64,
+    offset: u32,
+    limit: u32,
+) -> Result<Vec<RenewalView>, ProjectionError> {
+    let until = today + Duration::days(within_days);
+    let rows: Vec<RenewalRow> = sqlx::query_as(
+        "SELECT customer_id, contract_id, starts_on, ends_on, notice_days, status, value_minor, currency \
+         FROM renewals WHERE status <> 'terminated' AND ends_on >= ? AND ends_on <= ? \
+         ORDER BY ends_on, customer_id, contract_id LIMIT ? OFFSET ?",
+    )
+    .bind(today.to_string())
+    .bind(until.to_string())
+    .bind(i64::from(limit))
+    .bind(i64::from(offset))
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows.into_iter().filter_map(|r| view(r, today)).collect())
+}
+
+/// Contracts whose renewal window is open on `today` and that are not yet marked due: the
+/// scheduler's work list.
+pub async fn entering_notice_window(
+    store: &ReadStore,
+    today: Date,
+) -> Result<Vec<RenewalView>, ProjectionError> {
+    let rows: Vec<RenewalRow> = sqlx::query_as(
+        "SELECT customer_id, contract_id, starts_on, ends_on, notice_days, status, value_minor, currency \
+         FROM renewals WHERE status IN ('active', 'renewed') ORDER BY ends_on",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|r| view(r, today))
+        .filter(|v| {
+            parse_date(&v.notice_from).is_some_and(|from| from <= today) && v.status != "lapsed"
+        })
+        .collect())
+}
+
+/// Every renewal row, for comparing copies.
+pub async fn dump(store: &ReadStore) -> Result<Vec<RenewalRow>, ProjectionError> {
+    Ok(sqlx::query_as(
+        "SELECT customer_id, contract_id, starts_on, ends_on, notice_days, status, value_minor, currency \
+         FROM renewals ORDER BY customer_id, contract_id",
+    )
+    .fetch_all(store.pool())
+    .await?)
+}

@@ -1,0 +1,250 @@
+//! The trust-account projection: balances per tier and in total, and a ledger of every
+//! deposit and withdrawal with the event and the policy rule that priced it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crm_domain::CustomerId;
+use crm_domain::policy::Policy;
+use crm_domain::trust::{self, Balances};
+use crm_log::StoredEvent;
+use serde::{Deserialize, Serialize};
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+
+use crate::error::ProjectionError;
+use crate::projector::Projection;
+use crate::sql::{ROWS_PER_STATEMENT, decode, i64_of, json, load_states, rfc3339, touched, u64_of};
+use crate::store::ReadStore;
+
+/// The projection's name.
+pub const NAME: &str = "trust";
+
+/// The trust projection under one policy.
+#[derive(Debug, Clone)]
+pub struct TrustProjection {
+    policy: Arc<Policy>,
+}
+
+impl TrustProjection {
+    /// Prices events with `policy`.
+    pub fn new(policy: Arc<Policy>) -> Self {
+        Self { policy }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Account {
+    balances: Balances,
+    version: u64,
+    last_sequence: u64,
+}
+
+struct PendingEntry {
+    customer: CustomerId,
+    sequence: u64,
+    entry_no: i64,
+    event_id: String,
+    event_type: String,
+    version: u64,
+    occurred_at: String,
+    entry: trust::Entry,
+}
+
+impl Projection for TrustProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn apply_batch(
+        &self,
+        tx: &mut SqliteConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), ProjectionError> {
+        let mut accounts: HashMap<CustomerId, Account> =
+            load_states(tx, "trust_accounts", &touched(events)).await?;
+        let mut ledger = Vec::new();
+        for stored in events {
+            let env = &stored.envelope;
+            let account = accounts.entry(env.customer_id).or_default();
+            if env.version <= account.version {
+                continue;
+            }
+            account.version = env.version;
+            account.last_sequence = stored.sequence;
+            let event = decode(stored)?;
+            for (i, entry) in trust::price(&event, &self.policy.trust)
+                .into_iter()
+                .enumerate()
+            {
+                account.balances.add(&entry);
+                ledger.push(PendingEntry {
+                    customer: env.customer_id,
+                    sequence: stored.sequence,
+                    entry_no: i as i64,
+                    event_id: env.event_id.to_string(),
+                    event_type: env.event_type.clone(),
+                    version: env.version,
+                    occurred_at: rfc3339(env.occurred_at),
+                    entry,
+                });
+            }
+        }
+        let rows: Vec<_> = accounts.iter().collect();
+        for chunk in rows.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO trust_accounts (customer_id, basic, value_added, emotional, balance, \
+                 version, last_sequence, policy_version, state) ",
+            );
+            q.push_values(chunk, |mut b, (id, a)| {
+                b.push_bind(id.to_string())
+                    .push_bind(a.balances.basic)
+                    .push_bind(a.balances.value_added)
+                    .push_bind(a.balances.emotional)
+                    .push_bind(a.balances.total())
+                    .push_bind(i64_of(a.version))
+                    .push_bind(i64_of(a.last_sequence))
+                    .push_bind(self.policy.version.clone())
+                    .push_bind(json(a));
+            });
+            q.push(
+                " ON CONFLICT (customer_id) DO UPDATE SET basic = excluded.basic, \
+                 value_added = excluded.value_added, emotional = excluded.emotional, \
+                 balance = excluded.balance, version = excluded.version, \
+                 last_sequence = excluded.last_sequence, policy_version = excluded.policy_version, \
+                 state = excluded.state",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        for chunk in ledger.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO trust_ledger (customer_id, sequence, entry_no, event_id, event_type, \
+                 version, occurred_at, tier, points, rule, policy_version) ",
+            );
+            q.push_values(chunk, |mut b, r| {
+                b.push_bind(r.customer.to_string())
+                    .push_bind(i64_of(r.sequence))
+                    .push_bind(r.entry_no)
+                    .push_bind(r.event_id.clone())
+                    .push_bind(r.event_type.clone())
+                    .push_bind(i64_of(r.version))
+                    .push_bind(r.occurred_at.clone())
+                    .push_bind(r.entry.tier.as_str())
+                    .push_bind(r.entry.points)
+                    .push_bind(r.entry.rule)
+                    .push_bind(self.policy.version.clone());
+            });
+            q.push(" ON CONFLICT (customer_id, sequence, entry_no) DO NOTHING");
+            q.build().execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+}
+
+/// A customer's trust account.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TrustView {
+    pub balance: i64,
+    pub basic: i64,
+    pub value_added: i64,
+    pub emotional: i64,
+    pub policy_version: String,
+}
+
+/// One ledger line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LedgerLine {
+    pub stream_sequence: u64,
+    pub event_id: String,
+    pub event_type: String,
+    pub version: u64,
+    pub occurred_at: String,
+    pub tier: String,
+    pub points: i64,
+    pub rule: String,
+    pub policy_version: String,
+}
+
+type LedgerRow = (i64, String, String, i64, String, String, i64, String, String);
+
+/// The account of one customer.
+pub async fn get(store: &ReadStore, id: &CustomerId) -> Result<Option<TrustView>, ProjectionError> {
+    let row: Option<(i64, i64, i64, i64, String)> = sqlx::query_as(
+        "SELECT balance, basic, value_added, emotional, policy_version FROM trust_accounts WHERE customer_id = ?",
+    )
+    .bind(id.to_string())
+    .fetch_optional(store.pool())
+    .await?;
+    Ok(row.map(
+        |(balance, basic, value_added, emotional, policy_version)| TrustView {
+            balance,
+            basic,
+            value_added,
+            emotional,
+            policy_version,
+        },
+    ))
+}
+
+/// Ledger lines after `after_sequence`, in log order, at most `limit`.
+pub async fn ledger(
+    store: &ReadStore,
+    id: &CustomerId,
+    after_sequence: u64,
+    limit: u32,
+) -> Result<Vec<LedgerLine>, ProjectionError> {
+    let rows: Vec<LedgerRow> = sqlx::query_as(
+        "SELECT sequence, event_id, event_type, version, occurred_at, tier, points, rule, policy_version \
+         FROM trust_ledger WHERE customer_id = ? AND sequence > ? ORDER BY sequence, entry_no LIMIT ?",
+    )
+    .bind(id.to_string())
+    .bind(i64_of(after_sequence))
+    .bind(i64::from(limit))
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(
+                seq,
+                event_id,
+                event_type,
+                version,
+                occurred_at,
+                tier,
+                points,
+                rule,
+                policy_version,
+            )| LedgerLine {
+                stream_sequence: u64_of(seq),
+                event_id,
+                event_type,
+                version: u64_of(version),
+                occurred_at,
+                tier,
+                points,
+                rule,
+                policy_version,
+            },
+        )
+        .collect())
+}
+
+/// Every account, for comparing copies and checking ledger sums.
+pub async fn dump(
+    store: &ReadStore,
+) -> Result<Vec<(String, i64, i64, i64, i64, i64)>, ProjectionError> {
+    Ok(sqlx::query_as(
+        "SELECT customer_id, basic, value_added, emotional, balance, version FROM trust_accounts ORDER BY customer_id",
+    )
+    .fetch_all(store.pool())
+    .await?)
+}
+
+/// Ledger sums per customer and tier: (customer, tier, sum).
+pub async fn ledger_sums(store: &ReadStore) -> Result<Vec<(String, String, i64)>, ProjectionError> {
+    Ok(sqlx::query_as(
+        "SELECT customer_id, tier, SUM(points) FROM trust_ledger GROUP BY customer_id, tier ORDER BY customer_id, tier",
+    )
+    .fetch_all(store.pool())
+    .await?)
+}

@@ -1,0 +1,204 @@
+//! The scheduler: the passing of time enters the log only through commands.
+//!
+//! On each tick it reads the views for contracts whose renewal window has opened and for
+//! customers without activity for 30 days, and sends `mark_renewal_due` and
+//! `flag_inactivity` through the normal command path. Every command carries a deterministic
+//! idempotency key (`renewal-due:<contract>:<term end>`, `inactivity:<reference day>`), so
+//! a restart, a lagging view or two schedulers ticking at once never produce a duplicate.
+//! The clock is injectable so tests can move time.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crm_domain::command::{FlagInactivity, MarkRenewalDue};
+use crm_domain::{Command, CustomerId, DomainError};
+use crm_log::{Customers, Metadata, SubmitError, SubmitOptions};
+use crm_projections::{ProjectionError, ReadStore, health, renewals};
+use time::OffsetDateTime;
+use tokio_util::sync::CancellationToken;
+
+/// Where the scheduler gets "now" from.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// The current instant.
+    fn now(&self) -> OffsetDateTime;
+}
+
+/// The system clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> OffsetDateTime {
+        OffsetDateTime::now_utc()
+    }
+}
+
+/// A clock that only moves when told to (tests, simulations).
+#[derive(Debug)]
+pub struct ManualClock(Mutex<OffsetDateTime>);
+
+impl ManualClock {
+    /// A clock stopped at `at`.
+    pub fn new(at: OffsetDateTime) -> Self {
+        Self(Mutex::new(at))
+    }
+
+    /// Moves the clock to `at`.
+    pub fn set(&self, at: OffsetDateTime) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = at;
+    }
+
+    /// Moves the clock forward.
+    pub fn advance(&self, by: time::Duration) {
+        let mut t = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        *t += by;
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> OffsetDateTime {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Days without activity after which a customer is flagged.
+pub const INACTIVITY_DAYS: i64 = 30;
+
+/// What one tick did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TickReport {
+    pub renewals_marked_due: u32,
+    pub inactivity_flagged: u32,
+    /// Commands that were already recorded (replayed keys) or no longer apply.
+    pub skipped: u32,
+}
+
+/// Why a tick failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error(transparent)]
+    Views(#[from] ProjectionError),
+    #[error(transparent)]
+    Submit(#[from] SubmitError),
+}
+
+/// The scheduler.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    customers: Arc<Customers>,
+    store: ReadStore,
+    clock: Arc<dyn Clock>,
+}
+
+enum Outcome {
+    Written,
+    Skipped,
+}
+
+impl Scheduler {
+    /// A scheduler over the command path and the views.
+    pub fn new(customers: Arc<Customers>, store: ReadStore, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            customers,
+            store,
+            clock,
+        }
+    }
+
+    async fn send(
+        &self,
+        id: CustomerId,
+        command: Command,
+        key: String,
+    ) -> Result<Outcome, SubmitError> {
+        let opts = SubmitOptions {
+            occurred_at: Some(self.clock.now()),
+            now: OffsetDateTime::now_utc(),
+            expected_version: None,
+            meta: Metadata {
+                actor: "scheduler".into(),
+                idempotency_key: Some(key),
+                ..Metadata::default()
+            },
+        };
+        match self.customers.submit(id, &command, &opts).await {
+            Ok(s) if s.replayed => Ok(Outcome::Skipped),
+            Ok(_) => Ok(Outcome::Written),
+            // The view was behind the log: the work is already done or no longer applies.
+            Err(SubmitError::Rejected(
+                DomainError::RenewalAlreadyMarked { .. }
+                | DomainError::TermMismatch { .. }
+                | DomainError::ContractNotActive(_)
+                | DomainError::ContractNotFound(_)
+                | DomainError::CustomerChurned
+                | DomainError::RenewalNotDue { .. },
+            )) => Ok(Outcome::Skipped),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// One pass over the views.
+    pub async fn tick(&self) -> Result<TickReport, SchedulerError> {
+        let now = self.clock.now();
+        let today = now.date();
+        let mut report = TickReport::default();
+        for due in renewals::entering_notice_window(&self.store, today).await? {
+            let (Ok(id), Ok(term)) = (
+                CustomerId::parse(&due.customer_id),
+                time::Date::parse(
+                    &due.ends_on,
+                    &time::format_description::well_known::Iso8601::DATE,
+                ),
+            ) else {
+                continue;
+            };
+            let key = format!("renewal-due:{}:{}", due.contract_id, due.ends_on);
+            let cmd = Command::MarkRenewalDue(MarkRenewalDue {
+                contract_id: due.contract_id.clone(),
+                term_ends_on: term,
+            });
+            match self.send(id, cmd, key).await? {
+                Outcome::Written => report.renewals_marked_due += 1,
+                Outcome::Skipped => report.skipped += 1,
+            }
+        }
+        let cutoff = today - time::Duration::days(INACTIVITY_DAYS);
+        for c in health::inactivity_candidates(&self.store, cutoff).await? {
+            let days = (today - c.activity_reference).whole_days();
+            let key = format!("inactivity:{}", c.activity_reference);
+            let cmd = Command::FlagInactivity(FlagInactivity {
+                days_inactive: u32::try_from(days).unwrap_or(u32::MAX),
+                last_activity_on: Some(c.activity_reference),
+            });
+            match self.send(c.customer_id, cmd, key).await? {
+                Outcome::Written => report.inactivity_flagged += 1,
+                Outcome::Skipped => report.skipped += 1,
+            }
+        }
+        Ok(report)
+    }
+
+    /// Ticks every `interval` until `shutdown`. A failed tick is logged and retried on the
+    /// next one.
+    pub async fn run(&self, interval: Duration, shutdown: CancellationToken) {
+        let mut timer = tokio::time::interval(interval);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = timer.tick() => {}
+            }
+            match self.tick().await {
+                Ok(r) if r.renewals_marked_due + r.inactivity_flagged > 0 => {
+                    tracing::info!(
+                        renewals_marked_due = r.renewals_marked_due,
+                        inactivity_flagged = r.inactivity_flagged,
+                        "scheduler tick"
+                    );
+                }
+                Ok(_) => {}
+                Err(e) => tracing::error!(error = %e, "scheduler tick failed"),
+            }
+        }
+    }
+}
