@@ -187,7 +187,9 @@ impl<P: Projection> Projector<P> {
         last: u64,
         batch_no: u64,
     ) -> Result<(), ProjectionError> {
-        let mut tx = self.store.pool().begin().await?;
+        // IMMEDIATE takes SQLite's write lock up front, so concurrent projectors wait on the
+        // busy timeout instead of failing when a read transaction tries to upgrade.
+        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
         self.projection.apply_batch(&mut tx, events).await?;
         sqlx::query(
             "INSERT INTO projection_checkpoints (name, last_sequence, updated_at) VALUES (?, ?, ?) \
