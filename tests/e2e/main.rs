@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod concurrency;
+mod customer_success;
 mod idempotency;
 mod lifecycle;
 mod log_guarantees;
