@@ -12,9 +12,21 @@ async fn at(app: &App, c: Uuid, day: &str, mut body: Value) -> Value {
 }
 
 async fn onboard(app: &App, c: Uuid, day: &str) {
-    at(app, c, day, json!({"type": "register_customer", "name": "Seed Co", "segment": "manufacturing"})).await;
-    at(app, c, day, json!({"type": "sign_contract", "contract_id": "c1", "value_minor": 500_000,
-        "currency": "EUR", "starts_on": day, "ends_on": "2026-12-31"})).await;
+    at(
+        app,
+        c,
+        day,
+        json!({"type": "register_customer", "name": "Seed Co", "segment": "manufacturing"}),
+    )
+    .await;
+    at(
+        app,
+        c,
+        day,
+        json!({"type": "sign_contract", "contract_id": "c1", "value_minor": 500_000,
+        "currency": "EUR", "starts_on": day, "ends_on": "2026-12-31"}),
+    )
+    .await;
 }
 
 fn reason_codes(v: &Value) -> Vec<String> {
@@ -40,25 +52,56 @@ async fn inactive_orders_down_and_a_complaint_is_red_with_all_three_reasons() {
     onboard(&app, c, "2025-01-02").await;
     // A healthy first half: kept promises fill the trust account.
     for (i, day) in ["2025-01-20", "2025-02-20"].iter().enumerate() {
-        at(&app, c, day, json!({"type": "deliver_service", "contract_id": "c1",
-            "service_id": format!("s{i}"), "promised_on": day, "delivered_on": day})).await;
+        at(
+            &app,
+            c,
+            day,
+            json!({"type": "deliver_service", "contract_id": "c1",
+            "service_id": format!("s{i}"), "promised_on": day, "delivered_on": day}),
+        )
+        .await;
     }
-    for (i, day) in ["2025-01-15", "2025-02-15", "2025-03-15"].iter().enumerate() {
-        at(&app, c, day, json!({"type": "record_purchase", "order_id": format!("o{i}"),
-            "amount_minor": 100_000, "currency": "EUR", "ordered_on": day})).await;
+    for (i, day) in ["2025-01-15", "2025-02-15", "2025-03-15"]
+        .iter()
+        .enumerate()
+    {
+        at(
+            &app,
+            c,
+            day,
+            json!({"type": "record_purchase", "order_id": format!("o{i}"),
+            "amount_minor": 100_000, "currency": "EUR", "ordered_on": day}),
+        )
+        .await;
     }
     // Then orders fall, a complaint arrives and usage stops (seed 003).
-    at(&app, c, "2025-05-10", json!({"type": "record_purchase", "order_id": "o9",
-        "amount_minor": 50_000, "currency": "EUR", "ordered_on": "2025-05-10"})).await;
+    at(
+        &app,
+        c,
+        "2025-05-10",
+        json!({"type": "record_purchase", "order_id": "o9",
+        "amount_minor": 50_000, "currency": "EUR", "ordered_on": "2025-05-10"}),
+    )
+    .await;
     at(&app, c, "2025-05-20", json!({"type": "log_complaint", "complaint_id": "k1", "severity": "minor", "topic": "invoice errors"})).await;
-    at(&app, c, "2025-06-10", json!({"type": "flag_inactivity", "days_inactive": 31, "last_activity_on": "2025-05-10"})).await;
+    at(
+        &app,
+        c,
+        "2025-06-10",
+        json!({"type": "flag_inactivity", "days_inactive": 31, "last_activity_on": "2025-05-10"}),
+    )
+    .await;
 
     let v = customer(&app, c).await;
     assert_eq!(v["health"]["color"], "red", "{v}");
     assert_eq!(v["health"]["score"], 40);
     assert_eq!(
         reason_codes(&v),
-        vec!["no_activity_30_days", "order_value_down_20", "complaint_on_record"]
+        vec![
+            "no_activity_30_days",
+            "order_value_down_20",
+            "complaint_on_record"
+        ]
     );
     // Trust: +10 +10 deliveries, -10 minor complaint.
     assert_eq!(v["trust"]["balance"], 10);
@@ -75,30 +118,59 @@ async fn inactive_orders_down_and_a_complaint_is_red_with_all_three_reasons() {
     let alert_id = alert["alert_id"].as_str().unwrap().to_owned();
 
     // Engage: the intervention is recorded against the alert.
-    at(&app, c, "2025-06-11", json!({"type": "log_intervention", "action": "executive_escalation",
-        "note": "CEO call booked", "alert_id": alert_id})).await;
+    at(
+        &app,
+        c,
+        "2025-06-11",
+        json!({"type": "log_intervention", "action": "executive_escalation",
+        "note": "CEO call booked", "alert_id": alert_id}),
+    )
+    .await;
     // Usage resumes: no longer red, still a latent risk (orders down, complaint on record).
-    at(&app, c, "2025-06-12", json!({"type": "record_activity", "day": "2025-06-12", "logins": 14})).await;
+    at(
+        &app,
+        c,
+        "2025-06-12",
+        json!({"type": "record_activity", "day": "2025-06-12", "logins": 14}),
+    )
+    .await;
     let v = customer(&app, c).await;
     assert_eq!(v["health"]["color"], "yellow");
     assert_eq!(v["health"]["score"], 65);
-    assert_eq!(reason_codes(&v), vec!["order_value_down_20", "complaint_on_record"]);
+    assert_eq!(
+        reason_codes(&v),
+        vec!["order_value_down_20", "complaint_on_record"]
+    );
     let (_, mine) = app.get(&format!("/v1/customers/{c}/alerts")).await;
     let mine = mine["alerts"].as_array().unwrap();
     assert_eq!(mine.len(), 1, "de-escalation keeps the same alert open");
     assert_eq!(mine[0]["status"], "open");
     assert_eq!(mine[0]["color"], "yellow");
-    assert_eq!(mine[0]["interventions"][0]["action"], "executive_escalation");
+    assert_eq!(
+        mine[0]["interventions"][0]["action"],
+        "executive_escalation"
+    );
 
     // Months later the complaint is out of the window and orders recovered: green, resolved.
-    at(&app, c, "2025-09-20", json!({"type": "record_purchase", "order_id": "o10",
-        "amount_minor": 400_000, "currency": "EUR", "ordered_on": "2025-09-20"})).await;
+    at(
+        &app,
+        c,
+        "2025-09-20",
+        json!({"type": "record_purchase", "order_id": "o10",
+        "amount_minor": 400_000, "currency": "EUR", "ordered_on": "2025-09-20"}),
+    )
+    .await;
     let v = customer(&app, c).await;
     assert_eq!(v["health"]["color"], "green", "{v}");
     assert_eq!(v["health"]["score"], 100);
     let (_, mine) = app.get(&format!("/v1/customers/{c}/alerts")).await;
     assert_eq!(mine["alerts"][0]["status"], "resolved");
-    assert!(mine["alerts"][0]["resolved_at"].as_str().unwrap().starts_with("2025-09-20"));
+    assert!(
+        mine["alerts"][0]["resolved_at"]
+            .as_str()
+            .unwrap()
+            .starts_with("2025-09-20")
+    );
     let (_, open) = app.get("/v1/alerts").await;
     assert!(open["alerts"].as_array().unwrap().is_empty());
     app.stop().await;
@@ -110,19 +182,33 @@ async fn purchases_down_three_months_in_a_row_raise_an_alert() {
     let app = App::start(&env).await;
     let c = Uuid::now_v7();
     onboard(&app, c, "2024-12-01").await;
-    for (i, (day, amount)) in [("2025-01-10", 400_000), ("2025-02-10", 300_000), ("2025-03-10", 200_000), ("2025-04-10", 100_000)]
-        .iter()
-        .enumerate()
+    for (i, (day, amount)) in [
+        ("2025-01-10", 400_000),
+        ("2025-02-10", 300_000),
+        ("2025-03-10", 200_000),
+        ("2025-04-10", 100_000),
+    ]
+    .iter()
+    .enumerate()
     {
-        at(&app, c, day, json!({"type": "record_purchase", "order_id": format!("o{i}"),
-            "amount_minor": amount, "currency": "EUR", "ordered_on": day})).await;
+        at(
+            &app,
+            c,
+            day,
+            json!({"type": "record_purchase", "order_id": format!("o{i}"),
+            "amount_minor": amount, "currency": "EUR", "ordered_on": day}),
+        )
+        .await;
     }
     let v = customer(&app, c).await;
     assert_eq!(reason_codes(&v), vec!["purchases_down_3_months"]);
     assert_eq!(v["health"]["score"], 85);
     assert_eq!(v["health"]["color"], "yellow");
     let (_, alerts) = app.get("/v1/alerts?color=yellow").await;
-    assert_eq!(alerts["alerts"][0]["recommended_action"]["code"], "dedicated_care_plan");
+    assert_eq!(
+        alerts["alerts"][0]["recommended_action"]["code"],
+        "dedicated_care_plan"
+    );
     app.stop().await;
 }
 
@@ -132,8 +218,14 @@ async fn a_decision_maker_change_is_at_least_yellow_until_it_ages_out() {
     let app = App::start(&env).await;
     let c = Uuid::now_v7();
     onboard(&app, c, "2025-01-02").await;
-    at(&app, c, "2025-03-01", json!({"type": "change_key_contact", "role": "decision_maker",
-        "previous_contact": "Ms. Li", "new_contact": "Mr. Wang"})).await;
+    at(
+        &app,
+        c,
+        "2025-03-01",
+        json!({"type": "change_key_contact", "role": "decision_maker",
+        "previous_contact": "Ms. Li", "new_contact": "Mr. Wang"}),
+    )
+    .await;
     let v = customer(&app, c).await;
     assert_eq!(v["health"]["color"], "yellow");
     assert_eq!(v["health"]["score"], 80);
@@ -142,13 +234,28 @@ async fn a_decision_maker_change_is_at_least_yellow_until_it_ages_out() {
     // Another role weighs less.
     let d = Uuid::now_v7();
     onboard(&app, d, "2025-01-02").await;
-    at(&app, d, "2025-03-01", json!({"type": "change_key_contact", "role": "finance", "new_contact": "Mr. Zhao"})).await;
+    at(
+        &app,
+        d,
+        "2025-03-01",
+        json!({"type": "change_key_contact", "role": "finance", "new_contact": "Mr. Zhao"}),
+    )
+    .await;
     let w = customer(&app, d).await;
-    assert_eq!((w["health"]["color"].as_str(), w["health"]["score"].as_u64()), (Some("yellow"), Some(90)));
+    assert_eq!(
+        (w["health"]["color"].as_str(), w["health"]["score"].as_u64()),
+        (Some("yellow"), Some(90))
+    );
     assert_eq!(reason_codes(&w), vec!["key_contact_changed"]);
 
     // 100 days later, with a care touch in between, the change is history: green.
-    at(&app, c, "2025-06-10", json!({"type": "record_care_touch", "kind": "holiday"})).await;
+    at(
+        &app,
+        c,
+        "2025-06-10",
+        json!({"type": "record_care_touch", "kind": "holiday"}),
+    )
+    .await;
     let v = customer(&app, c).await;
     assert_eq!(v["health"]["color"], "green");
     assert_eq!(v["trust"]["emotional"], 3);
@@ -161,11 +268,29 @@ async fn detractors_repeated_delays_and_an_empty_trust_account_lower_the_score()
     let app = App::start(&env).await;
     let c = Uuid::now_v7();
     onboard(&app, c, "2025-01-02").await;
-    at(&app, c, "2025-02-01", json!({"type": "delay_service", "contract_id": "c1", "service_id": "s1",
-        "promised_on": "2025-01-28", "days_late": 4, "reason": "supplier"})).await;
-    at(&app, c, "2025-02-20", json!({"type": "delay_service", "contract_id": "c1", "service_id": "s2",
-        "promised_on": "2025-02-10", "days_late": 10})).await;
-    at(&app, c, "2025-03-01", json!({"type": "record_survey", "kind": "nps", "score": 3, "comment": "slow"})).await;
+    at(
+        &app,
+        c,
+        "2025-02-01",
+        json!({"type": "delay_service", "contract_id": "c1", "service_id": "s1",
+        "promised_on": "2025-01-28", "days_late": 4, "reason": "supplier"}),
+    )
+    .await;
+    at(
+        &app,
+        c,
+        "2025-02-20",
+        json!({"type": "delay_service", "contract_id": "c1", "service_id": "s2",
+        "promised_on": "2025-02-10", "days_late": 10}),
+    )
+    .await;
+    at(
+        &app,
+        c,
+        "2025-03-01",
+        json!({"type": "record_survey", "kind": "nps", "score": 3, "comment": "slow"}),
+    )
+    .await;
     let v = customer(&app, c).await;
     assert_eq!(
         reason_codes(&v),
@@ -203,7 +328,13 @@ async fn the_trust_ledger_sums_to_the_balance_per_tier_and_in_total() {
     let entries = ledger["entries"].as_array().unwrap();
     let rules: Vec<(&str, &str, i64)> = entries
         .iter()
-        .map(|e| (e["rule"].as_str().unwrap(), e["tier"].as_str().unwrap(), e["points"].as_i64().unwrap()))
+        .map(|e| {
+            (
+                e["rule"].as_str().unwrap(),
+                e["tier"].as_str().unwrap(),
+                e["points"].as_i64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         rules,
@@ -234,23 +365,50 @@ async fn the_trust_ledger_sums_to_the_balance_per_tier_and_in_total() {
     };
     let v = customer(&app, c).await;
     assert_eq!(v["trust"]["basic"].as_i64().unwrap(), sum(Some("basic")));
-    assert_eq!(v["trust"]["value_added"].as_i64().unwrap(), sum(Some("value_added")));
-    assert_eq!(v["trust"]["emotional"].as_i64().unwrap(), sum(Some("emotional")));
+    assert_eq!(
+        v["trust"]["value_added"].as_i64().unwrap(),
+        sum(Some("value_added"))
+    );
+    assert_eq!(
+        v["trust"]["emotional"].as_i64().unwrap(),
+        sum(Some("emotional"))
+    );
     assert_eq!(v["trust"]["balance"].as_i64().unwrap(), sum(None));
     assert_eq!(v["trust"]["balance"], 7);
 
     // Paging walks the same entries.
-    let (_, first) = app.get(&format!("/v1/customers/{c}/trust/ledger?limit=4")).await;
+    let (_, first) = app
+        .get(&format!("/v1/customers/{c}/trust/ledger?limit=4"))
+        .await;
     let cursor = first["next_after_sequence"].as_u64().unwrap();
-    let (_, rest) = app.get(&format!("/v1/customers/{c}/trust/ledger?after_sequence={cursor}")).await;
-    assert!(first["entries"].as_array().unwrap().len() + rest["entries"].as_array().unwrap().len() >= entries.len());
+    let (_, rest) = app
+        .get(&format!(
+            "/v1/customers/{c}/trust/ledger?after_sequence={cursor}"
+        ))
+        .await;
+    assert!(
+        first["entries"].as_array().unwrap().len() + rest["entries"].as_array().unwrap().len()
+            >= entries.len()
+    );
 
     // And across every customer, straight from the tables.
-    let sums = crm_projections::trust::ledger_sums(&app.parts.store).await.unwrap();
-    let accounts = crm_projections::trust::dump(&app.parts.store).await.unwrap();
+    let sums = crm_projections::trust::ledger_sums(&app.parts.store)
+        .await
+        .unwrap();
+    let accounts = crm_projections::trust::dump(&app.parts.store)
+        .await
+        .unwrap();
     for (customer, basic, value_added, emotional, balance, _) in accounts {
-        let of = |tier: &str| sums.iter().filter(|(c, t, _)| *c == customer && t == tier).map(|(_, _, s)| *s).sum::<i64>();
-        assert_eq!((of("basic"), of("value_added"), of("emotional")), (basic, value_added, emotional));
+        let of = |tier: &str| {
+            sums.iter()
+                .filter(|(c, t, _)| *c == customer && t == tier)
+                .map(|(_, _, s)| *s)
+                .sum::<i64>()
+        };
+        assert_eq!(
+            (of("basic"), of("value_added"), of("emotional")),
+            (basic, value_added, emotional)
+        );
         assert_eq!(basic + value_added + emotional, balance);
     }
     app.stop().await;
@@ -261,14 +419,40 @@ async fn renewals_list_contracts_with_window_status_and_days_left() {
     let env = Env::new().await;
     let app = App::start(&env).await;
     let c = Uuid::now_v7();
-    at(&app, c, "2025-01-02", json!({"type": "register_customer", "name": "Renew Co"})).await;
-    at(&app, c, "2025-01-02", json!({"type": "sign_contract", "contract_id": "soon", "value_minor": 100,
-        "currency": "EUR", "starts_on": "2025-01-01", "ends_on": "2025-08-20", "notice_days": 60})).await;
-    at(&app, c, "2025-01-02", json!({"type": "sign_contract", "contract_id": "later", "value_minor": 100,
-        "currency": "EUR", "starts_on": "2025-01-01", "ends_on": "2025-12-31"})).await;
-    at(&app, c, "2025-06-25", json!({"type": "mark_renewal_due", "contract_id": "soon", "term_ends_on": "2025-08-20"})).await;
+    at(
+        &app,
+        c,
+        "2025-01-02",
+        json!({"type": "register_customer", "name": "Renew Co"}),
+    )
+    .await;
+    at(
+        &app,
+        c,
+        "2025-01-02",
+        json!({"type": "sign_contract", "contract_id": "soon", "value_minor": 100,
+        "currency": "EUR", "starts_on": "2025-01-01", "ends_on": "2025-08-20", "notice_days": 60}),
+    )
+    .await;
+    at(
+        &app,
+        c,
+        "2025-01-02",
+        json!({"type": "sign_contract", "contract_id": "later", "value_minor": 100,
+        "currency": "EUR", "starts_on": "2025-01-01", "ends_on": "2025-12-31"}),
+    )
+    .await;
+    at(
+        &app,
+        c,
+        "2025-06-25",
+        json!({"type": "mark_renewal_due", "contract_id": "soon", "term_ends_on": "2025-08-20"}),
+    )
+    .await;
     app.settle().await;
-    let (status, r) = app.get("/v1/renewals?within_days=90&as_of=2025-06-01").await;
+    let (status, r) = app
+        .get("/v1/renewals?within_days=90&as_of=2025-06-01")
+        .await;
     assert_eq!(status, 200);
     let list = r["renewals"].as_array().unwrap();
     assert_eq!(list.len(), 1, "{r}");
@@ -276,9 +460,14 @@ async fn renewals_list_contracts_with_window_status_and_days_left() {
     assert_eq!(list[0]["status"], "due");
     assert_eq!(list[0]["days_left"], 80);
     assert_eq!(list[0]["notice_from"], "2025-06-21");
-    let (_, r) = app.get("/v1/renewals?within_days=365&as_of=2025-06-01").await;
+    let (_, r) = app
+        .get("/v1/renewals?within_days=365&as_of=2025-06-01")
+        .await;
     assert_eq!(r["renewals"].as_array().unwrap().len(), 2);
     let (status, bad) = app.get("/v1/renewals?within_days=soon").await;
-    assert_eq!((status.as_u16(), bad["error"]["code"].as_str()), (400, Some("invalid_query")));
+    assert_eq!(
+        (status.as_u16(), bad["error"]["code"].as_str()),
+        (400, Some("invalid_query"))
+    );
     app.stop().await;
 }

@@ -8,3 +8,4 @@ mod idempotency;
 mod lifecycle;
 mod log_guarantees;
 mod projector_crash;
+mod scheduler;

@@ -1,10 +1,16 @@
 //! A projector killed between batches or inside a batch's transaction resumes to exactly
-//! the view a rebuild from scratch produces.
+//! the view a rebuild from scratch produces; re-applying a batch changes nothing. For every
+//! projection.
+
+use std::sync::Arc;
 
 use crm_e2e::{App, Env, read_all, register, sign};
 use crm_log::StoredEvent;
-use crm_projections::lifecycle::{self, LifecycleProjection};
-use crm_projections::{ProjectionError, Projector, ProjectorOptions, ReadStore};
+use crm_projections::health::HealthProjection;
+use crm_projections::lifecycle::LifecycleProjection;
+use crm_projections::renewals::RenewalsProjection;
+use crm_projections::trust::TrustProjection;
+use crm_projections::{Projection, ProjectionError, Projector, ProjectorOptions, ReadStore};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -13,14 +19,27 @@ async fn generate(app: &App, customers: usize) {
         let c = Uuid::now_v7();
         app.accept(c, register(&format!("Customer {i}"))).await;
         app.accept(c, sign("c1")).await;
+        app.accept(
+            c,
+            json!({"type": "record_purchase", "order_id": "o1", "amount_minor": 1000 + i,
+            "currency": "EUR", "ordered_on": "2025-03-01"}),
+        )
+        .await;
         if i % 2 == 0 {
             app.accept(
                 c,
                 json!({"type": "renew_contract", "contract_id": "c1", "new_ends_on": "2026-12-31"}),
             )
             .await;
+            app.accept(c, json!({"type": "record_care_touch", "kind": "holiday"}))
+                .await;
         }
         if i % 3 == 0 {
+            app.accept(
+                c,
+                json!({"type": "log_complaint", "complaint_id": "k1", "severity": "major"}),
+            )
+            .await;
             app.accept(
                 c,
                 json!({"type": "terminate_contract", "contract_id": "c1"}),
@@ -31,98 +50,137 @@ async fn generate(app: &App, customers: usize) {
         if i % 5 == 0 {
             app.accept(c, json!({"type": "flag_inactivity", "days_inactive": 45}))
                 .await;
+            app.accept(
+                c,
+                json!({"type": "change_key_contact", "role": "buyer", "new_contact": "N"}),
+            )
+            .await;
         }
     }
 }
 
-async fn dump(
-    store: &ReadStore,
-) -> (
-    Vec<impl PartialEq + std::fmt::Debug>,
-    Vec<impl PartialEq + std::fmt::Debug>,
-) {
-    (
-        lifecycle::dump(store).await.unwrap(),
-        lifecycle::dump_transitions(store).await.unwrap(),
-    )
+/// Every table of the read store, as text, for comparing two copies.
+async fn dump(store: &ReadStore) -> Vec<String> {
+    let mut out = Vec::new();
+    out.extend(
+        crm_projections::lifecycle::dump(store)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| format!("{r:?}")),
+    );
+    out.extend(
+        crm_projections::lifecycle::dump_transitions(store)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| format!("{r:?}")),
+    );
+    out.extend(
+        crm_projections::trust::dump(store)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| format!("{r:?}")),
+    );
+    out.extend(
+        crm_projections::trust::ledger_sums(store)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| format!("{r:?}")),
+    );
+    out.extend(
+        crm_projections::health::dump(store)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| format!("{r:?}")),
+    );
+    out.extend(
+        crm_projections::renewals::dump(store)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| format!("{r:?}")),
+    );
+    let alerts = crm_projections::health::open_alerts(store, None, None, 10_000)
+        .await
+        .unwrap();
+    out.extend(alerts.iter().map(|a| format!("{a:?}")));
+    out
 }
 
-fn projector(
-    store: &ReadStore,
-    app: &App,
-    batch: usize,
-    crash: Option<u64>,
-) -> Projector<LifecycleProjection> {
-    Projector::new(
-        LifecycleProjection,
-        store.clone(),
-        app.parts.log.clone(),
-        ProjectorOptions {
-            batch_size: batch,
-            crash_before_commit_of_batch: crash,
-        },
-    )
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_inside_and_between_batches_equals_rebuild() {
-    let env = Env::new().await;
-    let app = App::start_with(env.config("unused.sqlite"), false).await;
-    generate(&app, 40).await;
-    let events: Vec<StoredEvent> = read_all(&app.parts.log).await;
+async fn check<P: Projection + Clone>(projection: P, app: &App, env: &Env, events: &[StoredEvent]) {
+    let name = projection.name();
     let head = events.last().unwrap().sequence;
-    assert!(head > 100);
-
+    let run = |store: &ReadStore, batch: usize, crash: Option<u64>| {
+        Projector::new(
+            projection.clone(),
+            store.clone(),
+            app.parts.log.clone(),
+            ProjectorOptions {
+                batch_size: batch,
+                crash_before_commit_of_batch: crash,
+            },
+        )
+    };
     // Reference: one clean pass from scratch.
-    let fresh = ReadStore::open_file(&env.path("fresh.sqlite"))
+    let fresh = ReadStore::open_file(&env.path(&format!("{name}-fresh.sqlite")))
         .await
         .unwrap();
-    projector(&fresh, &app, 10_000, None)
-        .run_until(head)
-        .await
-        .unwrap();
+    run(&fresh, 10_000, None).run_until(head).await.unwrap();
+    assert_eq!(fresh.checkpoint(name).await.unwrap(), head);
 
     // Crash inside the transaction of batch 3: batches 1 and 2 stay, batch 3 vanishes.
-    let crashed = ReadStore::open_file(&env.path("crashed.sqlite"))
+    let crashed = ReadStore::open_file(&env.path(&format!("{name}-crashed.sqlite")))
         .await
         .unwrap();
-    let err = projector(&crashed, &app, 25, Some(3))
+    let err = run(&crashed, 25, Some(3))
         .run_until(head)
         .await
         .unwrap_err();
     assert!(
         matches!(err, ProjectionError::InjectedCrash { batch: 3 }),
-        "{err}"
+        "{name}: {err}"
     );
-    let cp = crashed.checkpoint("lifecycle").await.unwrap();
-    assert!(cp > 0 && cp < head, "checkpoint {cp} of {head}");
-    let applied_customers = lifecycle::dump(&crashed).await.unwrap().len();
-    assert!(applied_customers > 0);
+    let cp = crashed.checkpoint(name).await.unwrap();
+    assert!(cp > 0 && cp < head, "{name}: checkpoint {cp} of {head}");
 
     // Killed between batches: stop at a sequence in the middle, then drop the projector.
-    projector(&crashed, &app, 25, None)
-        .run_until(head / 2)
-        .await
-        .unwrap();
-    let mid = crashed.checkpoint("lifecycle").await.unwrap();
-    assert!(mid >= head / 2 && mid < head, "{mid}");
+    run(&crashed, 25, None).run_until(head / 2).await.unwrap();
+    let mid = crashed.checkpoint(name).await.unwrap();
+    assert!(mid >= head / 2 && mid < head, "{name}: {mid}");
 
     // Restart and finish: the same view as the clean pass, nothing lost or doubled.
-    projector(&crashed, &app, 25, None)
-        .run_until(head)
-        .await
-        .unwrap();
-    assert_eq!(crashed.checkpoint("lifecycle").await.unwrap(), head);
-    assert_eq!(dump(&crashed).await, dump(&fresh).await);
+    run(&crashed, 25, None).run_until(head).await.unwrap();
+    assert_eq!(crashed.checkpoint(name).await.unwrap(), head);
+    assert_eq!(dump(&crashed).await, dump(&fresh).await, "{name}");
 
-    // Re-applying a batch that is already reflected (redelivery) changes nothing.
-    let mut conn = crashed.pool().acquire().await.unwrap();
-    use crm_projections::Projection;
-    LifecycleProjection
-        .apply_batch(&mut conn, &events[..50])
-        .await
-        .unwrap();
-    drop(conn);
-    assert_eq!(dump(&crashed).await, dump(&fresh).await);
+    // Re-applying batches already reflected (a crash before the checkpoint commit, then
+    // redelivery) changes nothing.
+    for window in [&events[..60], &events[events.len() - 40..]] {
+        let mut conn = crashed.pool().acquire().await.unwrap();
+        projection.apply_batch(&mut conn, window).await.unwrap();
+    }
+    assert_eq!(
+        dump(&crashed).await,
+        dump(&fresh).await,
+        "{name} after re-apply"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_inside_and_between_batches_equals_rebuild_for_every_projection() {
+    let env = Env::new().await;
+    let app = App::start_with(env.config("unused.sqlite"), false).await;
+    generate(&app, 40).await;
+    let events = read_all(&app.parts.log).await;
+    assert!(events.len() > 150);
+    let policy = Arc::new(crm_projections::policy::default_policy());
+    check(LifecycleProjection, &app, &env, &events).await;
+    check(TrustProjection::new(policy.clone()), &app, &env, &events).await;
+    check(HealthProjection::new(policy), &app, &env, &events).await;
+    check(RenewalsProjection, &app, &env, &events).await;
     app.stop().await;
 }

@@ -164,7 +164,17 @@ pub struct LedgerLine {
     pub policy_version: String,
 }
 
-type LedgerRow = (i64, String, String, i64, String, String, i64, String, String);
+type LedgerRow = (
+    i64,
+    String,
+    String,
+    i64,
+    String,
+    String,
+    i64,
+    String,
+    String,
+);
 
 /// The account of one customer.
 pub async fn get(store: &ReadStore, id: &CustomerId) -> Result<Option<TrustView>, ProjectionError> {

@@ -1,0 +1,138 @@
+//! The scheduler marks renewals due and flags inactivity exactly once, with two schedulers
+//! ticking at once and across a restart, and only when the clock enters the window.
+
+use std::sync::Arc;
+
+use crm_e2e::{App, Env, read_all};
+use crm_log::Customers;
+use crm_scheduler::{ManualClock, Scheduler};
+use serde_json::json;
+use time::macros::datetime;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_due_and_inactivity_exactly_once() {
+    let env = Env::new().await;
+    let app = App::start(&env).await;
+    let c = Uuid::now_v7();
+    let at = |mut body: serde_json::Value| {
+        body["occurred_at"] = json!("2025-04-01T09:00:00Z");
+        body
+    };
+    app.accept(
+        c,
+        at(json!({"type": "register_customer", "name": "Clockwork"})),
+    )
+    .await;
+    // Ends 80 days after the scheduler's "now" (2025-06-01): inside the 90-day window.
+    app.accept(
+        c,
+        at(
+            json!({"type": "sign_contract", "contract_id": "near", "value_minor": 100,
+        "currency": "EUR", "starts_on": "2024-08-20", "ends_on": "2025-08-20"}),
+        ),
+    )
+    .await;
+    // Ends 120 days after: outside until the clock passes 2025-07-01.
+    app.accept(
+        c,
+        at(
+            json!({"type": "sign_contract", "contract_id": "far", "value_minor": 100,
+        "currency": "EUR", "starts_on": "2024-09-29", "ends_on": "2025-09-29"}),
+        ),
+    )
+    .await;
+    app.settle().await;
+
+    let clock = Arc::new(ManualClock::new(datetime!(2025-06-01 08:00 UTC)));
+    // Two schedulers with separate caches, as two processes would have.
+    let log = env.log().await;
+    let one = Scheduler::new(
+        app.parts.customers.clone(),
+        app.parts.store.clone(),
+        clock.clone(),
+    );
+    let two = Scheduler::new(
+        Arc::new(Customers::new(log.clone(), 100, 8)),
+        app.parts.store.clone(),
+        clock.clone(),
+    );
+    let (a, b) = tokio::join!(one.tick(), two.tick());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(
+        a.renewals_marked_due + b.renewals_marked_due,
+        1,
+        "{a:?} {b:?}"
+    );
+    // Registered 2025-04-01, never active: 61 days without activity.
+    assert_eq!(
+        a.inactivity_flagged + b.inactivity_flagged,
+        1,
+        "{a:?} {b:?}"
+    );
+
+    // A restarted scheduler (new cache) on views that may lag: nothing new.
+    let restarted = Scheduler::new(
+        Arc::new(Customers::new(log.clone(), 100, 8)),
+        app.parts.store.clone(),
+        clock.clone(),
+    );
+    let again = restarted.tick().await.unwrap();
+    assert_eq!(
+        (again.renewals_marked_due, again.inactivity_flagged),
+        (0, 0)
+    );
+    app.settle().await;
+    let again = restarted.tick().await.unwrap();
+    assert_eq!(
+        (again.renewals_marked_due, again.inactivity_flagged),
+        (0, 0)
+    );
+
+    let due_events = |events: &[crm_log::StoredEvent], contract: &str| {
+        events
+            .iter()
+            .filter(|e| {
+                e.envelope.event_type == "renewal_marked_due"
+                    && e.envelope.payload["contract_id"] == contract
+            })
+            .count()
+    };
+    let events = read_all(&log).await;
+    assert_eq!(due_events(&events, "near"), 1);
+    assert_eq!(due_events(&events, "far"), 0);
+    let flagged: Vec<_> = events
+        .iter()
+        .filter(|e| e.envelope.event_type == "inactivity_flagged")
+        .collect();
+    assert_eq!(flagged.len(), 1);
+    assert_eq!(flagged[0].envelope.payload["days_inactive"], 61);
+    assert_eq!(flagged[0].envelope.actor, "scheduler");
+    assert_eq!(
+        flagged[0].envelope.occurred_at,
+        datetime!(2025-06-01 08:00 UTC)
+    );
+
+    // The clock moves past the far contract's window.
+    clock.set(datetime!(2025-07-02 08:00 UTC));
+    let later = one.tick().await.unwrap();
+    assert_eq!(later.renewals_marked_due, 1);
+    let events = read_all(&log).await;
+    assert_eq!(due_events(&events, "far"), 1);
+    assert_eq!(due_events(&events, "near"), 1);
+
+    let (_, r) = app
+        .get("/v1/renewals?within_days=120&as_of=2025-07-02")
+        .await;
+    let statuses: Vec<_> = r["renewals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["contract_id"].clone(), x["status"].clone()))
+        .collect();
+    assert_eq!(
+        statuses,
+        vec![(json!("near"), json!("due")), (json!("far"), json!("due"))]
+    );
+    app.stop().await;
+}
