@@ -4,6 +4,7 @@
 mod bad_input;
 mod concurrency;
 mod customer_success;
+mod demo;
 mod idempotency;
 mod lifecycle;
 mod log_guarantees;

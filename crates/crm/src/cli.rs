@@ -45,6 +45,16 @@ pub enum Commands {
         #[arg(long, env = "CRM_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Generates believable customers over two years of business time.
+    Demo {
+        #[command(flatten)]
+        args: crate::demo::DemoArgs,
+        #[arg(long, env = "CRM_CONFIG")]
+        config: Option<PathBuf>,
+        /// NATS server to write to (overrides the config), e.g. the one `crm dev` printed.
+        #[arg(long)]
+        nats_url: Option<String>,
+    },
     /// API keys.
     Key {
         #[command(subcommand)]
@@ -77,6 +87,31 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Commands::Schedule { config } => {
             services::run_scheduler(config::load(config.as_deref())?).await
+        }
+        Commands::Demo {
+            args,
+            config,
+            nats_url,
+        } => {
+            let mut cfg = config::load(config.as_deref())?;
+            if let Some(url) = nats_url {
+                cfg.nats.url = url;
+            }
+            let client = crm_log::connect(&cfg.nats).await?;
+            let log = crm_log::EventLog::open(client, &cfg.stream).await?;
+            let customers = std::sync::Arc::new(crm_log::Customers::new(
+                log,
+                args.customers as usize + 16,
+                8,
+            ));
+            let started = std::time::Instant::now();
+            let (written, replayed) = crate::demo::run(customers, &args).await?;
+            println!(
+                "demo: {} customers, {written} events written, {replayed} already present, in {:.1}s",
+                args.customers,
+                started.elapsed().as_secs_f64()
+            );
+            Ok(())
         }
         Commands::Key { command } => {
             match command {

@@ -28,6 +28,9 @@ pub struct DevArgs {
     /// Use this NATS server instead of starting one.
     #[arg(long)]
     pub nats_url: Option<String>,
+    /// Generate this many demo customers at start (idempotent: a restart adds nothing).
+    #[arg(long)]
+    pub demo: Option<u32>,
     /// Optional config file layered under the dev defaults.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -107,6 +110,17 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         crm_gateway::serve(listener, state, token).await?;
         Ok(())
     });
+
+    if let Some(n) = args.demo {
+        let demo = crate::demo::DemoArgs {
+            customers: n,
+            seed: 1,
+            until: None,
+            concurrency: 16,
+        };
+        let (written, _) = crate::demo::run(parts.customers.clone(), &demo).await?;
+        tracing::info!(customers = n, events = written, "demo data generated");
+    }
 
     {
         let mut out = std::io::stdout().lock();

@@ -6,9 +6,11 @@
 //! - [`telemetry`] builds the tracing subscriber.
 //! - [`services`] starts the parts (log, read store, gateway, projectors) from config.
 //! - [`dev`] runs everything in one process with its own pinned nats-server.
+//! - [`demo`] generates believable customer histories through the command path.
 
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod dev;
 pub mod services;
 pub mod telemetry;
