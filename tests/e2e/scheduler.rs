@@ -121,6 +121,7 @@ async fn renewal_due_and_inactivity_exactly_once() {
     assert_eq!(due_events(&events, "far"), 1);
     assert_eq!(due_events(&events, "near"), 1);
 
+    app.settle().await;
     let (_, r) = app
         .get("/v1/renewals?within_days=120&as_of=2025-07-02")
         .await;

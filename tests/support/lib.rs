@@ -177,10 +177,12 @@ impl App {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    /// Waits until the lifecycle view has applied everything in the log.
+    /// Waits until every view has applied everything in the log.
     pub async fn settle(&self) {
         let head = self.parts.log.head().await.expect("head");
-        wait_for_checkpoint(&self.parts.store, "lifecycle", head).await;
+        for name in crm_cli::services::PROJECTIONS {
+            wait_for_checkpoint(&self.parts.store, name, head).await;
+        }
     }
 }
 

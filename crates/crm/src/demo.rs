@@ -141,6 +141,7 @@ pub fn story(
     ));
     // Renewal at the end of the first term, except for the renewal-coming-due story.
     let second_end = first_end + Duration::days(365);
+    let back = first_end + Duration::days(rng.random_range(60..150));
     let recent = until - Duration::days(120);
     match scenario {
         "renewal_coming_due" => {
@@ -159,7 +160,6 @@ pub fn story(
                 first_end,
                 json!({"type": "terminate_contract", "contract_id": "c1", "reason": "budget cut"}),
             ));
-            let back = first_end + Duration::days(rng.random_range(60..150));
             cmds.push((back, json!({"type": "sign_contract", "contract_id": "c2", "value_minor": value / 2,
                 "currency": "EUR", "starts_on": day(back), "ends_on": day(back + Duration::days(365))})));
         }
@@ -169,6 +169,19 @@ pub fn story(
                 json!({"type": "renew_contract", "contract_id": "c1",
                 "new_ends_on": day(second_end), "value_minor": value + 50_000}),
             ));
+        }
+    }
+    if scenario != "red_triple" {
+        // Ongoing usage in the second year, so only the red story goes quiet (and a churned
+        // customer only after coming back).
+        let mut d = if scenario == "churned_and_won_back" {
+            back
+        } else {
+            first_end
+        };
+        while d < until - Duration::days(3) {
+            cmds.push((d, json!({"type": "record_activity", "day": day(d), "logins": rng.random_range(3..30)})));
+            d += Duration::days(20);
         }
     }
     match scenario {

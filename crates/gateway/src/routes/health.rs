@@ -64,6 +64,10 @@ mod tests {
             "/v1/customers/{customer_id}",
             "/v1/customers/{customer_id}/lifecycle/history",
             "/v1/stages",
+            "/v1/customers/{customer_id}/trust/ledger",
+            "/v1/customers/{customer_id}/alerts",
+            "/v1/alerts",
+            "/v1/renewals",
         ] {
             assert!(doc["paths"].get(path).is_some(), "{path} undocumented");
         }
