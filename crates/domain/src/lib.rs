@@ -27,6 +27,9 @@ pub mod state;
 pub mod trust;
 pub mod types;
 
+#[cfg(test)]
+mod tests;
+
 pub use aggregate::{Customer, Submission};
 pub use command::Command;
 pub use decide::decide;
