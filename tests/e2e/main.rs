@@ -1,6 +1,7 @@
 //! End-to-end tests of the spine: a real nats-server per test, real SQLite, real HTTP.
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
+mod audit;
 mod bad_input;
 mod concurrency;
 mod customer_success;

@@ -21,6 +21,15 @@ use uuid::Uuid;
 pub const KEY: &str = "test-key-all-roles";
 /// A key with only the reader role.
 pub const READER_KEY: &str = "test-key-reader";
+/// One key per single role: (role, key).
+pub const ROLE_KEYS: [(Role, &str); 4] = [
+    (Role::Publisher, "test-key-publisher"),
+    (Role::Reader, READER_KEY),
+    (Role::Ops, "test-key-ops"),
+    (Role::Auditor, "test-key-auditor"),
+];
+/// The audit signing key of test apps.
+pub const AUDIT_KEY: &str = "test-audit-signing-key";
 
 /// A nats-server and a temporary directory for one test.
 pub struct Env {
@@ -52,18 +61,19 @@ impl Env {
         cfg.stream = self.stream.clone();
         cfg.store.sqlite_path = self.dir.path().join(views);
         cfg.projector.batch_size = 500;
-        cfg.gateway.api_keys = vec![
-            ApiKeyConfig {
-                name: "tester".into(),
-                key_sha256: crm_gateway::auth::hash_key(KEY),
-                roles: Role::ALL.to_vec(),
-            },
-            ApiKeyConfig {
-                name: "reader".into(),
-                key_sha256: crm_gateway::auth::hash_key(READER_KEY),
-                roles: vec![Role::Reader],
-            },
-        ];
+        cfg.gateway.api_keys = vec![ApiKeyConfig {
+            name: "tester".into(),
+            key_sha256: crm_gateway::auth::hash_key(KEY),
+            roles: Role::ALL.to_vec(),
+        }];
+        for (role, key) in ROLE_KEYS {
+            cfg.gateway.api_keys.push(ApiKeyConfig {
+                name: role.as_str().into(),
+                key_sha256: crm_gateway::auth::hash_key(key),
+                roles: vec![role],
+            });
+        }
+        cfg.audit.signing_key = Some(crm_log::connect::Secret::new(AUDIT_KEY));
         cfg
     }
 

@@ -55,6 +55,13 @@ pub enum Commands {
         #[arg(long)]
         nats_url: Option<String>,
     },
+    /// Auditors' tools: query, export, verify, checkpoint.
+    Audit {
+        #[command(subcommand)]
+        command: crate::audit::AuditCommand,
+        #[arg(long, env = "CRM_CONFIG", global = true)]
+        config: Option<PathBuf>,
+    },
     /// API keys.
     Key {
         #[command(subcommand)]
@@ -112,6 +119,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             );
             Ok(())
+        }
+        Commands::Audit { command, config } => {
+            crate::audit::run(config::load(config.as_deref())?, command).await
         }
         Commands::Key { command } => {
             match command {

@@ -61,6 +61,17 @@ impl Default for SchedulerConfig {
     }
 }
 
+/// The audit trail.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Key that signs checkpoints of every chain head (HMAC-SHA-256). Keep it away from
+    /// the stream's admins: it is what detects a stream rebuilt from scratch.
+    pub signing_key: Option<crm_log::connect::Secret>,
+    /// Seconds between automatic signed checkpoints (0: only on request).
+    pub checkpoint_interval_secs: u64,
+}
+
 /// Everything `crm` can be configured with.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -72,6 +83,7 @@ pub struct Config {
     pub projector: ProjectorConfig,
     pub policy: PolicyConfig,
     pub scheduler: SchedulerConfig,
+    pub audit: AuditConfig,
 }
 
 /// Loads defaults, the optional file, then the environment.

@@ -38,7 +38,12 @@ pub struct DevArgs {
 
 /// The dev key with every role, kept in the data dir so a restart reuses it.
 fn dev_key(data_dir: &Path) -> anyhow::Result<String> {
-    let path = data_dir.join("dev-api-key");
+    secret_file(&data_dir.join("dev-api-key"))
+}
+
+/// A random secret kept in `path` (created with mode 0600 on first use).
+fn secret_file(path: &Path) -> anyhow::Result<String> {
+    let path = path.to_path_buf();
     if let Ok(existing) = std::fs::read_to_string(&path) {
         let key = existing.trim().to_owned();
         if !key.is_empty() {
@@ -88,6 +93,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         roles: Role::ALL.to_vec(),
     });
 
+    if cfg.audit.signing_key.is_none() {
+        cfg.audit.signing_key = Some(crm_log::connect::Secret::new(secret_file(
+            &data_dir.join("audit-signing-key"),
+        )?));
+        if cfg.audit.checkpoint_interval_secs == 0 {
+            cfg.audit.checkpoint_interval_secs = 3_600;
+        }
+    }
+
     let parts = services::open(&cfg).await?;
     let state = services::app_state(&cfg, &parts)?;
     let listener = TcpListener::bind(cfg.gateway.http_addr)
@@ -98,6 +112,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     services::spawn_projectors(&cfg, &parts, &["all"], &mut tasks, &shutdown)?;
+    services::spawn_audit_checkpoints(&cfg, &parts, &mut tasks, &shutdown);
     services::spawn_scheduler(
         &cfg,
         &parts,

@@ -2,12 +2,14 @@
 //! together for each sub-command.
 //!
 //! - [`cli`] defines the arguments.
+//! - [`audit`] queries, exports and verifies the event log.
 //! - [`config`] is the one typed configuration, layered file + environment.
 //! - [`telemetry`] builds the tracing subscriber.
 //! - [`services`] starts the parts (log, read store, gateway, projectors) from config.
 //! - [`dev`] runs everything in one process with its own pinned nats-server.
 //! - [`demo`] generates believable customer histories through the command path.
 
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -57,11 +57,17 @@ pub fn app_state(cfg: &Config, parts: &Parts) -> anyhow::Result<AppState> {
         store: parts.store.clone(),
         auth: Arc::new(auth),
         read_wait: Duration::from_millis(cfg.gateway.read_your_writes_ms),
+        audit_key: cfg
+            .audit
+            .signing_key
+            .as_ref()
+            .map(|k| Arc::new(k.expose().as_bytes().to_vec())),
     })
 }
 
 /// Every projection's name.
-pub const PROJECTIONS: [&str; 4] = [
+pub const PROJECTIONS: [&str; 5] = [
+    crm_projections::audit::NAME,
     crm_projections::lifecycle::NAME,
     crm_projections::trust::NAME,
     crm_projections::health::NAME,
@@ -116,6 +122,15 @@ pub fn spawn_projectors(
             PROJECTIONS.join(", ")
         );
     }
+    if wanted(crm_projections::audit::NAME) {
+        spawn_one(
+            crm_projections::audit::AuditProjection,
+            cfg,
+            parts,
+            tasks,
+            shutdown,
+        );
+    }
     if wanted(crm_projections::lifecycle::NAME) {
         spawn_one(LifecycleProjection, cfg, parts, tasks, shutdown);
     }
@@ -158,6 +173,45 @@ pub fn spawn_scheduler(
     tasks.spawn(async move {
         scheduler.run(interval, token).await;
         Ok(())
+    });
+}
+
+/// Spawns periodic signed checkpoints of the chain heads, if a key and an interval are set.
+pub fn spawn_audit_checkpoints(
+    cfg: &Config,
+    parts: &Parts,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+) {
+    let (Some(key), interval) = (
+        cfg.audit.signing_key.clone(),
+        cfg.audit.checkpoint_interval_secs,
+    ) else {
+        return;
+    };
+    if interval == 0 {
+        return;
+    }
+    let store = parts.store.clone();
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        let mut timer = tokio::time::interval(Duration::from_secs(interval));
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = token.cancelled() => return Ok(()),
+                _ = timer.tick() => {}
+            }
+            match crm_projections::audit::create_checkpoint(&store, key.expose().as_bytes()).await {
+                Ok(Some(c)) => tracing::info!(
+                    head_sequence = c.head_sequence,
+                    customers = c.customers,
+                    "signed chain-head checkpoint"
+                ),
+                Ok(None) => {}
+                Err(e) => tracing::error!(error = %e, "signing a chain-head checkpoint failed"),
+            }
+        }
     });
 }
 

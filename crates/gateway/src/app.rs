@@ -16,7 +16,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::{ApiKeyConfig, Auth};
 use crate::intake::MAX_BODY_BYTES;
-use crate::routes::{commands, customers, health, views};
+use crate::routes::{audit, commands, customers, health, views};
 
 /// Gateway settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +52,8 @@ pub struct AppState {
     pub store: ReadStore,
     pub auth: Arc<Auth>,
     pub read_wait: Duration,
+    /// Key for signing chain-head checkpoints (HMAC-SHA-256).
+    pub audit_key: Option<Arc<Vec<u8>>>,
 }
 
 /// The HTTP router.
@@ -80,6 +82,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/stages", get(customers::stages))
         .route("/v1/alerts", get(views::alerts))
         .route("/v1/renewals", get(views::renewals))
+        .route("/v1/audit/events", get(audit::events))
+        .route("/v1/audit/verify", get(audit::verify))
+        .route(
+            "/v1/audit/checkpoints",
+            get(audit::list_checkpoints).post(audit::create_checkpoint),
+        )
         .fallback(health::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())

@@ -8,8 +8,10 @@
 //! - [`log`] is the raw log: conditional appends, per-customer reads, reading everything.
 //! - [`repository`] loads customers (through a bounded cache), decides, appends, retries,
 //!   and keeps idempotency keys for as long as the log exists.
+//! - [`audit`] verifies hash chains and signed checkpoints of the chain heads.
 //! - [`eventstore`] exposes the log through `eventually`'s `EventStore` trait.
 
+pub mod audit;
 pub mod connect;
 pub mod envelope;
 pub mod error;

@@ -144,6 +144,19 @@ impl EventLog {
         customer: &CustomerId,
         after: u64,
     ) -> Result<Vec<StoredEvent>, LogError> {
+        self.read_customer_raw(customer, after)
+            .await?
+            .into_iter()
+            .collect()
+    }
+
+    /// Like [`EventLog::read_customer`], but an undecodable message is returned as a
+    /// [`LogError::Decode`] item instead of ending the read (for verification).
+    pub async fn read_customer_raw(
+        &self,
+        customer: &CustomerId,
+        after: u64,
+    ) -> Result<Vec<Result<StoredEvent, LogError>>, LogError> {
         let subject = self.subject(customer);
         let mut out = Vec::new();
         let mut next = after + 1;
@@ -154,20 +167,38 @@ impl EventLog {
                 .await
             {
                 Ok(msg) => {
-                    let envelope =
-                        Envelope::from_bytes(&msg.payload).map_err(|e| LogError::Decode {
-                            sequence: msg.sequence,
-                            reason: e.to_string(),
-                        })?;
                     next = msg.sequence + 1;
-                    out.push(StoredEvent {
-                        sequence: msg.sequence,
-                        envelope,
-                    });
+                    out.push(
+                        Envelope::from_bytes(&msg.payload)
+                            .map(|envelope| StoredEvent {
+                                sequence: msg.sequence,
+                                envelope,
+                            })
+                            .map_err(|e| LogError::Decode {
+                                sequence: msg.sequence,
+                                reason: e.to_string(),
+                            }),
+                    );
                 }
                 Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(out),
                 Err(e) => return Err(LogError::nats(e)),
             }
+        }
+    }
+
+    /// One event by stream sequence (`None` if there is none).
+    pub async fn get(&self, sequence: u64) -> Result<Option<StoredEvent>, LogError> {
+        match self.stream.direct_get(sequence).await {
+            Ok(msg) => {
+                let envelope =
+                    Envelope::from_bytes(&msg.payload).map_err(|e| LogError::Decode {
+                        sequence,
+                        reason: e.to_string(),
+                    })?;
+                Ok(Some(StoredEvent { sequence, envelope }))
+            }
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(LogError::nats(e)),
         }
     }
 

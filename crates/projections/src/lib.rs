@@ -6,8 +6,9 @@
 //!   once, and commit the rows together with the new checkpoint in one transaction, so a
 //!   crash at any point neither loses nor double-applies an event.
 //! - [`lifecycle`], [`trust`], [`health`] and [`renewals`] are the projections, each with
-//!   its queries; [`policy`] loads the scoring policy file they price and score with.
+//!   its queries; [`audit`] indexes the log for auditors; [`policy`] loads the scoring policy file they price and score with.
 
+pub mod audit;
 pub mod error;
 pub mod health;
 pub mod lifecycle;

@@ -1,5 +1,6 @@
 //! One module per resource.
 
+pub mod audit;
 pub mod commands;
 pub mod customers;
 pub mod health;

@@ -1,0 +1,302 @@
+//! The audit index projection: one row per event with the fields auditors filter on, so a
+//! query by type, actor, customer or time does not scan the log. Queries return sequences;
+//! callers read the events themselves from the log.
+
+use std::collections::HashMap;
+
+use crm_domain::CustomerId;
+use crm_log::StoredEvent;
+use serde::Deserialize;
+use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use time::OffsetDateTime;
+
+use crate::error::ProjectionError;
+use crate::projector::Projection;
+use crate::sql::{ROWS_PER_STATEMENT, i64_of, rfc3339, u64_of};
+use crate::store::ReadStore;
+
+/// The projection's name.
+pub const NAME: &str = "audit";
+
+/// The audit index projection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AuditProjection;
+
+impl Projection for AuditProjection {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn apply_batch(
+        &self,
+        tx: &mut SqliteConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), ProjectionError> {
+        for chunk in events.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO audit_index (sequence, customer_id, event_type, actor, occurred_at, recorded_at) ",
+            );
+            q.push_values(chunk, |mut b, e| {
+                b.push_bind(i64_of(e.sequence))
+                    .push_bind(e.envelope.customer_id.to_string())
+                    .push_bind(e.envelope.event_type.clone())
+                    .push_bind(e.envelope.actor.clone())
+                    .push_bind(rfc3339(e.envelope.occurred_at))
+                    .push_bind(rfc3339(e.envelope.recorded_at));
+            });
+            q.push(" ON CONFLICT (sequence) DO NOTHING");
+            q.build().execute(&mut *tx).await?;
+        }
+        // The latest head of every customer in the batch.
+        let mut heads: HashMap<String, (u64, &str, u64)> = HashMap::new();
+        for e in events {
+            heads.insert(
+                e.envelope.customer_id.to_string(),
+                (e.envelope.version, e.envelope.hash.as_str(), e.sequence),
+            );
+        }
+        let heads: Vec<_> = heads.into_iter().collect();
+        for chunk in heads.chunks(ROWS_PER_STATEMENT) {
+            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+                "INSERT INTO chain_heads (customer_id, version, hash, sequence) ",
+            );
+            q.push_values(chunk, |mut b, (c, (v, h, s))| {
+                b.push_bind(c.clone())
+                    .push_bind(i64_of(*v))
+                    .push_bind(h.to_string())
+                    .push_bind(i64_of(*s));
+            });
+            q.push(
+                " ON CONFLICT (customer_id) DO UPDATE SET version = excluded.version, \
+                 hash = excluded.hash, sequence = excluded.sequence \
+                 WHERE excluded.sequence > chain_heads.sequence",
+            );
+            q.build().execute(&mut *tx).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Signs the chain heads as of the audit projection's checkpoint and stores the result.
+/// Returns `None` when the projection has not indexed anything yet.
+pub async fn create_checkpoint(
+    store: &ReadStore,
+    key: &[u8],
+) -> Result<Option<ChainCheckpoint>, ProjectionError> {
+    // One read transaction: the heads and the checkpoint are consistent.
+    let mut tx = store.pool().begin().await?;
+    let head: Option<(i64,)> =
+        sqlx::query_as("SELECT last_sequence FROM projection_checkpoints WHERE name = ?")
+            .bind(NAME)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((head,)) = head else {
+        return Ok(None);
+    };
+    let rows: Vec<(String, i64, String)> =
+        sqlx::query_as("SELECT customer_id, version, hash FROM chain_heads")
+            .fetch_all(&mut *tx)
+            .await?;
+    tx.commit().await?;
+    let mut parsed = Vec::with_capacity(rows.len());
+    for (c, v, h) in &rows {
+        let id = CustomerId::parse(c).map_err(|e| ProjectionError::CorruptState {
+            customer: c.clone(),
+            reason: e.to_string(),
+        })?;
+        parsed.push((id, u64_of(*v), h.as_str()));
+    }
+    let digest = crm_log::audit::heads_digest(parsed.into_iter());
+    let head_sequence = u64_of(head);
+    let customers = rows.len() as u64;
+    let checkpoint = ChainCheckpoint {
+        head_sequence,
+        created_at: rfc3339(OffsetDateTime::now_utc()),
+        customers,
+        signature: crm_log::audit::sign(key, head_sequence, customers, &digest),
+        heads_digest: digest,
+    };
+    save_checkpoint(store, &checkpoint).await?;
+    Ok(Some(checkpoint))
+}
+
+/// Filters of an audit query. Times compare as instants (RFC 3339 in UTC).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AuditFilter {
+    pub customer_id: Option<String>,
+    #[serde(rename = "type")]
+    pub event_type: Option<String>,
+    pub actor: Option<String>,
+    /// Business time range (`occurred_at`), inclusive.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub from: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub to: Option<OffsetDateTime>,
+    /// Recording time range (`recorded_at`), inclusive.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub recorded_from: Option<OffsetDateTime>,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub recorded_to: Option<OffsetDateTime>,
+}
+
+fn utc(t: OffsetDateTime) -> String {
+    rfc3339(t.to_offset(time::UtcOffset::UTC))
+}
+
+impl AuditFilter {
+    /// Whether an event matches (used for the part of the log the index has not reached).
+    pub fn matches(&self, e: &StoredEvent) -> bool {
+        let env = &e.envelope;
+        self.customer_id
+            .as_ref()
+            .is_none_or(|c| *c == env.customer_id.to_string())
+            && self
+                .event_type
+                .as_ref()
+                .is_none_or(|t| *t == env.event_type)
+            && self.actor.as_ref().is_none_or(|a| *a == env.actor)
+            && self.from.is_none_or(|f| env.occurred_at >= f)
+            && self.to.is_none_or(|t| env.occurred_at <= t)
+            && self.recorded_from.is_none_or(|f| env.recorded_at >= f)
+            && self.recorded_to.is_none_or(|t| env.recorded_at <= t)
+    }
+}
+
+/// Stream sequences of matching events after `after`, in log order, at most `limit`.
+pub async fn query(
+    store: &ReadStore,
+    filter: &AuditFilter,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<u64>, ProjectionError> {
+    let mut q: QueryBuilder<Sqlite> =
+        QueryBuilder::new("SELECT sequence FROM audit_index WHERE sequence > ");
+    q.push_bind(i64_of(after));
+    if let Some(c) = &filter.customer_id {
+        q.push(" AND customer_id = ").push_bind(c.clone());
+    }
+    if let Some(t) = &filter.event_type {
+        q.push(" AND event_type = ").push_bind(t.clone());
+    }
+    if let Some(a) = &filter.actor {
+        q.push(" AND actor = ").push_bind(a.clone());
+    }
+    // Stored times are UTC RFC 3339 with microseconds at most, so text order is time order
+    // for the same precision; compare through SQLite's julianday to be exact.
+    if let Some(f) = filter.from {
+        q.push(" AND julianday(occurred_at) >= julianday(")
+            .push_bind(utc(f))
+            .push(")");
+    }
+    if let Some(t) = filter.to {
+        q.push(" AND julianday(occurred_at) <= julianday(")
+            .push_bind(utc(t))
+            .push(")");
+    }
+    if let Some(f) = filter.recorded_from {
+        q.push(" AND julianday(recorded_at) >= julianday(")
+            .push_bind(utc(f))
+            .push(")");
+    }
+    if let Some(t) = filter.recorded_to {
+        q.push(" AND julianday(recorded_at) <= julianday(")
+            .push_bind(utc(t))
+            .push(")");
+    }
+    q.push(" ORDER BY sequence LIMIT ")
+        .push_bind(i64::from(limit));
+    let rows: Vec<(i64,)> = q.build_query_as().fetch_all(store.pool()).await?;
+    Ok(rows.into_iter().map(|(s,)| u64_of(s)).collect())
+}
+
+/// One page of matching events after `after`, in log order: from the index, then from the
+/// part of the log the index has not reached yet. Events always come from the log itself.
+pub async fn page(
+    store: &ReadStore,
+    log: &crm_log::EventLog,
+    filter: &AuditFilter,
+    after: u64,
+    limit: u32,
+) -> Result<Vec<StoredEvent>, ProjectionError> {
+    let indexed_to = store.checkpoint(NAME).await?;
+    let mut out = Vec::new();
+    for seq in query(store, filter, after, limit).await? {
+        if let Some(e) = log.get(seq).await? {
+            out.push(e);
+        }
+    }
+    if (out.len() as u32) < limit {
+        let head = log.head().await?;
+        let mut seq = after.max(indexed_to);
+        while seq < head && (out.len() as u32) < limit {
+            seq += 1;
+            if let Some(e) = log.get(seq).await?
+                && filter.matches(&e)
+            {
+                out.push(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A signed checkpoint of every chain head at a log position.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChainCheckpoint {
+    pub head_sequence: u64,
+    pub created_at: String,
+    pub customers: u64,
+    pub heads_digest: String,
+    pub signature: String,
+}
+
+/// Stores a checkpoint (idempotent per head sequence).
+pub async fn save_checkpoint(
+    store: &ReadStore,
+    c: &ChainCheckpoint,
+) -> Result<(), ProjectionError> {
+    sqlx::query(
+        "INSERT INTO audit_checkpoints (head_sequence, created_at, customers, heads_digest, signature) \
+         VALUES (?, ?, ?, ?, ?) ON CONFLICT (head_sequence) DO NOTHING",
+    )
+    .bind(i64_of(c.head_sequence))
+    .bind(&c.created_at)
+    .bind(i64_of(c.customers))
+    .bind(&c.heads_digest)
+    .bind(&c.signature)
+    .execute(store.pool())
+    .await?;
+    Ok(())
+}
+
+/// Every stored checkpoint, oldest first.
+pub async fn checkpoints(store: &ReadStore) -> Result<Vec<ChainCheckpoint>, ProjectionError> {
+    let rows: Vec<(i64, String, i64, String, String)> = sqlx::query_as(
+        "SELECT head_sequence, created_at, customers, heads_digest, signature FROM audit_checkpoints ORDER BY head_sequence",
+    )
+    .fetch_all(store.pool())
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(
+            |(s, created_at, n, heads_digest, signature)| ChainCheckpoint {
+                head_sequence: u64_of(s),
+                created_at,
+                customers: u64_of(n),
+                heads_digest,
+                signature,
+            },
+        )
+        .collect())
+}
+
+impl From<&ChainCheckpoint> for crm_log::audit::SignedHeads {
+    fn from(c: &ChainCheckpoint) -> Self {
+        Self {
+            head_sequence: c.head_sequence,
+            customers: c.customers,
+            heads_digest: c.heads_digest.clone(),
+            signature: c.signature.clone(),
+        }
+    }
+}
