@@ -6,6 +6,7 @@ mod bad_input;
 mod concurrency;
 mod customer_success;
 mod demo;
+mod doors;
 mod idempotency;
 mod lifecycle;
 mod log_guarantees;

@@ -120,11 +120,13 @@ impl App {
             services::spawn_projectors(&cfg, &parts, &["all"], &mut tasks, &shutdown)
                 .expect("projectors");
         }
-        let token = shutdown.clone();
-        tasks.spawn(async move {
-            crm_gateway::serve(listener, state, token).await?;
-            Ok(())
-        });
+        services::spawn_gateway(
+            state,
+            parts.log.client().clone(),
+            listener,
+            &mut tasks,
+            &shutdown,
+        );
         App {
             base,
             parts,

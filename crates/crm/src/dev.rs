@@ -120,11 +120,13 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         &mut tasks,
         &shutdown,
     );
-    let token = shutdown.clone();
-    tasks.spawn(async move {
-        crm_gateway::serve(listener, state, token).await?;
-        Ok(())
-    });
+    services::spawn_gateway(
+        state,
+        parts.log.client().clone(),
+        listener,
+        &mut tasks,
+        &shutdown,
+    );
 
     if let Some(n) = args.demo {
         let demo = crate::demo::DemoArgs {

@@ -286,6 +286,28 @@ fn flatten(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Res
     r.map_err(anyhow::Error::from).and_then(|inner| inner)
 }
 
+/// Spawns the gateway's doors: HTTP on `listener` and NATS requests on `crm.commands.*`.
+pub fn spawn_gateway(
+    state: AppState,
+    client: async_nats::Client,
+    listener: TcpListener,
+    tasks: &mut JoinSet<anyhow::Result<()>>,
+    shutdown: &CancellationToken,
+) {
+    let token = shutdown.clone();
+    let http_state = state.clone();
+    tasks.spawn(async move {
+        crm_gateway::serve(listener, http_state, token).await?;
+        Ok(())
+    });
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        crm_gateway::nats_intake::serve(client, state, token)
+            .await
+            .map_err(|e| anyhow::anyhow!("NATS command intake: {e}"))
+    });
+}
+
 /// `crm gateway`.
 pub async fn run_gateway(cfg: Config) -> anyhow::Result<()> {
     let parts = open(&cfg).await?;
@@ -296,11 +318,13 @@ pub async fn run_gateway(cfg: Config) -> anyhow::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "gateway listening");
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
-    let token = shutdown.clone();
-    tasks.spawn(async move {
-        crm_gateway::serve(listener, state, token).await?;
-        Ok(())
-    });
+    spawn_gateway(
+        state,
+        parts.log.client().clone(),
+        listener,
+        &mut tasks,
+        &shutdown,
+    );
     supervise(tasks, shutdown).await
 }
 

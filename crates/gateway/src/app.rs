@@ -16,7 +16,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::auth::{ApiKeyConfig, Auth};
 use crate::intake::MAX_BODY_BYTES;
-use crate::routes::{audit, commands, customers, health, views};
+use crate::routes::{admin, audit, commands, customers, health, views};
 
 /// Gateway settings.
 #[derive(Debug, Clone, Deserialize)]
@@ -62,6 +62,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/openapi.json", get(health::openapi))
+        .route("/metrics", get(admin::metrics))
+        .route("/v1/admin/projections", get(admin::projections))
         .route(
             "/v1/customers/{customer_id}/commands",
             post(commands::submit),

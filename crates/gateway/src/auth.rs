@@ -88,9 +88,20 @@ impl Auth {
 
     /// Authenticates the `Authorization: Bearer` header and checks the role.
     pub fn authorize(&self, headers: &HeaderMap, needed: Role) -> Result<Principal, ApiError> {
-        let token = headers
+        let value = headers
             .get(axum::http::header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.to_str().ok());
+        self.authorize_value(value, needed)
+    }
+
+    /// Authenticates an `Authorization` value (`Bearer <key>`) from any door and checks
+    /// the role.
+    pub fn authorize_value(
+        &self,
+        value: Option<&str>,
+        needed: Role,
+    ) -> Result<Principal, ApiError> {
+        let token = value
             .and_then(|v| {
                 v.strip_prefix("Bearer ")
                     .or_else(|| v.strip_prefix("bearer "))

@@ -82,8 +82,9 @@ fn log_status(e: &LogError) -> (StatusCode, &'static str) {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// Status and the JSON error body, for every door.
+    pub fn into_status_and_body(self) -> (StatusCode, serde_json::Value) {
         let (status, code) = self.status_and_code();
         let message = if status.is_server_error() {
             // Internal details go to the log with their cause chain, not to clients.
@@ -97,7 +98,16 @@ impl IntoResponse for ApiError {
         } else {
             self.to_string()
         };
-        let body = json!({ "error": { "code": code, "message": message } });
+        (
+            status,
+            json!({ "error": { "code": code, "message": message } }),
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, body) = self.into_status_and_body();
         (status, Json(body)).into_response()
     }
 }

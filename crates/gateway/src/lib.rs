@@ -4,12 +4,14 @@
 //!   stable error codes; every door (HTTP today, NATS and gRPC later) shares it.
 //! - [`auth`] checks bearer API keys (stored as SHA-256 hashes) and roles.
 //! - [`error`] is the one place where errors become HTTP status codes and JSON bodies.
+//! - [`nats_intake`] serves the same commands as NATS requests on `crm.commands.<type>`.
 //! - [`routes`] holds one module per resource; [`app`] wires them into a router.
 
 pub mod app;
 pub mod auth;
 pub mod error;
 pub mod intake;
+pub mod nats_intake;
 pub mod routes;
 
 pub use app::{AppState, GatewayConfig, router, serve};

@@ -52,6 +52,19 @@ impl ReadStore {
         Ok(row.map_or(0, |(s,)| u64::try_from(s).unwrap_or(0)))
     }
 
+    /// Every projection's checkpoint and when it was last written: (name, sequence, RFC 3339).
+    pub async fn checkpoints(&self) -> Result<Vec<(String, u64, String)>, ProjectionError> {
+        let rows: Vec<(String, i64, String)> = sqlx::query_as(
+            "SELECT name, last_sequence, updated_at FROM projection_checkpoints ORDER BY name",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(n, s, u)| (n, u64::try_from(s).unwrap_or(0), u))
+            .collect())
+    }
+
     /// The lowest checkpoint among `names` (0 if any never ran).
     pub async fn min_checkpoint(&self, names: &[&str]) -> Result<u64, ProjectionError> {
         let mut lowest = u64::MAX;

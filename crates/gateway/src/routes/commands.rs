@@ -1,4 +1,5 @@
-//! `POST /v1/customers/{customer_id}/commands`.
+//! `POST /v1/customers/{customer_id}/commands`, and the door-independent command handling
+//! that the NATS intake shares.
 
 use axum::Json;
 use axum::body::Bytes;
@@ -6,13 +7,82 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use crm_log::{Metadata, SubmitOptions};
+use crm_log::{Metadata, SubmitOptions, Submitted};
 use time::OffsetDateTime;
 
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::error::ApiError;
 use crate::intake::{self, MAX_BODY_BYTES};
+
+/// A command as any door received it.
+#[derive(Debug, Clone, Copy)]
+pub struct CommandRequest<'a> {
+    pub authorization: Option<&'a str>,
+    pub customer_id: &'a str,
+    pub idempotency_key: Option<&'a str>,
+    pub if_match: Option<&'a str>,
+    pub correlation_id: Option<&'a str>,
+    pub causation_id: Option<&'a str>,
+    pub body: &'a [u8],
+}
+
+/// `If-Match: <version>` (quotes and a weak prefix are tolerated, as ETags carry them).
+fn if_match(raw: Option<&str>) -> Result<Option<u64>, ApiError> {
+    let Some(raw) = raw else {
+        return Ok(None);
+    };
+    let v = raw.trim().trim_start_matches("W/").trim_matches('"');
+    v.parse::<u64>().map(Some).map_err(|_| {
+        ApiError::bad_request(
+            "invalid_if_match",
+            "If-Match must be a customer version number",
+        )
+    })
+}
+
+/// Authenticates, parses, decides and appends. The one path every door uses.
+pub async fn handle(state: &AppState, req: CommandRequest<'_>) -> Result<Submitted, ApiError> {
+    let principal = state
+        .auth
+        .authorize_value(req.authorization, Role::Publisher)?;
+    let id = super::customer_id(req.customer_id)?;
+    if req.body.len() > MAX_BODY_BYTES {
+        return Err(ApiError::PayloadTooLarge {
+            limit: MAX_BODY_BYTES,
+        });
+    }
+    let parsed = intake::parse_command(req.body)?;
+    let opts = SubmitOptions {
+        occurred_at: parsed.occurred_at,
+        now: OffsetDateTime::now_utc(),
+        expected_version: if_match(req.if_match)?,
+        meta: Metadata {
+            actor: principal.name,
+            correlation_id: req.correlation_id.map(str::to_owned),
+            causation_id: req.causation_id.map(str::to_owned),
+            idempotency_key: intake::idempotency_key(req.idempotency_key)?,
+        },
+    };
+    let submitted = state.customers.submit(id, &parsed.command, &opts).await?;
+    tracing::info!(
+        customer_id = %id,
+        event_type = %submitted.receipt.event_type,
+        version = submitted.receipt.version,
+        replayed = submitted.replayed,
+        "command accepted"
+    );
+    Ok(submitted)
+}
+
+/// 201 for a new event, 200 for an idempotent replay.
+pub fn status_of(s: &Submitted) -> StatusCode {
+    if s.replayed {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    }
+}
 
 fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>, ApiError> {
     headers
@@ -25,20 +95,6 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>,
         .transpose()
 }
 
-/// `If-Match: <version>` (quotes and a weak prefix are tolerated, as ETags carry them).
-fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
-    let Some(raw) = header_str(headers, "if-match")? else {
-        return Ok(None);
-    };
-    let v = raw.trim().trim_start_matches("W/").trim_matches('"');
-    v.parse::<u64>().map(Some).map_err(|_| {
-        ApiError::bad_request(
-            "invalid_if_match",
-            "If-Match must be a customer version number",
-        )
-    })
-}
-
 /// Accepts one command and answers with the event it became.
 #[tracing::instrument(skip_all, fields(customer_id = %raw_id))]
 pub async fn submit(
@@ -47,8 +103,8 @@ pub async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let principal = state.auth.authorize(&headers, Role::Publisher)?;
-    let id = super::customer_id(&raw_id)?;
+    // Authenticate before reading what an anonymous caller sent.
+    state.auth.authorize(&headers, Role::Publisher)?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge {
@@ -58,34 +114,23 @@ pub async fn submit(
             ApiError::bad_request("unreadable_body", rejection.body_text())
         }
     })?;
-    let parsed = intake::parse_command(&body)?;
-    let opts = SubmitOptions {
-        occurred_at: parsed.occurred_at,
-        now: OffsetDateTime::now_utc(),
-        expected_version: if_match(&headers)?,
-        meta: Metadata {
-            actor: principal.name,
-            correlation_id: header_str(&headers, "x-correlation-id")?.map(str::to_owned),
-            causation_id: header_str(&headers, "x-causation-id")?.map(str::to_owned),
-            idempotency_key: intake::idempotency_key(header_str(&headers, "idempotency-key")?)?,
+    let submitted = handle(
+        &state,
+        CommandRequest {
+            authorization: header_str(&headers, "authorization")?,
+            customer_id: &raw_id,
+            idempotency_key: header_str(&headers, "idempotency-key")?,
+            if_match: header_str(&headers, "if-match")?,
+            correlation_id: header_str(&headers, "x-correlation-id")?,
+            causation_id: header_str(&headers, "x-causation-id")?,
+            body: &body,
         },
-    };
-    let submitted = state.customers.submit(id, &parsed.command, &opts).await?;
-    let status = if submitted.replayed {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
+    )
+    .await?;
     let etag = format!("\"{}\"", submitted.receipt.version);
-    let mut response = (status, Json(&submitted.receipt)).into_response();
+    let mut response = (status_of(&submitted), Json(&submitted.receipt)).into_response();
     if let Ok(v) = HeaderValue::from_str(&etag) {
         response.headers_mut().insert(header::ETAG, v);
     }
-    tracing::info!(
-        event_type = %submitted.receipt.event_type,
-        version = submitted.receipt.version,
-        replayed = submitted.replayed,
-        "command accepted"
-    );
     Ok(response)
 }

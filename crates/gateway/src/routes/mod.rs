@@ -1,5 +1,6 @@
 //! One module per resource.
 
+pub mod admin;
 pub mod audit;
 pub mod commands;
 pub mod customers;

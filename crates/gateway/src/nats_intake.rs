@@ -1,0 +1,167 @@
+//! Commands as NATS requests on `crm.commands.<type>`, served by every gateway as one queue
+//! group. The body is the HTTP body (`type` may be left out: the subject names it); the
+//! customer is the `Crm-Customer-Id` header or a `customer_id` field; `Authorization`,
+//! `Idempotency-Key`, `If-Match`, `X-Correlation-Id` and `X-Causation-Id` are headers as
+//! over HTTP. The reply body is the HTTP body, and the `Crm-Status` header carries the HTTP
+//! status code.
+
+use async_nats::HeaderMap;
+use futures::StreamExt;
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::routes::commands::{self, CommandRequest};
+
+/// Subject prefix of command requests.
+pub const SUBJECT_PREFIX: &str = "crm.commands";
+/// Queue group shared by all gateways.
+pub const QUEUE_GROUP: &str = "crm-gateway";
+
+fn header<'h>(headers: Option<&'h HeaderMap>, name: &str) -> Option<&'h str> {
+    headers.and_then(|h| h.get(name)).map(|v| v.as_str())
+}
+
+/// Moves the subject's type and a body `customer_id` into place; returns the customer.
+fn normalise(
+    subject_type: &str,
+    body: &[u8],
+    header_customer: Option<&str>,
+) -> Result<(String, Vec<u8>), ApiError> {
+    let mut value: Value = serde_json::from_slice(body).map_err(|e| {
+        ApiError::bad_request("malformed_json", format!("body is not valid JSON: {e}"))
+    })?;
+    let Some(obj) = value.as_object_mut() else {
+        return Err(ApiError::bad_request(
+            "invalid_command",
+            "body must be a JSON object",
+        ));
+    };
+    match obj.get("type") {
+        None => {
+            obj.insert("type".into(), Value::String(subject_type.to_owned()));
+        }
+        Some(Value::String(t)) if t == subject_type => {}
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "type_mismatch",
+                format!("body type does not match the subject's {subject_type:?}"),
+            ));
+        }
+    }
+    let body_customer = match obj.remove("customer_id") {
+        None => None,
+        Some(Value::String(s)) => Some(s),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "invalid_customer_id",
+                "customer_id must be a UUID string",
+            ));
+        }
+    };
+    let customer = header_customer
+        .map(str::to_owned)
+        .or(body_customer)
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "missing_customer_id",
+                "send Crm-Customer-Id or a customer_id field",
+            )
+        })?;
+    Ok((customer, serde_json::to_vec(&value).unwrap_or_default()))
+}
+
+async fn answer(state: &AppState, msg: &async_nats::Message) -> (u16, Vec<u8>) {
+    let subject_type = msg
+        .subject
+        .as_str()
+        .strip_prefix(SUBJECT_PREFIX)
+        .and_then(|s| s.strip_prefix('.'))
+        .unwrap_or("");
+    let headers = msg.headers.as_ref();
+    let result = async {
+        // Authenticate before looking at the body.
+        state.auth.authorize_value(
+            header(headers, "Authorization"),
+            crate::auth::Role::Publisher,
+        )?;
+        if msg.payload.len() > crate::intake::MAX_BODY_BYTES {
+            return Err(ApiError::PayloadTooLarge {
+                limit: crate::intake::MAX_BODY_BYTES,
+            });
+        }
+        let (customer, body) = normalise(
+            subject_type,
+            &msg.payload,
+            header(headers, "Crm-Customer-Id"),
+        )?;
+        commands::handle(
+            state,
+            CommandRequest {
+                authorization: header(headers, "Authorization"),
+                customer_id: &customer,
+                idempotency_key: header(headers, "Idempotency-Key"),
+                if_match: header(headers, "If-Match"),
+                correlation_id: header(headers, "X-Correlation-Id"),
+                causation_id: header(headers, "X-Causation-Id"),
+                body: &body,
+            },
+        )
+        .await
+    }
+    .await;
+    match result {
+        Ok(s) => (
+            commands::status_of(&s).as_u16(),
+            serde_json::to_vec(&s.receipt).unwrap_or_default(),
+        ),
+        Err(e) => {
+            let (status, body) = e.into_status_and_body();
+            (
+                status.as_u16(),
+                serde_json::to_vec(&body).unwrap_or_default(),
+            )
+        }
+    }
+}
+
+/// Serves command requests until `shutdown`, each request on its own task.
+pub async fn serve(
+    client: async_nats::Client,
+    state: AppState,
+    shutdown: CancellationToken,
+) -> Result<(), async_nats::Error> {
+    let mut sub = client
+        .queue_subscribe(format!("{SUBJECT_PREFIX}.*"), QUEUE_GROUP.to_owned())
+        .await?;
+    loop {
+        let msg = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            msg = sub.next() => match msg {
+                Some(m) => m,
+                None => break,
+            },
+        };
+        let Some(reply) = msg.reply.clone() else {
+            tracing::warn!(subject = %msg.subject, "command without a reply subject ignored");
+            continue;
+        };
+        let state = state.clone();
+        let client = client.clone();
+        tokio::spawn(async move {
+            let (status, body) = answer(&state, &msg).await;
+            let mut headers = HeaderMap::new();
+            headers.insert("Crm-Status", status.to_string().as_str());
+            headers.insert("Content-Type", "application/json");
+            if let Err(e) = client
+                .publish_with_headers(reply, headers, body.into())
+                .await
+            {
+                tracing::error!(error = %e, "replying to a command request failed");
+            }
+        });
+    }
+    let _ = sub.unsubscribe().await;
+    Ok(())
+}

@@ -1,0 +1,115 @@
+//! Ops: projection status and Prometheus metrics.
+
+use axum::Json;
+use axum::extract::State;
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Value, json};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::app::AppState;
+use crate::auth::Role;
+use crate::error::ApiError;
+
+/// The projections a gateway reports on.
+pub const PROJECTIONS: [&str; 5] = ["audit", "lifecycle", "trust", "health", "renewals"];
+
+/// One projection's status.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProjectionStatus {
+    pub name: &'static str,
+    pub checkpoint: u64,
+    pub log_head: u64,
+    pub lag_events: u64,
+    /// Age of the oldest event not yet applied (0 when caught up).
+    pub lag_seconds: f64,
+    /// `live` (caught up or moving), `stalled` (behind and not written for 60 s) or
+    /// `never_ran`.
+    pub state: &'static str,
+    pub updated_at: Option<String>,
+}
+
+/// Status of every projection, read from the store and the log.
+pub async fn statuses(state: &AppState) -> Result<Vec<ProjectionStatus>, ApiError> {
+    let log = state.customers.log();
+    let head = log.head().await?;
+    let rows = state.store.checkpoints().await?;
+    let now = OffsetDateTime::now_utc();
+    let mut out = Vec::new();
+    for name in PROJECTIONS {
+        let row = rows.iter().find(|(n, _, _)| n == name);
+        let checkpoint = row.map_or(0, |(_, s, _)| *s);
+        let updated = row.and_then(|(_, _, u)| OffsetDateTime::parse(u, &Rfc3339).ok());
+        let lag_events = head.saturating_sub(checkpoint);
+        let lag_seconds = if lag_events == 0 {
+            0.0
+        } else {
+            match log.get(checkpoint + 1).await {
+                Ok(Some(e)) => (now - e.envelope.recorded_at).as_seconds_f64().max(0.0),
+                _ => 0.0,
+            }
+        };
+        let state = match (row, updated) {
+            (None, _) if head > 0 => "never_ran",
+            (None, _) => "live",
+            (Some(_), Some(u)) if lag_events > 0 && (now - u).whole_seconds() > 60 => "stalled",
+            _ => "live",
+        };
+        out.push(ProjectionStatus {
+            name,
+            checkpoint,
+            log_head: head,
+            lag_events,
+            lag_seconds,
+            state,
+            updated_at: row.map(|(_, _, u)| u.clone()),
+        });
+    }
+    Ok(out)
+}
+
+/// `GET /v1/admin/projections`.
+pub async fn projections(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.auth.authorize(&headers, Role::Ops)?;
+    Ok(Json(json!({ "projections": statuses(&state).await? })))
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let statuses = statuses(&state).await?;
+    let mut out = String::new();
+    let head = statuses.first().map_or(0, |s| s.log_head);
+    out.push_str("# HELP crm_log_head_sequence Last stream sequence of the event log.\n");
+    out.push_str("# TYPE crm_log_head_sequence gauge\n");
+    out.push_str(&format!("crm_log_head_sequence {head}\n"));
+    for (metric, help) in [
+        (
+            "crm_projection_checkpoint",
+            "Last stream sequence applied by the projection.",
+        ),
+        (
+            "crm_projection_lag_events",
+            "Events in the log not yet applied by the projection.",
+        ),
+        (
+            "crm_projection_lag_seconds",
+            "Age of the oldest event not yet applied.",
+        ),
+    ] {
+        out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} gauge\n"));
+        for s in &statuses {
+            let v = match metric {
+                "crm_projection_checkpoint" => s.checkpoint as f64,
+                "crm_projection_lag_events" => s.lag_events as f64,
+                _ => s.lag_seconds,
+            };
+            out.push_str(&format!("{metric}{{projection=\"{}\"}} {v}\n", s.name));
+        }
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
