@@ -68,6 +68,11 @@ mod tests {
             "/v1/customers/{customer_id}/alerts",
             "/v1/alerts",
             "/v1/renewals",
+            "/metrics",
+            "/v1/admin/projections",
+            "/v1/audit/events",
+            "/v1/audit/verify",
+            "/v1/audit/checkpoints",
         ] {
             assert!(doc["paths"].get(path).is_some(), "{path} undocumented");
         }
