@@ -7,6 +7,7 @@ mod concurrency;
 mod customer_success;
 mod demo;
 mod doors;
+mod grpc;
 mod hostile;
 mod idempotency;
 mod lifecycle;

@@ -96,6 +96,8 @@ impl Env {
 /// A running gateway (+ projectors, unless disabled) on a free port.
 pub struct App {
     pub base: String,
+    /// `http://127.0.0.1:<port>` of the gRPC door.
+    pub grpc: String,
     pub parts: Parts,
     pub http: reqwest::Client,
     shutdown: CancellationToken,
@@ -120,15 +122,19 @@ impl App {
             services::spawn_projectors(&cfg, &parts, &["all"], &mut tasks, &shutdown)
                 .expect("projectors");
         }
+        let grpc = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
+        let grpc_base = format!("http://{}", grpc.local_addr().expect("addr"));
         services::spawn_gateway(
             state,
             parts.log.client().clone(),
             listener,
+            grpc,
             &mut tasks,
             &shutdown,
         );
         App {
             base,
+            grpc: grpc_base,
             parts,
             http: reqwest::Client::new(),
             shutdown,

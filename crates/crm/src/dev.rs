@@ -19,6 +19,9 @@ pub struct DevArgs {
     /// Address of the HTTP gateway.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub http_addr: SocketAddr,
+    /// Address of the gRPC door (a free port by default).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub grpc_addr: SocketAddr,
     /// Directory for the NATS store, the SQLite views and the dev key.
     #[arg(long, default_value = "./.crm")]
     pub data_dir: PathBuf,
@@ -108,6 +111,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", cfg.gateway.http_addr))?;
     let addr = listener.local_addr()?;
+    let grpc = TcpListener::bind(args.grpc_addr)
+        .await
+        .with_context(|| format!("binding {}", args.grpc_addr))?;
+    let grpc_addr = grpc.local_addr()?;
 
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -124,6 +131,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         state,
         parts.log.client().clone(),
         listener,
+        grpc,
         &mut tasks,
         &shutdown,
     );
@@ -143,6 +151,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         writeln!(out, "http: http://{addr}")?;
         writeln!(out, "nats: {}", cfg.nats.url)?;
+        writeln!(out, "grpc: http://{grpc_addr}")?;
         writeln!(out, "api key: {key}")?;
         writeln!(out, "data dir: {}", data_dir.display())?;
         writeln!(out, "ready")?;

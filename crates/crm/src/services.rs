@@ -286,14 +286,23 @@ fn flatten(r: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Res
     r.map_err(anyhow::Error::from).and_then(|inner| inner)
 }
 
-/// Spawns the gateway's doors: HTTP on `listener` and NATS requests on `crm.commands.*`.
+/// Spawns the gateway's doors: HTTP on `listener`, gRPC on `grpc`, and NATS requests on
+/// `crm.commands.*`.
 pub fn spawn_gateway(
     state: AppState,
     client: async_nats::Client,
     listener: TcpListener,
+    grpc: TcpListener,
     tasks: &mut JoinSet<anyhow::Result<()>>,
     shutdown: &CancellationToken,
 ) {
+    let token = shutdown.clone();
+    let grpc_state = state.clone();
+    tasks.spawn(async move {
+        crm_grpc::serve(grpc, grpc_state, token)
+            .await
+            .map_err(|e| anyhow::anyhow!("gRPC server: {e}"))
+    });
     let token = shutdown.clone();
     let http_state = state.clone();
     tasks.spawn(async move {
@@ -315,13 +324,17 @@ pub async fn run_gateway(cfg: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(cfg.gateway.http_addr)
         .await
         .with_context(|| format!("binding {}", cfg.gateway.http_addr))?;
-    tracing::info!(addr = %listener.local_addr()?, "gateway listening");
+    let grpc = TcpListener::bind(cfg.gateway.grpc_addr)
+        .await
+        .with_context(|| format!("binding {}", cfg.gateway.grpc_addr))?;
+    tracing::info!(http = %listener.local_addr()?, grpc = %grpc.local_addr()?, "gateway listening");
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     spawn_gateway(
         state,
         parts.log.client().clone(),
         listener,
+        grpc,
         &mut tasks,
         &shutdown,
     );

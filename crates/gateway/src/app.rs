@@ -23,6 +23,8 @@ use crate::routes::{admin, audit, commands, customers, health, views};
 #[serde(default, deny_unknown_fields)]
 pub struct GatewayConfig {
     pub http_addr: SocketAddr,
+    /// Address of the gRPC door.
+    pub grpc_addr: SocketAddr,
     pub api_keys: Vec<ApiKeyConfig>,
     /// How long a read waits for the views to reach this process's own latest write to
     /// the customer (read-your-writes), in milliseconds.
@@ -37,6 +39,7 @@ impl Default for GatewayConfig {
     fn default() -> Self {
         Self {
             http_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             api_keys: Vec::new(),
             read_your_writes_ms: 2_000,
             cache_capacity: crm_log::repository::DEFAULT_CACHE_CAPACITY,

@@ -52,30 +52,24 @@ pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiErro
         .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
 }
 
-/// `GET /v1/customers/{customer_id}`.
-#[tracing::instrument(skip_all, fields(customer_id = %raw_id))]
-pub async fn get_customer(
-    State(state): State<AppState>,
-    Path(raw_id): Path<String>,
-    headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
-    state.auth.authorize(&headers, Role::Reader)?;
-    let id = super::customer_id(&raw_id)?;
-    wait_for_own_writes(&state, &id).await?;
+/// The customer view (lifecycle, trust, health, tier), after waiting for this process's
+/// own writes. Shared by every door.
+pub async fn customer_view(state: &AppState, id: &CustomerId) -> Result<Value, ApiError> {
+    wait_for_own_writes(state, id).await?;
     let mut body = Map::new();
     body.insert("customer_id".into(), json!(id));
     let mut version = None;
-    if let Some(view) = lifecycle::get(&state.store, &id).await? {
+    if let Some(view) = lifecycle::get(&state.store, id).await? {
         version = Some(view.version);
         body.insert(
             "lifecycle".into(),
             json!({ "stage": view.stage, "since": view.since, "won_back": view.won_back }),
         );
     }
-    if let Some(t) = trust::get(&state.store, &id).await? {
+    if let Some(t) = trust::get(&state.store, id).await? {
         body.insert("trust".into(), json!(t));
     }
-    if let Some(h) = health::get(&state.store, &id).await? {
+    if let Some(h) = health::get(&state.store, id).await? {
         version = version.max(Some(h.version));
         body.insert(
             "health".into(),
@@ -86,13 +80,25 @@ pub async fn get_customer(
     let version = match version {
         Some(v) => v,
         // The views may lag behind the log: the log decides whether the customer exists.
-        None => match state.customers.load(id).await? {
+        None => match state.customers.load(*id).await? {
             Some(loaded) => loaded.state.version,
-            None => return Err(not_found(&id)),
+            None => return Err(not_found(id)),
         },
     };
     body.insert("version".into(), json!(version));
-    Ok(Json(Value::Object(body)))
+    Ok(Value::Object(body))
+}
+
+/// `GET /v1/customers/{customer_id}`.
+#[tracing::instrument(skip_all, fields(customer_id = %raw_id))]
+pub async fn get_customer(
+    State(state): State<AppState>,
+    Path(raw_id): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    state.auth.authorize(&headers, Role::Reader)?;
+    let id = super::customer_id(&raw_id)?;
+    Ok(Json(customer_view(&state, &id).await?))
 }
 
 /// Paging by version.

@@ -12,7 +12,7 @@ use crm_domain::CustomerId;
 use crate::error::ApiError;
 
 /// Parses the `{customer_id}` path segment.
-pub(crate) fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
+pub fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
     CustomerId::parse(raw)
         .map_err(|_| ApiError::bad_request("invalid_customer_id", "customer_id must be a UUID"))
 }
