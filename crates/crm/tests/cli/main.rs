@@ -204,7 +204,8 @@ async fn projector_process_killed_mid_stream_resumes_to_the_rebuilt_view() {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     };
-    for _ in 0..2_000 {
+    // Start-up (process, connection, migrations) can take seconds on a loaded machine.
+    for _ in 0..15_000 {
         let killed_at = store.checkpoint("lifecycle").await.unwrap();
         if killed_at > 0 {
             break;
