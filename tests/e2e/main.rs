@@ -13,4 +13,5 @@ mod idempotency;
 mod lifecycle;
 mod log_guarantees;
 mod projector_crash;
+mod rebuild;
 mod scheduler;

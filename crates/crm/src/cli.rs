@@ -55,6 +55,14 @@ pub enum Commands {
         #[arg(long)]
         nats_url: Option<String>,
     },
+    /// Rebuild a projection from the log into a shadow copy and swap it in atomically, or
+    /// build a view as of a past position (`--as-of SEQ|TIME --into FILE`).
+    Replay {
+        #[command(flatten)]
+        args: crate::replay::ReplayArgs,
+        #[arg(long, env = "CRM_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Auditors' tools: query, export, verify, checkpoint.
     Audit {
         #[command(subcommand)]
@@ -119,6 +127,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 started.elapsed().as_secs_f64()
             );
             Ok(())
+        }
+        Commands::Replay { args, config } => {
+            crate::replay::run(config::load(config.as_deref())?, args).await
         }
         Commands::Audit { command, config } => {
             crate::audit::run(config::load(config.as_deref())?, command).await

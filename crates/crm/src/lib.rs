@@ -7,6 +7,7 @@
 //! - [`telemetry`] builds the tracing subscriber.
 //! - [`services`] starts the parts (log, read store, gateway, projectors) from config.
 //! - [`dev`] runs everything in one process with its own pinned nats-server.
+//! - [`replay`] rebuilds views blue-green and builds point-in-time views.
 //! - [`demo`] generates believable customer histories through the command path.
 
 pub mod audit;
@@ -14,6 +15,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod dev;
+pub mod replay;
 pub mod services;
 pub mod telemetry;
 

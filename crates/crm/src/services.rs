@@ -62,6 +62,11 @@ pub fn app_state(cfg: &Config, parts: &Parts) -> anyhow::Result<AppState> {
             .signing_key
             .as_ref()
             .map(|k| Arc::new(k.expose().as_bytes().to_vec())),
+        rebuild: Some(crm_gateway::RebuildContext {
+            policy: policy(cfg)?,
+            live_file: cfg.store.sqlite_path.clone(),
+            batch_size: cfg.projector.batch_size,
+        }),
     })
 }
 

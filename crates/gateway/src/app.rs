@@ -57,6 +57,16 @@ pub struct AppState {
     pub read_wait: Duration,
     /// Key for signing chain-head checkpoints (HMAC-SHA-256).
     pub audit_key: Option<Arc<Vec<u8>>>,
+    /// What a rebuild requested over HTTP needs.
+    pub rebuild: Option<RebuildContext>,
+}
+
+/// The policy and files a blue-green rebuild uses.
+#[derive(Debug, Clone)]
+pub struct RebuildContext {
+    pub policy: Arc<crm_domain::policy::Policy>,
+    pub live_file: std::path::PathBuf,
+    pub batch_size: usize,
 }
 
 /// The HTTP router.
@@ -67,6 +77,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(health::openapi))
         .route("/metrics", get(admin::metrics))
         .route("/v1/admin/projections", get(admin::projections))
+        .route("/v1/admin/projections/{name}/rebuild", post(admin::rebuild))
         .route(
             "/v1/customers/{customer_id}/commands",
             post(commands::submit),

@@ -14,6 +14,6 @@ pub mod intake;
 pub mod nats_intake;
 pub mod routes;
 
-pub use app::{AppState, GatewayConfig, router, serve};
+pub use app::{AppState, GatewayConfig, RebuildContext, router, serve};
 pub use auth::{ApiKeyConfig, Auth, Role};
 pub use error::ApiError;

@@ -27,6 +27,10 @@ impl Projection for AuditProjection {
         NAME
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["audit_index", "chain_heads"]
+    }
+
     async fn apply_batch(
         &self,
         tx: &mut SqliteConnection,

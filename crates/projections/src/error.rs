@@ -13,6 +13,8 @@ pub enum ProjectionError {
     Log(#[from] crm_log::LogError),
     #[error("corrupt projection state for {customer}: {reason}")]
     CorruptState { customer: String, reason: String },
+    #[error("unknown projection {0:?}")]
+    UnknownProjection(String),
     #[error("crash injected before commit of batch {batch}")]
     InjectedCrash { batch: u64 },
 }

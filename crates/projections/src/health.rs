@@ -45,6 +45,10 @@ impl Projection for HealthProjection {
         NAME
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["customer_health", "alerts"]
+    }
+
     async fn apply_batch(
         &self,
         tx: &mut SqliteConnection,

@@ -5,6 +5,8 @@
 //!   checkpoint, let a [`Projection`] fold the batch in memory and write each touched row
 //!   once, and commit the rows together with the new checkpoint in one transaction, so a
 //!   crash at any point neither loses nor double-applies an event.
+//! - [`rebuild`] replays a projection into a shadow copy and swaps it in atomically, and
+//!   builds views as of a past position.
 //! - [`lifecycle`], [`trust`], [`health`] and [`renewals`] are the projections, each with
 //!   its queries; [`audit`] indexes the log for auditors; [`policy`] loads the scoring policy file they price and score with.
 
@@ -14,6 +16,7 @@ pub mod health;
 pub mod lifecycle;
 pub mod policy;
 pub mod projector;
+pub mod rebuild;
 pub mod renewals;
 mod sql;
 pub mod store;

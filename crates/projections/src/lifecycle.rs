@@ -37,6 +37,10 @@ impl Projection for LifecycleProjection {
         NAME
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["lifecycle_customers", "lifecycle_transitions"]
+    }
+
     async fn apply_batch(
         &self,
         tx: &mut SqliteConnection,

@@ -19,6 +19,9 @@ pub trait Projection: Send + Sync + 'static {
     /// Stable name: checkpoint key, CLI and API name.
     fn name(&self) -> &'static str;
 
+    /// The tables this projection owns (swapped together by a blue-green rebuild).
+    fn tables(&self) -> &'static [&'static str];
+
     /// Applies a batch of events (in log order, all newer than the checkpoint) inside the
     /// projector's transaction. Must write each touched row once, in bulk, and must be
     /// idempotent per event (re-applying an event already reflected changes nothing).
@@ -156,13 +159,22 @@ impl<P: Projection> Projector<P> {
                 return Err(crm_log::LogError::Nats("log subscription ended".into()).into());
             };
             let mut events = Vec::with_capacity(chunk.len());
+            let mut beyond_target = false;
             for item in chunk {
                 let stored = item?;
+                if target.is_some_and(|t| stored.sequence > t) {
+                    // Never apply past the target: as-of views stop exactly there.
+                    beyond_target = true;
+                    break;
+                }
                 if stored.sequence > checkpoint {
                     events.push(stored);
                 }
             }
             let Some(last) = events.last().map(|e| e.sequence) else {
+                if beyond_target {
+                    return Ok(());
+                }
                 continue;
             };
             batch_no += 1;
@@ -175,7 +187,7 @@ impl<P: Projection> Projector<P> {
                 s.state = "live".into();
             });
             tracing::debug!(projection = name, checkpoint, events = n, "batch committed");
-            if target.is_some_and(|t| checkpoint >= t) {
+            if beyond_target || target.is_some_and(|t| checkpoint >= t) {
                 return Ok(());
             }
         }

@@ -46,6 +46,10 @@ impl Projection for RenewalsProjection {
         NAME
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["renewal_customers", "renewals"]
+    }
+
     async fn apply_batch(
         &self,
         tx: &mut SqliteConnection,

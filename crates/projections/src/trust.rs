@@ -55,6 +55,10 @@ impl Projection for TrustProjection {
         NAME
     }
 
+    fn tables(&self) -> &'static [&'static str] {
+        &["trust_accounts", "trust_ledger"]
+    }
+
     async fn apply_batch(
         &self,
         tx: &mut SqliteConnection,

@@ -25,17 +25,21 @@ pub struct ProjectionStatus {
     pub lag_events: u64,
     /// Age of the oldest event not yet applied (0 when caught up).
     pub lag_seconds: f64,
-    /// `live` (caught up or moving), `stalled` (behind and not written for 60 s) or
-    /// `never_ran`.
+    /// `live` (caught up or moving), `stalled` (behind and not written for 60 s),
+    /// `never_ran`, `rebuilding` (a shadow copy is being built; reads use the live one) or
+    /// `failed` (the last rebuild failed; the live copy is untouched).
     pub state: &'static str,
     pub updated_at: Option<String>,
+    /// The latest blue-green rebuild, if any.
+    pub rebuild: Option<Value>,
 }
 
 /// Status of every projection, read from the store and the log.
 pub async fn statuses(state: &AppState) -> Result<Vec<ProjectionStatus>, ApiError> {
     let log = state.customers.log();
     let head = log.head().await?;
-    let rows = state.store.checkpoints().await?;
+    let store = &state.store;
+    let rows = store.checkpoints().await?;
     let now = OffsetDateTime::now_utc();
     let mut out = Vec::new();
     for name in PROJECTIONS {
@@ -57,8 +61,26 @@ pub async fn statuses(state: &AppState) -> Result<Vec<ProjectionStatus>, ApiErro
             (Some(_), Some(u)) if lag_events > 0 && (now - u).whole_seconds() > 60 => "stalled",
             _ => "live",
         };
+        let rebuild = crm_projections::rebuild::rebuild_status(store, name).await?;
+        let rebuilding = rebuild.as_ref().is_some_and(|r| {
+            r.0 == "rebuilding"
+                && OffsetDateTime::parse(&r.4, &Rfc3339)
+                    .is_ok_and(|u| (now - u).whole_seconds() <= 60)
+        });
+        let failed = rebuild.as_ref().is_some_and(|r| r.0 == "failed");
+        let state = if rebuilding {
+            "rebuilding"
+        } else if failed {
+            "failed"
+        } else {
+            state
+        };
+        let rebuild = rebuild.map(|(s, done, total, started, updated, error)| {
+            json!({ "state": s, "done": done, "total": total, "started_at": started, "updated_at": updated, "error": error })
+        });
         out.push(ProjectionStatus {
             name,
+            rebuild,
             checkpoint,
             log_head: head,
             lag_events,
@@ -112,4 +134,52 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
         }
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
+}
+
+/// `POST /v1/admin/projections/{name}/rebuild`: starts a blue-green rebuild in the
+/// background; progress shows in `GET /v1/admin/projections`.
+pub async fn rebuild(
+    State(state): State<AppState>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    state.auth.authorize(&headers, Role::Ops)?;
+    if name != "all" && !PROJECTIONS.contains(&name.as_str()) {
+        return Err(ApiError::NotFound {
+            code: "projection_not_found",
+            what: format!("projection {name:?}"),
+        });
+    }
+    let Some(ctx) = state.rebuild.clone() else {
+        return Err(ApiError::bad_request(
+            "rebuild_unavailable",
+            "this gateway has no read-store file to rebuild into",
+        ));
+    };
+    let store = state.store.clone();
+    let log = state.customers.log().clone();
+    let which = name.clone();
+    tokio::spawn(async move {
+        let result = crm_projections::rebuild::rebuild_by_name(
+            &which,
+            ctx.policy,
+            &store,
+            &ctx.live_file,
+            &log,
+            ctx.batch_size,
+            &|_, _, _| {},
+        )
+        .await;
+        match result {
+            Ok(done) => tracing::info!(?done, "rebuild finished"),
+            Err(e) => tracing::error!(projection = %which, error = %e, "rebuild failed"),
+        }
+    });
+    Ok((
+        axum::http::StatusCode::ACCEPTED,
+        Json(
+            json!({ "projection": name, "state": "rebuilding", "status": "/v1/admin/projections" }),
+        ),
+    )
+        .into_response())
 }

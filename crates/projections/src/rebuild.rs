@@ -1,0 +1,412 @@
+//! Blue-green rebuilds and point-in-time views.
+//!
+//! A rebuild replays the log from the first event into a shadow SQLite file, catches up
+//! with the live head, then swaps the projection's tables into the live store in one
+//! transaction that holds SQLite's write lock: readers see the old rows until the commit
+//! and the new rows after it, never a half-built view. The shadow file survives an
+//! interruption, so the next rebuild resumes from its checkpoint; nothing is swapped until
+//! the shadow has caught up.
+//!
+//! The live projector may keep running during a rebuild: the swap only happens when the
+//! shadow is at least as far as the live checkpoint, and every projection skips events it
+//! has already applied, so the live projector's next batch is harmless.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crm_domain::policy::Policy;
+use crm_log::EventLog;
+use time::OffsetDateTime;
+
+use crate::error::ProjectionError;
+use crate::projector::{Projection, Projector, ProjectorOptions};
+use crate::sql::{i64_of, rfc3339};
+use crate::store::ReadStore;
+use crate::{audit, health, lifecycle, renewals, trust};
+
+/// Every projection's name, in rebuild order.
+pub const ALL: [&str; 5] = [
+    audit::NAME,
+    lifecycle::NAME,
+    trust::NAME,
+    health::NAME,
+    renewals::NAME,
+];
+
+/// The shadow file of a projection next to the live store.
+pub fn shadow_path(live_file: &Path, name: &str) -> PathBuf {
+    let stem = live_file
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "views.sqlite".into());
+    live_file.with_file_name(format!("{stem}.rebuild-{name}"))
+}
+
+async fn set_progress(
+    live: &ReadStore,
+    name: &str,
+    state: &str,
+    done: u64,
+    total: u64,
+    error: Option<&str>,
+) -> Result<(), ProjectionError> {
+    let now = rfc3339(OffsetDateTime::now_utc());
+    sqlx::query(
+        "INSERT INTO projection_rebuilds (name, state, done, total, started_at, updated_at, error) \
+         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET state = excluded.state, \
+         done = excluded.done, total = excluded.total, updated_at = excluded.updated_at, \
+         error = excluded.error, \
+         started_at = CASE WHEN projection_rebuilds.state = 'rebuilding' THEN projection_rebuilds.started_at ELSE excluded.started_at END",
+    )
+    .bind(name)
+    .bind(state)
+    .bind(i64_of(done))
+    .bind(i64_of(total))
+    .bind(&now)
+    .bind(&now)
+    .bind(error)
+    .execute(live.pool())
+    .await?;
+    Ok(())
+}
+
+/// A rebuild's state as the status API shows it: (state, done, total, started, updated, error).
+pub type RebuildRow = (String, u64, u64, String, String, Option<String>);
+
+/// The latest rebuild of `name`, if any.
+pub async fn rebuild_status(
+    live: &ReadStore,
+    name: &str,
+) -> Result<Option<RebuildRow>, ProjectionError> {
+    let row: Option<(String, i64, i64, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT state, done, total, started_at, updated_at, error FROM projection_rebuilds WHERE name = ?",
+    )
+    .bind(name)
+    .fetch_optional(live.pool())
+    .await?;
+    Ok(
+        row.map(|(s, d, t, st, up, e)| {
+            (s, crate::sql::u64_of(d), crate::sql::u64_of(t), st, up, e)
+        }),
+    )
+}
+
+/// Runs `projector` until `target`, reporting progress.
+async fn run_with_progress<P: Projection>(
+    projector: &Projector<P>,
+    target: u64,
+    on_progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> Result<(), ProjectionError> {
+    let mut rx = projector.status();
+    let run = projector.run_until(target);
+    let mut run = std::pin::pin!(run);
+    loop {
+        tokio::select! {
+            r = &mut run => return r,
+            changed = rx.changed() => {
+                if changed.is_ok() {
+                    let cp = rx.borrow().checkpoint;
+                    on_progress(cp, target);
+                }
+            }
+        }
+    }
+}
+
+/// Rebuilds one projection blue-green. Returns the sequence the swapped-in view stands at.
+pub async fn rebuild<P: Projection + Clone>(
+    projection: P,
+    live: &ReadStore,
+    live_file: &Path,
+    log: &EventLog,
+    batch_size: usize,
+    on_progress: &(dyn Fn(u64, u64) + Send + Sync),
+) -> Result<u64, ProjectionError> {
+    let name = projection.name();
+    let shadow_file = shadow_path(live_file, name);
+    let shadow = ReadStore::open_file(&shadow_file).await?;
+    let projector = Projector::new(
+        projection.clone(),
+        shadow.clone(),
+        log.clone(),
+        ProjectorOptions {
+            batch_size,
+            ..ProjectorOptions::default()
+        },
+    );
+    let result: Result<u64, ProjectionError> = async {
+        loop {
+            let head = log.head().await?;
+            let live_cp = live.checkpoint(name).await?;
+            let target = head.max(live_cp);
+            set_progress(
+                live,
+                name,
+                "rebuilding",
+                shadow.checkpoint(name).await?,
+                target,
+                None,
+            )
+            .await?;
+            let progress = |done: u64, total: u64| {
+                on_progress(done, total);
+            };
+            run_with_progress(&projector, target, &progress).await?;
+            let done = shadow.checkpoint(name).await?;
+            set_progress(live, name, "rebuilding", done, target, None).await?;
+            if let Some(at) = swap(&projection, live, &shadow_file, done).await? {
+                return Ok(at);
+            }
+            // The live projector moved past the shadow while it caught up: go again.
+        }
+    }
+    .await;
+    shadow.pool().close().await;
+    match &result {
+        Ok(at) => {
+            set_progress(live, name, "done", *at, *at, None).await?;
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = shadow_file.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(PathBuf::from(p));
+            }
+        }
+        Err(e) => {
+            let msg = e.to_string();
+            let _ = set_progress(live, name, "failed", 0, 0, Some(&msg)).await;
+        }
+    }
+    result
+}
+
+/// Swaps the shadow's tables into the live store if the shadow is at least at the live
+/// checkpoint. Returns the new checkpoint, or `None` if the shadow fell behind.
+async fn swap<P: Projection>(
+    projection: &P,
+    live: &ReadStore,
+    shadow_file: &Path,
+    shadow_at: u64,
+) -> Result<Option<u64>, ProjectionError> {
+    let name = projection.name();
+    let mut conn = live.pool().acquire().await?;
+    // ATTACH is not allowed inside a transaction: attach first, on this one connection.
+    sqlx::query("ATTACH DATABASE ? AS shadow")
+        .bind(shadow_file.display().to_string())
+        .execute(&mut *conn)
+        .await?;
+    let outcome = async {
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        let live_cp: Option<(i64,)> =
+            sqlx::query_as("SELECT last_sequence FROM main.projection_checkpoints WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&mut *conn)
+                .await?;
+        if live_cp.is_some_and(|(cp,)| crate::sql::u64_of(cp) > shadow_at) {
+            sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+            return Ok(None);
+        }
+        for table in projection.tables() {
+            // Table names are constants of the projection, never input.
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM main.{table}")))
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO main.{table} SELECT * FROM shadow.{table}"
+            )))
+            .execute(&mut *conn)
+            .await?;
+        }
+        sqlx::query(
+            "INSERT INTO main.projection_checkpoints (name, last_sequence, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO UPDATE SET last_sequence = excluded.last_sequence, updated_at = excluded.updated_at",
+        )
+        .bind(name)
+        .bind(i64_of(shadow_at))
+        .bind(rfc3339(OffsetDateTime::now_utc()))
+        .execute(&mut *conn)
+        .await?;
+        sqlx::query("COMMIT").execute(&mut *conn).await?;
+        Ok::<_, ProjectionError>(Some(shadow_at))
+    }
+    .await;
+    if outcome.is_err() {
+        let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+    }
+    let _ = sqlx::query("DETACH DATABASE shadow")
+        .execute(&mut *conn)
+        .await;
+    outcome
+}
+
+/// Rebuilds a projection by name (`all` for every one) with `policy`.
+pub async fn rebuild_by_name(
+    name: &str,
+    policy: Arc<Policy>,
+    live: &ReadStore,
+    live_file: &Path,
+    log: &EventLog,
+    batch_size: usize,
+    on_progress: &(dyn Fn(&str, u64, u64) + Send + Sync),
+) -> Result<Vec<(&'static str, u64)>, ProjectionError> {
+    let names: Vec<&'static str> = if name == "all" {
+        ALL.to_vec()
+    } else {
+        match ALL.iter().find(|n| **n == name) {
+            Some(n) => vec![*n],
+            None => return Err(ProjectionError::UnknownProjection(name.to_owned())),
+        }
+    };
+    let mut out = Vec::new();
+    for n in names {
+        let progress = |d: u64, t: u64| on_progress(n, d, t);
+        let at = match n {
+            audit::NAME => {
+                rebuild(
+                    audit::AuditProjection,
+                    live,
+                    live_file,
+                    log,
+                    batch_size,
+                    &progress,
+                )
+                .await?
+            }
+            lifecycle::NAME => {
+                rebuild(
+                    lifecycle::LifecycleProjection,
+                    live,
+                    live_file,
+                    log,
+                    batch_size,
+                    &progress,
+                )
+                .await?
+            }
+            trust::NAME => {
+                rebuild(
+                    trust::TrustProjection::new(policy.clone()),
+                    live,
+                    live_file,
+                    log,
+                    batch_size,
+                    &progress,
+                )
+                .await?
+            }
+            health::NAME => {
+                rebuild(
+                    health::HealthProjection::new(policy.clone()),
+                    live,
+                    live_file,
+                    log,
+                    batch_size,
+                    &progress,
+                )
+                .await?
+            }
+            _ => {
+                rebuild(
+                    renewals::RenewalsProjection,
+                    live,
+                    live_file,
+                    log,
+                    batch_size,
+                    &progress,
+                )
+                .await?
+            }
+        };
+        out.push((n, at));
+    }
+    Ok(out)
+}
+
+/// Builds `name` (or `all`) as it stood at stream sequence `at` into the store at `target`.
+pub async fn as_of(
+    name: &str,
+    policy: Arc<Policy>,
+    target: &ReadStore,
+    log: &EventLog,
+    at: u64,
+    batch_size: usize,
+) -> Result<(), ProjectionError> {
+    let names: Vec<&str> = if name == "all" {
+        ALL.to_vec()
+    } else {
+        vec![name]
+    };
+    let opts = ProjectorOptions {
+        batch_size,
+        ..ProjectorOptions::default()
+    };
+    for n in names {
+        match n {
+            audit::NAME => {
+                Projector::new(
+                    audit::AuditProjection,
+                    target.clone(),
+                    log.clone(),
+                    opts.clone(),
+                )
+                .run_until(at)
+                .await?
+            }
+            lifecycle::NAME => {
+                Projector::new(
+                    lifecycle::LifecycleProjection,
+                    target.clone(),
+                    log.clone(),
+                    opts.clone(),
+                )
+                .run_until(at)
+                .await?
+            }
+            trust::NAME => {
+                Projector::new(
+                    trust::TrustProjection::new(policy.clone()),
+                    target.clone(),
+                    log.clone(),
+                    opts.clone(),
+                )
+                .run_until(at)
+                .await?
+            }
+            health::NAME => {
+                Projector::new(
+                    health::HealthProjection::new(policy.clone()),
+                    target.clone(),
+                    log.clone(),
+                    opts.clone(),
+                )
+                .run_until(at)
+                .await?
+            }
+            renewals::NAME => {
+                Projector::new(
+                    renewals::RenewalsProjection,
+                    target.clone(),
+                    log.clone(),
+                    opts.clone(),
+                )
+                .run_until(at)
+                .await?
+            }
+            other => return Err(ProjectionError::UnknownProjection(other.to_owned())),
+        }
+    }
+    Ok(())
+}
+
+/// The last stream sequence recorded at or before `at` (0 if none), by binary search over
+/// the log's recording times.
+pub async fn sequence_at(log: &EventLog, at: OffsetDateTime) -> Result<u64, ProjectionError> {
+    let (mut lo, mut hi) = (0u64, log.head().await?);
+    while lo < hi {
+        let mid = lo + (hi - lo).div_ceil(2);
+        match log.get(mid).await? {
+            Some(e) if e.envelope.recorded_at <= at => lo = mid,
+            _ => hi = mid - 1,
+        }
+    }
+    Ok(lo)
+}

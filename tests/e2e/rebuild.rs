@@ -1,0 +1,341 @@
+//! Blue-green rebuilds under load, after a policy change, after an interruption, over
+//! HTTP; and point-in-time views.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use crm_cli::demo::{self, DemoArgs};
+use crm_e2e::{App, Env, KEY};
+use crm_projections::lifecycle::LifecycleProjection;
+use crm_projections::rebuild;
+use crm_projections::{Projector, ProjectorOptions, ReadStore};
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+/// Every view table of a store, as text.
+async fn dump(store: &ReadStore) -> Vec<String> {
+    let mut out = Vec::new();
+    out.extend(
+        crm_projections::lifecycle::dump(store)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| format!("{r:?}")),
+    );
+    out.extend(
+        crm_projections::lifecycle::dump_transitions(store)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| format!("{r:?}")),
+    );
+    out.extend(
+        crm_projections::trust::dump(store)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| format!("{r:?}")),
+    );
+    out.extend(
+        crm_projections::trust::ledger_sums(store)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| format!("{r:?}")),
+    );
+    out.extend(
+        crm_projections::health::dump(store)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| format!("{r:?}")),
+    );
+    out.extend(
+        crm_projections::renewals::dump(store)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| format!("{r:?}")),
+    );
+    out
+}
+
+async fn seed(app: &App, customers: u32) -> Vec<Uuid> {
+    let args = DemoArgs {
+        customers,
+        seed: 3,
+        until: Some("2025-12-15".into()),
+        concurrency: 4,
+    };
+    demo::run(app.parts.customers.clone(), &args).await.unwrap();
+    let until = time::macros::date!(2025 - 12 - 15);
+    (0..customers)
+        .map(|i| *demo::story(i, 3, until).0.as_uuid())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rebuild_all_while_writing_and_reading() {
+    let env = Env::new().await;
+    let app = Arc::new(App::start(&env).await);
+    let ids = seed(&app, 20).await;
+    app.settle().await;
+    let (_, stages) = app.get("/v1/stages").await;
+    let initial_total = stages["total"].as_u64().unwrap();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (app, stop, ids) = (app.clone(), stop.clone(), ids.clone());
+        tokio::spawn(async move {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let c = ids[n % ids.len()];
+                let (s, body) = app
+                    .command(c, json!({"type": "log_intervention", "action": "call", "note": format!("call {n}")}))
+                    .await;
+                assert_eq!(s, 201, "{body}");
+                n += 1;
+            }
+            n
+        })
+    };
+    let reader = {
+        let (app, stop, reads, ids) = (app.clone(), stop.clone(), reads.clone(), ids.clone());
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let (s, v) = app
+                    .get(&format!("/v1/customers/{}", ids[i % ids.len()]))
+                    .await;
+                assert_eq!(s, 200, "{v}");
+                assert!(
+                    v["lifecycle"]["stage"].is_string() && v["health"]["color"].is_string(),
+                    "{v}"
+                );
+                let (s, st) = app.get("/v1/stages").await;
+                assert_eq!(s, 200);
+                assert!(
+                    st["total"].as_u64().unwrap() >= initial_total,
+                    "a half-built view went live: {st}"
+                );
+                reads.fetch_add(1, Ordering::Relaxed);
+                i += 1;
+            }
+        })
+    };
+
+    let cfg = env.config("views.sqlite");
+    let policy = Arc::new(crm_projections::policy::default_policy());
+    let done = rebuild::rebuild_by_name(
+        "all",
+        policy,
+        &app.parts.store,
+        &cfg.store.sqlite_path,
+        &app.parts.log,
+        50,
+        &|_, _, _| {},
+    )
+    .await
+    .unwrap();
+    assert_eq!(done.len(), 5);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    reader.await.unwrap();
+    assert!(written > 0 && reads.load(Ordering::Relaxed) > 0);
+
+    // Afterwards the rebuilt live view equals a view built from scratch.
+    app.settle().await;
+    let head = app.parts.log.head().await.unwrap();
+    let fresh = ReadStore::open_file(&env.path("fresh.sqlite"))
+        .await
+        .unwrap();
+    rebuild::as_of(
+        "all",
+        Arc::new(crm_projections::policy::default_policy()),
+        &fresh,
+        &app.parts.log,
+        head,
+        1_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(dump(&app.parts.store).await, dump(&fresh).await);
+    let (_, status) = app.get("/v1/admin/projections").await;
+    for p in status["projections"].as_array().unwrap() {
+        assert_eq!(p["rebuild"]["state"], "done", "{p}");
+    }
+    assert!(
+        !rebuild::shadow_path(&cfg.store.sqlite_path, "health").exists(),
+        "shadow removed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_resume() {
+    let env = Env::new().await;
+    let app = App::start(&env).await;
+    let ids = seed(&app, 8).await;
+    app.settle().await;
+    let (_, before) = app.get(&format!("/v1/customers/{}", ids[0])).await;
+    assert_eq!(before["trust"]["policy_version"], "2026-11-default");
+
+    let mut policy = crm_projections::policy::default_policy();
+    policy.version = "2026-12-generous".into();
+    policy.trust.care_touch = 50;
+    let cfg = env.config("views.sqlite");
+    rebuild::rebuild_by_name(
+        "trust",
+        Arc::new(policy),
+        &app.parts.store,
+        &cfg.store.sqlite_path,
+        &app.parts.log,
+        100,
+        &|_, _, _| {},
+    )
+    .await
+    .unwrap();
+    let (_, after) = app.get(&format!("/v1/customers/{}", ids[0])).await;
+    assert_eq!(after["trust"]["policy_version"], "2026-12-generous");
+    assert!(
+        after["trust"]["emotional"].as_i64().unwrap()
+            > before["trust"]["emotional"].as_i64().unwrap()
+    );
+    let (_, ledger) = app
+        .get(&format!("/v1/customers/{}/trust/ledger?limit=1000", ids[0]))
+        .await;
+    assert!(
+        ledger["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["policy_version"] == "2026-12-generous")
+    );
+
+    // An interrupted rebuild left a half-built shadow: the next one resumes from it, and
+    // the live view was never touched in between.
+    let head = app.parts.log.head().await.unwrap();
+    let shadow_file = rebuild::shadow_path(&cfg.store.sqlite_path, "lifecycle");
+    let shadow = ReadStore::open_file(&shadow_file).await.unwrap();
+    Projector::new(
+        LifecycleProjection,
+        shadow.clone(),
+        app.parts.log.clone(),
+        ProjectorOptions {
+            batch_size: 10,
+            crash_before_commit_of_batch: Some(4),
+        },
+    )
+    .run_until(head)
+    .await
+    .unwrap_err();
+    let half = shadow.checkpoint("lifecycle").await.unwrap();
+    assert!(half > 0 && half < head);
+    shadow.pool().close().await;
+    let live_before = crm_projections::lifecycle::dump(&app.parts.store)
+        .await
+        .unwrap();
+    assert_eq!(live_before.len(), 8);
+    let done = rebuild::rebuild_by_name(
+        "lifecycle",
+        Arc::new(crm_projections::policy::default_policy()),
+        &app.parts.store,
+        &cfg.store.sqlite_path,
+        &app.parts.log,
+        10,
+        &|_, _, _| {},
+    )
+    .await
+    .unwrap();
+    assert!(done[0].1 >= head);
+    assert_eq!(
+        crm_projections::lifecycle::dump(&app.parts.store)
+            .await
+            .unwrap(),
+        live_before
+    );
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuilds() {
+    let env = Env::new().await;
+    let app = App::start(&env).await;
+    let ids = seed(&app, 6).await;
+    app.settle().await;
+    let at = app.parts.log.head().await.unwrap();
+    let then = dump(&app.parts.store).await;
+
+    // The world moves on.
+    for c in &ids {
+        app.accept(
+            *c,
+            json!({"type": "change_key_contact", "role": "decision_maker", "new_contact": "New"}),
+        )
+        .await;
+    }
+    app.settle().await;
+    assert_ne!(dump(&app.parts.store).await, then);
+
+    let past = ReadStore::open_file(&env.path("as-of.sqlite"))
+        .await
+        .unwrap();
+    rebuild::as_of(
+        "all",
+        Arc::new(crm_projections::policy::default_policy()),
+        &past,
+        &app.parts.log,
+        at,
+        7,
+    )
+    .await
+    .unwrap();
+    assert_eq!(dump(&past).await, then);
+    assert_eq!(past.checkpoint("health").await.unwrap(), at);
+    // By recording time: the sequence of the last event recorded by then.
+    let last = app.parts.log.get(at).await.unwrap().unwrap();
+    assert_eq!(
+        rebuild::sequence_at(&app.parts.log, last.envelope.recorded_at)
+            .await
+            .unwrap(),
+        at
+    );
+
+    // Ops can start a rebuild over HTTP and watch it finish.
+    let resp = app
+        .http
+        .post(format!("{}/v1/admin/projections/health/rebuild", app.base))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let mut state = Value::Null;
+    for _ in 0..500 {
+        let (_, s) = app.get("/v1/admin/projections").await;
+        state = s["projections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["name"] == "health")
+            .unwrap()
+            .clone();
+        if state["rebuild"]["state"] == "done" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(state["rebuild"]["state"], "done", "{state}");
+    assert_eq!(state["rebuild"]["done"], state["rebuild"]["total"]);
+    let resp = app
+        .http
+        .post(format!("{}/v1/admin/projections/nope/rebuild", app.base))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    app.stop().await;
+}
