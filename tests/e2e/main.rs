@@ -3,6 +3,7 @@
 
 mod audit;
 mod bad_input;
+mod cluster;
 mod concurrency;
 mod customer_success;
 mod demo;

@@ -197,16 +197,31 @@ impl App {
 
     /// Waits until every view has applied everything in the log.
     pub async fn settle(&self) {
+        self.settle_within(Duration::from_secs(10)).await;
+    }
+
+    /// Like [`App::settle`], with a longer patience (fail-over tests).
+    pub async fn settle_within(&self, patience: Duration) {
         let head = self.parts.log.head().await.expect("head");
         for name in crm_cli::services::PROJECTIONS {
-            wait_for_checkpoint(&self.parts.store, name, head).await;
+            wait_for_checkpoint_within(&self.parts.store, name, head, patience).await;
         }
     }
 }
 
 /// Polls a projection's checkpoint until it reaches `target` (10 s at most).
 pub async fn wait_for_checkpoint(store: &crm_projections::ReadStore, name: &str, target: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    wait_for_checkpoint_within(store, name, target, Duration::from_secs(10)).await;
+}
+
+/// Polls a projection's checkpoint until it reaches `target`.
+pub async fn wait_for_checkpoint_within(
+    store: &crm_projections::ReadStore,
+    name: &str,
+    target: u64,
+    patience: Duration,
+) {
+    let deadline = tokio::time::Instant::now() + patience;
     loop {
         let cp = store.checkpoint(name).await.expect("checkpoint");
         if cp >= target {
@@ -227,7 +242,19 @@ pub async fn read_all(log: &EventLog) -> Vec<StoredEvent> {
     if head == 0 {
         return Vec::new();
     }
-    let stream = log.subscribe(0).await.expect("subscribe");
+    // After a cluster node dies, consumer creation waits for a new meta leader: retry.
+    let mut tries = 0;
+    let stream = loop {
+        match log.subscribe(0).await {
+            Ok(s) => break s,
+            Err(e) if tries < 60 => {
+                tries += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("subscribe: {e}"),
+        }
+    };
     let mut stream = std::pin::pin!(stream);
     let mut out = Vec::new();
     while let Some(item) = stream.next().await {

@@ -38,6 +38,7 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct NatsConfig {
+    /// One URL, or several comma-separated URLs of one cluster.
     pub url: String,
     /// A `.creds` file (JWT + nkey seed).
     pub credentials_file: Option<PathBuf>,
@@ -116,8 +117,15 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, LogError
     if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
         opts = opts.add_client_certificate(cert.clone(), key.clone());
     }
+    // A comma-separated list names several servers of a cluster.
+    let addrs = config
+        .url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| connect_err(e.to_string()))?;
     let client = opts
-        .connect(config.url.as_str())
+        .connect(addrs)
         .await
         .map_err(|e| connect_err(e.to_string()))?;
     check_version(&client.server_info().version)?;

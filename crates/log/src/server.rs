@@ -219,3 +219,105 @@ impl NatsServer {
         Ok(())
     }
 }
+
+/// A cluster of `nats-server`s with JetStream on loopback (tests of replication and
+/// fail-over). Each node has its own store; nodes are killed on drop.
+#[derive(Debug)]
+pub struct NatsCluster {
+    pub nodes: Vec<Option<Child>>,
+    ports: Vec<u16>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl NatsCluster {
+    /// Starts `n` nodes routed to each other and waits until all accept connections.
+    pub async fn start(n: usize) -> Result<Self, LogError> {
+        let binary =
+            find_binary().ok_or_else(|| LogError::Server("nats-server not found".into()))?;
+        let err = |e: std::io::Error| LogError::Server(e.to_string());
+        let ports: Vec<u16> = (0..n)
+            .map(|_| free_port())
+            .collect::<Result<_, _>>()
+            .map_err(err)?;
+        let cluster_ports: Vec<u16> = (0..n)
+            .map(|_| free_port())
+            .collect::<Result<_, _>>()
+            .map_err(err)?;
+        let mut nodes = Vec::new();
+        let mut dirs = Vec::new();
+        for i in 0..n {
+            let dir = tempfile::tempdir().map_err(err)?;
+            let routes: Vec<String> = cluster_ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
+                .collect();
+            let child = Command::new(&binary)
+                .args([
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &ports[i].to_string(),
+                    "-js",
+                    "-n",
+                    &format!("crm-node-{i}"),
+                ])
+                .arg("-sd")
+                .arg(dir.path())
+                .args([
+                    "--cluster_name",
+                    "crm-test",
+                    "--cluster",
+                    &format!("nats://127.0.0.1:{}", cluster_ports[i]),
+                ])
+                .args(["--routes", &routes.join(",")])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| LogError::Server(format!("starting {}: {e}", binary.display())))?;
+            nodes.push(Some(child));
+            dirs.push(dir);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        for p in &ports {
+            while tokio::net::TcpStream::connect(("127.0.0.1", *p))
+                .await
+                .is_err()
+            {
+                if tokio::time::Instant::now() > deadline {
+                    return Err(LogError::Server("cluster did not start within 20s".into()));
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        Ok(Self {
+            nodes,
+            ports,
+            _dirs: dirs,
+        })
+    }
+
+    /// All client URLs, comma-separated (what a client should be given).
+    pub fn urls(&self) -> String {
+        self.ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The client URL of one node.
+    pub fn url(&self, node: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.ports[node])
+    }
+
+    /// SIGKILLs one node.
+    pub async fn kill(&mut self, node: usize) {
+        if let Some(mut child) = self.nodes[node].take() {
+            let _ = child.kill().await;
+        }
+    }
+}

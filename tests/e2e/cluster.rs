@@ -1,0 +1,194 @@
+//! A 3-node NATS cluster on loopback with a 3-replica stream: kill one node during a load;
+//! every acknowledged command is in the log exactly once and the views converge.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crm_e2e::{App, Env, read_all};
+use crm_log::server::NatsCluster;
+use crm_log::{EventLog, NatsConfig, StreamSettings, SubmitOptions};
+use crm_projections::ReadStore;
+use crm_projections::rebuild;
+use serde_json::json;
+use uuid::Uuid;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_a_node_loses_no_acknowledged_command() {
+    let mut cluster = NatsCluster::start(3).await.unwrap();
+    let settings = StreamSettings {
+        replicas: 3,
+        ..StreamSettings::default()
+    };
+    // Wait for the JetStream meta leader, then create the replicated stream.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let attempt = async {
+            let client = crm_log::connect(&NatsConfig::url(cluster.urls())).await?;
+            EventLog::open(client, &settings).await
+        };
+        match attempt.await {
+            Ok(_) => break,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("cluster never became ready: {e}"),
+        }
+    }
+
+    let env = Env::new().await; // only for its temp dir and config shape
+    let mut cfg = env.config("cluster-views.sqlite");
+    cfg.nats.url = cluster.urls();
+    cfg.stream = settings.clone();
+    let app = Arc::new(App::start_with(cfg, true).await);
+
+    let mut writers = Vec::new();
+    for w in 0..6 {
+        let app = app.clone();
+        writers.push(tokio::spawn(async move {
+            let c = crm_domain::CustomerId::new(Uuid::now_v7());
+            let mut acked = Vec::new();
+            let mut failures = 0;
+            let register: crm_domain::Command = serde_json::from_value(
+                json!({"type": "register_customer", "name": format!("W{w}")}),
+            )
+            .unwrap();
+            loop {
+                match app
+                    .parts
+                    .customers
+                    .submit(c, &register, &SubmitOptions::now("cluster-test"))
+                    .await
+                {
+                    Ok(s) => {
+                        acked.push(s.receipt);
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+            for i in 0..80 {
+                let cmd: crm_domain::Command =
+                    serde_json::from_value(json!({"type": "respond_to_request",
+                    "request_id": format!("r{i}"), "response_minutes": 10}))
+                    .unwrap();
+                let mut opts = SubmitOptions::now("cluster-test");
+                // A retried command must not be written twice, whatever the server saw.
+                opts.meta.idempotency_key = Some(format!("w{w}-r{i}"));
+                for _attempt in 0..50 {
+                    match app.parts.customers.submit(c, &cmd, &opts).await {
+                        Ok(s) => {
+                            acked.push(s.receipt);
+                            break;
+                        }
+                        Err(_) => {
+                            failures += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                    }
+                }
+            }
+            (acked, failures)
+        }));
+    }
+    // Kill a node in the middle of the load.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.kill(1).await;
+
+    let mut acked = Vec::new();
+    for w in writers {
+        let (a, _failures) = w.await.unwrap();
+        acked.extend(a);
+    }
+    assert!(
+        acked.len() > 6 * 60,
+        "too few commands went through: {}",
+        acked.len()
+    );
+
+    // A new JetStream meta leader may still be being elected: retry the stream lookup.
+    let mut tries = 0;
+    let log = loop {
+        let attempt = async {
+            let client = crm_log::connect(&NatsConfig::url(cluster.url(0))).await?;
+            EventLog::open(client, &settings).await
+        };
+        match attempt.await {
+            Ok(log) => break log,
+            Err(e) if tries < 60 => {
+                tries += 1;
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => panic!("stream unavailable after fail-over: {e}"),
+        }
+    };
+    let events = read_all(&log).await;
+    let mut count: HashMap<String, usize> = HashMap::new();
+    for e in &events {
+        *count.entry(e.envelope.event_id.to_string()).or_default() += 1;
+    }
+    for r in &acked {
+        assert_eq!(
+            count.get(&r.event_id.to_string()),
+            Some(&1),
+            "acknowledged event {} not exactly once",
+            r.event_id
+        );
+    }
+    // Idempotency keys are unique in the log: no command was written twice.
+    let mut keys: HashMap<String, usize> = HashMap::new();
+    for e in &events {
+        if let Some(k) = &e.envelope.idempotency_key {
+            *keys
+                .entry(format!("{}:{k}", e.envelope.customer_id))
+                .or_default() += 1;
+        }
+    }
+    assert!(
+        keys.values().all(|n| *n == 1),
+        "a command was written twice"
+    );
+    let report = retry(|| crm_log::audit::verify_all(&log, &[], None, |_, _| {})).await;
+    assert!(report.ok, "{report:?}");
+
+    // The views converge to a rebuild from the surviving replicas.
+    app.settle_within(Duration::from_secs(90)).await;
+    let head = log.head().await.unwrap();
+    let fresh = ReadStore::open_file(&env.path("cluster-fresh.sqlite"))
+        .await
+        .unwrap();
+    let policy = Arc::new(crm_projections::policy::default_policy());
+    retry(|| rebuild::as_of("all", policy.clone(), &fresh, &log, head, 1_000)).await;
+    assert_eq!(
+        crm_projections::lifecycle::dump(&app.parts.store)
+            .await
+            .unwrap(),
+        crm_projections::lifecycle::dump(&fresh).await.unwrap()
+    );
+    assert_eq!(
+        crm_projections::trust::dump(&app.parts.store)
+            .await
+            .unwrap(),
+        crm_projections::trust::dump(&fresh).await.unwrap()
+    );
+}
+
+/// Retries an operation that may time out while the cluster elects new leaders after a
+/// node died (up to a minute).
+async fn retry<T, E: std::fmt::Display, F: std::future::Future<Output = Result<T, E>>>(
+    mut op: impl FnMut() -> F,
+) -> T {
+    let mut last = String::new();
+    for _ in 0..60 {
+        match op().await {
+            Ok(v) => return v,
+            Err(e) => {
+                last = e.to_string();
+                tokio::time::sleep(Duration::from_millis(1_000)).await;
+            }
+        }
+    }
+    panic!("still failing after a minute: {last}");
+}
