@@ -59,58 +59,6 @@ async fn generate(app: &App, customers: usize) {
     }
 }
 
-/// Every table of the read store, as text, for comparing two copies.
-async fn dump(store: &ReadStore) -> Vec<String> {
-    let mut out = Vec::new();
-    out.extend(
-        crm_projections::lifecycle::dump(store)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| format!("{r:?}")),
-    );
-    out.extend(
-        crm_projections::lifecycle::dump_transitions(store)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| format!("{r:?}")),
-    );
-    out.extend(
-        crm_projections::trust::dump(store)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| format!("{r:?}")),
-    );
-    out.extend(
-        crm_projections::trust::ledger_sums(store)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| format!("{r:?}")),
-    );
-    out.extend(
-        crm_projections::health::dump(store)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| format!("{r:?}")),
-    );
-    out.extend(
-        crm_projections::renewals::dump(store)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| format!("{r:?}")),
-    );
-    let alerts = crm_projections::health::open_alerts(store, None, None, 10_000)
-        .await
-        .unwrap();
-    out.extend(alerts.iter().map(|a| format!("{a:?}")));
-    out
-}
-
 async fn check<P: Projection + Clone>(projection: P, app: &App, env: &Env, events: &[StoredEvent]) {
     let name = projection.name();
     let head = events.last().unwrap().sequence;
@@ -155,7 +103,11 @@ async fn check<P: Projection + Clone>(projection: P, app: &App, env: &Env, event
     // Restart and finish: the same view as the clean pass, nothing lost or doubled.
     run(&crashed, 25, None).run_until(head).await.unwrap();
     assert_eq!(crashed.checkpoint(name).await.unwrap(), head);
-    assert_eq!(dump(&crashed).await, dump(&fresh).await, "{name}");
+    assert_eq!(
+        crm_e2e::dump_views(&crashed).await,
+        crm_e2e::dump_views(&fresh).await,
+        "{name}"
+    );
 
     // Re-applying batches already reflected (a crash before the checkpoint commit, then
     // redelivery) changes nothing.
@@ -164,8 +116,8 @@ async fn check<P: Projection + Clone>(projection: P, app: &App, env: &Env, event
         projection.apply_batch(&mut conn, window).await.unwrap();
     }
     assert_eq!(
-        dump(&crashed).await,
-        dump(&fresh).await,
+        crm_e2e::dump_views(&crashed).await,
+        crm_e2e::dump_views(&fresh).await,
         "{name} after re-apply"
     );
 }

@@ -13,54 +13,6 @@ use crm_projections::{Projector, ProjectorOptions, ReadStore};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-/// Every view table of a store, as text.
-async fn dump(store: &ReadStore) -> Vec<String> {
-    let mut out = Vec::new();
-    out.extend(
-        crm_projections::lifecycle::dump(store)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| format!("{r:?}")),
-    );
-    out.extend(
-        crm_projections::lifecycle::dump_transitions(store)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| format!("{r:?}")),
-    );
-    out.extend(
-        crm_projections::trust::dump(store)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| format!("{r:?}")),
-    );
-    out.extend(
-        crm_projections::trust::ledger_sums(store)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| format!("{r:?}")),
-    );
-    out.extend(
-        crm_projections::health::dump(store)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| format!("{r:?}")),
-    );
-    out.extend(
-        crm_projections::renewals::dump(store)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| format!("{r:?}")),
-    );
-    out
-}
-
 async fn seed(app: &App, customers: u32) -> Vec<Uuid> {
     let args = DemoArgs {
         customers,
@@ -162,7 +114,10 @@ async fn rebuild_all_while_writing_and_reading() {
     )
     .await
     .unwrap();
-    assert_eq!(dump(&app.parts.store).await, dump(&fresh).await);
+    assert_eq!(
+        crm_e2e::dump_views(&app.parts.store).await,
+        crm_e2e::dump_views(&fresh).await
+    );
     let (_, status) = app.get("/v1/admin/projections").await;
     for p in status["projections"].as_array().unwrap() {
         assert_eq!(p["rebuild"]["state"], "done", "{p}");
@@ -266,7 +221,7 @@ async fn as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuild
     let ids = seed(&app, 6).await;
     app.settle().await;
     let at = app.parts.log.head().await.unwrap();
-    let then = dump(&app.parts.store).await;
+    let then = crm_e2e::dump_views(&app.parts.store).await;
 
     // The world moves on.
     for c in &ids {
@@ -277,7 +232,7 @@ async fn as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuild
         .await;
     }
     app.settle().await;
-    assert_ne!(dump(&app.parts.store).await, then);
+    assert_ne!(crm_e2e::dump_views(&app.parts.store).await, then);
 
     let past = ReadStore::open_file(&env.path("as-of.sqlite"))
         .await
@@ -292,7 +247,7 @@ async fn as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuild
     )
     .await
     .unwrap();
-    assert_eq!(dump(&past).await, then);
+    assert_eq!(crm_e2e::dump_views(&past).await, then);
     assert_eq!(past.checkpoint("health").await.unwrap(), at);
     // By recording time: the sequence of the last event recorded by then.
     let last = app.parts.log.get(at).await.unwrap().unwrap();

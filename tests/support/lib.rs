@@ -301,3 +301,56 @@ pub fn sign(contract: &str) -> Value {
         "currency": "EUR", "starts_on": "2025-01-01", "ends_on": "2025-12-31"
     })
 }
+
+/// Every view table of a store, as text, for comparing two copies.
+pub async fn dump_views(store: &crm_projections::ReadStore) -> Vec<String> {
+    use crm_projections::{health, lifecycle, renewals, trust};
+    let mut out = Vec::new();
+    out.extend(
+        lifecycle::dump(store)
+            .await
+            .expect("dump")
+            .iter()
+            .map(|r| format!("{r:?}")),
+    );
+    out.extend(
+        lifecycle::dump_transitions(store)
+            .await
+            .expect("dump")
+            .iter()
+            .map(|r| format!("{r:?}")),
+    );
+    out.extend(
+        trust::dump(store)
+            .await
+            .expect("dump")
+            .iter()
+            .map(|r| format!("{r:?}")),
+    );
+    out.extend(
+        trust::ledger_sums(store)
+            .await
+            .expect("dump")
+            .iter()
+            .map(|r| format!("{r:?}")),
+    );
+    out.extend(
+        health::dump(store)
+            .await
+            .expect("dump")
+            .iter()
+            .map(|r| format!("{r:?}")),
+    );
+    out.extend(
+        renewals::dump(store)
+            .await
+            .expect("dump")
+            .iter()
+            .map(|r| format!("{r:?}")),
+    );
+    let alerts = health::open_alerts(store, None, None, 100_000)
+        .await
+        .expect("alerts");
+    out.extend(alerts.iter().map(|a| format!("{a:?}")));
+    out
+}

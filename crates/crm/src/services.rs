@@ -7,10 +7,6 @@ use anyhow::Context;
 use crm_domain::policy::Policy;
 use crm_gateway::{AppState, Auth};
 use crm_log::{Customers, EventLog};
-use crm_projections::health::HealthProjection;
-use crm_projections::lifecycle::LifecycleProjection;
-use crm_projections::renewals::RenewalsProjection;
-use crm_projections::trust::TrustProjection;
 use crm_projections::{Projection, Projector, ProjectorOptions, ReadStore};
 use rand::RngCore;
 use tokio::net::TcpListener;
@@ -118,47 +114,15 @@ pub fn spawn_projectors(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let policy = policy(cfg)?;
-    let all = names.contains(&"all");
-    let wanted = |n: &str| all || names.contains(&n);
-    for name in names {
-        anyhow::ensure!(
-            *name == "all" || PROJECTIONS.contains(name),
-            "unknown projection {name:?}; known: all, {}",
-            PROJECTIONS.join(", ")
-        );
-    }
-    if wanted(crm_projections::audit::NAME) {
-        spawn_one(
-            crm_projections::audit::AuditProjection,
-            cfg,
-            parts,
-            tasks,
-            shutdown,
-        );
-    }
-    if wanted(crm_projections::lifecycle::NAME) {
-        spawn_one(LifecycleProjection, cfg, parts, tasks, shutdown);
-    }
-    if wanted(crm_projections::trust::NAME) {
-        spawn_one(
-            TrustProjection::new(policy.clone()),
-            cfg,
-            parts,
-            tasks,
-            shutdown,
-        );
-    }
-    if wanted(crm_projections::health::NAME) {
-        spawn_one(
-            HealthProjection::new(policy.clone()),
-            cfg,
-            parts,
-            tasks,
-            shutdown,
-        );
-    }
-    if wanted(crm_projections::renewals::NAME) {
-        spawn_one(RenewalsProjection, cfg, parts, tasks, shutdown);
+    let list: Vec<&str> = if names.contains(&"all") {
+        PROJECTIONS.to_vec()
+    } else {
+        names.to_vec()
+    };
+    for name in list {
+        crm_projections::with_projection!(name, policy, |p| spawn_one(
+            p, cfg, parts, tasks, shutdown
+        ));
     }
     Ok(())
 }

@@ -238,6 +238,47 @@ async fn swap<P: Projection>(
     outcome
 }
 
+/// Runs `$body` with `$p` bound to the projection called `$name` (built with `$policy`),
+/// or returns `UnknownProjection`. The one place a name becomes a projection.
+#[macro_export]
+macro_rules! with_projection {
+    ($name:expr, $policy:expr, |$p:ident| $body:expr) => {
+        match $name {
+            $crate::audit::NAME => {
+                let $p = $crate::audit::AuditProjection;
+                $body
+            }
+            $crate::lifecycle::NAME => {
+                let $p = $crate::lifecycle::LifecycleProjection;
+                $body
+            }
+            $crate::trust::NAME => {
+                let $p = $crate::trust::TrustProjection::new($policy.clone());
+                $body
+            }
+            $crate::health::NAME => {
+                let $p = $crate::health::HealthProjection::new($policy.clone());
+                $body
+            }
+            $crate::renewals::NAME => {
+                let $p = $crate::renewals::RenewalsProjection;
+                $body
+            }
+            other => {
+                return Err($crate::ProjectionError::UnknownProjection(other.to_owned()).into())
+            }
+        }
+    };
+}
+
+fn names(name: &str) -> Vec<&str> {
+    if name == "all" {
+        ALL.to_vec()
+    } else {
+        vec![name]
+    }
+}
+
 /// Rebuilds a projection by name (`all` for every one) with `policy`.
 pub async fn rebuild_by_name(
     name: &str,
@@ -247,76 +288,15 @@ pub async fn rebuild_by_name(
     log: &EventLog,
     batch_size: usize,
     on_progress: &(dyn Fn(&str, u64, u64) + Send + Sync),
-) -> Result<Vec<(&'static str, u64)>, ProjectionError> {
-    let names: Vec<&'static str> = if name == "all" {
-        ALL.to_vec()
-    } else {
-        match ALL.iter().find(|n| **n == name) {
-            Some(n) => vec![*n],
-            None => return Err(ProjectionError::UnknownProjection(name.to_owned())),
-        }
-    };
+) -> Result<Vec<(String, u64)>, ProjectionError> {
     let mut out = Vec::new();
-    for n in names {
+    for n in names(name) {
         let progress = |d: u64, t: u64| on_progress(n, d, t);
-        let at = match n {
-            audit::NAME => {
-                rebuild(
-                    audit::AuditProjection,
-                    live,
-                    live_file,
-                    log,
-                    batch_size,
-                    &progress,
-                )
-                .await?
-            }
-            lifecycle::NAME => {
-                rebuild(
-                    lifecycle::LifecycleProjection,
-                    live,
-                    live_file,
-                    log,
-                    batch_size,
-                    &progress,
-                )
-                .await?
-            }
-            trust::NAME => {
-                rebuild(
-                    trust::TrustProjection::new(policy.clone()),
-                    live,
-                    live_file,
-                    log,
-                    batch_size,
-                    &progress,
-                )
-                .await?
-            }
-            health::NAME => {
-                rebuild(
-                    health::HealthProjection::new(policy.clone()),
-                    live,
-                    live_file,
-                    log,
-                    batch_size,
-                    &progress,
-                )
-                .await?
-            }
-            _ => {
-                rebuild(
-                    renewals::RenewalsProjection,
-                    live,
-                    live_file,
-                    log,
-                    batch_size,
-                    &progress,
-                )
-                .await?
-            }
-        };
-        out.push((n, at));
+        let at = with_projection!(n, policy, |p| rebuild(
+            p, live, live_file, log, batch_size, &progress
+        )
+        .await?);
+        out.push((n.to_owned(), at));
     }
     Ok(out)
 }
@@ -330,69 +310,19 @@ pub async fn as_of(
     at: u64,
     batch_size: usize,
 ) -> Result<(), ProjectionError> {
-    let names: Vec<&str> = if name == "all" {
-        ALL.to_vec()
-    } else {
-        vec![name]
-    };
     let opts = ProjectorOptions {
         batch_size,
         ..ProjectorOptions::default()
     };
-    for n in names {
-        match n {
-            audit::NAME => {
-                Projector::new(
-                    audit::AuditProjection,
-                    target.clone(),
-                    log.clone(),
-                    opts.clone(),
-                )
-                .run_until(at)
-                .await?
-            }
-            lifecycle::NAME => {
-                Projector::new(
-                    lifecycle::LifecycleProjection,
-                    target.clone(),
-                    log.clone(),
-                    opts.clone(),
-                )
-                .run_until(at)
-                .await?
-            }
-            trust::NAME => {
-                Projector::new(
-                    trust::TrustProjection::new(policy.clone()),
-                    target.clone(),
-                    log.clone(),
-                    opts.clone(),
-                )
-                .run_until(at)
-                .await?
-            }
-            health::NAME => {
-                Projector::new(
-                    health::HealthProjection::new(policy.clone()),
-                    target.clone(),
-                    log.clone(),
-                    opts.clone(),
-                )
-                .run_until(at)
-                .await?
-            }
-            renewals::NAME => {
-                Projector::new(
-                    renewals::RenewalsProjection,
-                    target.clone(),
-                    log.clone(),
-                    opts.clone(),
-                )
-                .run_until(at)
-                .await?
-            }
-            other => return Err(ProjectionError::UnknownProjection(other.to_owned())),
-        }
+    for n in names(name) {
+        with_projection!(n, policy, |p| Projector::new(
+            p,
+            target.clone(),
+            log.clone(),
+            opts.clone()
+        )
+        .run_until(at)
+        .await?);
     }
     Ok(())
 }
