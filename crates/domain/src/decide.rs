@@ -182,7 +182,8 @@ mod contracts {
                 contract_id: c.contract_id.clone(),
             });
         }
-        let window_opens = contract.ends_on - Duration::days(i64::from(contract.notice_days));
+        let window_opens =
+            crate::calendar::days_before(contract.ends_on, i64::from(contract.notice_days));
         if occurred_at.date() < window_opens {
             return Err(DomainError::RenewalNotDue {
                 contract_id: c.contract_id.clone(),

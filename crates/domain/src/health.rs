@@ -5,8 +5,9 @@
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
-use time::{Date, Duration, Month, OffsetDateTime};
+use time::{Date, Month, OffsetDateTime};
 
+use crate::calendar::{days_before, instant_days_before};
 use crate::event::Event;
 use crate::policy::Policy;
 use crate::trust::{self, Balances};
@@ -246,7 +247,7 @@ impl Health {
     }
 
     fn prune(&mut self, as_of: OffsetDateTime) {
-        let keep_from = as_of - Duration::days(400);
+        let keep_from = instant_days_before(as_of, 400);
         let day = keep_from.date();
         self.purchases.retain(|(d, _)| *d >= day);
         self.contract_revenue.retain(|(d, _)| *d >= day);
@@ -310,7 +311,7 @@ impl Health {
                 tier: Tier::C,
             };
         };
-        let window_start = as_of - Duration::days(p.window_days);
+        let window_start = instant_days_before(as_of, p.window_days);
         let mut reasons = Vec::new();
         let mut penalty = 0u32;
         let mut floor = Color::Green;
@@ -453,8 +454,8 @@ impl Health {
     /// that; `None` when the earlier window is empty.
     fn order_value_drop(&self, as_of: OffsetDateTime, window_days: i64) -> Option<i64> {
         let end = as_of.date();
-        let mid = end - Duration::days(window_days);
-        let start = mid - Duration::days(window_days);
+        let mid = days_before(end, window_days);
+        let start = days_before(mid, window_days);
         let sum = |from: Date, to: Date| -> i64 {
             self.purchases
                 .iter()
@@ -499,7 +500,7 @@ impl Health {
     /// A/B/C from trailing-12-month revenue, repurchase and loyalty.
     fn tier(&self, as_of: OffsetDateTime, policy: &Policy) -> Tier {
         let t = &policy.tier;
-        let from = as_of.date() - Duration::days(365);
+        let from = days_before(as_of.date(), 365);
         let purchases: Vec<_> = self.purchases.iter().filter(|(d, _)| *d > from).collect();
         let revenue: i64 = purchases.iter().map(|(_, a)| *a).sum::<i64>()
             + self

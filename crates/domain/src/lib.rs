@@ -15,6 +15,7 @@
 //!   health, raise churn alerts and cut value tiers, all from business time.
 
 pub mod aggregate;
+pub mod calendar;
 pub mod command;
 pub mod decide;
 pub mod error;

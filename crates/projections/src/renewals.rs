@@ -6,11 +6,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
+use crm_domain::calendar::{days_after, days_before};
 use crm_domain::{CustomerId, Event};
 use crm_log::StoredEvent;
 use serde::{Deserialize, Serialize};
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
-use time::{Date, Duration};
+use time::Date;
 
 use crate::error::ProjectionError;
 use crate::projector::Projection;
@@ -197,7 +198,7 @@ fn view(r: RenewalRow, today: Date) -> Option<RenewalView> {
         starts_on,
         ends_on,
         notice_days: notice,
-        notice_from: (end - Duration::days(i64::from(notice))).to_string(),
+        notice_from: days_before(end, i64::from(notice)).to_string(),
         status,
         days_left: (end - today).whole_days(),
         value_minor,
@@ -214,7 +215,7 @@ pub async fn upcoming(
     offset: u32,
     limit: u32,
 ) -> Result<Vec<RenewalView>, ProjectionError> {
-    let until = today + Duration::days(within_days);
+    let until = days_after(today, within_days);
     let rows: Vec<RenewalRow> = sqlx::query_as(
         "SELECT customer_id, contract_id, starts_on, ends_on, notice_days, status, value_minor, currency \
          FROM renewals WHERE status <> 'terminated' AND ends_on >= ? AND ends_on <= ? \

@@ -33,7 +33,7 @@ impl ReadStore {
             .max_connections(8)
             .connect_with(opts)
             .await?;
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        migrate(&pool).await?;
         Ok(Self { pool })
     }
 
@@ -78,5 +78,25 @@ impl ReadStore {
     pub async fn ping(&self) -> Result<(), ProjectionError> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+}
+
+/// Applies the migrations. sqlx takes no lock on SQLite, so two processes opening a fresh
+/// file at once (`crm dev` next to `crm project`, two projectors) can both try the same
+/// migration; each migration runs in its own transaction, so the loser's attempt rolls back
+/// whole and a retry finds it applied.
+async fn migrate(pool: &SqlitePool) -> Result<(), ProjectionError> {
+    let migrator = sqlx::migrate!("./migrations/sqlite");
+    let mut attempt = 0;
+    loop {
+        match migrator.run(pool).await {
+            Ok(()) => return Ok(()),
+            Err(e) if attempt < 20 => {
+                attempt += 1;
+                tracing::debug!(error = %e, attempt, "migration raced another process; retrying");
+                tokio::time::sleep(Duration::from_millis(25 * attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }

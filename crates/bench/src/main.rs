@@ -1,0 +1,114 @@
+//! `crm-bench`: the command path, the HTTP gateway and the projectors, each measured next
+//! to the raw JetStream baseline for the same message size and count, on the same
+//! nats-server in the same run.
+//!
+//! ```sh
+//! cargo run --release -p crm-bench -- all
+//! cargo run --release -p crm-bench -- append --concurrency 64 --commands 50000
+//! ```
+//!
+//! Every scenario starts its own nats-server (the pinned one, see
+//! `crm_log::server::find_binary`) with a temporary store, and keeps SQLite files in a
+//! temporary directory. Nothing is hard-coded: every figure printed is measured in the run.
+
+mod measure;
+mod raw;
+mod report;
+mod scenarios;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, ValueEnum};
+
+/// What to measure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// In-process command path: decide + conditional append (`Customers::submit`).
+    Append,
+    /// End to end through the HTTP gateway with keep-alive clients.
+    Http,
+    /// Each projection alone, then all four together, over a preloaded log.
+    Project,
+    /// All four views rebuilt from scratch over a larger preloaded log.
+    Rebuild,
+    /// Every scenario in turn, each on a fresh nats-server.
+    All,
+}
+
+/// Benchmark harness for the CRM event log, gateway and projectors.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "crm-bench", version)]
+pub struct Args {
+    /// Scenario to run.
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Customers the append and http scenarios spread their commands over.
+    #[arg(long, default_value_t = 10_000)]
+    pub customers: u64,
+    /// Commands measured by append and http (after registering the customers).
+    #[arg(long, default_value_t = 100_000)]
+    pub commands: u64,
+    /// Concurrent submitters (append), HTTP clients (http) and demo writers (preloads).
+    #[arg(long, short = 'c', default_value_t = 64)]
+    pub concurrency: usize,
+    /// Also run append and http paced at this many commands/s (latency measured from
+    /// each command's scheduled start). By default they are paced at half of the
+    /// throughput just measured.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Skip the paced run of append and http.
+    #[arg(long)]
+    pub no_paced: bool,
+    /// Outstanding acks of the raw asynchronous publish baseline.
+    #[arg(long, default_value_t = 768)]
+    pub window: usize,
+    /// Most messages of the publish-and-wait baseline (it is slow; the count is printed).
+    #[arg(long, default_value_t = 20_000)]
+    pub sync_count: u64,
+    /// Events preloaded (demo histories through the command path) for `project`.
+    #[arg(long, default_value_t = 50_000)]
+    pub events: u64,
+    /// Events preloaded for `rebuild` (the issue's target is 1,000,000).
+    #[arg(long, default_value_t = 100_000)]
+    pub rebuild_events: u64,
+    /// Projector batch size (events per transaction).
+    #[arg(long, default_value_t = 5_000)]
+    pub batch_size: usize,
+    /// Customers kept in the aggregate cache.
+    #[arg(long, default_value_t = crm_log::repository::DEFAULT_CACHE_CAPACITY)]
+    pub cache: usize,
+    /// Run the four projectors inside the gateway process during `http` (as `crm dev`).
+    #[arg(long)]
+    pub with_projectors: bool,
+    /// Also write the tables (Markdown) to this file.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(scenarios::run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

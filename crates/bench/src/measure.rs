@@ -1,0 +1,317 @@
+//! Measuring: a closed-loop (or rate-paced) load driver with exact latency percentiles, and
+//! peak resident memory from `/proc`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy)]
+pub struct Latency {
+    pub p50: f64,
+    pub p99: f64,
+    pub p999: f64,
+}
+
+impl Latency {
+    /// Percentiles of latencies in microseconds (sorts them).
+    pub fn of(mut micros: Vec<u32>) -> Option<Self> {
+        if micros.is_empty() {
+            return None;
+        }
+        micros.sort_unstable();
+        let at = |q: f64| {
+            // Nearest-rank percentile.
+            let rank = (q * micros.len() as f64).ceil() as usize;
+            f64::from(micros[rank.clamp(1, micros.len()) - 1]) / 1_000.0
+        };
+        Some(Self {
+            p50: at(0.50),
+            p99: at(0.99),
+            p999: at(0.999),
+        })
+    }
+}
+
+/// The outcome of one measured phase.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub ok: u64,
+    pub errors: u64,
+    pub first_error: Option<String>,
+    pub elapsed: Duration,
+    pub latency: Option<Latency>,
+    /// CPU of this process and of the nats-server during the phase, when measured.
+    pub cpu: Option<CpuShare>,
+}
+
+impl Measured {
+    /// The same, with the CPU used since `mark`.
+    pub fn with_cpu(mut self, mark: &CpuMark) -> Self {
+        self.cpu = mark.share();
+        self
+    }
+
+    /// Successful operations per second.
+    pub fn rate(&self) -> f64 {
+        per_sec(self.ok, self.elapsed)
+    }
+}
+
+/// `n` per `elapsed`, per second.
+pub fn per_sec(n: u64, elapsed: Duration) -> f64 {
+    n as f64 / elapsed.as_secs_f64().max(1e-9)
+}
+
+/// Microseconds, saturating at `u32::MAX` (71 minutes).
+pub fn micros(d: Duration) -> u32 {
+    u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
+}
+
+/// Runs operations `0..count` on `workers` concurrent tasks; `op(k, worker)` performs the
+/// k-th one. Without `rate` each worker starts its next operation as soon as the previous
+/// one finished (closed loop) and latency is the operation's own duration. With `rate`
+/// (operations per second) the k-th operation is scheduled at `start + k / rate` and its
+/// latency is measured from that scheduled time, so a stalled server is not hidden by
+/// workers that simply stop sending (no coordinated omission), as long as `workers`
+/// suffice for the rate.
+pub async fn drive<F, Fut>(count: u64, workers: usize, rate: Option<f64>, op: F) -> Measured
+where
+    F: Fn(u64, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(workers);
+    for worker in 0..workers.max(1) {
+        let op = op.clone();
+        let next = next.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::new();
+            let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
+            loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= count {
+                    break;
+                }
+                let t0 = match rate {
+                    Some(r) => {
+                        let at = start + Duration::from_secs_f64(k as f64 / r);
+                        tokio::time::sleep_until(at.into()).await;
+                        at
+                    }
+                    None => Instant::now(),
+                };
+                match op(k, worker).await {
+                    Ok(()) => {
+                        ok += 1;
+                        lat.push(micros(t0.elapsed()));
+                    }
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert(e);
+                    }
+                }
+            }
+            (lat, ok, errors, first_error)
+        }));
+    }
+    let mut all = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    let (mut ok, mut errors, mut first_error) = (0, 0, None);
+    for t in tasks {
+        match t.await {
+            Ok((lat, o, e, fe)) => {
+                all.extend(lat);
+                ok += o;
+                errors += e;
+                if first_error.is_none() {
+                    first_error = fe;
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                first_error.get_or_insert(format!("worker panicked: {e}"));
+            }
+        }
+    }
+    let elapsed = start.elapsed();
+    Measured {
+        ok,
+        errors,
+        first_error,
+        elapsed,
+        latency: Latency::of(all),
+        cpu: None,
+    }
+}
+
+/// Resets this process's peak RSS (VmHWM) to its current RSS, so the next reading covers
+/// only what follows. Linux ≥ 4.0; ignored where unsupported.
+pub fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// Peak RSS (VmHWM) in MiB of this process (`None`) or of `pid`.
+pub fn peak_rss_mib(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/status"),
+        None => "/proc/self/status".to_owned(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// The pid of the `nats-server` listening on `port` (found by its command line; the
+/// launcher does not expose the child's pid).
+pub fn nats_server_pid(port: u16) -> Option<u32> {
+    let port = port.to_string();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        let is_nats = args.first().is_some_and(|a| a.ends_with(b"nats-server"));
+        let on_port = args
+            .windows(2)
+            .any(|w| w[0] == b"-p" && w[1] == port.as_bytes());
+        if is_nats && on_port {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// CPU time of a process in seconds (user + system), from `/proc/<pid>/stat`.
+pub fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the command name (which may contain spaces) start at field 3 (state).
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    // USER_HZ is 100 on every Linux ABI this runs on.
+    Some((utime + stime) / 100.0)
+}
+
+/// CPU used by this process and by the nats-server during a phase, in % of one core
+/// (200 % is both cores of a 2-core machine).
+#[derive(Debug, Clone, Copy)]
+pub struct CpuShare {
+    pub bench: f64,
+    pub nats: f64,
+}
+
+/// Measures the CPU of this process and of the nats-server.
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMeter {
+    pub nats_pid: Option<u32>,
+}
+
+/// A starting point of a [`CpuMeter`].
+#[derive(Debug, Clone, Copy)]
+pub struct CpuMark {
+    at: Instant,
+    bench: Option<f64>,
+    nats: Option<f64>,
+    nats_pid: Option<u32>,
+}
+
+impl CpuMeter {
+    /// Now.
+    pub fn mark(&self) -> CpuMark {
+        CpuMark {
+            at: Instant::now(),
+            bench: cpu_seconds(None),
+            nats: self.nats_pid.and_then(|p| cpu_seconds(Some(p))),
+            nats_pid: self.nats_pid,
+        }
+    }
+}
+
+impl CpuMark {
+    /// CPU used since the mark, as a share of the wall time since the mark.
+    pub fn share(&self) -> Option<CpuShare> {
+        let wall = self.at.elapsed().as_secs_f64().max(1e-9);
+        let bench = cpu_seconds(None)? - self.bench?;
+        let nats = self.nats_pid.and_then(|p| cpu_seconds(Some(p)))? - self.nats?;
+        Some(CpuShare {
+            bench: 100.0 * bench / wall,
+            nats: 100.0 * nats / wall,
+        })
+    }
+}
+
+/// `/proc/loadavg`'s first three fields.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let l = Latency::of((1..=1_000).rev().collect()).expect("latencies");
+        assert!((l.p50 - 0.5).abs() < 1e-9);
+        assert!((l.p99 - 0.99).abs() < 1e-9);
+        assert!((l.p999 - 0.999).abs() < 1e-9);
+        assert!(Latency::of(Vec::new()).is_none());
+        let one = Latency::of(vec![7]).expect("one");
+        assert!((one.p999 - 0.007).abs() < 1e-9);
+    }
+
+    #[test]
+    fn proc_readings_exist_on_linux() {
+        assert!(cpu_seconds(None).is_some());
+        assert!(peak_rss_mib(None).is_some_and(|m| m > 0.0));
+    }
+
+    #[tokio::test]
+    async fn drive_runs_every_operation_once() {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let m = drive(200, 8, None, move |k, _| {
+            let s = s.clone();
+            async move {
+                s.lock().map_err(|e| e.to_string())?.push(k);
+                if k % 50 == 0 {
+                    Err(format!("op {k}"))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+        assert_eq!((m.ok, m.errors), (196, 4));
+        let mut ks = seen.lock().expect("lock").clone();
+        ks.sort_unstable();
+        assert_eq!(ks, (0..200).collect::<Vec<_>>());
+    }
+
+    #[tokio::test]
+    async fn paced_drive_keeps_to_the_rate() {
+        let m = drive(20, 4, Some(200.0), |_, _| async { Ok(()) }).await;
+        assert_eq!(m.ok, 20);
+        // 20 operations at 200/s: the last is scheduled at 95 ms.
+        assert!(m.elapsed >= Duration::from_millis(95));
+    }
+}

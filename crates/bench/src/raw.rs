@@ -1,0 +1,271 @@
+//! The raw JetStream baselines, measured on the same server in the same run, with the
+//! message size and count of the scenario they are compared with: asynchronous publish with
+//! a window of outstanding acks, publish-and-wait one at a time, and an ordered pull
+//! consumer reading without acks. They use a throwaway stream, never `CRM_EVENTS`.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer, stream};
+use async_nats::{HeaderMap, Subject};
+use bytes::Bytes;
+use futures::StreamExt;
+
+use crate::measure::{CpuMeter, Latency, Measured, micros};
+
+/// The throwaway stream of the baselines.
+pub const RAW_STREAM: &str = "BENCH_RAW";
+/// The throwaway stream of the reference run with headers.
+pub const RAW_HEADERS_STREAM: &str = "BENCH_RAW_HDR";
+/// Distinct subjects the raw messages are spread over.
+pub const RAW_SUBJECTS: usize = 10_000;
+
+/// How to run the baselines.
+#[derive(Debug, Clone, Copy)]
+pub struct RawPlan {
+    /// Payload bytes per message.
+    pub size: usize,
+    /// Messages for the asynchronous publish and the consume.
+    pub count: u64,
+    /// Messages for publish-and-wait (at most `count`).
+    pub sync_count: u64,
+    /// Outstanding acks of the asynchronous publish.
+    pub window: usize,
+}
+
+/// The three baselines.
+#[derive(Debug, Clone)]
+pub struct Baselines {
+    pub plan: RawPlan,
+    pub async_publish: Measured,
+    pub sync_publish: Measured,
+    pub consume: Measured,
+    /// Reference: the same publish and consume, with the four `Crm-*` headers the log
+    /// writes on every event.
+    pub async_publish_headers: Measured,
+    pub consume_headers: Measured,
+}
+
+fn payload(size: usize) -> Bytes {
+    // JSON-looking filler of exactly `size` bytes.
+    let mut v = vec![b'x'; size.max(2)];
+    v[0] = b'"';
+    let last = v.len() - 1;
+    v[last] = b'"';
+    Bytes::from(v)
+}
+
+/// Measures the three baselines on a fresh `BENCH_RAW` stream (deleted afterwards).
+pub async fn measure(
+    client: &async_nats::Client,
+    plan: RawPlan,
+    cpu: CpuMeter,
+) -> anyhow::Result<Baselines> {
+    let js = jetstream::new(client.clone());
+    let _ = js.delete_stream(RAW_STREAM).await;
+    let raw = js
+        .create_stream(stream::Config {
+            name: RAW_STREAM.into(),
+            subjects: vec!["bench.>".into()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .context("creating the baseline stream")?;
+    let subjects: Vec<Subject> = (0..RAW_SUBJECTS)
+        .map(|i| Subject::from(format!("bench.{i}")))
+        .collect();
+    let body = payload(plan.size);
+
+    eprintln!(
+        "  baseline: async publish of {} x {} B, {} outstanding acks",
+        plan.count, plan.size, plan.window
+    );
+    let mark = cpu.mark();
+    let async_publish = publish_windowed(&js, &subjects, &body, plan.count, plan.window, false)
+        .await?
+        .with_cpu(&mark);
+    eprintln!("  baseline: ordered consume of {} messages", plan.count);
+    let mark = cpu.mark();
+    let consume = consume_ordered(&raw, plan.count).await?.with_cpu(&mark);
+    let sync_count = plan.sync_count.min(plan.count).max(1);
+    eprintln!("  baseline: publish-and-wait of {sync_count} messages");
+    let mark = cpu.mark();
+    let sync_publish = sync_publish(&js, &subjects, &body, sync_count)
+        .await?
+        .with_cpu(&mark);
+    let _ = js.delete_stream(RAW_STREAM).await;
+
+    eprintln!("  reference: async publish and consume with the four Crm-* headers");
+    let _ = js.delete_stream(RAW_HEADERS_STREAM).await;
+    let with_headers = js
+        .create_stream(stream::Config {
+            name: RAW_HEADERS_STREAM.into(),
+            subjects: vec!["benchh.>".into()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .context("creating the reference stream")?;
+    let subjects: Vec<Subject> = (0..RAW_SUBJECTS)
+        .map(|i| Subject::from(format!("benchh.{i}")))
+        .collect();
+    let mark = cpu.mark();
+    let async_publish_headers =
+        publish_windowed(&js, &subjects, &body, plan.count, plan.window, true)
+            .await?
+            .with_cpu(&mark);
+    let mark = cpu.mark();
+    let consume_headers = consume_ordered(&with_headers, plan.count)
+        .await?
+        .with_cpu(&mark);
+    let _ = js.delete_stream(RAW_HEADERS_STREAM).await;
+    Ok(Baselines {
+        plan,
+        async_publish,
+        sync_publish,
+        consume,
+        async_publish_headers,
+        consume_headers,
+    })
+}
+
+async fn publish_windowed(
+    js: &jetstream::Context,
+    subjects: &[Subject],
+    body: &Bytes,
+    count: u64,
+    window: usize,
+    crm_headers: bool,
+) -> anyhow::Result<Measured> {
+    let window = window.max(1);
+    let mut lat = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    let mut pending: VecDeque<(Instant, jetstream::context::PublishAckFuture)> =
+        VecDeque::with_capacity(window);
+    let start = Instant::now();
+    for i in 0..count {
+        if pending.len() >= window
+            && let Some((t, ack)) = pending.pop_front()
+        {
+            ack.await.context("raw publish ack")?;
+            lat.push(micros(t.elapsed()));
+        }
+        let t = Instant::now();
+        let subject = subjects[(i as usize) % subjects.len()].clone();
+        let ack = if crm_headers {
+            js.publish_with_headers(subject, headers(i), body.clone())
+                .await
+        } else {
+            js.publish(subject, body.clone()).await
+        }
+        .context("raw publish")?;
+        pending.push_back((t, ack));
+    }
+    while let Some((t, ack)) = pending.pop_front() {
+        ack.await.context("raw publish ack")?;
+        lat.push(micros(t.elapsed()));
+    }
+    Ok(finished(count, start.elapsed(), lat))
+}
+
+/// Headers shaped like those `EventLog::append` writes (type, id, version, schema).
+fn headers(i: u64) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(crm_log::log::HEADER_EVENT_TYPE, "activity_recorded");
+    h.insert(
+        crm_log::log::HEADER_EVENT_ID,
+        uuid::Uuid::now_v7().to_string().as_str(),
+    );
+    h.insert(
+        crm_log::log::HEADER_VERSION,
+        (i % 100 + 1).to_string().as_str(),
+    );
+    h.insert(crm_log::log::HEADER_SCHEMA, "1");
+    h
+}
+
+async fn sync_publish(
+    js: &jetstream::Context,
+    subjects: &[Subject],
+    body: &Bytes,
+    count: u64,
+) -> anyhow::Result<Measured> {
+    let mut lat = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    let start = Instant::now();
+    for i in 0..count {
+        let t = Instant::now();
+        // Different subjects from the async run's first messages do not matter: the
+        // stream has no per-subject limits.
+        let subject = subjects[(i as usize * 7 + 3) % subjects.len()].clone();
+        js.publish(subject, body.clone())
+            .await
+            .context("raw publish")?
+            .await
+            .context("raw publish ack")?;
+        lat.push(micros(t.elapsed()));
+    }
+    Ok(finished(count, start.elapsed(), lat))
+}
+
+/// Reads the first `count` messages of `stream` with an ordered consumer (no acks), not
+/// decoding them. Used for the baseline and, on `CRM_EVENTS`, as a reference.
+pub async fn consume_ordered(stream: &stream::Stream, count: u64) -> anyhow::Result<Measured> {
+    let start = Instant::now();
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        })
+        .await
+        .context("creating an ordered consumer")?;
+    let mut messages = consumer.messages().await.context("consuming")?;
+    let mut n = 0u64;
+    let mut bytes = 0usize;
+    while n < count {
+        let msg = tokio::time::timeout(Duration::from_secs(30), messages.next())
+            .await
+            .context("consume stalled for 30 s")?
+            .context("consumer ended")?
+            .context("consume")?;
+        bytes += msg.payload.len();
+        n += 1;
+    }
+    std::hint::black_box(bytes);
+    Ok(finished(count, start.elapsed(), Vec::new()))
+}
+
+fn finished(count: u64, elapsed: Duration, lat: Vec<u32>) -> Measured {
+    Measured {
+        ok: count,
+        errors: 0,
+        first_error: None,
+        elapsed,
+        latency: Latency::of(lat),
+        cpu: None,
+    }
+}
+
+/// Mean payload size of up to `samples` messages of `stream` with sequences in
+/// `from..=to`, read with direct gets.
+pub async fn mean_payload(
+    js: &jetstream::Context,
+    stream: &str,
+    from: u64,
+    to: u64,
+    samples: u64,
+) -> anyhow::Result<usize> {
+    anyhow::ensure!(to >= from && from > 0, "no messages to size");
+    let stream = js.get_stream(stream).await.context("get stream")?;
+    let span = to - from + 1;
+    let step = (span / samples.max(1)).max(1);
+    let (mut total, mut n) = (0usize, 0usize);
+    let mut seq = from;
+    while seq <= to {
+        let msg = stream.direct_get(seq).await.context("direct get")?;
+        total += msg.payload.len();
+        n += 1;
+        seq += step;
+    }
+    Ok(total / n.max(1))
+}

@@ -1,0 +1,879 @@
+//! The scenarios. Each starts a fresh nats-server, runs its workload, then measures the raw
+//! baselines on the same server with the workload's mean message size and count.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use bytes::Bytes;
+use crm_cli::config::Config;
+use crm_cli::demo::{self, DemoArgs};
+use crm_cli::services;
+use crm_domain::{Command, CustomerId};
+use crm_gateway::{ApiKeyConfig, Role};
+use crm_log::repository::DEFAULT_MAX_ATTEMPTS;
+use crm_log::server::NatsServer;
+use crm_log::{Customers, EventLog, NatsConfig, StreamSettings, SubmitOptions};
+use crm_projections::health::HealthProjection;
+use crm_projections::lifecycle::LifecycleProjection;
+use crm_projections::renewals::RenewalsProjection;
+use crm_projections::trust::TrustProjection;
+use crm_projections::{Projection, Projector, ProjectorOptions, ReadStore};
+use futures::StreamExt;
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::measure::{self, CpuMeter, CpuShare, Measured, peak_rss_mib, reset_peak_rss};
+use crate::raw::{self, Baselines, RawPlan};
+use crate::report::{RAW_ASYNC, RAW_CONSUME, Row, Table, baseline_rows};
+use crate::{Args, Scenario};
+
+/// Runs the chosen scenario(s) and prints their tables.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let which: Vec<Scenario> = match args.scenario {
+        Scenario::All => vec![
+            Scenario::Append,
+            Scenario::Http,
+            Scenario::Project,
+            Scenario::Rebuild,
+        ],
+        s => vec![s],
+    };
+    let mut out = machine().await?;
+    println!("{out}");
+    out.push('\n');
+    for s in which {
+        let table = match s {
+            Scenario::Append => append(&args).await?,
+            Scenario::Http => http(&args).await?,
+            Scenario::Project => project(&args).await?,
+            Scenario::Rebuild => rebuild(&args).await?,
+            Scenario::All => unreachable!("expanded above"),
+        };
+        let text = table.render();
+        println!("{text}");
+        out.push_str(&text);
+        out.push('\n');
+        if let Some(path) = &args.output {
+            std::fs::write(path, &out).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// The machine, as a Markdown paragraph.
+async fn machine() -> anyhow::Result<String> {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let mem_gib = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("MemTotal:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0 / 1024.0);
+    let binary = crm_log::server::find_binary()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "nats-server (not found)".into());
+    let version = std::process::Command::new(&binary)
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    Ok(format!(
+        "## crm-bench\n\nmachine: {cpus} CPUs ({model}), {mem_gib:.1} GiB memory; {version} ({binary}); \
+         one nats-server per scenario, file storage, one replica, temporary store\n"
+    ))
+}
+
+/// A nats-server of our own and a temporary directory for SQLite.
+struct Env {
+    nats: NatsServer,
+    dir: tempfile::TempDir,
+    cpu: CpuMeter,
+    load_before: String,
+}
+
+impl Env {
+    async fn start() -> anyhow::Result<Self> {
+        let nats = NatsServer::start()
+            .await
+            .context("starting nats-server (set CRM_NATS_SERVER or run scripts/dev.sh once)")?;
+        let cpu = CpuMeter {
+            nats_pid: measure::nats_server_pid(nats.port()),
+        };
+        Ok(Self {
+            nats,
+            dir: tempfile::tempdir().context("temporary directory")?,
+            cpu,
+            load_before: measure::load_average(),
+        })
+    }
+
+    /// A new connection (each role in the bench gets its own, as separate processes would).
+    async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
+        let mut cfg = NatsConfig::url(self.nats.url());
+        cfg.name = name.into();
+        Ok(crm_log::connect(&cfg).await?)
+    }
+
+    async fn log(&self) -> anyhow::Result<EventLog> {
+        let client = self.connect("crm-bench-log").await?;
+        Ok(EventLog::open(client, &StreamSettings::default()).await?)
+    }
+
+    /// The closing notes: the server's peak RSS and the machine's load.
+    fn closing_notes(&self) -> Vec<String> {
+        let rss = match self.cpu.nats_pid.and_then(|p| peak_rss_mib(Some(p))) {
+            Some(m) => format!("nats-server peak RSS: {m:.0} MiB"),
+            None => "nats-server peak RSS: unavailable".into(),
+        };
+        vec![
+            rss,
+            format!(
+                "load average (1/5/15 min) at start {} and end {} of the scenario: anything above \
+                 what the bench itself adds means other work shared the machine",
+                self.load_before,
+                measure::load_average()
+            ),
+        ]
+    }
+
+    async fn baselines(&self, args: &Args, size: usize, count: u64) -> anyhow::Result<Baselines> {
+        let client = self.connect("crm-bench-raw").await?;
+        raw::measure(
+            &client,
+            RawPlan {
+                size,
+                count,
+                sync_count: args.sync_count,
+                window: args.window,
+            },
+            self.cpu,
+        )
+        .await
+    }
+}
+
+fn customer_ids(n: u64) -> Arc<Vec<CustomerId>> {
+    Arc::new((0..n).map(|_| CustomerId::new(Uuid::now_v7())).collect())
+}
+
+fn register_body(k: u64) -> serde_json::Value {
+    json!({"type": "register_customer", "name": format!("Bench customer {k}"),
+           "segment": "software", "region": "north"})
+}
+
+fn activity_body() -> serde_json::Value {
+    let day = time::OffsetDateTime::now_utc().date().to_string();
+    json!({"type": "record_activity", "day": day, "logins": 17, "active_users": 5})
+}
+
+fn row_rss() -> Option<f64> {
+    peak_rss_mib(None)
+}
+
+fn common_notes(args: &Args, size: usize, b: &Baselines) -> Vec<String> {
+    let mut notes = vec![format!(
+        "baselines on the same server, same run: {} messages of {size} B payload (the mean CRM envelope \
+         of this run) over {} subjects, no headers; publish-and-wait over {} messages; the `ref: … + 4 Crm-* headers` \
+         rows add the headers every CRM event carries (appends also send Nats-Expected-Last-Subject-Sequence)",
+        b.plan.count,
+        raw::RAW_SUBJECTS,
+        b.sync_publish.ok,
+    )];
+    if let Some(l) = b.sync_publish.latency {
+        notes.push(format!(
+            "one publish round trip (raw publish-and-wait) p50 {:.3} ms, p99 {:.3} ms: the latency floor of one append",
+            l.p50, l.p99
+        ));
+    }
+    notes.push(format!(
+        "concurrency {}; peak RSS is this one bench process (driver + the path under test), reset before each row",
+        args.concurrency
+    ));
+    notes
+}
+
+fn first_error(name: &str, m: &Measured) -> Option<String> {
+    m.first_error
+        .as_ref()
+        .map(|e| format!("{name}: {} errors, first: {e}", m.errors))
+}
+
+/// `append`: `Customers::submit` in process.
+async fn append(args: &Args) -> anyhow::Result<Table> {
+    eprintln!("[append] starting nats-server");
+    let env = Env::start().await?;
+    let log = env.log().await?;
+    let customers = Arc::new(Customers::new(
+        log.clone(),
+        args.cache,
+        DEFAULT_MAX_ATTEMPTS,
+    ));
+    let ids = customer_ids(args.customers);
+    let n = ids.len() as u64;
+    let mut table = Table {
+        scenario: format!(
+            "append: Customers::submit (decide + conditional append), {} customers, {} submitters",
+            n, args.concurrency
+        ),
+        ..Table::default()
+    };
+
+    eprintln!("[append] registering {n} customers");
+    reset_peak_rss();
+    let mark = env.cpu.mark();
+    let reg = {
+        let (customers, ids) = (customers.clone(), ids.clone());
+        measure::drive(n, args.concurrency, None, move |k, _| {
+            let (customers, id) = (customers.clone(), ids[k as usize]);
+            async move {
+                // Built here rather than kept for every customer, so the bench's own memory
+                // does not grow with --customers.
+                let register: Command =
+                    serde_json::from_value(register_body(k)).map_err(|e| e.to_string())?;
+                customers
+                    .submit(id, &register, &SubmitOptions::now("bench"))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+        .await
+        .with_cpu(&mark)
+    };
+    let reg_rss = row_rss();
+
+    let activity: Arc<Command> = Arc::new(serde_json::from_value(activity_body())?);
+    let submit_activity = |rate: Option<f64>| {
+        let (customers, ids, activity) = (customers.clone(), ids.clone(), activity.clone());
+        measure::drive(args.commands, args.concurrency, rate, move |k, _| {
+            let (customers, activity) = (customers.clone(), activity.clone());
+            let id = ids[(k % n) as usize];
+            async move {
+                customers
+                    .submit(id, &activity, &SubmitOptions::now("bench"))
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
+            }
+        })
+    };
+    let first = log.head().await? + 1;
+    eprintln!(
+        "[append] {} record_activity commands, closed loop",
+        args.commands
+    );
+    reset_peak_rss();
+    let mark = env.cpu.mark();
+    let max = submit_activity(None).await.with_cpu(&mark);
+    let max_rss = row_rss();
+    let last = log.head().await?;
+    let paced_rate = args.rate.or((!args.no_paced).then(|| max.rate() / 2.0));
+    let paced = match paced_rate {
+        Some(rate) => {
+            eprintln!("[append] {} commands paced at {rate:.0}/s", args.commands);
+            reset_peak_rss();
+            let mark = env.cpu.mark();
+            let m = submit_activity(Some(rate)).await.with_cpu(&mark);
+            Some((rate, m, row_rss()))
+        }
+        None => None,
+    };
+
+    let size = raw::mean_payload(log.jetstream(), log.stream_name(), first, last, 2_000).await?;
+    eprintln!("[append] baselines");
+    let b = env.baselines(args, size, args.commands).await?;
+    let raw_async = b.async_publish.rate();
+    table.rows.push(
+        Row::of(
+            "append: register_customer (cache miss, first event)",
+            &reg,
+            reg_rss,
+        )
+        .vs(RAW_ASYNC, raw_async),
+    );
+    table.rows.push(
+        Row::of("append: record_activity, closed loop (max)", &max, max_rss)
+            .vs(RAW_ASYNC, raw_async),
+    );
+    if let Some((rate, m, rss)) = &paced {
+        table.rows.push(
+            Row::of(
+                format!("append: record_activity paced at {rate:.0}/s"),
+                m,
+                *rss,
+            )
+            .vs(RAW_ASYNC, raw_async),
+        );
+    }
+    table.rows.extend(baseline_rows(&b));
+    table.notes = common_notes(args, size, &b);
+    table.notes.extend(first_error("register", &reg));
+    table.notes.extend(first_error("append", &max));
+    if let Some((_, m, _)) = &paced {
+        table.notes.extend(first_error("paced append", m));
+    }
+    table.notes.extend(env.closing_notes());
+    Ok(table)
+}
+
+/// `http`: the real gateway in process, driven by keep-alive clients.
+async fn http(args: &Args) -> anyhow::Result<Table> {
+    eprintln!("[http] starting nats-server and the gateway");
+    let env = Env::start().await?;
+    let key = services::new_api_key();
+    let mut cfg = Config::default();
+    cfg.nats.url = env.nats.url();
+    cfg.nats.name = "crm-bench-gateway".into();
+    cfg.store.sqlite_path = env.dir.path().join("views.sqlite");
+    cfg.projector.batch_size = args.batch_size;
+    cfg.gateway.cache_capacity = args.cache;
+    cfg.gateway.api_keys = vec![ApiKeyConfig {
+        name: "bench".into(),
+        key_sha256: crm_gateway::auth::hash_key(&key),
+        roles: Role::ALL.to_vec(),
+    }];
+    let parts = services::open(&cfg).await?;
+    let state = services::app_state(&cfg, &parts)?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    let shutdown = CancellationToken::new();
+    let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    if args.with_projectors {
+        services::spawn_projectors(&cfg, &parts, &["all"], &mut tasks, &shutdown)?;
+    }
+    let token = shutdown.clone();
+    tasks.spawn(async move {
+        crm_gateway::serve(listener, state, token).await?;
+        Ok(())
+    });
+
+    let ids = customer_ids(args.customers);
+    let n = ids.len() as u64;
+    let clients: Arc<Vec<reqwest::Client>> = Arc::new(
+        (0..args.concurrency.max(1))
+            .map(|_| {
+                reqwest::Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .tcp_nodelay(true)
+                    .build()
+            })
+            .collect::<Result<_, _>>()?,
+    );
+    let auth: Arc<str> = Arc::from(format!("Bearer {key}"));
+    let post = {
+        let (clients, ids, auth) = (clients.clone(), ids.clone(), auth.clone());
+        move |k: u64, worker: usize, body: Bytes| {
+            let client = clients[worker].clone();
+            let url = format!("{base}/v1/customers/{}/commands", ids[(k % n) as usize]);
+            let auth = auth.clone();
+            async move {
+                let resp = client
+                    .post(url)
+                    .header("authorization", &*auth)
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let status = resp.status();
+                let text = resp.bytes().await.map_err(|e| e.to_string())?;
+                if status.as_u16() == 201 {
+                    Ok(())
+                } else {
+                    Err(format!("{status}: {}", String::from_utf8_lossy(&text)))
+                }
+            }
+        }
+    };
+    let mut table = Table {
+        scenario: format!(
+            "http: POST /v1/customers/{{id}}/commands through the gateway, {} customers, {} keep-alive clients{}",
+            n,
+            args.concurrency,
+            if args.with_projectors {
+                ", projectors running in the same process"
+            } else {
+                ""
+            }
+        ),
+        ..Table::default()
+    };
+
+    eprintln!("[http] registering {n} customers");
+    reset_peak_rss();
+    let mark = env.cpu.mark();
+    let reg = {
+        let post = post.clone();
+        measure::drive(n, args.concurrency, None, move |k, w| {
+            post(k, w, Bytes::from(register_body(k).to_string()))
+        })
+        .await
+        .with_cpu(&mark)
+    };
+    let reg_rss = row_rss();
+    let body = Bytes::from(activity_body().to_string());
+    let run = |rate: Option<f64>| {
+        let (post, body) = (post.clone(), body.clone());
+        measure::drive(args.commands, args.concurrency, rate, move |k, w| {
+            post(k, w, body.clone())
+        })
+    };
+    let first = parts.log.head().await? + 1;
+    eprintln!(
+        "[http] {} record_activity commands, closed loop",
+        args.commands
+    );
+    reset_peak_rss();
+    let mark = env.cpu.mark();
+    let max = run(None).await.with_cpu(&mark);
+    let max_rss = row_rss();
+    let last = parts.log.head().await?;
+    let paced_rate = args.rate.or((!args.no_paced).then(|| max.rate() / 2.0));
+    let paced = match paced_rate {
+        Some(rate) => {
+            eprintln!("[http] {} commands paced at {rate:.0}/s", args.commands);
+            reset_peak_rss();
+            let mark = env.cpu.mark();
+            let m = run(Some(rate)).await.with_cpu(&mark);
+            Some((rate, m, row_rss()))
+        }
+        None => None,
+    };
+    drop(post);
+    drop(clients);
+    shutdown.cancel();
+    let stopped = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(r) = tasks.join_next().await {
+            r??;
+        }
+        anyhow::Ok(())
+    })
+    .await;
+    match stopped {
+        Ok(r) => r?,
+        Err(_) => eprintln!("[http] gateway did not stop within 10 s; going on"),
+    }
+
+    let size = raw::mean_payload(
+        parts.log.jetstream(),
+        parts.log.stream_name(),
+        first,
+        last,
+        2_000,
+    )
+    .await?;
+    eprintln!("[http] baselines");
+    let b = env.baselines(args, size, args.commands).await?;
+    let raw_async = b.async_publish.rate();
+    table
+        .rows
+        .push(Row::of("http: register_customer", &reg, reg_rss).vs(RAW_ASYNC, raw_async));
+    table.rows.push(
+        Row::of("http: record_activity, closed loop (max)", &max, max_rss).vs(RAW_ASYNC, raw_async),
+    );
+    if let Some((rate, m, rss)) = &paced {
+        table.rows.push(
+            Row::of(
+                format!("http: record_activity paced at {rate:.0}/s"),
+                m,
+                *rss,
+            )
+            .vs(RAW_ASYNC, raw_async),
+        );
+    }
+    table.rows.extend(baseline_rows(&b));
+    table.notes = common_notes(args, size, &b);
+    table.notes.push(
+        "the HTTP clients run in the bench process too, on the same 2 cores as gateway and nats-server"
+            .into(),
+    );
+    table.notes.extend(first_error("register", &reg));
+    table.notes.extend(first_error("http", &max));
+    if let Some((_, m, _)) = &paced {
+        table.notes.extend(first_error("paced http", m));
+    }
+    table.notes.extend(env.closing_notes());
+    Ok(table)
+}
+
+/// Writes at least `events` events of demo histories through the command path; returns the
+/// measured phase and the number of customers.
+async fn preload(
+    args: &Args,
+    env: &Env,
+    log: &EventLog,
+    events: u64,
+) -> anyhow::Result<(Measured, u32, Option<f64>)> {
+    let until = (time::OffsetDateTime::now_utc().date() - time::Duration::days(1)).to_string();
+    let until_date =
+        time::Date::parse(&until, &time::format_description::well_known::Iso8601::DATE)?;
+    let seed = 1;
+    let (mut planned, mut n) = (0u64, 0u32);
+    while planned < events {
+        planned += demo::story(n, seed, until_date).2.len() as u64;
+        n += 1;
+    }
+    eprintln!("  preload: {n} demo customers, {planned} commands, through Customers::submit");
+    let customers = Arc::new(Customers::new(
+        log.clone(),
+        args.cache,
+        DEFAULT_MAX_ATTEMPTS,
+    ));
+    let demo_args = DemoArgs {
+        customers: n,
+        seed,
+        until: Some(until),
+        concurrency: args.concurrency,
+    };
+    reset_peak_rss();
+    let mark = env.cpu.mark();
+    let t = Instant::now();
+    let (written, replayed) = demo::run(customers, &demo_args).await?;
+    let elapsed = t.elapsed();
+    anyhow::ensure!(
+        replayed == 0,
+        "the fresh log already had demo events ({replayed})"
+    );
+    Ok((
+        Measured {
+            ok: written,
+            errors: 0,
+            first_error: None,
+            elapsed,
+            latency: None,
+            cpu: mark.share(),
+        },
+        n,
+        row_rss(),
+    ))
+}
+
+/// Consumes `count` events through `EventLog::subscribe` (consume + decode envelopes).
+async fn decode_all(log: &EventLog, count: u64) -> anyhow::Result<Measured> {
+    let t = Instant::now();
+    let stream = log.subscribe(0).await?;
+    let mut stream = std::pin::pin!(stream);
+    let mut n = 0u64;
+    while n < count {
+        let e = stream.next().await.context("subscription ended")??;
+        std::hint::black_box(&e);
+        n += 1;
+    }
+    Ok(Measured {
+        ok: count,
+        errors: 0,
+        first_error: None,
+        elapsed: t.elapsed(),
+        latency: None,
+        cpu: None,
+    })
+}
+
+/// Runs one projection from scratch to `head`; returns its wall time.
+async fn project_one<P: Projection>(
+    projection: P,
+    store: ReadStore,
+    log: EventLog,
+    batch_size: usize,
+    head: u64,
+) -> anyhow::Result<Duration> {
+    let name = projection.name();
+    let projector = Projector::new(
+        projection,
+        store.clone(),
+        log,
+        ProjectorOptions {
+            batch_size,
+            ..ProjectorOptions::default()
+        },
+    );
+    let t = Instant::now();
+    projector.run_until(head).await?;
+    let elapsed = t.elapsed();
+    let checkpoint = store.checkpoint(name).await?;
+    anyhow::ensure!(
+        checkpoint >= head,
+        "{name} stopped at {checkpoint}, not {head}"
+    );
+    Ok(elapsed)
+}
+
+/// The four projections, each constructed as `crm project all` does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum View {
+    Lifecycle,
+    Trust,
+    Health,
+    Renewals,
+}
+
+const VIEWS: [View; 4] = [View::Lifecycle, View::Trust, View::Health, View::Renewals];
+
+impl View {
+    fn name(self) -> &'static str {
+        match self {
+            View::Lifecycle => crm_projections::lifecycle::NAME,
+            View::Trust => crm_projections::trust::NAME,
+            View::Health => crm_projections::health::NAME,
+            View::Renewals => crm_projections::renewals::NAME,
+        }
+    }
+
+    async fn run(
+        self,
+        store: ReadStore,
+        log: EventLog,
+        batch: usize,
+        head: u64,
+    ) -> anyhow::Result<Duration> {
+        let policy = Arc::new(crm_projections::policy::default_policy());
+        match self {
+            View::Lifecycle => project_one(LifecycleProjection, store, log, batch, head).await,
+            View::Trust => project_one(TrustProjection::new(policy), store, log, batch, head).await,
+            View::Health => {
+                project_one(HealthProjection::new(policy), store, log, batch, head).await
+            }
+            View::Renewals => project_one(RenewalsProjection, store, log, batch, head).await,
+        }
+    }
+}
+
+/// All four views concurrently from scratch, into one shared SQLite file (`shared`, as
+/// `crm project all` deploys them) or one file each. Returns the wall time until the last
+/// one reached `head`.
+async fn project_all(
+    env: &Env,
+    log: &EventLog,
+    args: &Args,
+    head: u64,
+    tag: &str,
+    shared: bool,
+) -> anyhow::Result<Duration> {
+    let shared_store = if shared {
+        Some(ReadStore::open_file(&env.dir.path().join(format!("{tag}-all.sqlite"))).await?)
+    } else {
+        None
+    };
+    let mut stores = Vec::new();
+    for v in VIEWS {
+        stores.push(match &shared_store {
+            Some(s) => s.clone(),
+            None => {
+                ReadStore::open_file(&env.dir.path().join(format!("{tag}-{}.sqlite", v.name())))
+                    .await?
+            }
+        });
+    }
+    let t = Instant::now();
+    let mut set = JoinSet::new();
+    for (v, store) in VIEWS.into_iter().zip(stores) {
+        let log = log.clone();
+        let batch = args.batch_size;
+        set.spawn(async move { v.run(store, log, batch, head).await });
+    }
+    while let Some(r) = set.join_next().await {
+        r??;
+    }
+    Ok(t.elapsed())
+}
+
+fn timed_row(
+    name: String,
+    count: u64,
+    elapsed: Duration,
+    cpu: Option<CpuShare>,
+    rss: Option<f64>,
+) -> Row {
+    Row::of(
+        name,
+        &Measured {
+            ok: count,
+            errors: 0,
+            first_error: None,
+            elapsed,
+            latency: None,
+            cpu,
+        },
+        rss,
+    )
+}
+
+/// `project`: each projection alone, then all together.
+async fn project(args: &Args) -> anyhow::Result<Table> {
+    eprintln!("[project] starting nats-server");
+    let env = Env::start().await?;
+    let log = env.log().await?;
+    let (pre, demo_customers, pre_rss) = preload(args, &env, &log, args.events).await?;
+    let head = log.head().await?;
+    let size = raw::mean_payload(log.jetstream(), log.stream_name(), 1, head, 2_000).await?;
+    eprintln!("[project] baselines");
+    let b = env.baselines(args, size, head).await?;
+    let raw_async = b.async_publish.rate();
+    let raw_consume = b.consume.rate();
+    let mut table = Table {
+        scenario: format!(
+            "project: projectors from checkpoint 0 to the head ({head} events of {demo_customers} demo customers), batch {}",
+            args.batch_size
+        ),
+        ..Table::default()
+    };
+    table.rows.push(
+        Row::of(
+            format!("preload: demo histories via Customers::submit ({demo_customers} customers)"),
+            &pre,
+            pre_rss,
+        )
+        .vs(RAW_ASYNC, raw_async),
+    );
+    eprintln!("[project] reference reads of CRM_EVENTS");
+    let crm_stream = log
+        .jetstream()
+        .get_stream(log.stream_name())
+        .await
+        .context("get CRM_EVENTS")?;
+    let mark = env.cpu.mark();
+    let same = raw::consume_ordered(&crm_stream, head)
+        .await?
+        .with_cpu(&mark);
+    table.rows.push(
+        Row::of(
+            "ref: ordered consume of CRM_EVENTS itself (no decode)",
+            &same,
+            None,
+        )
+        .vs(RAW_CONSUME, raw_consume),
+    );
+    let mark = env.cpu.mark();
+    let decoded = decode_all(&log, head).await?.with_cpu(&mark);
+    table.rows.push(
+        Row::of(
+            "ref: EventLog::subscribe (consume + decode envelopes)",
+            &decoded,
+            None,
+        )
+        .vs(RAW_CONSUME, raw_consume),
+    );
+    for v in VIEWS {
+        eprintln!("[project] {} alone", v.name());
+        let store =
+            ReadStore::open_file(&env.dir.path().join(format!("alone-{}.sqlite", v.name())))
+                .await?;
+        reset_peak_rss();
+        let mark = env.cpu.mark();
+        let elapsed = v.run(store, log.clone(), args.batch_size, head).await?;
+        table.rows.push(
+            timed_row(
+                format!("project: {} alone", v.name()),
+                head,
+                elapsed,
+                mark.share(),
+                row_rss(),
+            )
+            .vs(RAW_CONSUME, raw_consume),
+        );
+    }
+    eprintln!("[project] all four, one shared file");
+    reset_peak_rss();
+    let mark = env.cpu.mark();
+    let elapsed = project_all(&env, &log, args, head, "shared", true).await?;
+    table.rows.push(
+        timed_row(
+            "project: all four concurrently, one SQLite file (as deployed)".into(),
+            head,
+            elapsed,
+            mark.share(),
+            row_rss(),
+        )
+        .vs(RAW_CONSUME, raw_consume),
+    );
+    eprintln!("[project] all four, one file each");
+    reset_peak_rss();
+    let mark = env.cpu.mark();
+    let elapsed = project_all(&env, &log, args, head, "separate", false).await?;
+    table.rows.push(
+        timed_row(
+            "project: all four concurrently, one SQLite file each".into(),
+            head,
+            elapsed,
+            mark.share(),
+            row_rss(),
+        )
+        .vs(RAW_CONSUME, raw_consume),
+    );
+    table.rows.extend(baseline_rows(&b));
+    table.notes = common_notes(args, size, &b);
+    table.notes.push(
+        "project rows: events of the log applied per second (each view reads every event); \
+         fresh SQLite files (WAL, synchronous=NORMAL) in a temporary directory"
+            .into(),
+    );
+    table.notes.extend(env.closing_notes());
+    Ok(table)
+}
+
+/// `rebuild`: all four views from scratch over a larger log.
+async fn rebuild(args: &Args) -> anyhow::Result<Table> {
+    eprintln!("[rebuild] starting nats-server");
+    let env = Env::start().await?;
+    let log = env.log().await?;
+    let (pre, demo_customers, pre_rss) = preload(args, &env, &log, args.rebuild_events).await?;
+    let head = log.head().await?;
+    let size = raw::mean_payload(log.jetstream(), log.stream_name(), 1, head, 2_000).await?;
+    eprintln!("[rebuild] baselines");
+    let b = env.baselines(args, size, head).await?;
+    let raw_consume = b.consume.rate();
+    let mut table = Table {
+        scenario: format!(
+            "rebuild: all four views from scratch, {head} events of {demo_customers} demo customers, batch {}",
+            args.batch_size
+        ),
+        ..Table::default()
+    };
+    table.rows.push(
+        Row::of(
+            format!("preload: demo histories via Customers::submit ({demo_customers} customers)"),
+            &pre,
+            pre_rss,
+        )
+        .vs(RAW_ASYNC, b.async_publish.rate()),
+    );
+    eprintln!("[rebuild] all four views, one shared file");
+    reset_peak_rss();
+    let mark = env.cpu.mark();
+    let elapsed = project_all(&env, &log, args, head, "rebuild", true).await?;
+    let row = timed_row(
+        "rebuild: lifecycle + trust + health + renewals, one SQLite file".into(),
+        head,
+        elapsed,
+        mark.share(),
+        row_rss(),
+    )
+    .vs(RAW_CONSUME, raw_consume);
+    let rate = row.rate;
+    table.rows.push(row);
+    table.rows.extend(baseline_rows(&b));
+    table.notes = common_notes(args, size, &b);
+    table.notes.push(format!(
+        "projected time for 1,000,000 events at this rate: {:.1} s (target ≤ 15 s); at the raw consume rate: {:.1} s",
+        1_000_000.0 / rate.max(1e-9),
+        1_000_000.0 / raw_consume.max(1e-9),
+    ));
+    table.notes.extend(env.closing_notes());
+    Ok(table)
+}

@@ -1,0 +1,325 @@
+//! The lifecycle-stage model, walked through with events that `decide` really accepts.
+
+use crm_domain::command::*;
+use crm_domain::event::*;
+use crm_domain::lifecycle::{
+    DECLINE_INACTIVE_DAYS, Lifecycle, MATURITY_AFTER_DAYS, Stage, Transition,
+};
+use crm_domain::{Command, CustomerState, Event, decide};
+use serde_json::json;
+use time::macros::{date, datetime};
+use time::{Duration, OffsetDateTime};
+
+use crate::harness::*;
+
+/// A customer's state and lifecycle, advanced one accepted command at a time.
+#[derive(Default)]
+struct Walk {
+    state: CustomerState,
+    lifecycle: Lifecycle,
+    transitions: Vec<Transition>,
+}
+
+impl Walk {
+    /// Decides `command` at business time `at`, applies the event to both folds and
+    /// returns the event and the transition it caused.
+    #[track_caller]
+    fn step(&mut self, command: Command, at: OffsetDateTime) -> (Event, Option<Transition>) {
+        let event = decide(&self.state, &command, at, at + Duration::seconds(1))
+            .unwrap_or_else(|e| panic!("{command:?} refused: {} ({e})", e.code()));
+        self.state = self.state.clone().apply(&event);
+        let transition = self.lifecycle.apply(&event, at, self.state.version);
+        if let Some(t) = &transition {
+            self.transitions.push(t.clone());
+        }
+        (event, transition)
+    }
+
+    fn stage(&self) -> Option<Stage> {
+        self.lifecycle.stage
+    }
+}
+
+fn t(from: Option<Stage>, to: Stage, at: OffsetDateTime, version: u64, ty: &str) -> Transition {
+    Transition {
+        from,
+        to,
+        at,
+        version,
+        event_type: ty.to_owned(),
+    }
+}
+
+#[test]
+fn a_customer_walks_through_every_stage_and_is_won_back() {
+    let mut w = Walk::default();
+    assert_eq!(w.stage(), None);
+
+    let t1 = datetime!(2025-01-01 09:00 UTC);
+    w.step(Command::RegisterCustomer(register("Acme")), t1);
+    assert_eq!(w.stage(), Some(Stage::Acquisition));
+
+    let t2 = datetime!(2025-01-10 09:00 UTC);
+    w.step(Command::SignContract(sign("c1")), t2);
+    assert_eq!(w.stage(), Some(Stage::Growth));
+
+    let t3 = datetime!(2025-02-01 09:00 UTC);
+    let (_, none) = w.step(Command::RecordActivity(activity()), t3);
+    assert_eq!(none, None, "activity in growth changes nothing");
+
+    let t4 = datetime!(2025-11-01 09:00 UTC);
+    w.step(
+        Command::RenewContract(renew("c1", date!(2026 - 12 - 31))),
+        t4,
+    );
+    assert_eq!(w.stage(), Some(Stage::Maturity));
+
+    let t5 = datetime!(2026-02-01 09:00 UTC);
+    let (event, _) = w.step(Command::TerminateContract(terminate("c1")), t5);
+    assert_eq!(
+        event,
+        Event::ContractTerminated(ContractTerminated {
+            contract_id: "c1".into(),
+            reason: None,
+            churned: true,
+        })
+    );
+    assert_eq!(w.stage(), Some(Stage::Churned));
+    assert!(w.state.churned);
+    assert!(!w.lifecycle.won_back);
+
+    let t6 = datetime!(2026-03-01 09:00 UTC);
+    let (event, _) = w.step(
+        Command::SignContract(SignContract {
+            starts_on: date!(2026 - 03 - 01),
+            ends_on: date!(2027 - 02 - 28),
+            ..sign("c2")
+        }),
+        t6,
+    );
+    assert!(matches!(
+        event,
+        Event::ContractSigned(ContractSigned { win_back: true, .. })
+    ));
+    assert_eq!(w.stage(), Some(Stage::Growth), "a win-back starts over");
+    assert!(w.lifecycle.won_back);
+    assert!(w.state.won_back && !w.state.churned);
+    assert_eq!(w.lifecycle.relationship_started_at, Some(t6));
+    assert!(!w.lifecycle.renewed_or_expanded);
+
+    let t7 = datetime!(2026-04-01 09:00 UTC);
+    let (_, none) = w.step(
+        Command::FlagInactivity(inactivity(DECLINE_INACTIVE_DAYS - 1)),
+        t7,
+    );
+    assert_eq!(none, None, "29 days are not yet a decline");
+
+    let t8 = datetime!(2026-04-02 09:00 UTC);
+    w.step(
+        Command::FlagInactivity(inactivity(DECLINE_INACTIVE_DAYS)),
+        t8,
+    );
+    assert_eq!(w.stage(), Some(Stage::Decline));
+
+    let t9 = datetime!(2026-04-03 09:00 UTC);
+    w.step(Command::RecordActivity(activity()), t9);
+    assert_eq!(w.stage(), Some(Stage::Growth), "activity ends the decline");
+
+    let t10 = datetime!(2026-05-01 09:00 UTC);
+    w.step(Command::ExpandContract(expand("c2", 100)), t10);
+    assert_eq!(w.stage(), Some(Stage::Maturity));
+
+    use Stage::*;
+    assert_eq!(
+        w.transitions,
+        vec![
+            t(None, Acquisition, t1, 1, "customer_registered"),
+            t(Some(Acquisition), Growth, t2, 2, "contract_signed"),
+            t(Some(Growth), Maturity, t4, 4, "contract_renewed"),
+            t(Some(Maturity), Churned, t5, 5, "contract_terminated"),
+            t(Some(Churned), Growth, t6, 6, "contract_signed"),
+            t(Some(Growth), Decline, t8, 8, "inactivity_flagged"),
+            t(Some(Decline), Growth, t9, 9, "activity_recorded"),
+            t(Some(Growth), Maturity, t10, 10, "contract_expanded"),
+        ]
+    );
+    assert_eq!(w.lifecycle.version, 10);
+    assert_eq!(w.lifecycle.since, Some(t10));
+    assert_eq!(
+        w.lifecycle.active_contracts,
+        ["c2".to_owned()].into_iter().collect()
+    );
+}
+
+#[test]
+fn events_before_the_first_contract_stay_in_acquisition() {
+    let mut w = Walk::default();
+    w.step(Command::RegisterCustomer(register("Acme")), AT);
+    for command in [
+        Command::LogComplaint(log_complaint("k1")),
+        Command::RecordActivity(activity()),
+        Command::FlagInactivity(inactivity(90)),
+        Command::RecordPurchase(purchase("o1")),
+        Command::LogIntervention(intervention()),
+    ] {
+        let (_, transition) = w.step(command, AT);
+        assert_eq!(transition, None);
+    }
+    assert_eq!(w.stage(), Some(Stage::Acquisition));
+    assert_eq!(w.transitions.len(), 1);
+}
+
+#[test]
+fn maturity_comes_with_a_year_of_relationship() {
+    assert_eq!(MATURITY_AFTER_DAYS, 365);
+    let signed_at = datetime!(2025-01-01 00:00 UTC);
+    let mut w = Walk::default();
+    w.step(Command::RegisterCustomer(register("Acme")), signed_at);
+    w.step(Command::SignContract(sign("c1")), signed_at);
+    let (_, none) = w.step(
+        Command::RecordActivity(activity()),
+        signed_at + Duration::days(365) - Duration::seconds(1),
+    );
+    assert_eq!(none, None);
+    assert_eq!(w.stage(), Some(Stage::Growth));
+    let a_year_on = signed_at + Duration::days(365);
+    let (_, transition) = w.step(Command::RecordActivity(activity()), a_year_on);
+    assert_eq!(
+        transition,
+        Some(t(
+            Some(Stage::Growth),
+            Stage::Maturity,
+            a_year_on,
+            4,
+            "activity_recorded"
+        ))
+    );
+}
+
+#[test]
+fn inactivity_turns_maturity_into_decline_and_activity_turns_it_back() {
+    let mut w = Walk::default();
+    w.step(Command::RegisterCustomer(register("Acme")), AT);
+    w.step(Command::SignContract(sign("c1")), AT);
+    w.step(Command::ExpandContract(expand("c1", 5)), AT);
+    assert_eq!(w.stage(), Some(Stage::Maturity));
+    w.step(Command::FlagInactivity(inactivity(45)), AT);
+    assert_eq!(w.stage(), Some(Stage::Decline));
+    // A shorter flag neither deepens nor lifts the decline.
+    let (_, none) = w.step(Command::FlagInactivity(inactivity(3)), AT);
+    assert_eq!(none, None);
+    assert_eq!(w.stage(), Some(Stage::Decline));
+    w.step(Command::RecordActivity(activity()), AT);
+    assert_eq!(w.stage(), Some(Stage::Maturity));
+}
+
+#[test]
+fn churn_outranks_decline() {
+    let mut w = Walk::default();
+    w.step(Command::RegisterCustomer(register("Acme")), AT);
+    w.step(Command::SignContract(sign("c1")), AT);
+    w.step(Command::FlagInactivity(inactivity(60)), AT);
+    assert_eq!(w.stage(), Some(Stage::Decline));
+    w.step(Command::TerminateContract(terminate("c1")), AT);
+    assert_eq!(w.stage(), Some(Stage::Churned));
+}
+
+#[test]
+fn inactivity_flagged_before_churn_still_counts_after_a_win_back() {
+    // The brief defines "no activity for 30 days" as a flag not followed by
+    // activity_recorded; a churned customer cannot record activity, so the flag carries
+    // over the win-back until activity is recorded.
+    let mut w = Walk::default();
+    w.step(Command::RegisterCustomer(register("Acme")), AT);
+    w.step(Command::SignContract(sign("c1")), AT);
+    w.step(Command::FlagInactivity(inactivity(60)), AT);
+    w.step(Command::TerminateContract(terminate("c1")), AT);
+    w.step(Command::SignContract(sign("c2")), AT);
+    assert_eq!(w.stage(), Some(Stage::Decline));
+    assert!(w.lifecycle.won_back);
+    w.step(Command::RecordActivity(activity()), AT);
+    assert_eq!(w.stage(), Some(Stage::Growth));
+}
+
+#[test]
+fn terminating_one_of_two_contracts_keeps_the_stage() {
+    let mut w = Walk::default();
+    w.step(Command::RegisterCustomer(register("Acme")), AT);
+    w.step(Command::SignContract(sign("c1")), AT);
+    w.step(Command::SignContract(sign("c2")), AT);
+    let (_, none) = w.step(Command::TerminateContract(terminate("c1")), AT);
+    assert_eq!(none, None);
+    assert_eq!(w.stage(), Some(Stage::Growth));
+    w.step(Command::TerminateContract(terminate("c2")), AT);
+    assert_eq!(w.stage(), Some(Stage::Churned));
+}
+
+#[test]
+fn redelivered_and_stale_versions_are_ignored() {
+    let mut lc = Lifecycle::default();
+    assert!(lc.apply(&registered(), AT, 1).is_some());
+    assert!(lc.apply(&signed("c1"), AT, 2).is_some());
+    let before = lc.clone();
+    // The same version again, an older one, and version 0.
+    assert_eq!(lc.apply(&signed("c1"), AT, 2), None);
+    assert_eq!(lc.apply(&terminated("c1", true), AT, 2), None);
+    assert_eq!(lc.apply(&terminated("c1", true), AT, 1), None);
+    assert_eq!(lc.apply(&terminated("c1", true), AT, 0), None);
+    assert_eq!(lc, before);
+    // A gap (a version this customer's projection skipped) is still applied.
+    assert!(lc.apply(&terminated("c1", true), AT, 5).is_some());
+    assert_eq!(lc.version, 5);
+    assert_eq!(lc.stage, Some(Stage::Churned));
+}
+
+#[test]
+fn stage_names_on_the_wire() {
+    let names: Vec<&str> = Stage::ALL.iter().map(Stage::as_str).collect();
+    assert_eq!(
+        names,
+        ["acquisition", "growth", "maturity", "decline", "churned"]
+    );
+    for stage in Stage::ALL {
+        assert_eq!(Stage::parse(stage.as_str()), Some(stage));
+        assert_eq!(
+            serde_json::to_value(stage).expect("serialises"),
+            json!(stage.as_str())
+        );
+    }
+    assert_eq!(Stage::parse("Growth"), None);
+    assert_eq!(Stage::parse(""), None);
+}
+
+#[test]
+fn transitions_and_lifecycles_serialise_with_rfc3339_times() {
+    let transition = t(
+        Some(Stage::Growth),
+        Stage::Maturity,
+        datetime!(2025-11-01 09:00 UTC),
+        4,
+        "contract_renewed",
+    );
+    let value = serde_json::to_value(&transition).expect("serialises");
+    assert_eq!(
+        value,
+        json!({
+            "from": "growth",
+            "to": "maturity",
+            "at": "2025-11-01T09:00:00Z",
+            "version": 4,
+            "event_type": "contract_renewed"
+        })
+    );
+    let back: Transition = serde_json::from_value(value).expect("parses");
+    assert_eq!(back, transition);
+
+    let mut w = Walk::default();
+    w.step(Command::RegisterCustomer(register("Acme")), AT);
+    w.step(Command::SignContract(sign("c1")), AT);
+    let text = serde_json::to_string(&w.lifecycle).expect("serialises");
+    let back: Lifecycle = serde_json::from_str(&text).expect("parses");
+    assert_eq!(back, w.lifecycle);
+    let fresh = serde_json::to_value(Lifecycle::default()).expect("serialises");
+    assert_eq!(fresh["stage"], json!(null));
+    assert_eq!(fresh["since"], json!(null));
+}
