@@ -56,6 +56,42 @@ pub enum DomainError {
 }
 
 impl DomainError {
+    /// One refusal of every kind, for documentation (the gateway's OpenAPI examples).
+    pub fn examples() -> Vec<DomainError> {
+        let c = || "c-2025-001".to_owned();
+        vec![
+            DomainError::CustomerNotRegistered,
+            DomainError::CustomerAlreadyRegistered,
+            DomainError::CustomerChurned,
+            DomainError::ContractAlreadyExists(c()),
+            DomainError::ContractNotFound(c()),
+            DomainError::ContractNotActive(c()),
+            DomainError::ComplaintAlreadyExists("q-7".into()),
+            DomainError::ComplaintNotFound("q-7".into()),
+            DomainError::ComplaintNotOpen("q-7".into()),
+            DomainError::DuplicateOrder("o-42".into()),
+            DomainError::InvalidAmount {
+                field: "value_minor",
+            },
+            DomainError::InvalidCurrency("euro".into()),
+            DomainError::InvalidDates("ends_on must be after starts_on"),
+            DomainError::DeliveryLate,
+            DomainError::OutOfRange {
+                field: "score",
+                detail: "NPS is 0..=10",
+            },
+            DomainError::EmptyField { field: "name" },
+            DomainError::FieldTooLong {
+                field: "name",
+                max: 200,
+            },
+            DomainError::RenewalNotDue { contract_id: c() },
+            DomainError::RenewalAlreadyMarked { contract_id: c() },
+            DomainError::TermMismatch { contract_id: c() },
+            DomainError::OccurredInFuture,
+        ]
+    }
+
     /// The stable, machine-readable code for this refusal.
     pub fn code(&self) -> &'static str {
         match self {
@@ -81,5 +117,25 @@ impl DomainError {
             DomainError::TermMismatch { .. } => "term_mismatch",
             DomainError::OccurredInFuture => "occurred_in_future",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::DomainError;
+
+    /// `code()` matches exhaustively, so a new variant needs a new code; this keeps the
+    /// documented examples in step: one per code, each code once.
+    #[test]
+    fn examples_cover_every_code_once() {
+        let codes: Vec<&str> = DomainError::examples()
+            .iter()
+            .map(DomainError::code)
+            .collect();
+        let mut unique = codes.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), codes.len(), "{codes:?}");
+        assert_eq!(codes.len(), 21, "a DomainError variant has no example");
     }
 }

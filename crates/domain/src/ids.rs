@@ -8,6 +8,8 @@ use uuid::Uuid;
 
 /// A customer's identity: a UUID chosen by the publishing services.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid, example = "0192f1d2-7a3b-7c4d-8e5f-6a7b8c9d0e1f"))]
 #[serde(transparent)]
 pub struct CustomerId(Uuid);
 

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
 use crm_log::Customers;
 use crm_projections::ReadStore;
 use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::auth::{ApiKeyConfig, Auth};
 use crate::intake::MAX_BODY_BYTES;
@@ -69,41 +70,33 @@ pub struct RebuildContext {
     pub batch_size: usize,
 }
 
+/// Every route with its handler's `#[utoipa::path]`: the router and `/openapi.json` are
+/// both made from this, so a route cannot go undocumented.
+pub fn api_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::openapi))
+        .routes(routes!(admin::metrics))
+        .routes(routes!(admin::projections))
+        .routes(routes!(admin::rebuild))
+        .routes(routes!(commands::submit))
+        .routes(routes!(customers::get_customer))
+        .routes(routes!(customers::lifecycle_history))
+        .routes(routes!(customers::trust_ledger))
+        .routes(routes!(customers::customer_alerts))
+        .routes(routes!(customers::stages))
+        .routes(routes!(views::alerts))
+        .routes(routes!(views::renewals))
+        .routes(routes!(audit::events))
+        .routes(routes!(audit::verify))
+        .routes(routes!(audit::list_checkpoints, audit::create_checkpoint))
+}
+
 /// The HTTP router.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/openapi.json", get(health::openapi))
-        .route("/metrics", get(admin::metrics))
-        .route("/v1/admin/projections", get(admin::projections))
-        .route("/v1/admin/projections/{name}/rebuild", post(admin::rebuild))
-        .route(
-            "/v1/customers/{customer_id}/commands",
-            post(commands::submit),
-        )
-        .route("/v1/customers/{customer_id}", get(customers::get_customer))
-        .route(
-            "/v1/customers/{customer_id}/lifecycle/history",
-            get(customers::lifecycle_history),
-        )
-        .route(
-            "/v1/customers/{customer_id}/trust/ledger",
-            get(customers::trust_ledger),
-        )
-        .route(
-            "/v1/customers/{customer_id}/alerts",
-            get(customers::customer_alerts),
-        )
-        .route("/v1/stages", get(customers::stages))
-        .route("/v1/alerts", get(views::alerts))
-        .route("/v1/renewals", get(views::renewals))
-        .route("/v1/audit/events", get(audit::events))
-        .route("/v1/audit/verify", get(audit::verify))
-        .route(
-            "/v1/audit/checkpoints",
-            get(audit::list_checkpoints).post(audit::create_checkpoint),
-        )
+    let (routes, _) = api_routes().split_for_parts();
+    routes
         .fallback(health::not_found)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())

@@ -83,20 +83,26 @@ fn log_status(e: &LogError) -> (StatusCode, &'static str) {
 }
 
 impl ApiError {
-    /// Status and the JSON error body, for every door.
+    /// Status and the JSON error body, for every door. Server errors are logged here with
+    /// their cause chain; clients get only the code and a generic message.
     pub fn into_status_and_body(self) -> (StatusCode, serde_json::Value) {
         let (status, code) = self.status_and_code();
-        let message = if status.is_server_error() {
-            // Internal details go to the log with their cause chain, not to clients.
+        if status.is_server_error() {
             tracing::error!(error = %self, ?self, code, "request failed");
-            match status {
-                StatusCode::SERVICE_UNAVAILABLE => {
-                    "the event log is unavailable; retry later".to_owned()
-                }
-                _ => "internal error".to_owned(),
+        }
+        self.public_body()
+    }
+
+    /// Status and the JSON body a client sees, without logging (the OpenAPI examples are
+    /// made with it).
+    pub fn public_body(&self) -> (StatusCode, serde_json::Value) {
+        let (status, code) = self.status_and_code();
+        let message = match status {
+            StatusCode::SERVICE_UNAVAILABLE => {
+                "the event log is unavailable; retry later".to_owned()
             }
-        } else {
-            self.to_string()
+            s if s.is_server_error() => "internal error".to_owned(),
+            _ => self.to_string(),
         };
         (
             status,

@@ -6,12 +6,15 @@
 //! - [`error`] is the one place where errors become HTTP status codes and JSON bodies.
 //! - [`nats_intake`] serves the same commands as NATS requests on `crm.commands.<type>`.
 //! - [`routes`] holds one module per resource; [`app`] wires them into a router.
+//! - [`openapi`] generates `/openapi.json` from the router, the handlers' annotations and
+//!   the wire types.
 
 pub mod app;
 pub mod auth;
 pub mod error;
 pub mod intake;
 pub mod nats_intake;
+pub mod openapi;
 pub mod routes;
 
 pub use app::{AppState, GatewayConfig, RebuildContext, router, serve};

@@ -124,8 +124,8 @@ impl CustomerService for Services {
             .map_err(status)?;
         Ok(Response::new(pb::CustomerView {
             customer_id: id.to_string(),
-            version: view["version"].as_u64().unwrap_or(0),
-            view_json: view.to_string(),
+            version: view.version,
+            view_json: serde_json::to_string(&view).unwrap_or_default(),
         }))
     }
 }

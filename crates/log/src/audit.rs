@@ -20,6 +20,7 @@ use crate::log::{EventLog, StoredEvent};
 
 /// What kind of break was found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum BreakKind {
     /// The content does not match the event's own hash: it was altered.
@@ -35,6 +36,7 @@ pub enum BreakKind {
 
 /// The first break found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Break {
     pub kind: BreakKind,
     pub customer_id: Option<CustomerId>,
@@ -55,6 +57,7 @@ pub struct SignedHeads {
 
 /// A checkpoint whose digest differs from the log's.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct CheckpointMismatch {
     pub head_sequence: u64,
     pub signed_digest: String,
@@ -65,6 +68,7 @@ pub struct CheckpointMismatch {
 
 /// The outcome of a verification.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Report {
     pub ok: bool,
     pub events_checked: u64,

@@ -27,6 +27,7 @@ pub struct Metadata {
 
 /// One event as stored in the log.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Envelope {
     pub event_id: Uuid,
     pub customer_id: CustomerId,

@@ -27,6 +27,7 @@ use crate::log::{EventLog, StoredEvent};
 
 /// What a client gets back for an accepted command; identical for idempotent replays.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Receipt {
     pub event_id: Uuid,
     pub customer_id: CustomerId,

@@ -246,6 +246,7 @@ pub async fn page(
 
 /// A signed checkpoint of every chain head at a log position.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ChainCheckpoint {
     pub head_sequence: u64,
     pub created_at: String,

@@ -151,9 +151,11 @@ impl Projection for HealthProjection {
 
 /// Health as the customer view shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HealthView {
     pub color: String,
     pub score: u32,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crm_domain::health::Reason>))]
     pub reasons: Value,
     pub tier: String,
     pub policy_version: String,
@@ -186,17 +188,23 @@ pub async fn get(
 
 /// An alert as the API shows it.
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AlertView {
     pub alert_id: String,
     pub customer_id: String,
     pub status: String,
     pub color: String,
     pub score: u32,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<crm_domain::health::Reason>))]
     pub reasons: Value,
+    /// `{code, text}`: routine quarterly care, a dedicated care plan, or executive escalation.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub recommended_action: Value,
     pub raised_at: String,
     pub escalated_at: Option<String>,
     pub resolved_at: Option<String>,
+    /// Interventions logged against the alert, oldest first.
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<Object>))]
     pub interventions: Value,
 }
 

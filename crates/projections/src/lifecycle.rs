@@ -135,6 +135,7 @@ impl Projection for LifecycleProjection {
 
 /// A customer's lifecycle as the view shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LifecycleView {
     pub stage: String,
     pub since: String,
@@ -146,6 +147,7 @@ pub struct LifecycleView {
 
 /// One stage change as the view shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TransitionView {
     pub from: Option<String>,
     pub to: String,

@@ -162,6 +162,7 @@ impl Projection for RenewalsProjection {
 
 /// A contract as the renewals view shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RenewalView {
     pub customer_id: String,
     pub contract_id: String,

@@ -146,6 +146,7 @@ impl Projection for TrustProjection {
 
 /// A customer's trust account.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TrustView {
     pub balance: i64,
     pub basic: i64,
@@ -156,6 +157,7 @@ pub struct TrustView {
 
 /// One ledger line.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LedgerLine {
     pub stream_sequence: u64,
     pub event_id: String,

@@ -8,6 +8,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::ToSchema;
 
 use crate::app::AppState;
 use crate::auth::Role;
@@ -17,7 +18,7 @@ use crate::error::ApiError;
 pub const PROJECTIONS: [&str; 5] = ["audit", "lifecycle", "trust", "health", "renewals"];
 
 /// One projection's status.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct ProjectionStatus {
     pub name: &'static str,
     pub checkpoint: u64,
@@ -30,7 +31,9 @@ pub struct ProjectionStatus {
     /// `failed` (the last rebuild failed; the live copy is untouched).
     pub state: &'static str,
     pub updated_at: Option<String>,
-    /// The latest blue-green rebuild, if any.
+    /// The latest blue-green rebuild, if any: `{state, done, total, started_at,
+    /// updated_at, error}`.
+    #[schema(value_type = Option<Object>)]
     pub rebuild: Option<Value>,
 }
 
@@ -92,16 +95,38 @@ pub async fn statuses(state: &AppState) -> Result<Vec<ProjectionStatus>, ApiErro
     Ok(out)
 }
 
-/// `GET /v1/admin/projections`.
+/// Every projection's status.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Projections {
+    pub projections: Vec<ProjectionStatus>,
+}
+
+/// Per projection: checkpoint, log head, lag in events and seconds, state, and the
+/// progress of a running rebuild.
+///
+/// Role: ops.
+#[utoipa::path(
+    get, path = "/v1/admin/projections", tag = "admin",
+    responses((status = 200, description = "Every projection", body = Projections)),
+    security(("api_key" = []))
+)]
 pub async fn projections(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Projections>, ApiError> {
     state.auth.authorize(&headers, Role::Ops)?;
-    Ok(Json(json!({ "projections": statuses(&state).await? })))
+    Ok(Json(Projections {
+        projections: statuses(&state).await?,
+    }))
 }
 
-/// `GET /metrics`: Prometheus text format.
+/// Prometheus metrics: log head, and per projection checkpoint and lag.
+///
+/// No key needed (scrapers), like `/healthz`.
+#[utoipa::path(
+    get, path = "/metrics", tag = "admin",
+    responses((status = 200, description = "Prometheus text format", body = String, content_type = "text/plain"))
+)]
 pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError> {
     let statuses = statuses(&state).await?;
     let mut out = String::new();
@@ -136,8 +161,27 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }
 
-/// `POST /v1/admin/projections/{name}/rebuild`: starts a blue-green rebuild in the
-/// background; progress shows in `GET /v1/admin/projections`.
+/// A rebuild that started.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RebuildAccepted {
+    pub projection: String,
+    /// Always `rebuilding`.
+    pub state: String,
+    /// Where to follow the progress.
+    pub status: String,
+}
+
+/// Starts a blue-green rebuild in the background: a shadow copy is built from the first
+/// event, caught up and swapped in atomically; reads use the live copy until then.
+/// Progress shows in `GET /v1/admin/projections`.
+///
+/// Role: ops.
+#[utoipa::path(
+    post, path = "/v1/admin/projections/{name}/rebuild", tag = "admin",
+    params(("name" = String, Path, description = "audit, lifecycle, trust, health, renewals or all")),
+    responses((status = 202, description = "The rebuild started", body = RebuildAccepted)),
+    security(("api_key" = []))
+)]
 pub async fn rebuild(
     State(state): State<AppState>,
     axum::extract::Path(name): axum::extract::Path<String>,
@@ -177,9 +221,11 @@ pub async fn rebuild(
     });
     Ok((
         axum::http::StatusCode::ACCEPTED,
-        Json(
-            json!({ "projection": name, "state": "rebuilding", "status": "/v1/admin/projections" }),
-        ),
+        Json(RebuildAccepted {
+            projection: name,
+            state: "rebuilding".into(),
+            status: "/v1/admin/projections".into(),
+        }),
     )
         .into_response())
 }

@@ -8,13 +8,13 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use crm_domain::CustomerId;
-use crm_log::StoredEvent;
 use crm_log::audit::{self, SignedHeads};
-use crm_projections::audit::{self as index, AuditFilter};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use crm_log::{Envelope, StoredEvent};
+use crm_projections::audit::{self as index, AuditFilter, ChainCheckpoint};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use utoipa::{IntoParams, ToSchema};
 
 use super::customers::query;
 use crate::app::AppState;
@@ -22,21 +22,29 @@ use crate::auth::Role;
 use crate::error::ApiError;
 
 /// Query of `GET /v1/audit/events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
+    /// One customer's events (UUID).
     pub customer_id: Option<String>,
+    /// Event type, e.g. `contract_signed`.
     #[serde(rename = "type")]
     pub event_type: Option<String>,
+    /// The principal that sent the command.
     pub actor: Option<String>,
-    /// Business time (`occurred_at`) from, RFC 3339.
+    /// Business time (`occurred_at`) from, RFC 3339, inclusive.
     pub from: Option<String>,
+    /// Business time up to, RFC 3339, exclusive.
     pub to: Option<String>,
-    /// Recording time from, RFC 3339.
+    /// Recording time from, RFC 3339, inclusive.
     pub recorded_from: Option<String>,
+    /// Recording time up to, RFC 3339, exclusive.
     pub recorded_to: Option<String>,
+    /// Return events after this stream sequence.
     #[serde(default)]
     pub after_sequence: u64,
+    /// Page size, 1..=1000 (default 100); with NDJSON, the total to stream (all when absent).
     pub limit: Option<u32>,
 }
 
@@ -72,13 +80,29 @@ impl EventsQuery {
     }
 }
 
-/// The JSON of one event in audit results: the envelope as stored plus its sequence.
-pub fn event_json(e: &StoredEvent) -> Value {
-    let mut v = serde_json::to_value(&e.envelope).unwrap_or(Value::Null);
-    if let Some(obj) = v.as_object_mut() {
-        obj.insert("stream_sequence".into(), json!(e.sequence));
+/// One event in audit results: the envelope exactly as stored, plus its stream sequence.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditEvent<'a> {
+    pub stream_sequence: u64,
+    #[serde(flatten)]
+    pub envelope: &'a Envelope,
+}
+
+impl<'a> From<&'a StoredEvent> for AuditEvent<'a> {
+    fn from(e: &'a StoredEvent) -> Self {
+        Self {
+            stream_sequence: e.sequence,
+            envelope: &e.envelope,
+        }
     }
-    v
+}
+
+/// A page of audit results.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AuditPage<'a> {
+    pub events: Vec<AuditEvent<'a>>,
+    /// Pass as `after_sequence` for the next page; absent on the last page.
+    pub next_after_sequence: Option<u64>,
 }
 
 /// One page of matching events (see [`index::page`]).
@@ -91,7 +115,21 @@ pub async fn page(
     Ok(index::page(&state.store, state.customers.log(), filter, after, limit).await?)
 }
 
-/// `GET /v1/audit/events`.
+/// Events from the log by customer, type, actor and business or recording time, in stream
+/// order. The audit index finds them; the events themselves are read from the log.
+/// `Accept: application/x-ndjson` streams every match, one event per line.
+///
+/// Role: auditor.
+#[utoipa::path(
+    get, path = "/v1/audit/events", tag = "audit",
+    params(EventsQuery),
+    responses((status = 200, description = "A page of events (JSON), or every match (NDJSON)",
+        content(
+            (AuditPage<'_> = "application/json"),
+            (AuditEvent<'_> = "application/x-ndjson"),
+        ))),
+    security(("api_key" = []))
+)]
 pub async fn events(
     State(state): State<AppState>,
     q: Result<Query<EventsQuery>, QueryRejection>,
@@ -110,8 +148,12 @@ pub async fn events(
         let next = (items.len() as u32 == limit)
             .then(|| items.last().map(|e| e.sequence))
             .flatten();
-        let events: Vec<Value> = items.iter().map(event_json).collect();
-        return Ok(Json(json!({ "events": events, "next_after_sequence": next })).into_response());
+        let events = items.iter().map(AuditEvent::from).collect();
+        return Ok(Json(AuditPage {
+            events,
+            next_after_sequence: next,
+        })
+        .into_response());
     }
     // NDJSON: stream page after page, so a large result never sits in memory.
     let total = q.limit.map(u64::from);
@@ -130,7 +172,12 @@ pub async fn events(
                     let n = items.len() as u64;
                     let mut buf = String::new();
                     for e in &items {
-                        buf.push_str(&event_json(e).to_string());
+                        let line = serde_json::to_string(&AuditEvent::from(e))
+                            .map_err(std::io::Error::other);
+                        match line {
+                            Ok(line) => buf.push_str(&line),
+                            Err(e) => return Some((Err(e), (state, filter, after, sent, true))),
+                        }
                         buf.push('\n');
                     }
                     Some((
@@ -157,14 +204,25 @@ pub async fn events(
 }
 
 /// Query of `GET /v1/audit/verify`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyQuery {
+    /// Verify one customer's chain only (UUID); the whole log when absent.
     pub customer_id: Option<String>,
 }
 
-/// `GET /v1/audit/verify`: recomputes hash chains (one customer or all) and compares the
-/// chain heads with every signed checkpoint.
+/// Recomputes the hash chains (one customer or all), checks per-customer versions for
+/// gaps, and compares the chain heads with every signed checkpoint; reports the first
+/// break.
+///
+/// Role: auditor.
+#[utoipa::path(
+    get, path = "/v1/audit/verify", tag = "audit",
+    params(VerifyQuery),
+    responses((status = 200, description = "The verification report (`ok` false names the break)", body = audit::Report)),
+    security(("api_key" = []))
+)]
 pub async fn verify(
     State(state): State<AppState>,
     q: Result<Query<VerifyQuery>, QueryRejection>,
@@ -193,7 +251,15 @@ pub async fn verify(
     Ok(Json(report))
 }
 
-/// `POST /v1/audit/checkpoints`: signs the current chain heads.
+/// Signs (HMAC-SHA-256) the digest of every customer's chain head at the current log
+/// position and stores it, so a later rewrite of the stream is detected.
+///
+/// Role: auditor.
+#[utoipa::path(
+    post, path = "/v1/audit/checkpoints", tag = "audit",
+    responses((status = 201, description = "The new checkpoint", body = ChainCheckpoint)),
+    security(("api_key" = []))
+)]
 pub async fn create_checkpoint(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -214,12 +280,25 @@ pub async fn create_checkpoint(
     }
 }
 
-/// `GET /v1/audit/checkpoints`.
+/// Stored checkpoints.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Checkpoints {
+    pub checkpoints: Vec<ChainCheckpoint>,
+}
+
+/// Every signed checkpoint of the chain heads, oldest first.
+///
+/// Role: auditor.
+#[utoipa::path(
+    get, path = "/v1/audit/checkpoints", tag = "audit",
+    responses((status = 200, description = "Every checkpoint", body = Checkpoints)),
+    security(("api_key" = []))
+)]
 pub async fn list_checkpoints(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Checkpoints>, ApiError> {
     state.auth.authorize(&headers, Role::Auditor)?;
-    let all = index::checkpoints(&state.store).await?;
-    Ok(Json(json!({ "checkpoints": all })))
+    let checkpoints = index::checkpoints(&state.store).await?;
+    Ok(Json(Checkpoints { checkpoints }))
 }

@@ -7,13 +7,14 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use crm_log::{Metadata, SubmitOptions, Submitted};
+use crm_log::{Metadata, Receipt, SubmitOptions, Submitted};
 use time::OffsetDateTime;
 
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::error::ApiError;
 use crate::intake::{self, MAX_BODY_BYTES};
+use crate::openapi::CommandBody;
 
 /// A command as any door received it.
 #[derive(Debug, Clone, Copy)]
@@ -95,7 +96,29 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>,
         .transpose()
 }
 
-/// Accepts one command and answers with the event it became.
+/// Validates one command against the customer's history and appends the event it
+/// becomes. `201` with the receipt for a new event; `200` with the same receipt when the
+/// `Idempotency-Key` was seen before (nothing new is written). Without `If-Match`, a
+/// command that meets concurrent writers is retried a bounded number of times.
+///
+/// Role: publisher.
+#[utoipa::path(
+    post, path = "/v1/customers/{customer_id}/commands", tag = "commands",
+    params(
+        ("customer_id" = String, Path, description = "The customer's UUID"),
+        ("Idempotency-Key" = Option<String>, Header, description = "Retries with the same key produce one event and the same response, also after the server's duplicate window and restarts"),
+        ("If-Match" = Option<String>, Header, description = "The customer version the command was decided against; 409 `version_conflict` if it moved"),
+        ("X-Correlation-Id" = Option<String>, Header, description = "Recorded on the event"),
+        ("X-Causation-Id" = Option<String>, Header, description = "Recorded on the event"),
+    ),
+    request_body(content = CommandBody, description = "One command (at most 64 KiB)", content_type = "application/json"),
+    responses(
+        (status = 201, description = "The event was appended", body = Receipt,
+            headers(("ETag" = String, description = "The customer's new version"))),
+        (status = 200, description = "Idempotent replay: the receipt of the first submission", body = Receipt),
+    ),
+    security(("api_key" = []))
+)]
 #[tracing::instrument(skip_all, fields(customer_id = %raw_id))]
 pub async fn submit(
     State(state): State<AppState>,

@@ -8,9 +8,14 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use crm_domain::CustomerId;
+use crm_domain::health::Reason;
+use crm_projections::health::AlertView;
+use crm_projections::lifecycle::TransitionView;
+use crm_projections::trust::{LedgerLine, TrustView};
 use crm_projections::{health, lifecycle, trust};
-use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::{IntoParams, ToSchema};
 
 use crate::app::AppState;
 use crate::auth::Role;
@@ -52,32 +57,77 @@ pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiErro
         .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
 }
 
+/// A customer as the views show it. Sections appear once their projection has seen the
+/// customer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CustomerView {
+    pub customer_id: CustomerId,
+    /// The customer's version (events applied) in the most advanced view.
+    pub version: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecycleSection>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trust: Option<TrustView>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSection>,
+    /// Value tier `A`, `B` or `C`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tier: Option<String>,
+}
+
+/// The lifecycle section of a customer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LifecycleSection {
+    /// acquisition, growth, maturity, decline or churned.
+    pub stage: String,
+    pub since: String,
+    pub won_back: bool,
+}
+
+/// The health section of a customer.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HealthSection {
+    /// green, yellow or red.
+    pub color: String,
+    /// 0-100.
+    pub score: u32,
+    #[schema(value_type = Vec<Reason>)]
+    pub reasons: Value,
+    pub policy_version: String,
+}
+
 /// The customer view (lifecycle, trust, health, tier), after waiting for this process's
 /// own writes. Shared by every door.
-pub async fn customer_view(state: &AppState, id: &CustomerId) -> Result<Value, ApiError> {
+pub async fn customer_view(state: &AppState, id: &CustomerId) -> Result<CustomerView, ApiError> {
     wait_for_own_writes(state, id).await?;
-    let mut body = Map::new();
-    body.insert("customer_id".into(), json!(id));
+    let mut view = CustomerView {
+        customer_id: *id,
+        version: 0,
+        lifecycle: None,
+        trust: trust::get(&state.store, id).await?,
+        health: None,
+        tier: None,
+    };
     let mut version = None;
-    if let Some(view) = lifecycle::get(&state.store, id).await? {
-        version = Some(view.version);
-        body.insert(
-            "lifecycle".into(),
-            json!({ "stage": view.stage, "since": view.since, "won_back": view.won_back }),
-        );
-    }
-    if let Some(t) = trust::get(&state.store, id).await? {
-        body.insert("trust".into(), json!(t));
+    if let Some(l) = lifecycle::get(&state.store, id).await? {
+        version = Some(l.version);
+        view.lifecycle = Some(LifecycleSection {
+            stage: l.stage,
+            since: l.since,
+            won_back: l.won_back,
+        });
     }
     if let Some(h) = health::get(&state.store, id).await? {
         version = version.max(Some(h.version));
-        body.insert(
-            "health".into(),
-            json!({ "color": h.color, "score": h.score, "reasons": h.reasons, "policy_version": h.policy_version }),
-        );
-        body.insert("tier".into(), json!(h.tier));
+        view.tier = Some(h.tier);
+        view.health = Some(HealthSection {
+            color: h.color,
+            score: h.score,
+            reasons: h.reasons,
+            policy_version: h.policy_version,
+        });
     }
-    let version = match version {
+    view.version = match version {
         Some(v) => v,
         // The views may lag behind the log: the log decides whether the customer exists.
         None => match state.customers.load(*id).await? {
@@ -85,53 +135,109 @@ pub async fn customer_view(state: &AppState, id: &CustomerId) -> Result<Value, A
             None => return Err(not_found(id)),
         },
     };
-    body.insert("version".into(), json!(version));
-    Ok(Value::Object(body))
+    Ok(view)
 }
 
-/// `GET /v1/customers/{customer_id}`.
+/// The customer: lifecycle stage, trust balance, health and tier.
+///
+/// Role: reader. Waits briefly for this gateway's own latest write to the customer.
+#[utoipa::path(
+    get, path = "/v1/customers/{customer_id}", tag = "customers",
+    params(("customer_id" = String, Path, description = "The customer's UUID")),
+    responses((status = 200, description = "The customer", body = CustomerView)),
+    security(("api_key" = []))
+)]
 #[tracing::instrument(skip_all, fields(customer_id = %raw_id))]
 pub async fn get_customer(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CustomerView>, ApiError> {
     state.auth.authorize(&headers, Role::Reader)?;
     let id = super::customer_id(&raw_id)?;
     Ok(Json(customer_view(&state, &id).await?))
 }
 
 /// Paging by version.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct VersionPage {
+    /// Return transitions after this customer version.
     #[serde(default)]
     pub after_version: u64,
+    /// Page size, 1..=1000.
     #[serde(default = "default_limit")]
+    #[param(default = 100)]
     pub limit: u32,
 }
 
 /// Paging by stream sequence.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SequencePage {
+    /// Return entries after this stream sequence.
     #[serde(default)]
     pub after_sequence: u64,
+    /// Page size, 1..=1000.
     #[serde(default = "default_limit")]
+    #[param(default = 100)]
     pub limit: u32,
+}
+
+/// A page of a customer's stage changes.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LifecycleHistory {
+    pub customer_id: CustomerId,
+    pub transitions: Vec<TransitionView>,
+    /// Pass as `after_version` for the next page; absent on the last page.
+    pub next_after_version: Option<u64>,
+}
+
+/// A page of a customer's trust ledger with the balance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TrustLedger {
+    pub customer_id: CustomerId,
+    pub balance: TrustView,
+    pub entries: Vec<LedgerLine>,
+    /// Pass as `after_sequence` for the next page; absent on the last page.
+    pub next_after_sequence: Option<u64>,
+}
+
+/// A customer's alerts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CustomerAlerts {
+    pub customer_id: CustomerId,
+    pub alerts: Vec<AlertView>,
+}
+
+/// Customers per lifecycle stage.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct StageCounts {
+    pub stages: std::collections::BTreeMap<String, u64>,
+    pub total: u64,
 }
 
 pub(crate) fn default_limit() -> u32 {
     100
 }
 
-/// `GET /v1/customers/{customer_id}/lifecycle/history`.
+/// A customer's lifecycle stage changes, oldest first.
+///
+/// Role: reader.
+#[utoipa::path(
+    get, path = "/v1/customers/{customer_id}/lifecycle/history", tag = "customers",
+    params(("customer_id" = String, Path, description = "The customer's UUID"), VersionPage),
+    responses((status = 200, description = "One page of transitions", body = LifecycleHistory)),
+    security(("api_key" = []))
+)]
 pub async fn lifecycle_history(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
     page: Result<Query<VersionPage>, QueryRejection>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LifecycleHistory>, ApiError> {
     state.auth.authorize(&headers, Role::Reader)?;
     let id = super::customer_id(&raw_id)?;
     let page = query(page)?;
@@ -144,20 +250,29 @@ pub async fn lifecycle_history(
     let next = (items.len() as u32 == limit)
         .then(|| items.last().map(|t| t.version))
         .flatten();
-    Ok(Json(json!({
-        "customer_id": id,
-        "transitions": items,
-        "next_after_version": next,
-    })))
+    Ok(Json(LifecycleHistory {
+        customer_id: id,
+        transitions: items,
+        next_after_version: next,
+    }))
 }
 
-/// `GET /v1/customers/{customer_id}/trust/ledger`.
+/// A customer's trust account: every deposit and withdrawal with the event and the policy
+/// rule that priced it, and the balance per tier.
+///
+/// Role: reader.
+#[utoipa::path(
+    get, path = "/v1/customers/{customer_id}/trust/ledger", tag = "customers",
+    params(("customer_id" = String, Path, description = "The customer's UUID"), SequencePage),
+    responses((status = 200, description = "The balance and one page of the ledger", body = TrustLedger)),
+    security(("api_key" = []))
+)]
 pub async fn trust_ledger(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
     page: Result<Query<SequencePage>, QueryRejection>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<TrustLedger>, ApiError> {
     state.auth.authorize(&headers, Role::Reader)?;
     let id = super::customer_id(&raw_id)?;
     let page = query(page)?;
@@ -170,20 +285,28 @@ pub async fn trust_ledger(
     let next = (entries.len() as u32 == limit)
         .then(|| entries.last().map(|e| e.stream_sequence))
         .flatten();
-    Ok(Json(json!({
-        "customer_id": id,
-        "balance": account,
-        "entries": entries,
-        "next_after_sequence": next,
-    })))
+    Ok(Json(TrustLedger {
+        customer_id: id,
+        balance: account,
+        entries,
+        next_after_sequence: next,
+    }))
 }
 
-/// `GET /v1/customers/{customer_id}/alerts`: open and resolved alerts, oldest first.
+/// A customer's churn alerts, open and resolved, oldest first.
+///
+/// Role: reader.
+#[utoipa::path(
+    get, path = "/v1/customers/{customer_id}/alerts", tag = "customers",
+    params(("customer_id" = String, Path, description = "The customer's UUID")),
+    responses((status = 200, description = "The customer's alerts", body = CustomerAlerts)),
+    security(("api_key" = []))
+)]
 pub async fn customer_alerts(
     State(state): State<AppState>,
     Path(raw_id): Path<String>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<CustomerAlerts>, ApiError> {
     state.auth.authorize(&headers, Role::Reader)?;
     let id = super::customer_id(&raw_id)?;
     wait_for_own_writes(&state, &id).await?;
@@ -191,16 +314,29 @@ pub async fn customer_alerts(
         return Err(not_found(&id));
     }
     let alerts = health::customer_alerts(&state.store, &id).await?;
-    Ok(Json(json!({ "customer_id": id, "alerts": alerts })))
+    Ok(Json(CustomerAlerts {
+        customer_id: id,
+        alerts,
+    }))
 }
 
-/// `GET /v1/stages`.
+/// How many customers are in each lifecycle stage.
+///
+/// Role: reader.
+#[utoipa::path(
+    get, path = "/v1/stages", tag = "views",
+    responses((status = 200, description = "Customers per stage", body = StageCounts)),
+    security(("api_key" = []))
+)]
 pub async fn stages(
     State(state): State<AppState>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<StageCounts>, ApiError> {
     state.auth.authorize(&headers, Role::Reader)?;
     let counts = lifecycle::stage_counts(&state.store).await?;
     let total: u64 = counts.values().sum();
-    Ok(Json(json!({ "stages": counts, "total": total })))
+    Ok(Json(StageCounts {
+        stages: counts,
+        total,
+    }))
 }

@@ -4,10 +4,12 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
+use crm_projections::health::AlertView;
+use crm_projections::renewals::RenewalView;
 use crm_projections::{health, renewals};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
+use utoipa::{IntoParams, ToSchema};
 
 use super::customers::{default_limit, query};
 use crate::app::AppState;
@@ -15,23 +17,42 @@ use crate::auth::Role;
 use crate::error::ApiError;
 
 /// Query of `GET /v1/alerts`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsQuery {
     /// `red` or `yellow`; both when absent.
     pub color: Option<String>,
     /// Cursor from the previous page's `next_after`.
     pub after: Option<String>,
+    /// Page size, 1..=1000.
     #[serde(default = "default_limit")]
+    #[param(default = 100)]
     pub limit: u32,
 }
 
-/// `GET /v1/alerts`: open alerts with reasons and the recommended action.
+/// A page of open alerts.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AlertsPage {
+    pub alerts: Vec<AlertView>,
+    /// Pass as `after` for the next page; absent on the last page.
+    pub next_after: Option<String>,
+}
+
+/// Open churn alerts across customers, with reasons and the recommended action.
+///
+/// Role: reader.
+#[utoipa::path(
+    get, path = "/v1/alerts", tag = "views",
+    params(AlertsQuery),
+    responses((status = 200, description = "One page of open alerts", body = AlertsPage)),
+    security(("api_key" = []))
+)]
 pub async fn alerts(
     State(state): State<AppState>,
     q: Result<Query<AlertsQuery>, QueryRejection>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<AlertsPage>, ApiError> {
     state.auth.authorize(&headers, Role::Reader)?;
     let q = query(q)?;
     if let Some(c) = &q.color
@@ -63,33 +84,60 @@ pub async fn alerts(
                 .map(|a| format!("{}/{}", a.customer_id, a.alert_id))
         })
         .flatten();
-    Ok(Json(json!({ "alerts": items, "next_after": next })))
+    Ok(Json(AlertsPage {
+        alerts: items,
+        next_after: next,
+    }))
 }
 
 /// Query of `GET /v1/renewals`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct RenewalsQuery {
+    /// Contracts ending within this many days (at most 3650).
     #[serde(default = "default_within")]
+    #[param(default = 90)]
     pub within_days: u32,
     /// The day to count from (`YYYY-MM-DD`); today when absent.
     pub as_of: Option<String>,
+    /// Rows to skip.
     #[serde(default)]
     pub offset: u32,
+    /// Page size, 1..=1000.
     #[serde(default = "default_limit")]
+    #[param(default = 100)]
     pub limit: u32,
+}
+
+/// A page of upcoming renewals.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RenewalsPage {
+    pub as_of: String,
+    pub within_days: i64,
+    pub renewals: Vec<RenewalView>,
+    /// Pass as `offset` for the next page; absent on the last page.
+    pub next_offset: Option<u32>,
 }
 
 fn default_within() -> u32 {
     90
 }
 
-/// `GET /v1/renewals`: contracts ending within the window, soonest first.
+/// Contracts ending within the window (lapsed ones included), soonest first.
+///
+/// Role: reader.
+#[utoipa::path(
+    get, path = "/v1/renewals", tag = "views",
+    params(RenewalsQuery),
+    responses((status = 200, description = "One page of renewals", body = RenewalsPage)),
+    security(("api_key" = []))
+)]
 pub async fn renewals(
     State(state): State<AppState>,
     q: Result<Query<RenewalsQuery>, QueryRejection>,
     headers: HeaderMap,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<RenewalsPage>, ApiError> {
     state.auth.authorize(&headers, Role::Reader)?;
     let q = query(q)?;
     let today = match &q.as_of {
@@ -101,7 +149,10 @@ pub async fn renewals(
     let limit = q.limit.clamp(1, 1_000);
     let items = renewals::upcoming(&state.store, today, within, q.offset, limit).await?;
     let next = (items.len() as u32 == limit).then_some(q.offset + limit);
-    Ok(Json(
-        json!({ "as_of": today.to_string(), "within_days": within, "renewals": items, "next_offset": next }),
-    ))
+    Ok(Json(RenewalsPage {
+        as_of: today.to_string(),
+        within_days: within,
+        renewals: items,
+        next_offset: next,
+    }))
 }
