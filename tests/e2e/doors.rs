@@ -315,6 +315,8 @@ async fn ops_see_projection_status_and_metrics() {
         assert_eq!(p["log_head"], 2);
         assert_eq!(p["lag_events"], 0);
         assert_eq!(p["state"], "live");
+        // Two events were just applied: the rate over the last seconds is positive.
+        assert!(p["apply_rate"].as_f64().unwrap() > 0.0, "{p}");
     }
     let text = app
         .http
@@ -328,6 +330,14 @@ async fn ops_see_projection_status_and_metrics() {
     assert!(text.contains("crm_log_head_sequence 2"), "{text}");
     assert!(
         text.contains("crm_projection_lag_events{projection=\"health\"} 0"),
+        "{text}"
+    );
+    assert!(
+        text.contains("crm_projection_state{projection=\"health\",state=\"live\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("crm_projection_apply_rate{projection=\"trust\"} "),
         "{text}"
     );
     app.stop().await;

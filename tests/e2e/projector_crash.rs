@@ -70,6 +70,7 @@ async fn check<P: Projection + Clone>(projection: P, app: &App, env: &Env, event
             ProjectorOptions {
                 batch_size: batch,
                 crash_before_commit_of_batch: crash,
+                share: None,
             },
         )
     };

@@ -11,6 +11,7 @@
 //! `crm_log::server::find_binary`) with a temporary store, and keeps SQLite files in a
 //! temporary directory. Nothing is hard-coded: every figure printed is measured in the run.
 
+mod audit;
 mod measure;
 mod raw;
 mod report;
@@ -32,6 +33,9 @@ pub enum Scenario {
     Project,
     /// All four views rebuilt from scratch over a larger preloaded log.
     Rebuild,
+    /// Audit queries (type and time range, customer, actor) over a large log through the
+    /// audit index, next to scanning the log for the same answer.
+    Audit,
     /// Every scenario in turn, each on a fresh nats-server.
     All,
 }
@@ -72,6 +76,12 @@ pub struct Args {
     /// Events preloaded for `rebuild` (the target is 1,000,000).
     #[arg(long, default_value_t = 100_000)]
     pub rebuild_events: u64,
+    /// Events preloaded for `audit` (the figure is over 1,000,000).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub audit_events: u64,
+    /// Times each audit query is repeated for its latency percentiles.
+    #[arg(long, default_value_t = 30)]
+    pub audit_repeats: usize,
     /// Projector batch size (events per transaction).
     #[arg(long, default_value_t = 5_000)]
     pub batch_size: usize,

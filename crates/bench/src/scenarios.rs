@@ -18,7 +18,7 @@ use crm_projections::health::HealthProjection;
 use crm_projections::lifecycle::LifecycleProjection;
 use crm_projections::renewals::RenewalsProjection;
 use crm_projections::trust::TrustProjection;
-use crm_projections::{Projection, Projector, ProjectorOptions, ReadStore};
+use crm_projections::{AnyProjection, Projection, Projector, ProjectorOptions, ReadStore};
 use futures::StreamExt;
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -51,6 +51,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Http => http(&args).await?,
             Scenario::Project => project(&args).await?,
             Scenario::Rebuild => rebuild(&args).await?,
+            Scenario::Audit => crate::audit::run(&args).await?,
             Scenario::All => unreachable!("expanded above"),
         };
         let text = table.render();
@@ -100,15 +101,15 @@ async fn machine() -> anyhow::Result<String> {
 }
 
 /// A nats-server of our own and a temporary directory for SQLite.
-struct Env {
+pub(crate) struct Env {
     nats: NatsServer,
-    dir: tempfile::TempDir,
-    cpu: CpuMeter,
+    pub(crate) dir: tempfile::TempDir,
+    pub(crate) cpu: CpuMeter,
     load_before: String,
 }
 
 impl Env {
-    async fn start() -> anyhow::Result<Self> {
+    pub(crate) async fn start() -> anyhow::Result<Self> {
         let nats = NatsServer::start()
             .await
             .context("starting nats-server (set CRM_NATS_SERVER or run scripts/dev.sh once)")?;
@@ -130,13 +131,13 @@ impl Env {
         Ok(crm_log::connect(&cfg).await?)
     }
 
-    async fn log(&self) -> anyhow::Result<EventLog> {
+    pub(crate) async fn log(&self) -> anyhow::Result<EventLog> {
         let client = self.connect("crm-bench-log").await?;
         Ok(EventLog::open(client, &StreamSettings::default()).await?)
     }
 
     /// The closing notes: the server's peak RSS and the machine's load.
-    fn closing_notes(&self) -> Vec<String> {
+    pub(crate) fn closing_notes(&self) -> Vec<String> {
         let rss = match self.cpu.nats_pid.and_then(|p| peak_rss_mib(Some(p))) {
             Some(m) => format!("nats-server peak RSS: {m:.0} MiB"),
             None => "nats-server peak RSS: unavailable".into(),
@@ -152,7 +153,12 @@ impl Env {
         ]
     }
 
-    async fn baselines(&self, args: &Args, size: usize, count: u64) -> anyhow::Result<Baselines> {
+    pub(crate) async fn baselines(
+        &self,
+        args: &Args,
+        size: usize,
+        count: u64,
+    ) -> anyhow::Result<Baselines> {
         let client = self.connect("crm-bench-raw").await?;
         raw::measure(
             &client,
@@ -182,11 +188,11 @@ fn activity_body() -> serde_json::Value {
     json!({"type": "record_activity", "day": day, "logins": 17, "active_users": 5})
 }
 
-fn row_rss() -> Option<f64> {
+pub(crate) fn row_rss() -> Option<f64> {
     peak_rss_mib(None)
 }
 
-fn common_notes(args: &Args, size: usize, b: &Baselines) -> Vec<String> {
+pub(crate) fn common_notes(args: &Args, size: usize, b: &Baselines) -> Vec<String> {
     let mut notes = vec![format!(
         "baselines on the same server, same run: {} messages of {size} B payload (the mean CRM envelope \
          of this run) over {} subjects, no headers; publish-and-wait over {} messages; the `ref: … + 4 Crm-* headers` \
@@ -514,7 +520,7 @@ async fn http(args: &Args) -> anyhow::Result<Table> {
 
 /// Writes at least `events` events of demo histories through the command path; returns the
 /// measured phase and the number of customers.
-async fn preload(
+pub(crate) async fn preload(
     args: &Args,
     env: &Env,
     log: &EventLog,
@@ -586,7 +592,7 @@ async fn decode_all(log: &EventLog, count: u64) -> anyhow::Result<Measured> {
 }
 
 /// Runs one projection from scratch to `head`; returns its wall time.
-async fn project_one<P: Projection>(
+pub(crate) async fn project_one<P: Projection>(
     projection: P,
     store: ReadStore,
     log: EventLog,
@@ -693,7 +699,50 @@ async fn project_all(
     Ok(t.elapsed())
 }
 
-fn timed_row(
+/// `names` (as `crm project` takes them) applied by one combined projector (one consumer,
+/// one transaction per batch for all), from scratch to `head` into a fresh file.
+async fn project_combined(
+    env: &Env,
+    log: &EventLog,
+    args: &Args,
+    head: u64,
+    tag: &str,
+    names: &[&str],
+) -> anyhow::Result<Duration> {
+    let store =
+        ReadStore::open_file(&env.dir.path().join(format!("{tag}-combined.sqlite"))).await?;
+    let policy = Arc::new(crm_projections::policy::default_policy());
+    let mut projections = Vec::new();
+    for n in names {
+        projections.push(AnyProjection::by_name(n, &policy)?);
+    }
+    let projector = Projector::combined(
+        projections,
+        store.clone(),
+        log.clone(),
+        ProjectorOptions {
+            batch_size: args.batch_size,
+            ..ProjectorOptions::default()
+        },
+    );
+    let t = Instant::now();
+    projector.run_until(head).await?;
+    let elapsed = t.elapsed();
+    for n in names {
+        let cp = store.checkpoint(n).await?;
+        anyhow::ensure!(cp >= head, "{n} stopped at {cp}, not {head}");
+    }
+    Ok(elapsed)
+}
+
+const FOUR_VIEWS: [&str; 4] = [
+    crm_projections::lifecycle::NAME,
+    crm_projections::trust::NAME,
+    crm_projections::health::NAME,
+    crm_projections::renewals::NAME,
+];
+
+pub(crate) fn timed_row(
     name: String,
     count: u64,
     elapsed: Duration,
@@ -788,13 +837,27 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
             .vs(RAW_CONSUME, raw_consume),
         );
     }
+    eprintln!("[project] all four, one combined projector");
+    reset_peak_rss();
+    let mark = env.cpu.mark();
+    let elapsed = project_combined(&env, &log, args, head, "project", &FOUR_VIEWS).await?;
+    table.rows.push(
+        timed_row(
+            "project: all four, one combined projector, one SQLite file (as deployed)".into(),
+            head,
+            elapsed,
+            mark.share(),
+            row_rss(),
+        )
+        .vs(RAW_CONSUME, raw_consume),
+    );
     eprintln!("[project] all four, one shared file");
     reset_peak_rss();
     let mark = env.cpu.mark();
     let elapsed = project_all(&env, &log, args, head, "shared", true).await?;
     table.rows.push(
         timed_row(
-            "project: all four concurrently, one SQLite file (as deployed)".into(),
+            "project: all four, four concurrent projectors, one SQLite file".into(),
             head,
             elapsed,
             mark.share(),
@@ -858,7 +921,20 @@ async fn rebuild(args: &Args) -> anyhow::Result<Table> {
     let mark = env.cpu.mark();
     let elapsed = project_all(&env, &log, args, head, "rebuild", true).await?;
     let row = timed_row(
-        "rebuild: lifecycle + trust + health + renewals, one SQLite file".into(),
+        "rebuild: lifecycle + trust + health + renewals, four concurrent projectors, one SQLite file".into(),
+        head,
+        elapsed,
+        mark.share(),
+        row_rss(),
+    )
+    .vs(RAW_CONSUME, raw_consume);
+    table.rows.push(row);
+    eprintln!("[rebuild] all four views, one combined projector");
+    reset_peak_rss();
+    let mark = env.cpu.mark();
+    let elapsed = project_combined(&env, &log, args, head, "rebuild", &FOUR_VIEWS).await?;
+    let row = timed_row(
+        "rebuild: lifecycle + trust + health + renewals, one combined projector, one SQLite file (as `crm replay all` runs)".into(),
         head,
         elapsed,
         mark.share(),
@@ -867,6 +943,22 @@ async fn rebuild(args: &Args) -> anyhow::Result<Table> {
     .vs(RAW_CONSUME, raw_consume);
     let rate = row.rate;
     table.rows.push(row);
+    eprintln!("[rebuild] the audit index too");
+    reset_peak_rss();
+    let mark = env.cpu.mark();
+    let mut five = vec![crm_projections::audit::NAME];
+    five.extend(FOUR_VIEWS);
+    let elapsed = project_combined(&env, &log, args, head, "rebuild5", &five).await?;
+    table.rows.push(
+        timed_row(
+            "rebuild: all four views and the audit index, one combined projector".into(),
+            head,
+            elapsed,
+            mark.share(),
+            row_rss(),
+        )
+        .vs(RAW_CONSUME, raw_consume),
+    );
     table.rows.extend(baseline_rows(&b));
     table.notes = common_notes(args, size, &b);
     table.notes.push(format!(

@@ -63,6 +63,13 @@ pub enum Commands {
         #[arg(long, env = "CRM_CONFIG")]
         config: Option<PathBuf>,
     },
+    /// Per projection: checkpoint, log head, lag (events and seconds), apply rate, state.
+    Status {
+        #[command(flatten)]
+        args: crate::status::StatusArgs,
+        #[arg(long, env = "CRM_CONFIG")]
+        config: Option<PathBuf>,
+    },
     /// Auditors' tools: query, export, verify, checkpoint.
     Audit {
         #[command(subcommand)]
@@ -130,6 +137,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Commands::Replay { args, config } => {
             crate::replay::run(config::load(config.as_deref())?, args).await
+        }
+        Commands::Status { args, config } => {
+            crate::status::run(config::load(config.as_deref())?, args).await
         }
         Commands::Audit { command, config } => {
             crate::audit::run(config::load(config.as_deref())?, command).await

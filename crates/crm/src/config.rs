@@ -31,11 +31,21 @@ impl Default for StoreConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ProjectorConfig {
     pub batch_size: usize,
+    /// Share the stream's partitions with the other projector processes of the same
+    /// projections, through leases in a NATS KV bucket; a dead process's partitions move to
+    /// the survivors after `lease_ttl_ms`.
+    pub partitioned: bool,
+    /// How long a partition lease lives without renewal (renewed every third of it).
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for ProjectorConfig {
     fn default() -> Self {
-        Self { batch_size: 5_000 }
+        Self {
+            batch_size: 5_000,
+            partitioned: false,
+            lease_ttl_ms: 10_000,
+        }
     }
 }
 

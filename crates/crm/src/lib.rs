@@ -8,6 +8,7 @@
 //! - [`services`] starts the parts (log, read store, gateway, projectors) from config.
 //! - [`dev`] runs everything in one process with its own pinned nats-server.
 //! - [`replay`] rebuilds views blue-green and builds point-in-time views.
+//! - [`status`] prints each projection's checkpoint, lag, apply rate and state.
 //! - [`demo`] generates believable customer histories through the command path.
 
 pub mod audit;
@@ -17,6 +18,7 @@ pub mod demo;
 pub mod dev;
 pub mod replay;
 pub mod services;
+pub mod status;
 pub mod telemetry;
 
 use std::process::ExitCode;

@@ -6,8 +6,10 @@ use std::time::Duration;
 use anyhow::Context;
 use crm_domain::policy::Policy;
 use crm_gateway::{AppState, Auth};
+use crm_log::lease::{LeaseSettings, PartitionLeases};
 use crm_log::{Customers, EventLog};
-use crm_projections::{Projection, Projector, ProjectorOptions, ReadStore};
+use crm_projections::projector::PartitionShare;
+use crm_projections::{AnyProjection, Projection, Projector, ProjectorOptions, ReadStore};
 use rand::RngCore;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -82,30 +84,8 @@ pub fn policy(cfg: &Config) -> anyhow::Result<Arc<Policy>> {
     )?))
 }
 
-fn spawn_one<P: Projection>(
-    projection: P,
-    cfg: &Config,
-    parts: &Parts,
-    tasks: &mut JoinSet<anyhow::Result<()>>,
-    shutdown: &CancellationToken,
-) {
-    let projector = Projector::new(
-        projection,
-        parts.store.clone(),
-        parts.log.clone(),
-        ProjectorOptions {
-            batch_size: cfg.projector.batch_size,
-            ..ProjectorOptions::default()
-        },
-    );
-    let token = shutdown.clone();
-    tasks.spawn(async move {
-        projector.run(token).await?;
-        Ok(())
-    });
-}
-
-/// Spawns the named projectors (`all` for every one) into `tasks`.
+/// Spawns one projector for the named projections (`all` for every one) into `tasks`:
+/// one consumer of the log and one transaction per batch for all of them.
 pub fn spawn_projectors(
     cfg: &Config,
     parts: &Parts,
@@ -114,17 +94,123 @@ pub fn spawn_projectors(
     shutdown: &CancellationToken,
 ) -> anyhow::Result<()> {
     let policy = policy(cfg)?;
-    let list: Vec<&str> = if names.contains(&"all") {
-        PROJECTIONS.to_vec()
-    } else {
-        names.to_vec()
+    let mut projections = Vec::new();
+    for name in names {
+        for p in AnyProjection::named(name, &policy)? {
+            if !projections
+                .iter()
+                .any(|q: &AnyProjection| q.name() == p.name())
+            {
+                projections.push(p);
+            }
+        }
+    }
+    let options = ProjectorOptions {
+        batch_size: cfg.projector.batch_size,
+        ..ProjectorOptions::default()
     };
-    for name in list {
-        crm_projections::with_projection!(name, policy, |p| spawn_one(
-            p, cfg, parts, tasks, shutdown
-        ));
+    let (store, log) = (parts.store.clone(), parts.log.clone());
+    let token = shutdown.clone();
+    if cfg.projector.partitioned {
+        let settings = LeaseSettings {
+            bucket: format!("crm_leases_{}", names.join("_")),
+            ttl: Duration::from_millis(cfg.projector.lease_ttl_ms.max(300)),
+            replicas: cfg.stream.replicas,
+        };
+        let group = names.join("+");
+        tasks.spawn(async move {
+            run_partitioned(projections, store, log, options, settings, group, token).await
+        });
+    } else {
+        let projector = Projector::combined(projections, store, log, options);
+        tasks.spawn(async move {
+            projector.run(token).await?;
+            Ok(())
+        });
     }
     Ok(())
+}
+
+/// A member of a partitioned projector group: holds partition leases and runs one
+/// combined projector over the held partitions, restarted whenever they change.
+async fn run_partitioned(
+    projections: Vec<AnyProjection>,
+    store: ReadStore,
+    log: EventLog,
+    options: ProjectorOptions,
+    settings: LeaseSettings,
+    group: String,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let owner = format!(
+        "{}-{}-{:08x}",
+        group.replace('+', "_"),
+        std::process::id(),
+        rand::random::<u32>()
+    );
+    let total = log.partitions();
+    let membership = shutdown.child_token();
+    let leases = PartitionLeases::join(
+        log.jetstream(),
+        &settings,
+        owner.clone(),
+        total,
+        membership.clone(),
+    )
+    .await?;
+    let mut held = leases.watch();
+    tracing::info!(%owner, group, partitions = total, "partitioned projector joined");
+    let result: anyhow::Result<()> = async {
+        loop {
+            let share = PartitionShare {
+                group: group.clone(),
+                total,
+                held: held.borrow_and_update().clone(),
+            };
+            tracing::info!(%owner, partitions = ?share.held.keys().collect::<Vec<_>>(), "applying partitions");
+            let projector = Projector::combined(
+                projections.clone(),
+                store.clone(),
+                log.clone(),
+                ProjectorOptions {
+                    share: Some(share),
+                    ..options.clone()
+                },
+            );
+            let token = shutdown.child_token();
+            let outcome = tokio::select! {
+                r = projector.run(token.clone()) => Some(r),
+                changed = held.changed() => {
+                    if changed.is_err() {
+                        return Ok(());
+                    }
+                    None
+                }
+            };
+            token.cancel();
+            match outcome {
+                None => {}
+                Some(Ok(())) => return Ok(()),
+                Some(Err(e @ crm_projections::ProjectionError::LeaseLost { .. })) => {
+                    tracing::warn!(%owner, error = %e, "a lease moved; waiting for the new share");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return Ok(()),
+                        _ = held.changed() => {}
+                        _ = tokio::time::sleep(settings.ttl / 3) => {}
+                    }
+                }
+                Some(Err(e)) => return Err(e.into()),
+            }
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+        }
+    }
+    .await;
+    // Give the leases back before the process goes, so the others take over at once.
+    membership.cancel();
+    leases.left().await;
+    result
 }
 
 /// Spawns the scheduler with `clock` into `tasks`.

@@ -72,11 +72,12 @@ impl Envelope {
         prev_hash: &str,
     ) -> Self {
         // Serialising a derived enum of plain data cannot fail.
-        let tagged = serde_json::to_value(event).unwrap_or(serde_json::Value::Null);
-        let payload = tagged
-            .get("payload")
-            .cloned()
-            .unwrap_or(serde_json::Value::Null);
+        let payload = match serde_json::to_value(event) {
+            Ok(serde_json::Value::Object(mut tagged)) => {
+                tagged.remove("payload").unwrap_or(serde_json::Value::Null)
+            }
+            _ => serde_json::Value::Null,
+        };
         let mut envelope = Envelope {
             event_id,
             customer_id,
@@ -97,13 +98,53 @@ impl Envelope {
         envelope
     }
 
-    /// The hash this envelope should carry.
+    /// The hash this envelope should carry: SHA-256 of [`Envelope::canonical_bytes`].
     pub fn compute_hash(&self) -> String {
-        let mut value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        if let Some(obj) = value.as_object_mut() {
-            obj.remove("hash");
+        hex::encode(Sha256::digest(self.canonical_bytes()))
+    }
+
+    /// The canonical encoding the hash covers: compact JSON of every field but `hash`, keys
+    /// sorted. Written in one pass from borrowed fields (the payload is a
+    /// `serde_json::Value`, whose keys are already sorted); byte for byte what serialising
+    /// the envelope into a `Value`, removing `hash` and writing it out gives, which is how
+    /// it was computed before (a test holds the two equal).
+    pub fn canonical_bytes(&self) -> Vec<u8> {
+        #[derive(Serialize)]
+        struct Canonical<'a> {
+            actor: &'a str,
+            causation_id: &'a Option<String>,
+            correlation_id: &'a Option<String>,
+            customer_id: &'a CustomerId,
+            event_id: &'a Uuid,
+            idempotency_key: &'a Option<String>,
+            #[serde(with = "time::serde::rfc3339")]
+            occurred_at: OffsetDateTime,
+            payload: &'a serde_json::Value,
+            prev_hash: &'a str,
+            #[serde(with = "time::serde::rfc3339")]
+            recorded_at: OffsetDateTime,
+            schema_version: u32,
+            #[serde(rename = "type")]
+            event_type: &'a str,
+            version: u64,
         }
-        hash_canonical(&value)
+        let c = Canonical {
+            actor: &self.actor,
+            causation_id: &self.causation_id,
+            correlation_id: &self.correlation_id,
+            customer_id: &self.customer_id,
+            event_id: &self.event_id,
+            idempotency_key: &self.idempotency_key,
+            occurred_at: self.occurred_at,
+            payload: &self.payload,
+            prev_hash: &self.prev_hash,
+            recorded_at: self.recorded_at,
+            schema_version: self.schema_version,
+            event_type: &self.event_type,
+            version: self.version,
+        };
+        // Serialising plain data with string keys cannot fail.
+        serde_json::to_vec(&c).unwrap_or_default()
     }
 
     /// Whether the stored hash matches the content.
@@ -205,6 +246,33 @@ mod tests {
         let mut e = sample();
         e.version = 2;
         assert!(!e.hash_is_valid());
+    }
+
+    /// The canonical bytes equal the reference encoding: the envelope as a `Value`
+    /// (sorted keys), without `hash`, written compactly. Checked over envelopes with every
+    /// optional field set and unset, nested payloads and characters that need escaping.
+    #[test]
+    fn canonical_bytes_equal_the_sorted_value_encoding() {
+        let reference = |e: &Envelope| {
+            let mut v = serde_json::to_value(e).expect("value");
+            v.as_object_mut().expect("object").remove("hash");
+            serde_json::to_vec(&v).expect("bytes")
+        };
+        let mut e = sample();
+        assert_eq!(e.canonical_bytes(), reference(&e));
+        e.correlation_id = Some("corr \"quoted\" \\ é ☃ \u{1}".into());
+        e.causation_id = Some("cause".into());
+        e.idempotency_key = Some("key-1".into());
+        e.actor = "billing/ü".into();
+        e.payload = serde_json::json!({
+            "z": [1, 2.5, -3, {"b": null, "a": true}],
+            "a": {"y": "x", "x": 18446744073709551615u64},
+            "m": "line\nbreak\ttab"
+        });
+        e.version = u64::MAX;
+        e.recorded_at = time::macros::datetime!(2026-11-23 12:00:00.000001 +00:00);
+        assert_eq!(e.canonical_bytes(), reference(&e));
+        assert_eq!(e.compute_hash(), hex::encode(Sha256::digest(reference(&e))));
     }
 
     #[test]

@@ -9,6 +9,8 @@
 //! - [`repository`] loads customers (through a bounded cache), decides, appends, retries,
 //!   and keeps idempotency keys for as long as the log exists.
 //! - [`audit`] verifies hash chains and signed checkpoints of the chain heads.
+//! - [`lease`] shares the stream's partitions among projector processes through leases in a
+//!   NATS KV bucket, with fencing.
 //! - [`eventstore`] exposes the log through `eventually`'s `EventStore` trait.
 
 pub mod audit;
@@ -16,6 +18,7 @@ pub mod connect;
 pub mod envelope;
 pub mod error;
 pub mod eventstore;
+pub mod lease;
 pub mod log;
 pub mod repository;
 pub mod server;

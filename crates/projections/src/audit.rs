@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use crm_domain::CustomerId;
 use crm_log::StoredEvent;
+use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
 use time::OffsetDateTime;
@@ -38,15 +39,15 @@ impl Projection for AuditProjection {
     ) -> Result<(), ProjectionError> {
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
             let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO audit_index (sequence, customer_id, event_type, actor, occurred_at, recorded_at) ",
+                "INSERT INTO audit_index (sequence, customer_id, event_type, actor, occurred_us, recorded_us) ",
             );
             q.push_values(chunk, |mut b, e| {
                 b.push_bind(i64_of(e.sequence))
                     .push_bind(e.envelope.customer_id.to_string())
                     .push_bind(e.envelope.event_type.clone())
                     .push_bind(e.envelope.actor.clone())
-                    .push_bind(rfc3339(e.envelope.occurred_at))
-                    .push_bind(rfc3339(e.envelope.recorded_at));
+                    .push_bind(micros(e.envelope.occurred_at))
+                    .push_bind(micros(e.envelope.recorded_at));
             });
             q.push(" ON CONFLICT (sequence) DO NOTHING");
             q.build().execute(&mut *tx).await?;
@@ -143,8 +144,13 @@ pub struct AuditFilter {
     pub recorded_to: Option<OffsetDateTime>,
 }
 
-fn utc(t: OffsetDateTime) -> String {
-    rfc3339(t.to_offset(time::UtcOffset::UTC))
+/// Microseconds since the Unix epoch, saturating (the index's time columns).
+fn micros(t: OffsetDateTime) -> i64 {
+    i64::try_from(t.unix_timestamp_nanos() / 1_000).unwrap_or(if t.unix_timestamp() < 0 {
+        i64::MIN
+    } else {
+        i64::MAX
+    })
 }
 
 impl AuditFilter {
@@ -185,33 +191,27 @@ pub async fn query(
     if let Some(a) = &filter.actor {
         q.push(" AND actor = ").push_bind(a.clone());
     }
-    // Stored times are UTC RFC 3339 with microseconds at most, so text order is time order
-    // for the same precision; compare through SQLite's julianday to be exact.
-    if let Some(f) = filter.from {
-        q.push(" AND julianday(occurred_at) >= julianday(")
-            .push_bind(utc(f))
-            .push(")");
-    }
-    if let Some(t) = filter.to {
-        q.push(" AND julianday(occurred_at) <= julianday(")
-            .push_bind(utc(t))
-            .push(")");
-    }
-    if let Some(f) = filter.recorded_from {
-        q.push(" AND julianday(recorded_at) >= julianday(")
-            .push_bind(utc(f))
-            .push(")");
-    }
-    if let Some(t) = filter.recorded_to {
-        q.push(" AND julianday(recorded_at) <= julianday(")
-            .push_bind(utc(t))
-            .push(")");
+    // Times are stored as integer microseconds (UTC), so ranges compare exactly and can use
+    // the (event_type, occurred_us), occurred_us and recorded_us indexes.
+    for (column, op, bound) in [
+        ("occurred_us", ">=", filter.from),
+        ("occurred_us", "<=", filter.to),
+        ("recorded_us", ">=", filter.recorded_from),
+        ("recorded_us", "<=", filter.recorded_to),
+    ] {
+        if let Some(t) = bound {
+            q.push(format_args!(" AND {column} {op} "))
+                .push_bind(micros(t));
+        }
     }
     q.push(" ORDER BY sequence LIMIT ")
         .push_bind(i64::from(limit));
     let rows: Vec<(i64,)> = q.build_query_as().fetch_all(store.pool()).await?;
     Ok(rows.into_iter().map(|(s,)| u64_of(s)).collect())
 }
+
+/// Direct gets in flight while a page of events is read back from the log.
+const FETCH_CONCURRENCY: usize = 64;
 
 /// One page of matching events after `after`, in log order: from the index, then from the
 /// part of the log the index has not reached yet. Events always come from the log itself.
@@ -223,12 +223,14 @@ pub async fn page(
     limit: u32,
 ) -> Result<Vec<StoredEvent>, ProjectionError> {
     let indexed_to = store.checkpoint(NAME).await?;
-    let mut out = Vec::new();
-    for seq in query(store, filter, after, limit).await? {
-        if let Some(e) = log.get(seq).await? {
-            out.push(e);
-        }
-    }
+    // Direct gets, many in flight, results kept in log order.
+    let found: Vec<Option<StoredEvent>> =
+        futures::stream::iter(query(store, filter, after, limit).await?)
+            .map(|seq| log.get(seq))
+            .buffered(FETCH_CONCURRENCY)
+            .try_collect()
+            .await?;
+    let mut out: Vec<StoredEvent> = found.into_iter().flatten().collect();
     if (out.len() as u32) < limit {
         let head = log.head().await?;
         let mut seq = after.max(indexed_to);

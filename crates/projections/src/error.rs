@@ -15,6 +15,8 @@ pub enum ProjectionError {
     CorruptState { customer: String, reason: String },
     #[error("unknown projection {0:?}")]
     UnknownProjection(String),
+    #[error("partition {partition} is now held by another projector (fence {fence} is stale)")]
+    LeaseLost { partition: u32, fence: u64 },
     #[error("crash injected before commit of batch {batch}")]
     InjectedCrash { batch: u64 },
 }

@@ -7,9 +7,11 @@
 //!   crash at any point neither loses nor double-applies an event.
 //! - [`rebuild`] replays a projection into a shadow copy and swaps it in atomically, and
 //!   builds views as of a past position.
+//! - [`status`] is what ops see per projection: checkpoint, lag, apply rate, state.
 //! - [`lifecycle`], [`trust`], [`health`] and [`renewals`] are the projections, each with
 //!   its queries; [`audit`] indexes the log for auditors; [`policy`] loads the scoring policy file they price and score with.
 
+pub mod any;
 pub mod audit;
 pub mod error;
 pub mod health;
@@ -19,9 +21,11 @@ pub mod projector;
 pub mod rebuild;
 pub mod renewals;
 mod sql;
+pub mod status;
 pub mod store;
 pub mod trust;
 
+pub use any::AnyProjection;
 pub use error::ProjectionError;
 pub use projector::{Projection, Projector, ProjectorOptions, ProjectorStatus};
 pub use store::ReadStore;

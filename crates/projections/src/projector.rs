@@ -1,8 +1,15 @@
 //! The generic projector: batches from the log, one transaction per batch, checkpoint
 //! inside it.
+//!
+//! One projector can keep several projections ([`Projector::combined`]): the log is read
+//! and decoded once, and each batch is applied to every projection in the same
+//! transaction, each from its own checkpoint, with every checkpoint written in that
+//! transaction. That is how `crm project all` and a rebuild of `all` run: one consumer
+//! instead of one per view, and no contention for SQLite's write lock between them.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crm_log::{EventLog, StoredEvent};
 use futures::StreamExt;
@@ -40,6 +47,9 @@ pub struct ProjectorOptions {
     /// Test hook: fail after writing batch N (1-based) but before committing it, as a
     /// crash inside the transaction would.
     pub crash_before_commit_of_batch: Option<u64>,
+    /// Apply only these partitions of the stream (a partitioned projector holding leases);
+    /// `None` applies everything.
+    pub share: Option<PartitionShare>,
 }
 
 impl Default for ProjectorOptions {
@@ -47,6 +57,66 @@ impl Default for ProjectorOptions {
         Self {
             batch_size: 5_000,
             crash_before_commit_of_batch: None,
+            share: None,
+        }
+    }
+}
+
+/// The partitions one process of a partitioned projector group applies.
+///
+/// Each projection keeps a checkpoint per partition (`<name>@<pp>`: every event of that
+/// partition up to it is applied) and the group keeps the projection's own checkpoint at
+/// the lowest of them, so everything that reads `<name>` (status, reads that wait for a
+/// projection, rebuilds) sees a true watermark. Every commit carries the fences of the
+/// held leases and is refused if another process has since taken one over.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartitionShare {
+    /// The group: processes with the same group share the partitions.
+    pub group: String,
+    /// The stream's partition count.
+    pub total: u32,
+    /// Held partition → fence (the lease revision at which it was taken).
+    pub held: BTreeMap<u32, u64>,
+}
+
+/// The checkpoint key of one partition of a projection.
+pub fn partition_checkpoint(name: &str, partition: u32) -> String {
+    format!("{name}@{partition:02}")
+}
+
+/// Where one projection stands.
+#[derive(Debug, Clone)]
+enum Mark {
+    /// One checkpoint for the whole log.
+    Whole(u64),
+    /// One checkpoint per held partition.
+    Parts(BTreeMap<u32, u64>),
+}
+
+impl Mark {
+    /// Where reading the log must start for this projection.
+    fn low(&self) -> u64 {
+        match self {
+            Mark::Whole(c) => *c,
+            Mark::Parts(m) => m.values().copied().min().unwrap_or(u64::MAX),
+        }
+    }
+
+    /// Whether `event` is still to be applied.
+    fn wants(&self, event: &StoredEvent, total: u32) -> bool {
+        match self {
+            Mark::Whole(c) => event.sequence > *c,
+            Mark::Parts(m) => {
+                let p = crm_log::subject::partition(&event.envelope.customer_id, total);
+                m.get(&p).is_some_and(|c| event.sequence > *c)
+            }
+        }
+    }
+
+    fn advance(&mut self, last: u64) {
+        match self {
+            Mark::Whole(c) => *c = (*c).max(last),
+            Mark::Parts(m) => m.values_mut().for_each(|c| *c = (*c).max(last)),
         }
     }
 }
@@ -59,9 +129,9 @@ pub struct ProjectorStatus {
     pub applied: u64,
 }
 
-/// Runs one projection against the log.
+/// Runs one projection, or several together, against the log.
 pub struct Projector<P> {
-    projection: P,
+    projections: Vec<P>,
     store: ReadStore,
     log: EventLog,
     options: ProjectorOptions,
@@ -79,12 +149,23 @@ impl<P> std::fmt::Debug for Projector<P> {
 impl<P: Projection> Projector<P> {
     /// A projector for `projection`.
     pub fn new(projection: P, store: ReadStore, log: EventLog, options: ProjectorOptions) -> Self {
+        Self::combined(vec![projection], store, log, options)
+    }
+
+    /// One projector for several projections: one read of the log, one transaction per
+    /// batch for all of them, each kept from its own checkpoint.
+    pub fn combined(
+        projections: Vec<P>,
+        store: ReadStore,
+        log: EventLog,
+        options: ProjectorOptions,
+    ) -> Self {
         let (status, _) = watch::channel(ProjectorStatus {
             state: "starting".into(),
             ..ProjectorStatus::default()
         });
         Self {
-            projection,
+            projections,
             store,
             log,
             options,
@@ -92,9 +173,41 @@ impl<P: Projection> Projector<P> {
         }
     }
 
-    /// The projection's name.
+    /// The projection's name (`all` style joined names for a combined projector).
     pub fn name(&self) -> &'static str {
-        self.projection.name()
+        match self.projections.as_slice() {
+            [one] => one.name(),
+            _ => "combined",
+        }
+    }
+
+    /// The names of the projections this projector keeps.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.projections.iter().map(Projection::name).collect()
+    }
+
+    async fn marks(&self) -> Result<Vec<Mark>, ProjectionError> {
+        let mut out = Vec::with_capacity(self.projections.len());
+        for p in &self.projections {
+            let whole = self.store.checkpoint(p.name()).await?;
+            out.push(match &self.options.share {
+                None => Mark::Whole(whole),
+                Some(share) => {
+                    let mut parts = BTreeMap::new();
+                    for &pp in share.held.keys() {
+                        let own = self
+                            .store
+                            .checkpoint(&partition_checkpoint(p.name(), pp))
+                            .await?;
+                        // The projection's own checkpoint is a watermark for every
+                        // partition (it may come from an unpartitioned run).
+                        parts.insert(pp, own.max(whole));
+                    }
+                    Mark::Parts(parts)
+                }
+            });
+        }
+        Ok(out)
     }
 
     /// Watches checkpoint and state.
@@ -109,7 +222,9 @@ impl<P: Projection> Projector<P> {
         loop {
             match self.run_once(&shutdown, None).await {
                 Ok(()) => return Ok(()),
-                Err(e @ ProjectionError::InjectedCrash { .. }) => return Err(e),
+                Err(
+                    e @ (ProjectionError::InjectedCrash { .. } | ProjectionError::LeaseLost { .. }),
+                ) => return Err(e),
                 Err(e) => {
                     tracing::error!(projection = self.name(), error = %e, "projector failed; retrying");
                     self.status
@@ -135,7 +250,13 @@ impl<P: Projection> Projector<P> {
         target: Option<u64>,
     ) -> Result<(), ProjectionError> {
         let name = self.name();
-        let mut checkpoint = self.store.checkpoint(name).await?;
+        let mut marks = self.marks().await?;
+        let mut checkpoint = marks.iter().map(Mark::low).min().unwrap_or(0);
+        if checkpoint == u64::MAX {
+            // A partitioned projector holding no partition: nothing to do.
+            shutdown.cancelled().await;
+            return Ok(());
+        }
         self.status.send_modify(|s| {
             s.checkpoint = checkpoint;
             s.state = "live".into();
@@ -150,6 +271,7 @@ impl<P: Projection> Projector<P> {
             .ready_chunks(self.options.batch_size.max(1));
         let mut stream = std::pin::pin!(stream);
         let mut batch_no = 0u64;
+        let mut rate = ApplyRate::new();
         loop {
             let chunk = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
@@ -178,7 +300,10 @@ impl<P: Projection> Projector<P> {
                 continue;
             };
             batch_no += 1;
-            self.commit_batch(&events, last, batch_no).await?;
+            let apply_rate = rate.record(events.len() as u64);
+            self.commit_batch(&events, &marks, last, apply_rate, batch_no)
+                .await?;
+            marks.iter_mut().for_each(|m| m.advance(last));
             checkpoint = last;
             let n = events.len() as u64;
             self.status.send_modify(|s| {
@@ -193,32 +318,176 @@ impl<P: Projection> Projector<P> {
         }
     }
 
+    /// Applies `events` (ascending, ending at `last`) to every projection past its own
+    /// checkpoint, and moves every checkpoint to `last`, in one transaction.
     async fn commit_batch(
         &self,
         events: &[StoredEvent],
+        marks: &[Mark],
         last: u64,
+        apply_rate: f64,
         batch_no: u64,
     ) -> Result<(), ProjectionError> {
         // IMMEDIATE takes SQLite's write lock up front, so concurrent projectors wait on the
         // busy timeout instead of failing when a read transaction tries to upgrade.
         let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
-        self.projection.apply_batch(&mut tx, events).await?;
-        sqlx::query(
-            "INSERT INTO projection_checkpoints (name, last_sequence, updated_at) VALUES (?, ?, ?) \
-             ON CONFLICT (name) DO UPDATE SET last_sequence = excluded.last_sequence, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(self.name())
-        .bind(i64::try_from(last).unwrap_or(i64::MAX))
-        .bind(now_text())
-        .execute(&mut *tx)
-        .await?;
+        if let Some(share) = &self.options.share {
+            check_fences(&mut tx, share).await?;
+        }
+        let now = now_text();
+        for (projection, mark) in self.projections.iter().zip(marks) {
+            let name = projection.name();
+            match mark {
+                Mark::Whole(done) => {
+                    let fresh = &events[events.partition_point(|e| e.sequence <= *done)..];
+                    if fresh.is_empty() {
+                        continue;
+                    }
+                    projection.apply_batch(&mut tx, fresh).await?;
+                    write_checkpoint(&mut tx, name, last, &now, apply_rate).await?;
+                }
+                Mark::Parts(parts) => {
+                    let total = self.options.share.as_ref().map_or(1, |s| s.total);
+                    let fresh: Vec<StoredEvent> = events
+                        .iter()
+                        .filter(|e| mark.wants(e, total))
+                        .cloned()
+                        .collect();
+                    if !fresh.is_empty() {
+                        projection.apply_batch(&mut tx, &fresh).await?;
+                    }
+                    for &pp in parts.keys() {
+                        let key = partition_checkpoint(name, pp);
+                        write_checkpoint(&mut tx, &key, last, &now, apply_rate).await?;
+                    }
+                    raise_watermark(&mut tx, name, total, &now, apply_rate).await?;
+                }
+            }
+        }
         if self.options.crash_before_commit_of_batch == Some(batch_no) {
             // Dropping the transaction rolls it back, exactly as a crash would.
             return Err(ProjectionError::InjectedCrash { batch: batch_no });
         }
         tx.commit().await?;
         Ok(())
+    }
+}
+
+async fn write_checkpoint(
+    tx: &mut SqliteConnection,
+    key: &str,
+    last: u64,
+    now: &str,
+    apply_rate: f64,
+) -> Result<(), ProjectionError> {
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, last_sequence, updated_at, apply_rate) \
+         VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET \
+         last_sequence = excluded.last_sequence, updated_at = excluded.updated_at, \
+         apply_rate = excluded.apply_rate",
+    )
+    .bind(key)
+    .bind(i64::try_from(last).unwrap_or(i64::MAX))
+    .bind(now)
+    .bind(apply_rate)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Moves a partitioned projection's own checkpoint to the lowest of its partitions'
+/// checkpoints, once every partition has one; never backwards.
+async fn raise_watermark(
+    tx: &mut SqliteConnection,
+    name: &str,
+    total: u32,
+    now: &str,
+    apply_rate: f64,
+) -> Result<(), ProjectionError> {
+    let (low, count): (Option<i64>, i64) = sqlx::query_as(
+        "SELECT MIN(last_sequence), COUNT(*) FROM projection_checkpoints \
+         WHERE substr(name, 1, length(?1) + 1) = ?1 || '@'",
+    )
+    .bind(name)
+    .fetch_one(&mut *tx)
+    .await?;
+    let (Some(low), true) = (low, count >= i64::from(total)) else {
+        return Ok(());
+    };
+    sqlx::query(
+        "INSERT INTO projection_checkpoints (name, last_sequence, updated_at, apply_rate) \
+         VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET \
+         last_sequence = max(last_sequence, excluded.last_sequence), \
+         updated_at = excluded.updated_at, apply_rate = excluded.apply_rate",
+    )
+    .bind(name)
+    .bind(low)
+    .bind(now)
+    .bind(apply_rate)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+/// Records the fences of the held leases, refusing the commit if any partition has since
+/// been taken over (a larger fence is recorded).
+async fn check_fences(
+    tx: &mut SqliteConnection,
+    share: &PartitionShare,
+) -> Result<(), ProjectionError> {
+    for (&partition, &fence) in &share.held {
+        let done = sqlx::query(
+            "INSERT INTO projection_fences (grp, partition, fence) VALUES (?, ?, ?) \
+             ON CONFLICT (grp, partition) DO UPDATE SET fence = excluded.fence \
+             WHERE excluded.fence >= projection_fences.fence",
+        )
+        .bind(&share.group)
+        .bind(i64::from(partition))
+        .bind(i64::try_from(fence).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            return Err(ProjectionError::LeaseLost { partition, fence });
+        }
+    }
+    Ok(())
+}
+
+/// Events applied per second over the last [`ApplyRate::WINDOW`] of commits.
+#[derive(Debug)]
+struct ApplyRate {
+    started: Instant,
+    commits: VecDeque<(Instant, u64)>,
+}
+
+impl ApplyRate {
+    const WINDOW: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            commits: VecDeque::new(),
+        }
+    }
+
+    /// Records a commit of `events` now and returns the rate including it.
+    fn record(&mut self, events: u64) -> f64 {
+        let now = Instant::now();
+        self.commits.push_back((now, events));
+        while self
+            .commits
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) > Self::WINDOW)
+        {
+            self.commits.pop_front();
+        }
+        let total: u64 = self.commits.iter().map(|(_, n)| n).sum();
+        // Over the window, or over the run so far when it is younger than the window.
+        let span = now
+            .duration_since(self.started)
+            .min(Self::WINDOW)
+            .max(Duration::from_millis(100));
+        total as f64 / span.as_secs_f64()
     }
 }
 

@@ -18,20 +18,13 @@ use crm_domain::policy::Policy;
 use crm_log::EventLog;
 use time::OffsetDateTime;
 
+use crate::any::AnyProjection;
 use crate::error::ProjectionError;
 use crate::projector::{Projection, Projector, ProjectorOptions};
 use crate::sql::{i64_of, rfc3339};
 use crate::store::ReadStore;
-use crate::{audit, health, lifecycle, renewals, trust};
 
-/// Every projection's name, in rebuild order.
-pub const ALL: [&str; 5] = [
-    audit::NAME,
-    lifecycle::NAME,
-    trust::NAME,
-    health::NAME,
-    renewals::NAME,
-];
+pub use crate::any::ALL;
 
 /// The shadow file of a projection next to the live store.
 pub fn shadow_path(live_file: &Path, name: &str) -> PathBuf {
@@ -113,20 +106,26 @@ async fn run_with_progress<P: Projection>(
     }
 }
 
-/// Rebuilds one projection blue-green. Returns the sequence the swapped-in view stands at.
+/// Rebuilds `projections` blue-green, together: one pass over the log into one shadow
+/// file, then one swap of all their tables. Returns the sequence the swapped-in views
+/// stand at.
 pub async fn rebuild<P: Projection + Clone>(
-    projection: P,
+    projections: Vec<P>,
     live: &ReadStore,
     live_file: &Path,
     log: &EventLog,
     batch_size: usize,
     on_progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<u64, ProjectionError> {
-    let name = projection.name();
-    let shadow_file = shadow_path(live_file, name);
+    let names: Vec<&'static str> = projections.iter().map(Projection::name).collect();
+    let label = match names.as_slice() {
+        [one] => *one,
+        _ => "all",
+    };
+    let shadow_file = shadow_path(live_file, label);
     let shadow = ReadStore::open_file(&shadow_file).await?;
-    let projector = Projector::new(
-        projection.clone(),
+    let projector = Projector::combined(
+        projections.clone(),
         shadow.clone(),
         log.clone(),
         ProjectorOptions {
@@ -137,34 +136,26 @@ pub async fn rebuild<P: Projection + Clone>(
     let result: Result<u64, ProjectionError> = async {
         loop {
             let head = log.head().await?;
-            let live_cp = live.checkpoint(name).await?;
-            let target = head.max(live_cp);
-            set_progress(
-                live,
-                name,
-                "rebuilding",
-                shadow.checkpoint(name).await?,
-                target,
-                None,
-            )
-            .await?;
-            let progress = |done: u64, total: u64| {
-                on_progress(done, total);
-            };
-            run_with_progress(&projector, target, &progress).await?;
-            let done = shadow.checkpoint(name).await?;
-            set_progress(live, name, "rebuilding", done, target, None).await?;
-            if let Some(at) = swap(&projection, live, &shadow_file, done).await? {
+            let mut target = head;
+            for name in &names {
+                target = target.max(live.checkpoint(name).await?);
+            }
+            let done = min_checkpoint(&shadow, &names).await?;
+            progress_all(live, &names, "rebuilding", done, target).await?;
+            run_with_progress(&projector, target, on_progress).await?;
+            let done = min_checkpoint(&shadow, &names).await?;
+            progress_all(live, &names, "rebuilding", done, target).await?;
+            if let Some(at) = swap(&projections, live, &shadow_file, done).await? {
                 return Ok(at);
             }
-            // The live projector moved past the shadow while it caught up: go again.
+            // A live projector moved past the shadow while it caught up: go again.
         }
     }
     .await;
     shadow.pool().close().await;
     match &result {
         Ok(at) => {
-            set_progress(live, name, "done", *at, *at, None).await?;
+            progress_all(live, &names, "done", *at, *at).await?;
             for suffix in ["", "-wal", "-shm"] {
                 let mut p = shadow_file.clone().into_os_string();
                 p.push(suffix);
@@ -173,21 +164,43 @@ pub async fn rebuild<P: Projection + Clone>(
         }
         Err(e) => {
             let msg = e.to_string();
-            let _ = set_progress(live, name, "failed", 0, 0, Some(&msg)).await;
+            for name in &names {
+                let _ = set_progress(live, name, "failed", 0, 0, Some(&msg)).await;
+            }
         }
     }
     result
 }
 
+async fn progress_all(
+    live: &ReadStore,
+    names: &[&str],
+    state: &str,
+    done: u64,
+    total: u64,
+) -> Result<(), ProjectionError> {
+    for name in names {
+        set_progress(live, name, state, done, total, None).await?;
+    }
+    Ok(())
+}
+
+async fn min_checkpoint(store: &ReadStore, names: &[&str]) -> Result<u64, ProjectionError> {
+    let mut min = u64::MAX;
+    for name in names {
+        min = min.min(store.checkpoint(name).await?);
+    }
+    Ok(if names.is_empty() { 0 } else { min })
+}
+
 /// Swaps the shadow's tables into the live store if the shadow is at least at the live
 /// checkpoint. Returns the new checkpoint, or `None` if the shadow fell behind.
 async fn swap<P: Projection>(
-    projection: &P,
+    projections: &[P],
     live: &ReadStore,
     shadow_file: &Path,
     shadow_at: u64,
 ) -> Result<Option<u64>, ProjectionError> {
-    let name = projection.name();
     let mut conn = live.pool().acquire().await?;
     // ATTACH is not allowed inside a transaction: attach first, on this one connection.
     sqlx::query("ATTACH DATABASE ? AS shadow")
@@ -196,16 +209,23 @@ async fn swap<P: Projection>(
         .await?;
     let outcome = async {
         sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        let live_cp: Option<(i64,)> =
-            sqlx::query_as("SELECT last_sequence FROM main.projection_checkpoints WHERE name = ?")
-                .bind(name)
-                .fetch_optional(&mut *conn)
-                .await?;
-        if live_cp.is_some_and(|(cp,)| crate::sql::u64_of(cp) > shadow_at) {
-            sqlx::query("ROLLBACK").execute(&mut *conn).await?;
-            return Ok(None);
+        for projection in projections {
+            // The projection's own row and, for partitioned projectors, its per-partition
+            // rows (`name@pp`): the shadow must be at least as far as any of them.
+            let live_cp: Option<(i64,)> = sqlx::query_as(
+                "SELECT MAX(last_sequence) FROM main.projection_checkpoints \
+                 WHERE name = ?1 OR substr(name, 1, length(?1) + 1) = ?1 || '@' \
+                 HAVING COUNT(*) > 0",
+            )
+            .bind(projection.name())
+            .fetch_optional(&mut *conn)
+            .await?;
+            if live_cp.is_some_and(|(cp,)| crate::sql::u64_of(cp) > shadow_at) {
+                sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+                return Ok(None);
+            }
         }
-        for table in projection.tables() {
+        for table in projections.iter().flat_map(|p| p.tables()) {
             // Table names are constants of the projection, never input.
             sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM main.{table}")))
                 .execute(&mut *conn)
@@ -216,15 +236,25 @@ async fn swap<P: Projection>(
             .execute(&mut *conn)
             .await?;
         }
-        sqlx::query(
-            "INSERT INTO main.projection_checkpoints (name, last_sequence, updated_at) VALUES (?, ?, ?) \
-             ON CONFLICT (name) DO UPDATE SET last_sequence = excluded.last_sequence, updated_at = excluded.updated_at",
-        )
-        .bind(name)
-        .bind(i64_of(shadow_at))
-        .bind(rfc3339(OffsetDateTime::now_utc()))
-        .execute(&mut *conn)
-        .await?;
+        for projection in projections {
+            sqlx::query(
+                "INSERT INTO main.projection_checkpoints (name, last_sequence, updated_at) VALUES (?, ?, ?) \
+                 ON CONFLICT (name) DO UPDATE SET last_sequence = excluded.last_sequence, updated_at = excluded.updated_at",
+            )
+            .bind(projection.name())
+            .bind(i64_of(shadow_at))
+            .bind(rfc3339(OffsetDateTime::now_utc()))
+            .execute(&mut *conn)
+            .await?;
+            sqlx::query(
+                "UPDATE main.projection_checkpoints SET last_sequence = ?2 \
+                 WHERE substr(name, 1, length(?1) + 1) = ?1 || '@'",
+            )
+            .bind(projection.name())
+            .bind(i64_of(shadow_at))
+            .execute(&mut *conn)
+            .await?;
+        }
         sqlx::query("COMMIT").execute(&mut *conn).await?;
         Ok::<_, ProjectionError>(Some(shadow_at))
     }
@@ -238,48 +268,7 @@ async fn swap<P: Projection>(
     outcome
 }
 
-/// Runs `$body` with `$p` bound to the projection called `$name` (built with `$policy`),
-/// or returns `UnknownProjection`. The one place a name becomes a projection.
-#[macro_export]
-macro_rules! with_projection {
-    ($name:expr, $policy:expr, |$p:ident| $body:expr) => {
-        match $name {
-            $crate::audit::NAME => {
-                let $p = $crate::audit::AuditProjection;
-                $body
-            }
-            $crate::lifecycle::NAME => {
-                let $p = $crate::lifecycle::LifecycleProjection;
-                $body
-            }
-            $crate::trust::NAME => {
-                let $p = $crate::trust::TrustProjection::new($policy.clone());
-                $body
-            }
-            $crate::health::NAME => {
-                let $p = $crate::health::HealthProjection::new($policy.clone());
-                $body
-            }
-            $crate::renewals::NAME => {
-                let $p = $crate::renewals::RenewalsProjection;
-                $body
-            }
-            other => {
-                return Err($crate::ProjectionError::UnknownProjection(other.to_owned()).into())
-            }
-        }
-    };
-}
-
-fn names(name: &str) -> Vec<&str> {
-    if name == "all" {
-        ALL.to_vec()
-    } else {
-        vec![name]
-    }
-}
-
-/// Rebuilds a projection by name (`all` for every one) with `policy`.
+/// Rebuilds a projection by name (`all` for every one, in one pass) with `policy`.
 pub async fn rebuild_by_name(
     name: &str,
     policy: Arc<Policy>,
@@ -289,16 +278,11 @@ pub async fn rebuild_by_name(
     batch_size: usize,
     on_progress: &(dyn Fn(&str, u64, u64) + Send + Sync),
 ) -> Result<Vec<(String, u64)>, ProjectionError> {
-    let mut out = Vec::new();
-    for n in names(name) {
-        let progress = |d: u64, t: u64| on_progress(n, d, t);
-        let at = with_projection!(n, policy, |p| rebuild(
-            p, live, live_file, log, batch_size, &progress
-        )
-        .await?);
-        out.push((n.to_owned(), at));
-    }
-    Ok(out)
+    let projections = AnyProjection::named(name, &policy)?;
+    let names: Vec<String> = projections.iter().map(|p| p.name().to_owned()).collect();
+    let progress = |d: u64, t: u64| on_progress(name, d, t);
+    let at = rebuild(projections, live, live_file, log, batch_size, &progress).await?;
+    Ok(names.into_iter().map(|n| (n, at)).collect())
 }
 
 /// Builds `name` (or `all`) as it stood at stream sequence `at` into the store at `target`.
@@ -314,17 +298,14 @@ pub async fn as_of(
         batch_size,
         ..ProjectorOptions::default()
     };
-    for n in names(name) {
-        with_projection!(n, policy, |p| Projector::new(
-            p,
-            target.clone(),
-            log.clone(),
-            opts.clone()
-        )
-        .run_until(at)
-        .await?);
-    }
-    Ok(())
+    Projector::combined(
+        AnyProjection::named(name, &policy)?,
+        target.clone(),
+        log.clone(),
+        opts,
+    )
+    .run_until(at)
+    .await
 }
 
 /// The last stream sequence recorded at or before `at` (0 if none), by binary search over

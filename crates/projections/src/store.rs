@@ -9,6 +9,18 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 
 use crate::error::ProjectionError;
 
+/// What the store knows of one projection's progress.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointRow {
+    pub name: String,
+    /// Last stream sequence applied.
+    pub last_sequence: u64,
+    /// When the last batch was committed (RFC 3339).
+    pub updated_at: String,
+    /// Events per second over the projector's last ten seconds of commits.
+    pub apply_rate: f64,
+}
+
 /// A handle on the read models.
 #[derive(Debug, Clone)]
 pub struct ReadStore {
@@ -28,7 +40,17 @@ impl ReadStore {
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // 64 MiB of page cache per connection (the default is 2 MiB): the projectors'
+            // bulk upserts and the audit index's secondary indexes touch pages all over
+            // the file, and re-reading them dominated their time.
+            .pragma("cache_size", "-65536")
+            // Checkpoint the WAL every 64 MiB instead of every 4 MiB: each checkpoint writes
+            // pages back all over the file and syncs; with the audit index's secondary
+            // indexes, the default made bulk inserts 1.4x slower (measured on this machine
+            // with a Python sqlite3 loop, 1,000,000 audit-index rows in transactions of
+            // 5,000: 14,800 rows/s -> 21,000 rows/s).
+            .pragma("wal_autocheckpoint", "16384");
         let pool = SqlitePoolOptions::new()
             .max_connections(8)
             .connect_with(opts)
@@ -52,16 +74,22 @@ impl ReadStore {
         Ok(row.map_or(0, |(s,)| u64::try_from(s).unwrap_or(0)))
     }
 
-    /// Every projection's checkpoint and when it was last written: (name, sequence, RFC 3339).
-    pub async fn checkpoints(&self) -> Result<Vec<(String, u64, String)>, ProjectionError> {
-        let rows: Vec<(String, i64, String)> = sqlx::query_as(
-            "SELECT name, last_sequence, updated_at FROM projection_checkpoints ORDER BY name",
+    /// Every projection's checkpoint row.
+    pub async fn checkpoint_rows(&self) -> Result<Vec<CheckpointRow>, ProjectionError> {
+        let rows: Vec<(String, i64, String, f64)> = sqlx::query_as(
+            "SELECT name, last_sequence, updated_at, apply_rate FROM projection_checkpoints \
+             ORDER BY name",
         )
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(n, s, u)| (n, u64::try_from(s).unwrap_or(0), u))
+            .map(|(name, s, updated_at, apply_rate)| CheckpointRow {
+                name,
+                last_sequence: u64::try_from(s).unwrap_or(0),
+                updated_at,
+                apply_rate,
+            })
             .collect())
     }
 

@@ -71,6 +71,41 @@ fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
     panic!("process did not exit within 10s");
 }
 
+/// `writers` concurrent writers, each taking `per_writer` new customers through register,
+/// sign, renew and terminate: 4 events per customer.
+async fn write_load(
+    customers: std::sync::Arc<crm_log::Customers>,
+    writers: usize,
+    per_writer: usize,
+) {
+    let mut tasks = Vec::new();
+    for _ in 0..writers {
+        let customers = customers.clone();
+        tasks.push(tokio::spawn(async move {
+            for i in 0..per_writer {
+                let c = crm_domain::CustomerId::new(Uuid::now_v7());
+                let cmds: Vec<Value> = vec![
+                    json!({"type": "register_customer", "name": format!("C{i}")}),
+                    json!({"type": "sign_contract", "contract_id": "c1", "value_minor": 10,
+                           "currency": "EUR", "starts_on": "2025-01-01", "ends_on": "2025-12-31"}),
+                    json!({"type": "renew_contract", "contract_id": "c1", "new_ends_on": "2026-12-31"}),
+                    json!({"type": "terminate_contract", "contract_id": "c1"}),
+                ];
+                for cmd in cmds {
+                    let cmd: crm_domain::Command = serde_json::from_value(cmd).unwrap();
+                    customers
+                        .submit(c, &cmd, &crm_log::SubmitOptions::now("gen"))
+                        .await
+                        .unwrap();
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+}
+
 async fn post(dev: &Dev, c: Uuid, body: Value) -> Value {
     let resp = reqwest::Client::new()
         .post(format!("{}/v1/customers/{c}/commands", dev.http))
@@ -150,7 +185,7 @@ async fn crm_dev_quickstart_and_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn projector_process_killed_mid_stream_resumes_to_the_rebuilt_view() {
     use crm_e2e::{Env, read_all};
-    use crm_log::{Customers, SubmitOptions};
+    use crm_log::Customers;
     use crm_projections::lifecycle::{self, LifecycleProjection};
     use crm_projections::{Projector, ProjectorOptions, ReadStore};
     use std::sync::Arc;
@@ -158,29 +193,7 @@ async fn projector_process_killed_mid_stream_resumes_to_the_rebuilt_view() {
     let env = Env::new().await;
     let log = env.log().await;
     let customers = Arc::new(Customers::new(log.clone(), 10_000, 8));
-    let mut tasks = Vec::new();
-    for _ in 0..4 {
-        let customers = customers.clone();
-        tasks.push(tokio::spawn(async move {
-            for i in 0..250 {
-                let c = crm_domain::CustomerId::new(Uuid::now_v7());
-                let cmds: Vec<Value> = vec![
-                    json!({"type": "register_customer", "name": format!("C{i}")}),
-                    json!({"type": "sign_contract", "contract_id": "c1", "value_minor": 10,
-                           "currency": "EUR", "starts_on": "2025-01-01", "ends_on": "2025-12-31"}),
-                    json!({"type": "renew_contract", "contract_id": "c1", "new_ends_on": "2026-12-31"}),
-                    json!({"type": "terminate_contract", "contract_id": "c1"}),
-                ];
-                for cmd in cmds {
-                    let cmd: crm_domain::Command = serde_json::from_value(cmd).unwrap();
-                    customers.submit(c, &cmd, &SubmitOptions::now("gen")).await.unwrap();
-                }
-            }
-        }));
-    }
-    for t in tasks {
-        t.await.unwrap();
-    }
+    write_load(customers, 4, 250).await;
     let head = log.head().await.unwrap();
     assert_eq!(head, 4_000);
 
@@ -226,6 +239,42 @@ async fn projector_process_killed_mid_stream_resumes_to_the_rebuilt_view() {
     signal(&second, "TERM");
     assert!(wait_exit(&mut second).success());
 
+    // `crm status` reports what happened: lifecycle caught up, the others never ran.
+    let out = Command::new(env!("CARGO_BIN_EXE_crm"))
+        .args(["status", "--json"])
+        .env("CRM_NATS__URL", env.nats.url())
+        .env("CRM_STORE__SQLITE_PATH", &views)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let status: Value = serde_json::from_slice(&out.stdout).unwrap();
+    for p in status["projections"].as_array().unwrap() {
+        assert_eq!(p["log_head"], head, "{p}");
+        if p["name"] == "lifecycle" {
+            assert_eq!(p["checkpoint"], head, "{p}");
+            assert_eq!(p["lag_events"], 0, "{p}");
+            assert_eq!(p["state"], "live", "{p}");
+        } else {
+            assert_eq!(p["checkpoint"], 0, "{p}");
+            assert_eq!(p["lag_events"], head, "{p}");
+            assert_eq!(p["state"], "never_ran", "{p}");
+            assert!(p["lag_seconds"].as_f64().unwrap() > 0.0, "{p}");
+        }
+    }
+    let table = Command::new(env!("CARGO_BIN_EXE_crm"))
+        .arg("status")
+        .env("CRM_NATS__URL", env.nats.url())
+        .env("CRM_STORE__SQLITE_PATH", &views)
+        .output()
+        .unwrap();
+    let table = String::from_utf8(table.stdout).unwrap();
+    assert!(table.starts_with("PROJECTION"), "{table}");
+    assert!(table.contains("never_ran"), "{table}");
+
     let fresh = ReadStore::open_file(&env.path("fresh.sqlite"))
         .await
         .unwrap();
@@ -247,4 +296,187 @@ async fn projector_process_killed_mid_stream_resumes_to_the_rebuilt_view() {
         lifecycle::dump_transitions(&fresh).await.unwrap()
     );
     assert_eq!(read_all(&log).await.len() as u64, head);
+}
+
+/// Who holds each partition lease of the `all` group, by process id.
+async fn lease_holders(log: &crm_log::EventLog) -> std::collections::BTreeMap<u32, u32> {
+    let Ok(kv) = log.jetstream().get_key_value("crm_leases_all").await else {
+        return Default::default();
+    };
+    crm_log::lease::holders(&kv)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(p, owner)| (p, owner.split('-').nth(1).unwrap().parse().unwrap()))
+        .collect()
+}
+
+/// Polls `ok` until it holds; on timeout fails with `what` and the tail of each log file.
+async fn wait_until<F: AsyncFnMut() -> bool>(
+    what: &str,
+    patience: Duration,
+    logs: &[std::path::PathBuf],
+    mut ok: F,
+) {
+    let deadline = tokio::time::Instant::now() + patience;
+    while !ok().await {
+        if tokio::time::Instant::now() >= deadline {
+            let mut tails = String::new();
+            for log in logs {
+                let text = std::fs::read_to_string(log).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                let tail = lines[lines.len().saturating_sub(40)..].join("\n");
+                tails.push_str(&format!("\n--- {} ---\n{tail}", log.display()));
+            }
+            panic!("timed out waiting for {what}{tails}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_projectors_share_the_partitions_and_fail_over_when_one_is_killed() {
+    use crm_e2e::Env;
+    use crm_projections::projector::partition_checkpoint;
+    use crm_projections::{ReadStore, rebuild};
+    use std::sync::Arc;
+
+    let env = Env::new().await;
+    let log = env.log().await;
+    let customers = Arc::new(crm_log::Customers::new(log.clone(), 10_000, 8));
+    let views = env.path("views.sqlite");
+    let logs = [env.path("a.log"), env.path("b.log")];
+    let spawn = |log: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_crm"))
+            .args(["project", "all"])
+            .env("CRM_NATS__URL", env.nats.url())
+            .env("CRM_STORE__SQLITE_PATH", &views)
+            .env("CRM_PROJECTOR__PARTITIONED", "true")
+            // Short enough for a quick fail-over, long enough for a loaded CI machine.
+            .env("CRM_PROJECTOR__LEASE_TTL_MS", "3000")
+            .env("CRM_PROJECTOR__BATCH_SIZE", "20")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    };
+    let mut a = spawn(&logs[0]);
+    let mut b = spawn(&logs[1]);
+    let (pa, pb) = (a.id(), b.id());
+
+    // Both join and split the 16 partitions between them.
+    wait_until(
+        "both projectors to hold 8 partitions",
+        Duration::from_secs(60),
+        &logs,
+        async || {
+            let h = lease_holders(&log).await;
+            h.len() == 16
+                && h.values().filter(|o| **o == pa).count() == 8
+                && h.values().filter(|o| **o == pb).count() == 8
+        },
+    )
+    .await;
+    let of_a: Vec<u32> = lease_holders(&log)
+        .await
+        .into_iter()
+        .filter_map(|(p, o)| (o == pa).then_some(p))
+        .collect();
+
+    // Load runs while `a` is killed.
+    let load = tokio::spawn(write_load(customers.clone(), 4, 150));
+    let store = ReadStore::open_file(&views).await.unwrap();
+    let first = partition_checkpoint("lifecycle", of_a[0]);
+    wait_until("a to commit", Duration::from_secs(60), &logs, async || {
+        store.checkpoint(&first).await.unwrap() > 0
+    })
+    .await;
+    signal(&a, "KILL");
+    wait_exit(&mut a);
+    load.await.unwrap();
+    let head = log.head().await.unwrap();
+    assert_eq!(head, 2_400);
+
+    // Its partitions move to the survivor once its leases expire.
+    wait_until(
+        "b to hold every partition",
+        Duration::from_secs(30),
+        &logs,
+        async || {
+            let h = lease_holders(&log).await;
+            h.len() == 16 && h.values().all(|o| *o == pb)
+        },
+    )
+    .await;
+    for name in crm_projections::any::ALL {
+        crm_e2e::wait_for_checkpoint_within(&store, name, head, Duration::from_secs(60)).await;
+    }
+    // The views equal a fresh rebuild from the log.
+    let fresh = ReadStore::open_file(&env.path("fresh.sqlite"))
+        .await
+        .unwrap();
+    rebuild::as_of(
+        "all",
+        Arc::new(crm_projections::policy::default_policy()),
+        &fresh,
+        &log,
+        head,
+        1_000,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        crm_e2e::dump_views(&store).await,
+        crm_e2e::dump_views(&fresh).await
+    );
+
+    // A clean stop gives the leases back.
+    signal(&b, "TERM");
+    assert!(wait_exit(&mut b).success());
+    assert!(lease_holders(&log).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_with_a_stale_lease_fence_is_refused() {
+    use crm_e2e::Env;
+    use crm_projections::lifecycle::LifecycleProjection;
+    use crm_projections::projector::PartitionShare;
+    use crm_projections::{ProjectionError, Projector, ProjectorOptions, ReadStore};
+    use std::sync::Arc;
+
+    let env = Env::new().await;
+    let log = env.log().await;
+    let customers = Arc::new(crm_log::Customers::new(log.clone(), 10_000, 8));
+    write_load(customers.clone(), 1, 10).await;
+    let store = ReadStore::open_file(&env.path("views.sqlite"))
+        .await
+        .unwrap();
+    let total = log.partitions();
+    let projector = |fence: u64| {
+        Projector::new(
+            LifecycleProjection,
+            store.clone(),
+            log.clone(),
+            ProjectorOptions {
+                share: Some(PartitionShare {
+                    group: "lifecycle".into(),
+                    total,
+                    held: (0..total).map(|p| (p, fence)).collect(),
+                }),
+                ..ProjectorOptions::default()
+            },
+        )
+    };
+    // The holder with fence 7 commits; then the one it replaced (fence 5) tries to.
+    projector(7).run_until(20).await.unwrap();
+    assert_eq!(store.checkpoint("lifecycle").await.unwrap(), 20);
+    write_load(customers, 1, 1).await;
+    let err = projector(5).run_until(24).await.unwrap_err();
+    assert!(
+        matches!(err, ProjectionError::LeaseLost { fence: 5, .. }),
+        "{err}"
+    );
+    assert_eq!(store.checkpoint("lifecycle").await.unwrap(), 20);
+    projector(7).run_until(24).await.unwrap();
+    assert_eq!(store.checkpoint("lifecycle").await.unwrap(), 24);
 }

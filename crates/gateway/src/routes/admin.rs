@@ -4,10 +4,9 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
+use crm_projections::status::Status;
 use serde::Serialize;
-use serde_json::{Value, json};
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
+use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
@@ -15,7 +14,7 @@ use crate::auth::Role;
 use crate::error::ApiError;
 
 /// The projections a gateway reports on.
-pub const PROJECTIONS: [&str; 5] = ["audit", "lifecycle", "trust", "health", "renewals"];
+pub const PROJECTIONS: [&str; 5] = crm_projections::any::ALL;
 
 /// One projection's status.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -26,6 +25,9 @@ pub struct ProjectionStatus {
     pub lag_events: u64,
     /// Age of the oldest event not yet applied (0 when caught up).
     pub lag_seconds: f64,
+    /// Events applied per second over the projector's last ten seconds of commits (0 when
+    /// nothing was applied in the last 15 s).
+    pub apply_rate: f64,
     /// `live` (caught up or moving), `stalled` (behind and not written for 60 s),
     /// `never_ran`, `rebuilding` (a shadow copy is being built; reads use the live one) or
     /// `failed` (the last rebuild failed; the live copy is untouched).
@@ -37,62 +39,26 @@ pub struct ProjectionStatus {
     pub rebuild: Option<Value>,
 }
 
+impl From<Status> for ProjectionStatus {
+    fn from(s: Status) -> Self {
+        Self {
+            name: s.name,
+            checkpoint: s.checkpoint,
+            log_head: s.log_head,
+            lag_events: s.lag_events,
+            lag_seconds: s.lag_seconds,
+            apply_rate: s.apply_rate,
+            state: s.state,
+            updated_at: s.updated_at,
+            rebuild: s.rebuild,
+        }
+    }
+}
+
 /// Status of every projection, read from the store and the log.
 pub async fn statuses(state: &AppState) -> Result<Vec<ProjectionStatus>, ApiError> {
-    let log = state.customers.log();
-    let head = log.head().await?;
-    let store = &state.store;
-    let rows = store.checkpoints().await?;
-    let now = OffsetDateTime::now_utc();
-    let mut out = Vec::new();
-    for name in PROJECTIONS {
-        let row = rows.iter().find(|(n, _, _)| n == name);
-        let checkpoint = row.map_or(0, |(_, s, _)| *s);
-        let updated = row.and_then(|(_, _, u)| OffsetDateTime::parse(u, &Rfc3339).ok());
-        let lag_events = head.saturating_sub(checkpoint);
-        let lag_seconds = if lag_events == 0 {
-            0.0
-        } else {
-            match log.get(checkpoint + 1).await {
-                Ok(Some(e)) => (now - e.envelope.recorded_at).as_seconds_f64().max(0.0),
-                _ => 0.0,
-            }
-        };
-        let state = match (row, updated) {
-            (None, _) if head > 0 => "never_ran",
-            (None, _) => "live",
-            (Some(_), Some(u)) if lag_events > 0 && (now - u).whole_seconds() > 60 => "stalled",
-            _ => "live",
-        };
-        let rebuild = crm_projections::rebuild::rebuild_status(store, name).await?;
-        let rebuilding = rebuild.as_ref().is_some_and(|r| {
-            r.0 == "rebuilding"
-                && OffsetDateTime::parse(&r.4, &Rfc3339)
-                    .is_ok_and(|u| (now - u).whole_seconds() <= 60)
-        });
-        let failed = rebuild.as_ref().is_some_and(|r| r.0 == "failed");
-        let state = if rebuilding {
-            "rebuilding"
-        } else if failed {
-            "failed"
-        } else {
-            state
-        };
-        let rebuild = rebuild.map(|(s, done, total, started, updated, error)| {
-            json!({ "state": s, "done": done, "total": total, "started_at": started, "updated_at": updated, "error": error })
-        });
-        out.push(ProjectionStatus {
-            name,
-            rebuild,
-            checkpoint,
-            log_head: head,
-            lag_events,
-            lag_seconds,
-            state,
-            updated_at: row.map(|(_, _, u)| u.clone()),
-        });
-    }
-    Ok(out)
+    let all = crm_projections::status::statuses(&state.store, state.customers.log()).await?;
+    Ok(all.into_iter().map(ProjectionStatus::from).collect())
 }
 
 /// Every projection's status.
@@ -101,7 +67,7 @@ pub struct Projections {
     pub projections: Vec<ProjectionStatus>,
 }
 
-/// Per projection: checkpoint, log head, lag in events and seconds, state, and the
+/// Per projection: checkpoint, log head, lag in events and seconds, apply rate, state, and the
 /// progress of a running rebuild.
 ///
 /// Role: ops.
@@ -147,16 +113,31 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
             "crm_projection_lag_seconds",
             "Age of the oldest event not yet applied.",
         ),
+        (
+            "crm_projection_apply_rate",
+            "Events applied per second over the projector's last ten seconds.",
+        ),
     ] {
         out.push_str(&format!("# HELP {metric} {help}\n# TYPE {metric} gauge\n"));
         for s in &statuses {
             let v = match metric {
                 "crm_projection_checkpoint" => s.checkpoint as f64,
                 "crm_projection_lag_events" => s.lag_events as f64,
-                _ => s.lag_seconds,
+                "crm_projection_lag_seconds" => s.lag_seconds,
+                _ => s.apply_rate,
             };
             out.push_str(&format!("{metric}{{projection=\"{}\"}} {v}\n", s.name));
         }
+    }
+    out.push_str(
+        "# HELP crm_projection_state 1 for the projection's current state (live, stalled, \
+         never_ran, rebuilding, failed).\n# TYPE crm_projection_state gauge\n",
+    );
+    for s in &statuses {
+        out.push_str(&format!(
+            "crm_projection_state{{projection=\"{}\",state=\"{}\"}} 1\n",
+            s.name, s.state
+        ));
     }
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response())
 }

@@ -35,11 +35,11 @@ pub struct EventsQuery {
     pub actor: Option<String>,
     /// Business time (`occurred_at`) from, RFC 3339, inclusive.
     pub from: Option<String>,
-    /// Business time up to, RFC 3339, exclusive.
+    /// Business time up to, RFC 3339, inclusive.
     pub to: Option<String>,
     /// Recording time from, RFC 3339, inclusive.
     pub recorded_from: Option<String>,
-    /// Recording time up to, RFC 3339, exclusive.
+    /// Recording time up to, RFC 3339, inclusive.
     pub recorded_to: Option<String>,
     /// Return events after this stream sequence.
     #[serde(default)]

@@ -1,0 +1,299 @@
+//! Partition leases in a NATS KV bucket, so several projector processes share the stream's
+//! partitions with each partition applied by exactly one of them at a time.
+//!
+//! - Every member renews a `members.<owner>` key each tick; the bucket's `max_age` is the
+//!   lease time, so the keys of a process that died vanish on their own.
+//! - A partition `pp` is held through the key `p.<pp>`: taken with a create (fails if
+//!   someone holds it), renewed with an update on the revision last written (fails if
+//!   someone else took it meanwhile), given back with a delete.
+//! - Each member aims at `ceil(partitions / members)`: it gives back any surplus and takes
+//!   free partitions up to its share, so a newcomer gets work and a dead member's
+//!   partitions move to the survivors once its keys expire.
+//! - The revision at which a member took a partition is its **fence**: revisions only grow,
+//!   so a later holder always has a larger fence, and the read store refuses a commit
+//!   carrying a smaller fence than the last one it saw. A process that was paused past its
+//!   lease can therefore not overwrite work of the one that took over.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, kv};
+use futures::StreamExt;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::LogError;
+
+/// Default name of the lease bucket.
+pub const DEFAULT_BUCKET: &str = "crm_projector_leases";
+
+/// Held partitions and their fences.
+pub type Held = BTreeMap<u32, u64>;
+
+/// Lease settings.
+#[derive(Debug, Clone)]
+pub struct LeaseSettings {
+    /// KV bucket name.
+    pub bucket: String,
+    /// How long a lease lives without renewal (the bucket's `max_age`).
+    pub ttl: Duration,
+    /// KV bucket replicas.
+    pub replicas: usize,
+}
+
+impl Default for LeaseSettings {
+    fn default() -> Self {
+        Self {
+            bucket: DEFAULT_BUCKET.into(),
+            ttl: Duration::from_secs(10),
+            replicas: 1,
+        }
+    }
+}
+
+/// One member's view of its leases; a background task keeps them.
+#[derive(Debug)]
+pub struct PartitionLeases {
+    held: watch::Receiver<Held>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl PartitionLeases {
+    /// Joins the group as `owner` and keeps leases until `shutdown`, then gives them back.
+    pub async fn join(
+        js: &jetstream::Context,
+        settings: &LeaseSettings,
+        owner: String,
+        partitions: u32,
+        shutdown: CancellationToken,
+    ) -> Result<Self, LogError> {
+        let store = open_bucket(js, settings).await?;
+        let (tx, rx) = watch::channel(Held::new());
+        let mut member = Member {
+            store,
+            owner,
+            partitions,
+            held: BTreeMap::new(),
+            member_revision: None,
+        };
+        // Renew three times per lease time, counted from the start of each tick, so a slow
+        // tick does not push the next one later.
+        let mut ticks = tokio::time::interval(settings.ttl / 3);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let task = tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = ticks.tick() => {}
+                }
+                if let Err(e) = member.tick().await {
+                    tracing::warn!(error = %e, owner = %member.owner, "lease tick failed");
+                }
+                let now: Held = member.held.iter().map(|(p, l)| (*p, l.fence)).collect();
+                tx.send_if_modified(|h| {
+                    let changed = *h != now;
+                    *h = now;
+                    changed
+                });
+            }
+            member.release_all().await;
+            tx.send_replace(Held::new());
+        });
+        Ok(Self { held: rx, task })
+    }
+
+    /// Waits until the leases are given back (after `shutdown` was cancelled).
+    pub async fn left(self) {
+        let _ = self.task.await;
+    }
+
+    /// Watches the held partitions.
+    pub fn watch(&self) -> watch::Receiver<Held> {
+        self.held.clone()
+    }
+}
+
+/// Opens (creating if needed) the lease bucket.
+pub async fn open_bucket(
+    js: &jetstream::Context,
+    settings: &LeaseSettings,
+) -> Result<kv::Store, LogError> {
+    match js.get_key_value(&settings.bucket).await {
+        Ok(store) => Ok(store),
+        Err(_) => js
+            .create_key_value(kv::Config {
+                bucket: settings.bucket.clone(),
+                description: "crm projector partition leases".into(),
+                history: 1,
+                max_age: settings.ttl,
+                storage: jetstream::stream::StorageType::File,
+                num_replicas: settings.replicas.max(1),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| LogError::Nats(format!("creating lease bucket: {e}"))),
+    }
+}
+
+/// Who holds which partition right now, read from the bucket: partition → owner.
+pub async fn holders(store: &kv::Store) -> Result<BTreeMap<u32, String>, LogError> {
+    let mut out = BTreeMap::new();
+    for key in keys(store).await? {
+        let Some(p) = key.strip_prefix("p.").and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(Some(e)) = store.entry(key.as_str()).await
+            && e.operation == kv::Operation::Put
+        {
+            out.insert(p, String::from_utf8_lossy(&e.value).into_owned());
+        }
+    }
+    Ok(out)
+}
+
+async fn keys(store: &kv::Store) -> Result<Vec<String>, LogError> {
+    let mut keys = store
+        .keys()
+        .await
+        .map_err(|e| LogError::Nats(format!("listing leases: {e}")))?;
+    let mut out = Vec::new();
+    while let Some(k) = keys.next().await {
+        out.push(k.map_err(|e| LogError::Nats(format!("listing leases: {e}")))?);
+    }
+    Ok(out)
+}
+
+#[derive(Debug)]
+struct Lease {
+    fence: u64,
+    revision: u64,
+}
+
+struct Member {
+    store: kv::Store,
+    owner: String,
+    partitions: u32,
+    held: BTreeMap<u32, Lease>,
+    member_revision: Option<u64>,
+}
+
+fn partition_key(p: u32) -> String {
+    format!("p.{p:02}")
+}
+
+impl Member {
+    async fn tick(&mut self) -> Result<(), LogError> {
+        let nats = |what: &str, e: &dyn std::fmt::Display| LogError::Nats(format!("{what}: {e}"));
+        // 1. Say we are alive.
+        let member_key = format!("members.{}", self.owner);
+        let rev = self
+            .store
+            .put(member_key.as_str(), self.owner.clone().into_bytes().into())
+            .await
+            .map_err(|e| nats("renewing membership", &e))?;
+        self.member_revision = Some(rev);
+
+        // 2. Renew what we hold, all at once (a tick must stay well inside the lease time
+        //    on a loaded machine); anything we cannot renew is lost.
+        let (store, owner) = (&self.store, &self.owner);
+        let renewals = self.held.iter().map(|(&p, lease)| {
+            let revision = lease.revision;
+            let value = owner.clone().into_bytes().into();
+            async move { (p, store.update(partition_key(p), value, revision).await) }
+        });
+        for (p, outcome) in futures::future::join_all(renewals).await {
+            match outcome {
+                Ok(rev) => {
+                    if let Some(lease) = self.held.get_mut(&p) {
+                        lease.revision = rev;
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, owner = %self.owner, "lease lost");
+                    self.held.remove(&p);
+                }
+            }
+        }
+
+        // 3. Our share of the partitions among the live members (one listing of the
+        //    bucket gives both the members and the partitions taken).
+        let all = keys(&self.store).await?;
+        let members = all
+            .iter()
+            .filter(|k| k.starts_with("members."))
+            .count()
+            .max(1) as u32;
+        let share = self.partitions.div_ceil(members) as usize;
+
+        // 4. Give back any surplus (highest partitions first).
+        while self.held.len() > share {
+            let Some((p, lease)) = self.held.pop_last() else {
+                break;
+            };
+            if let Err(e) = self
+                .store
+                .delete_expect_revision(partition_key(p), Some(lease.revision))
+                .await
+            {
+                tracing::debug!(partition = p, error = %e, "giving back a lease");
+            }
+            tracing::info!(partition = p, owner = %self.owner, "lease given back");
+        }
+
+        // 5. Take free partitions up to our share, starting at an owner-dependent offset so
+        //    members that start together do not race for the same keys.
+        if self.held.len() < share {
+            let taken: std::collections::BTreeSet<u32> = all
+                .iter()
+                .filter_map(|k| k.strip_prefix("p.").and_then(|p| p.parse().ok()))
+                .collect();
+            let offset = fnv(&self.owner) % self.partitions.max(1);
+            for i in 0..self.partitions {
+                if self.held.len() >= share {
+                    break;
+                }
+                let p = (offset + i) % self.partitions;
+                if taken.contains(&p) || self.held.contains_key(&p) {
+                    continue;
+                }
+                if let Ok(rev) = self
+                    .store
+                    .create(partition_key(p), self.owner.clone().into_bytes().into())
+                    .await
+                {
+                    tracing::info!(partition = p, owner = %self.owner, fence = rev, "lease taken");
+                    self.held.insert(
+                        p,
+                        Lease {
+                            fence: rev,
+                            revision: rev,
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn release_all(&mut self) {
+        for (p, lease) in std::mem::take(&mut self.held) {
+            let _ = self
+                .store
+                .delete_expect_revision(partition_key(p), Some(lease.revision))
+                .await;
+        }
+        let _ = self
+            .store
+            .delete_expect_revision(format!("members.{}", self.owner), self.member_revision)
+            .await;
+    }
+}
+
+fn fnv(s: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in s.bytes() {
+        hash ^= u32::from(b);
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
+}

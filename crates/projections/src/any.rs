@@ -1,0 +1,94 @@
+//! Any projection, chosen by name: the one place a name becomes a projection.
+
+use std::sync::Arc;
+
+use crm_domain::policy::Policy;
+use crm_log::StoredEvent;
+use sqlx::SqliteConnection;
+
+use crate::audit::AuditProjection;
+use crate::error::ProjectionError;
+use crate::health::HealthProjection;
+use crate::lifecycle::LifecycleProjection;
+use crate::projector::Projection;
+use crate::renewals::RenewalsProjection;
+use crate::trust::TrustProjection;
+use crate::{audit, health, lifecycle, renewals, trust};
+
+/// Every projection's name, in the order `all` runs them.
+pub const ALL: [&str; 5] = [
+    audit::NAME,
+    lifecycle::NAME,
+    trust::NAME,
+    health::NAME,
+    renewals::NAME,
+];
+
+/// One of the projections.
+#[derive(Debug, Clone)]
+pub enum AnyProjection {
+    Audit(AuditProjection),
+    Lifecycle(LifecycleProjection),
+    Trust(TrustProjection),
+    Health(HealthProjection),
+    Renewals(RenewalsProjection),
+}
+
+impl AnyProjection {
+    /// The projection called `name`, priced and scored with `policy`.
+    pub fn by_name(name: &str, policy: &Arc<Policy>) -> Result<Self, ProjectionError> {
+        Ok(match name {
+            audit::NAME => Self::Audit(AuditProjection),
+            lifecycle::NAME => Self::Lifecycle(LifecycleProjection),
+            trust::NAME => Self::Trust(TrustProjection::new(policy.clone())),
+            health::NAME => Self::Health(HealthProjection::new(policy.clone())),
+            renewals::NAME => Self::Renewals(RenewalsProjection),
+            other => return Err(ProjectionError::UnknownProjection(other.to_owned())),
+        })
+    }
+
+    /// The projections called `name`, or every one for `all`.
+    pub fn named(name: &str, policy: &Arc<Policy>) -> Result<Vec<Self>, ProjectionError> {
+        if name == "all" {
+            ALL.iter().map(|n| Self::by_name(n, policy)).collect()
+        } else {
+            Ok(vec![Self::by_name(name, policy)?])
+        }
+    }
+}
+
+impl Projection for AnyProjection {
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Audit(p) => p.name(),
+            Self::Lifecycle(p) => p.name(),
+            Self::Trust(p) => p.name(),
+            Self::Health(p) => p.name(),
+            Self::Renewals(p) => p.name(),
+        }
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        match self {
+            Self::Audit(p) => p.tables(),
+            Self::Lifecycle(p) => p.tables(),
+            Self::Trust(p) => p.tables(),
+            Self::Health(p) => p.tables(),
+            Self::Renewals(p) => p.tables(),
+        }
+    }
+
+    async fn apply_batch(
+        &self,
+        tx: &mut SqliteConnection,
+        events: &[StoredEvent],
+    ) -> Result<(), ProjectionError> {
+        match self {
+            Self::Audit(p) => p.apply_batch(tx, events).await,
+            Self::Lifecycle(p) => p.apply_batch(tx, events).await,
+            Self::Trust(p) => p.apply_batch(tx, events).await,
+            Self::Health(p) => p.apply_batch(tx, events).await,
+            Self::Renewals(p) => p.apply_batch(tx, events).await,
+        }
+    }
+}
