@@ -13,6 +13,7 @@
 
 mod audit;
 mod measure;
+mod memory;
 mod raw;
 mod report;
 mod scenarios;
@@ -36,6 +37,9 @@ pub enum Scenario {
     /// Audit queries (type and time range, customer, actor) over a large log through the
     /// audit index, next to scanning the log for the same answer.
     Audit,
+    /// The gateway and a projector each in a process of their own at several numbers of
+    /// customers (`--memory-customers`), with each process's peak RSS.
+    Memory,
     /// Every scenario in turn, each on a fresh nats-server.
     All,
 }
@@ -91,12 +95,19 @@ pub struct Args {
     /// Run the four projectors inside the gateway process during `http` (as `crm dev`).
     #[arg(long)]
     pub with_projectors: bool,
+    /// Customer counts of the `memory` scenario, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+    pub memory_customers: Vec<u64>,
     /// Also write the tables (Markdown) to this file.
     #[arg(long)]
     pub output: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
+    // Re-executed by the bench as a `crm` process of its own (see `memory`).
+    if std::env::var_os(memory::AS_CRM).is_some() {
+        return crm_cli::main();
+    }
     let args = Args::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));

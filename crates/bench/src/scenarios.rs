@@ -52,6 +52,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Scenario::Project => project(&args).await?,
             Scenario::Rebuild => rebuild(&args).await?,
             Scenario::Audit => crate::audit::run(&args).await?,
+            Scenario::Memory => crate::memory::run(&args).await?,
             Scenario::All => unreachable!("expanded above"),
         };
         let text = table.render();
@@ -124,6 +125,11 @@ impl Env {
         })
     }
 
+    /// The nats-server's client URL.
+    pub(crate) fn nats_url(&self) -> String {
+        self.nats.url()
+    }
+
     /// A new connection (each role in the bench gets its own, as separate processes would).
     async fn connect(&self, name: &str) -> anyhow::Result<async_nats::Client> {
         let mut cfg = NatsConfig::url(self.nats.url());
@@ -174,11 +180,11 @@ impl Env {
     }
 }
 
-fn customer_ids(n: u64) -> Arc<Vec<CustomerId>> {
+pub(crate) fn customer_ids(n: u64) -> Arc<Vec<CustomerId>> {
     Arc::new((0..n).map(|_| CustomerId::new(Uuid::now_v7())).collect())
 }
 
-fn register_body(k: u64) -> serde_json::Value {
+pub(crate) fn register_body(k: u64) -> serde_json::Value {
     json!({"type": "register_customer", "name": format!("Bench customer {k}"),
            "segment": "software", "region": "north"})
 }
@@ -956,6 +962,33 @@ async fn rebuild(args: &Args) -> anyhow::Result<Table> {
             elapsed,
             mark.share(),
             row_rss(),
+        )
+        .vs(RAW_CONSUME, raw_consume),
+    );
+    eprintln!("[rebuild] `crm replay all` in a process of its own");
+    let sqlite = env.dir.path().join("replay-process.sqlite");
+    let (config, _) = crate::memory::write_config(&env, args, &sqlite, "127.0.0.1:0")?;
+    let t = Instant::now();
+    let mut replay = crate::memory::CrmProcess::spawn(
+        &config,
+        &["replay", "all"],
+        env.dir.path().join("replay.log"),
+    )?;
+    replay.wait().await?;
+    let elapsed = t.elapsed();
+    let store = ReadStore::open_file(&sqlite).await?;
+    let lowest = store.min_checkpoint(&crm_projections::any::ALL).await?;
+    anyhow::ensure!(
+        lowest >= head,
+        "`crm replay all` stopped at {lowest}, not {head}"
+    );
+    table.rows.push(
+        timed_row(
+            "rebuild: `crm replay all` (all views and the audit index, shadow then swap) in a process of its own; peak RSS is that process's".into(),
+            head,
+            elapsed,
+            None,
+            replay.peak_mib(),
         )
         .vs(RAW_CONSUME, raw_consume),
     );

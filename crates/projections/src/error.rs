@@ -17,6 +17,8 @@ pub enum ProjectionError {
     UnknownProjection(String),
     #[error("partition {partition} is now held by another projector (fence {fence} is stale)")]
     LeaseLost { partition: u32, fence: u64 },
+    #[error("the rebuild's shadow stopped at {at}, behind the live checkpoint {live}")]
+    ShadowBehind { at: u64, live: u64 },
     #[error("crash injected before commit of batch {batch}")]
     InjectedCrash { batch: u64 },
 }

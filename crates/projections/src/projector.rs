@@ -210,6 +210,14 @@ impl<P: Projection> Projector<P> {
         Ok(out)
     }
 
+    /// The tables of the projections this projector keeps.
+    pub fn tables(&self) -> Vec<&'static str> {
+        self.projections
+            .iter()
+            .flat_map(|p| p.tables().iter().copied())
+            .collect()
+    }
+
     /// Watches checkpoint and state.
     pub fn status(&self) -> watch::Receiver<ProjectorStatus> {
         self.status.subscribe()

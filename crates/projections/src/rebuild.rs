@@ -7,9 +7,11 @@
 //! interruption, so the next rebuild resumes from its checkpoint; nothing is swapped until
 //! the shadow has caught up.
 //!
-//! The live projector may keep running during a rebuild: the swap only happens when the
-//! shadow is at least as far as the live checkpoint, and every projection skips events it
-//! has already applied, so the live projector's next batch is harmless.
+//! The live projector may keep running during a rebuild: the swap takes the live store's
+//! write lock, catches the shadow up with the live checkpoint under it (a few events: the
+//! shadow already followed the head twice), then copies; every projection skips events it
+//! has already applied, so the live projector's next batch is harmless. A writer that
+//! never pauses therefore cannot keep a rebuild from finishing.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -134,7 +136,10 @@ pub async fn rebuild<P: Projection + Clone>(
         },
     );
     let result: Result<u64, ProjectionError> = async {
-        loop {
+        // Two passes outside any lock: from the first event to the head, then over what
+        // was written meanwhile; the swap catches up the last few events under the live
+        // store's write lock, so a steady writer cannot keep it from finishing.
+        for _ in 0..2 {
             let head = log.head().await?;
             let mut target = head;
             for name in &names {
@@ -145,11 +150,8 @@ pub async fn rebuild<P: Projection + Clone>(
             run_with_progress(&projector, target, on_progress).await?;
             let done = min_checkpoint(&shadow, &names).await?;
             progress_all(live, &names, "rebuilding", done, target).await?;
-            if let Some(at) = swap(&projections, live, &shadow_file, done).await? {
-                return Ok(at);
-            }
-            // A live projector moved past the shadow while it caught up: go again.
         }
+        swap(&projector, &shadow, live, &shadow_file).await
     }
     .await;
     shadow.pool().close().await;
@@ -193,14 +195,18 @@ async fn min_checkpoint(store: &ReadStore, names: &[&str]) -> Result<u64, Projec
     Ok(if names.is_empty() { 0 } else { min })
 }
 
-/// Swaps the shadow's tables into the live store if the shadow is at least at the live
-/// checkpoint. Returns the new checkpoint, or `None` if the shadow fell behind.
+/// Swaps the shadow's tables into the live store and returns the checkpoint they stand at.
+///
+/// Under the live store's write lock (no live projector can commit meanwhile; readers go
+/// on reading the old rows), the shadow first catches up with the live checkpoint, so the
+/// swapped-in views are never behind what readers already saw.
 async fn swap<P: Projection>(
-    projections: &[P],
+    projector: &Projector<P>,
+    shadow: &ReadStore,
     live: &ReadStore,
     shadow_file: &Path,
-    shadow_at: u64,
-) -> Result<Option<u64>, ProjectionError> {
+) -> Result<u64, ProjectionError> {
+    let names = projector.names();
     let mut conn = live.pool().acquire().await?;
     // ATTACH is not allowed inside a transaction: attach first, on this one connection.
     sqlx::query("ATTACH DATABASE ? AS shadow")
@@ -208,24 +214,40 @@ async fn swap<P: Projection>(
         .execute(&mut *conn)
         .await?;
     let outcome = async {
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        for projection in projections {
+        // A deferred transaction whose first statement writes to `main` takes the write
+        // lock of the live file only. (BEGIN IMMEDIATE would lock the attached shadow too,
+        // and the shadow's projector must still write to it below.)
+        sqlx::query("BEGIN").execute(&mut *conn).await?;
+        let now = rfc3339(OffsetDateTime::now_utc());
+        for name in &names {
+            sqlx::query("UPDATE main.projection_rebuilds SET updated_at = ? WHERE name = ?")
+                .bind(&now)
+                .bind(*name)
+                .execute(&mut *conn)
+                .await?;
+        }
+        let mut live_at = 0;
+        for name in &names {
             // The projection's own row and, for partitioned projectors, its per-partition
-            // rows (`name@pp`): the shadow must be at least as far as any of them.
-            let live_cp: Option<(i64,)> = sqlx::query_as(
+            // rows (`name@pp`).
+            let cp: Option<(i64,)> = sqlx::query_as(
                 "SELECT MAX(last_sequence) FROM main.projection_checkpoints \
                  WHERE name = ?1 OR substr(name, 1, length(?1) + 1) = ?1 || '@' \
                  HAVING COUNT(*) > 0",
             )
-            .bind(projection.name())
+            .bind(*name)
             .fetch_optional(&mut *conn)
             .await?;
-            if live_cp.is_some_and(|(cp,)| crate::sql::u64_of(cp) > shadow_at) {
-                sqlx::query("ROLLBACK").execute(&mut *conn).await?;
-                return Ok(None);
-            }
+            live_at = live_at.max(cp.map_or(0, |(cp,)| crate::sql::u64_of(cp)));
         }
-        for table in projections.iter().flat_map(|p| p.tables()) {
+        if min_checkpoint(shadow, &names).await? < live_at {
+            projector.run_until(live_at).await?;
+        }
+        let at = min_checkpoint(shadow, &names).await?;
+        if at < live_at {
+            return Err(ProjectionError::ShadowBehind { at, live: live_at });
+        }
+        for table in projector.tables() {
             // Table names are constants of the projection, never input.
             sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM main.{table}")))
                 .execute(&mut *conn)
@@ -236,27 +258,27 @@ async fn swap<P: Projection>(
             .execute(&mut *conn)
             .await?;
         }
-        for projection in projections {
+        for name in &names {
             sqlx::query(
                 "INSERT INTO main.projection_checkpoints (name, last_sequence, updated_at) VALUES (?, ?, ?) \
                  ON CONFLICT (name) DO UPDATE SET last_sequence = excluded.last_sequence, updated_at = excluded.updated_at",
             )
-            .bind(projection.name())
-            .bind(i64_of(shadow_at))
-            .bind(rfc3339(OffsetDateTime::now_utc()))
+            .bind(*name)
+            .bind(i64_of(at))
+            .bind(&now)
             .execute(&mut *conn)
             .await?;
             sqlx::query(
                 "UPDATE main.projection_checkpoints SET last_sequence = ?2 \
                  WHERE substr(name, 1, length(?1) + 1) = ?1 || '@'",
             )
-            .bind(projection.name())
-            .bind(i64_of(shadow_at))
+            .bind(*name)
+            .bind(i64_of(at))
             .execute(&mut *conn)
             .await?;
         }
         sqlx::query("COMMIT").execute(&mut *conn).await?;
-        Ok::<_, ProjectionError>(Some(shadow_at))
+        Ok::<_, ProjectionError>(at)
     }
     .await;
     if outcome.is_err() {
