@@ -19,7 +19,9 @@ use crate::Args;
 use crate::measure::{self, Measured, peak_rss_mib};
 use crate::raw;
 use crate::report::{RAW_ASYNC, RAW_CONSUME, Row, Table, baseline_rows};
-use crate::scenarios::{Env, common_notes, customer_ids, register_body, timed_row};
+use crate::scenarios::{
+    Env, common_notes, customer_ids, http_clients, post_command, register_body, timed_row,
+};
 
 /// Set in a child's environment: the bench binary then runs as `crm` with its arguments.
 pub const AS_CRM: &str = "CRM_BENCH_AS_CRM";
@@ -269,40 +271,13 @@ async fn register_over_http(
     n: u64,
 ) -> anyhow::Result<Measured> {
     let ids = customer_ids(n);
-    let clients: Arc<Vec<reqwest::Client>> = Arc::new(
-        (0..args.concurrency.max(1))
-            .map(|_| {
-                reqwest::Client::builder()
-                    .pool_max_idle_per_host(1)
-                    .tcp_nodelay(true)
-                    .build()
-            })
-            .collect::<Result<_, _>>()?,
-    );
+    let clients = http_clients(args.concurrency)?;
     let auth: Arc<str> = Arc::from(format!("Bearer {key}"));
     let base: Arc<str> = Arc::from(base);
     Ok(measure::drive(n, args.concurrency, None, move |k, worker| {
-        let client = clients[worker].clone();
         let url = format!("{base}/v1/customers/{}/commands", ids[k as usize]);
-        let auth = auth.clone();
         let body = Bytes::from(register_body(k).to_string());
-        async move {
-            let resp = client
-                .post(url)
-                .header("authorization", &*auth)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?;
-            let status = resp.status();
-            let text = resp.bytes().await.map_err(|e| e.to_string())?;
-            if status.as_u16() == 201 {
-                Ok(())
-            } else {
-                Err(format!("{status}: {}", String::from_utf8_lossy(&text)))
-            }
-        }
+        post_command(clients[worker].clone(), url, auth.clone(), body)
     })
     .await)
 }

@@ -184,6 +184,44 @@ pub(crate) fn customer_ids(n: u64) -> Arc<Vec<CustomerId>> {
     Arc::new((0..n).map(|_| CustomerId::new(Uuid::now_v7())).collect())
 }
 
+/// One keep-alive HTTP client per worker.
+pub(crate) fn http_clients(workers: usize) -> anyhow::Result<Arc<Vec<reqwest::Client>>> {
+    Ok(Arc::new(
+        (0..workers.max(1))
+            .map(|_| {
+                reqwest::Client::builder()
+                    .pool_max_idle_per_host(1)
+                    .tcp_nodelay(true)
+                    .build()
+            })
+            .collect::<Result<_, _>>()?,
+    ))
+}
+
+/// POSTs a command body to `url`; only `201 Created` counts as done.
+pub(crate) async fn post_command(
+    client: reqwest::Client,
+    url: String,
+    auth: Arc<str>,
+    body: Bytes,
+) -> Result<(), String> {
+    let resp = client
+        .post(url)
+        .header("authorization", &*auth)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let text = resp.bytes().await.map_err(|e| e.to_string())?;
+    if status.as_u16() == 201 {
+        Ok(())
+    } else {
+        Err(format!("{status}: {}", String::from_utf8_lossy(&text)))
+    }
+}
+
 pub(crate) fn register_body(k: u64) -> serde_json::Value {
     json!({"type": "register_customer", "name": format!("Bench customer {k}"),
            "segment": "software", "region": "north"})
@@ -377,40 +415,13 @@ async fn http(args: &Args) -> anyhow::Result<Table> {
 
     let ids = customer_ids(args.customers);
     let n = ids.len() as u64;
-    let clients: Arc<Vec<reqwest::Client>> = Arc::new(
-        (0..args.concurrency.max(1))
-            .map(|_| {
-                reqwest::Client::builder()
-                    .pool_max_idle_per_host(1)
-                    .tcp_nodelay(true)
-                    .build()
-            })
-            .collect::<Result<_, _>>()?,
-    );
+    let clients = http_clients(args.concurrency)?;
     let auth: Arc<str> = Arc::from(format!("Bearer {key}"));
     let post = {
         let (clients, ids, auth) = (clients.clone(), ids.clone(), auth.clone());
         move |k: u64, worker: usize, body: Bytes| {
-            let client = clients[worker].clone();
             let url = format!("{base}/v1/customers/{}/commands", ids[(k % n) as usize]);
-            let auth = auth.clone();
-            async move {
-                let resp = client
-                    .post(url)
-                    .header("authorization", &*auth)
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let status = resp.status();
-                let text = resp.bytes().await.map_err(|e| e.to_string())?;
-                if status.as_u16() == 201 {
-                    Ok(())
-                } else {
-                    Err(format!("{status}: {}", String::from_utf8_lossy(&text)))
-                }
-            }
+            post_command(clients[worker].clone(), url, auth.clone(), body)
         }
     };
     let mut table = Table {
