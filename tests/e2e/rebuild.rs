@@ -85,10 +85,10 @@ async fn rebuild_all_while_writing_and_reading() {
     let done = tokio::time::timeout(
         Duration::from_secs(180),
         rebuild::rebuild_by_name(
+            &rebuild::RebuildClaim::take(&cfg.store.sqlite_path).unwrap(),
             "all",
             policy,
             &app.parts.store,
-            &cfg.store.sqlite_path,
             &app.parts.log,
             50,
             &|_, _, _| {},
@@ -148,10 +148,10 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
     policy.trust.care_touch = 50;
     let cfg = env.config("views.sqlite");
     rebuild::rebuild_by_name(
+        &rebuild::RebuildClaim::take(&cfg.store.sqlite_path).unwrap(),
         "trust",
         Arc::new(policy),
         &app.parts.store,
-        &cfg.store.sqlite_path,
         &app.parts.log,
         100,
         &|_, _, _| {},
@@ -201,10 +201,10 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
         .unwrap();
     assert_eq!(live_before.len(), 8);
     let done = rebuild::rebuild_by_name(
+        &rebuild::RebuildClaim::take(&cfg.store.sqlite_path).unwrap(),
         "lifecycle",
         Arc::new(crm_projections::policy::default_policy()),
         &app.parts.store,
-        &cfg.store.sqlite_path,
         &app.parts.log,
         10,
         &|_, _, _| {},
@@ -264,6 +264,31 @@ async fn as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuild
             .unwrap(),
         at
     );
+
+    // While another rebuild holds the store (here: this test, as `crm replay` would), a
+    // rebuild over HTTP is refused at once with 409 and touches nothing.
+    let cfg = env.config("views.sqlite");
+    let held = rebuild::RebuildClaim::take(&cfg.store.sqlite_path).unwrap();
+    let again = rebuild::RebuildClaim::take(&cfg.store.sqlite_path);
+    assert!(
+        matches!(
+            again,
+            Err(crm_projections::ProjectionError::RebuildRunning { .. })
+        ),
+        "{again:?}"
+    );
+    let resp = app
+        .http
+        .post(format!("{}/v1/admin/projections/health/rebuild", app.base))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rebuild_running", "{body}");
+    assert!(!rebuild::shadow_path(&cfg.store.sqlite_path, "health").exists());
+    drop(held);
 
     // Ops can start a rebuild over HTTP and watch it finish.
     let resp = app

@@ -77,11 +77,12 @@ pub async fn run(cfg: Config, args: ReplayArgs) -> anyhow::Result<()> {
         bar.set_length(total);
         bar.set_position(done);
     };
+    let claim = rebuild::RebuildClaim::take(&cfg.store.sqlite_path)?;
     let done = rebuild::rebuild_by_name(
+        &claim,
         &args.projection,
         policy,
         &parts.store,
-        &cfg.store.sqlite_path,
         &parts.log,
         cfg.projector.batch_size,
         &progress,

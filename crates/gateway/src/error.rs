@@ -60,6 +60,9 @@ impl ApiError {
             },
             ApiError::Log(l) => log_status(l),
             ApiError::Projection(ProjectionError::Log(l)) => log_status(l),
+            ApiError::Projection(ProjectionError::RebuildRunning { .. }) => {
+                (StatusCode::CONFLICT, "rebuild_running")
+            }
             ApiError::Projection(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }

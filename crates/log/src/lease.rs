@@ -80,16 +80,32 @@ impl PartitionLeases {
         // tick does not push the next one later.
         let mut ticks = tokio::time::interval(settings.ttl / 3);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let ttl = settings.ttl;
         let task = tokio::spawn(async move {
             loop {
                 tokio::select! {
                     _ = shutdown.cancelled() => break,
                     _ = ticks.tick() => {}
                 }
-                if let Err(e) = member.tick().await {
-                    tracing::warn!(error = %e, owner = %member.owner, "lease tick failed");
+                match tokio::time::timeout(ttl, member.tick()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, owner = %member.owner, "lease tick failed");
+                    }
+                    Err(_) => {
+                        tracing::warn!(owner = %member.owner, "lease tick timed out");
+                    }
                 }
-                let now: Held = member.held.iter().map(|(p, l)| (*p, l.fence)).collect();
+                // Only leases renewed recently enough are worked on: one the server may
+                // already have expired (renewals failing for a third of the lease time)
+                // is dropped locally before anyone else can take it.
+                let fresh = ttl.saturating_sub(ttl / 3);
+                let now: Held = member
+                    .held
+                    .iter()
+                    .filter(|(_, l)| l.renewed_at.elapsed() < fresh)
+                    .map(|(p, l)| (*p, l.fence))
+                    .collect();
                 tx.send_if_modified(|h| {
                     let changed = *h != now;
                     *h = now;
@@ -167,6 +183,7 @@ async fn keys(store: &kv::Store) -> Result<Vec<String>, LogError> {
 struct Lease {
     fence: u64,
     revision: u64,
+    renewed_at: tokio::time::Instant,
 }
 
 struct Member {
@@ -183,15 +200,16 @@ fn partition_key(p: u32) -> String {
 
 impl Member {
     async fn tick(&mut self) -> Result<(), LogError> {
-        let nats = |what: &str, e: &dyn std::fmt::Display| LogError::Nats(format!("{what}: {e}"));
-        // 1. Say we are alive.
+        // 1. Say we are alive (a failure here must not keep the renewals below from running).
         let member_key = format!("members.{}", self.owner);
-        let rev = self
+        match self
             .store
             .put(member_key.as_str(), self.owner.clone().into_bytes().into())
             .await
-            .map_err(|e| nats("renewing membership", &e))?;
-        self.member_revision = Some(rev);
+        {
+            Ok(rev) => self.member_revision = Some(rev),
+            Err(e) => tracing::warn!(error = %e, owner = %self.owner, "renewing membership failed"),
+        }
 
         // 2. Renew what we hold, all at once (a tick must stay well inside the lease time
         //    on a loaded machine); anything we cannot renew is lost.
@@ -206,11 +224,18 @@ impl Member {
                 Ok(rev) => {
                     if let Some(lease) = self.held.get_mut(&p) {
                         lease.revision = rev;
+                        lease.renewed_at = tokio::time::Instant::now();
                     }
                 }
-                Err(e) => {
+                // Someone else wrote the key: it expired and was taken over.
+                Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
                     tracing::warn!(partition = p, error = %e, owner = %self.owner, "lease lost");
                     self.held.remove(&p);
+                }
+                // A timeout or a broken connection says nothing about the key (the update
+                // may even have gone through): keep trying until the lease is too old.
+                Err(e) => {
+                    tracing::warn!(partition = p, error = %e, owner = %self.owner, "lease renewal failed");
                 }
             }
         }
@@ -267,6 +292,7 @@ impl Member {
                         Lease {
                             fence: rev,
                             revision: rev,
+                            renewed_at: tokio::time::Instant::now(),
                         },
                     );
                 }

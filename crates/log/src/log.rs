@@ -1,13 +1,14 @@
 //! The raw log: conditional appends and reads, no domain decisions.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
-use crm_domain::CustomerId;
+use crm_domain::{CustomerId, Event};
 use futures::{Stream, TryStreamExt};
 
-use crate::envelope::Envelope;
+use crate::envelope::{DecodeError, Envelope};
 use crate::error::LogError;
 use crate::stream::{StreamSettings, ensure_stream};
 use crate::subject::customer_subject;
@@ -22,11 +23,43 @@ pub const HEADER_VERSION: &str = "Crm-Version";
 pub const HEADER_SCHEMA: &str = "Crm-Schema-Version";
 
 /// An event read back from the log, with its stream sequence.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct StoredEvent {
     pub sequence: u64,
     pub envelope: Envelope,
+    /// The domain event, decoded on first use: several projections applying the same
+    /// batch decode (and upcast) each event once between them.
+    event: OnceLock<Event>,
 }
+
+impl StoredEvent {
+    /// The event at `sequence`.
+    pub fn new(sequence: u64, envelope: Envelope) -> Self {
+        Self {
+            sequence,
+            envelope,
+            event: OnceLock::new(),
+        }
+    }
+
+    /// The domain event of the envelope (upcast to the current schema), decoded once.
+    pub fn event(&self) -> Result<&Event, DecodeError> {
+        if let Some(event) = self.event.get() {
+            return Ok(event);
+        }
+        let event = self.envelope.event()?;
+        Ok(self.event.get_or_init(|| event))
+    }
+}
+
+/// Equal when sequence and envelope are (the decoded event is derived from the envelope).
+impl PartialEq for StoredEvent {
+    fn eq(&self, other: &Self) -> bool {
+        self.sequence == other.sequence && self.envelope == other.envelope
+    }
+}
+
+impl Eq for StoredEvent {}
 
 /// What the server said about an append.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,10 +203,7 @@ impl EventLog {
                     next = msg.sequence + 1;
                     out.push(
                         Envelope::from_bytes(&msg.payload)
-                            .map(|envelope| StoredEvent {
-                                sequence: msg.sequence,
-                                envelope,
-                            })
+                            .map(|envelope| StoredEvent::new(msg.sequence, envelope))
                             .map_err(|e| LogError::Decode {
                                 sequence: msg.sequence,
                                 reason: e.to_string(),
@@ -195,7 +225,7 @@ impl EventLog {
                         sequence,
                         reason: e.to_string(),
                     })?;
-                Ok(Some(StoredEvent { sequence, envelope }))
+                Ok(Some(StoredEvent::new(sequence, envelope)))
             }
             Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
             Err(e) => Err(LogError::nats(e)),
@@ -234,7 +264,7 @@ impl EventLog {
                 sequence,
                 reason: e.to_string(),
             })?;
-            Ok(StoredEvent { sequence, envelope })
+            Ok(StoredEvent::new(sequence, envelope))
         }))
     }
 

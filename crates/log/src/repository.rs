@@ -307,10 +307,7 @@ impl Customers {
                 .await
             {
                 Ok(appended) if !appended.duplicate => {
-                    let stored = StoredEvent {
-                        sequence: appended.sequence,
-                        envelope,
-                    };
+                    let stored = StoredEvent::new(appended.sequence, envelope);
                     loaded.apply(&stored)?;
                     return Ok(Submitted {
                         receipt: receipt(&stored),

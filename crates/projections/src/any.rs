@@ -78,6 +78,16 @@ impl Projection for AnyProjection {
         }
     }
 
+    fn decodes_events(&self) -> bool {
+        match self {
+            Self::Audit(p) => p.decodes_events(),
+            Self::Lifecycle(p) => p.decodes_events(),
+            Self::Trust(p) => p.decodes_events(),
+            Self::Health(p) => p.decodes_events(),
+            Self::Renewals(p) => p.decodes_events(),
+        }
+    }
+
     async fn apply_batch(
         &self,
         tx: &mut SqliteConnection,

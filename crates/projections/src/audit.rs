@@ -32,6 +32,10 @@ impl Projection for AuditProjection {
         &["audit_index", "chain_heads"]
     }
 
+    fn decodes_events(&self) -> bool {
+        false
+    }
+
     async fn apply_batch(
         &self,
         tx: &mut SqliteConnection,

@@ -17,6 +17,12 @@ pub enum ProjectionError {
     UnknownProjection(String),
     #[error("partition {partition} is now held by another projector (fence {fence} is stale)")]
     LeaseLost { partition: u32, fence: u64 },
+    #[error("{path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("the rebuild could not catch up under the write lock in {attempts} attempts")]
+    SwapTimedOut { attempts: usize },
+    #[error("a rebuild into this read store is already running (lock {lock})")]
+    RebuildRunning { lock: String },
     #[error("the rebuild's shadow stopped at {at}, behind the live checkpoint {live}")]
     ShadowBehind { at: u64, live: u64 },
     #[error("crash injected before commit of batch {batch}")]

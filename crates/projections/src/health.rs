@@ -68,7 +68,7 @@ impl Projection for HealthProjection {
             row.last_sequence = stored.sequence;
             let change = row
                 .health
-                .apply(&event, env.occurred_at, env.version, &self.policy);
+                .apply(event, env.occurred_at, env.version, &self.policy);
             if let Some(
                 AlertChange::Raised(a) | AlertChange::Updated(a) | AlertChange::Resolved(a),
             ) = change

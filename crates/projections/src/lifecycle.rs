@@ -77,12 +77,9 @@ impl Projection for LifecycleProjection {
         let mut transitions: Vec<(CustomerId, Transition, u64)> = Vec::new();
         for stored in events {
             let env = &stored.envelope;
-            let event = env.event().map_err(|e| crm_log::LogError::Decode {
-                sequence: stored.sequence,
-                reason: e.to_string(),
-            })?;
+            let event = crate::sql::decode(stored)?;
             let (lc, seq) = states.entry(env.customer_id).or_default();
-            if let Some(t) = lc.apply(&event, env.occurred_at, env.version) {
+            if let Some(t) = lc.apply(event, env.occurred_at, env.version) {
                 transitions.push((env.customer_id, t, stored.sequence));
             }
             *seq = (*seq).max(stored.sequence);

@@ -29,6 +29,12 @@ pub trait Projection: Send + Sync + 'static {
     /// The tables this projection owns (swapped together by a blue-green rebuild).
     fn tables(&self) -> &'static [&'static str];
 
+    /// Whether `apply_batch` reads the domain events (`StoredEvent::event`) rather than
+    /// only the envelopes: the projector then decodes them ahead, off the commit path.
+    fn decodes_events(&self) -> bool {
+        true
+    }
+
     /// Applies a batch of events (in log order, all newer than the checkpoint) inside the
     /// projector's transaction. Must write each touched row once, in bulk, and must be
     /// idempotent per event (re-applying an event already reflected changes nothing).
@@ -277,13 +283,31 @@ impl<P: Projection> Projector<P> {
             .subscribe(checkpoint)
             .await?
             .ready_chunks(self.options.batch_size.max(1));
-        let mut stream = std::pin::pin!(stream);
+        // A reader task reads and decodes the next batches while this one commits (the
+        // commit mostly waits on SQLite's worker thread); a channel of two bounds what it
+        // reads ahead: at most four batches are in memory (two queued, one waiting to be
+        // queued, one being applied).
+        let (batches, mut incoming) = tokio::sync::mpsc::channel(2);
+        let decode_ahead = self.projections.iter().any(Projection::decodes_events);
+        let _reader = AbortOnDrop(tokio::spawn(async move {
+            let mut stream = std::pin::pin!(stream);
+            while let Some(chunk) = stream.next().await {
+                for stored in chunk.iter().flatten().filter(|_| decode_ahead) {
+                    // Fills the event's decode-once cell; a failure shows again, with the
+                    // event's sequence, where a projection applies it.
+                    let _ = stored.event();
+                }
+                if batches.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+        }));
         let mut batch_no = 0u64;
         let mut rate = ApplyRate::new();
         loop {
             let chunk = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
-                chunk = stream.next() => chunk,
+                chunk = incoming.recv() => chunk,
             };
             let Some(chunk) = chunk else {
                 return Err(crm_log::LogError::Nats("log subscription ended".into()).into());
@@ -388,11 +412,13 @@ async fn write_checkpoint(
     now: &str,
     apply_rate: f64,
 ) -> Result<(), ProjectionError> {
+    // Never backwards: after a rebuild's swap moved the checkpoint ahead, a live projector
+    // still re-applying older events (harmlessly) must not move it back.
     sqlx::query(
         "INSERT INTO projection_checkpoints (name, last_sequence, updated_at, apply_rate) \
          VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET \
-         last_sequence = excluded.last_sequence, updated_at = excluded.updated_at, \
-         apply_rate = excluded.apply_rate",
+         last_sequence = max(last_sequence, excluded.last_sequence), \
+         updated_at = excluded.updated_at, apply_rate = excluded.apply_rate",
     )
     .bind(key)
     .bind(i64::try_from(last).unwrap_or(i64::MAX))
@@ -459,6 +485,15 @@ async fn check_fences(
         }
     }
     Ok(())
+}
+
+/// Aborts the task when dropped (the projector's reader, whatever way `run_once` ends).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Events applied per second over the last [`ApplyRate::WINDOW`] of commits.

@@ -15,6 +15,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crm_domain::policy::Policy;
 use crm_log::EventLog;
@@ -108,13 +109,70 @@ async fn run_with_progress<P: Projection>(
     }
 }
 
+/// The exclusive right to rebuild into one live read store: an advisory lock on
+/// `<live file>.rebuild.lock`, held until dropped and released by the OS if the process
+/// dies, so two rebuilds (two HTTP calls, `crm replay` next to the gateway) never share a
+/// shadow file or swap over each other.
+#[derive(Debug)]
+pub struct RebuildClaim {
+    live_file: PathBuf,
+    _lock: std::fs::File,
+}
+
+impl RebuildClaim {
+    /// Claims `live_file`, or fails with [`ProjectionError::RebuildRunning`] at once if
+    /// another rebuild holds it.
+    pub fn take(live_file: &Path) -> Result<Self, ProjectionError> {
+        let mut lock_path = live_file.as_os_str().to_owned();
+        lock_path.push(".rebuild.lock");
+        let lock_path = PathBuf::from(lock_path);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| ProjectionError::Io {
+                path: lock_path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self {
+                live_file: live_file.to_owned(),
+                _lock: file,
+            }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(ProjectionError::RebuildRunning {
+                lock: lock_path.display().to_string(),
+            }),
+            Err(std::fs::TryLockError::Error(e)) => Err(ProjectionError::Io {
+                path: lock_path.display().to_string(),
+                reason: e.to_string(),
+            }),
+        }
+    }
+
+    /// The live read-store file this claim is for.
+    pub fn live_file(&self) -> &Path {
+        &self.live_file
+    }
+}
+
+/// Passes outside the lock before the swap: after the first (from the first event), more
+/// passes run while the shadow is more than a batch behind, up to this many.
+const MAX_PASSES: usize = 10;
+/// Attempts at the swap; each holds the live write lock at most [`SWAP_CATCH_UP`] for
+/// its catch-up before giving the lock back and trying again.
+const MAX_SWAPS: usize = 10;
+/// Longest catch-up under the live write lock (well inside the 10 s busy timeout that
+/// live projectors wait for the lock).
+const SWAP_CATCH_UP: Duration = Duration::from_secs(3);
+
 /// Rebuilds `projections` blue-green, together: one pass over the log into one shadow
 /// file, then one swap of all their tables. Returns the sequence the swapped-in views
 /// stand at.
 pub async fn rebuild<P: Projection + Clone>(
+    claim: &RebuildClaim,
     projections: Vec<P>,
     live: &ReadStore,
-    live_file: &Path,
     log: &EventLog,
     batch_size: usize,
     on_progress: &(dyn Fn(u64, u64) + Send + Sync),
@@ -124,7 +182,7 @@ pub async fn rebuild<P: Projection + Clone>(
         [one] => *one,
         _ => "all",
     };
-    let shadow_file = shadow_path(live_file, label);
+    let shadow_file = shadow_path(claim.live_file(), label);
     let shadow = ReadStore::open_file(&shadow_file).await?;
     let projector = Projector::combined(
         projections.clone(),
@@ -136,22 +194,36 @@ pub async fn rebuild<P: Projection + Clone>(
         },
     );
     let result: Result<u64, ProjectionError> = async {
-        // Two passes outside any lock: from the first event to the head, then over what
-        // was written meanwhile; the swap catches up the last few events under the live
-        // store's write lock, so a steady writer cannot keep it from finishing.
-        for _ in 0..2 {
-            let head = log.head().await?;
-            let mut target = head;
-            for name in &names {
-                target = target.max(live.checkpoint(name).await?);
+        // Passes outside any lock until the shadow is within a batch of the head; the swap
+        // catches up the last few events under the live store's write lock, so a steady
+        // writer cannot keep it from finishing.
+        for _ in 0..MAX_SWAPS {
+            for pass in 0..MAX_PASSES {
+                let head = log.head().await?;
+                let mut target = head;
+                for name in &names {
+                    target = target.max(live.checkpoint(name).await?);
+                }
+                let done = min_checkpoint(&shadow, &names).await?;
+                if pass > 0 && target.saturating_sub(done) <= batch_size as u64 {
+                    break;
+                }
+                progress_all(live, &names, "rebuilding", done, target).await?;
+                run_with_progress(&projector, target, on_progress).await?;
+                let done = min_checkpoint(&shadow, &names).await?;
+                progress_all(live, &names, "rebuilding", done, target).await?;
             }
-            let done = min_checkpoint(&shadow, &names).await?;
-            progress_all(live, &names, "rebuilding", done, target).await?;
-            run_with_progress(&projector, target, on_progress).await?;
-            let done = min_checkpoint(&shadow, &names).await?;
-            progress_all(live, &names, "rebuilding", done, target).await?;
+            if let Some(at) = swap(&projector, &shadow, live, &shadow_file).await? {
+                return Ok(at);
+            }
+            tracing::info!(
+                projections = ?names,
+                "the catch-up under the write lock took too long; going round again"
+            );
         }
-        swap(&projector, &shadow, live, &shadow_file).await
+        Err(ProjectionError::SwapTimedOut {
+            attempts: MAX_SWAPS,
+        })
     }
     .await;
     shadow.pool().close().await;
@@ -195,7 +267,8 @@ async fn min_checkpoint(store: &ReadStore, names: &[&str]) -> Result<u64, Projec
     Ok(if names.is_empty() { 0 } else { min })
 }
 
-/// Swaps the shadow's tables into the live store and returns the checkpoint they stand at.
+/// Swaps the shadow's tables into the live store and returns the checkpoint they stand at,
+/// or `None` if the shadow could not catch up within [`SWAP_CATCH_UP`].
 ///
 /// Under the live store's write lock (no live projector can commit meanwhile; readers go
 /// on reading the old rows), the shadow first catches up with the live checkpoint, so the
@@ -205,9 +278,13 @@ async fn swap<P: Projection>(
     shadow: &ReadStore,
     live: &ReadStore,
     shadow_file: &Path,
-) -> Result<u64, ProjectionError> {
+) -> Result<Option<u64>, ProjectionError> {
     let names = projector.names();
     let mut conn = live.pool().acquire().await?;
+    // The transaction below is begun by hand: if this future is dropped half-way, the
+    // connection must be closed (SQLite rolls back) rather than go back to the pool
+    // inside a write transaction with the shadow attached.
+    conn.close_on_drop();
     // ATTACH is not allowed inside a transaction: attach first, on this one connection.
     sqlx::query("ATTACH DATABASE ? AS shadow")
         .bind(shadow_file.display().to_string())
@@ -241,9 +318,27 @@ async fn swap<P: Projection>(
             live_at = live_at.max(cp.map_or(0, |(cp,)| crate::sql::u64_of(cp)));
         }
         if min_checkpoint(shadow, &names).await? < live_at {
-            projector.run_until(live_at).await?;
+            let caught_up =
+                tokio::time::timeout(SWAP_CATCH_UP, projector.run_until(live_at)).await;
+            match caught_up {
+                Ok(r) => r?,
+                Err(_) => {
+                    sqlx::query("ROLLBACK").execute(&mut *conn).await?;
+                    return Ok(None);
+                }
+            }
         }
-        let at = min_checkpoint(shadow, &names).await?;
+        // The checkpoint of the rows copied below, read through this connection from the
+        // attached shadow itself: rows and checkpoint come from one snapshot of one file.
+        let mut at = u64::MAX;
+        for name in &names {
+            let cp: Option<(i64,)> =
+                sqlx::query_as("SELECT last_sequence FROM shadow.projection_checkpoints WHERE name = ?")
+                    .bind(*name)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            at = at.min(cp.map_or(0, |(cp,)| crate::sql::u64_of(cp)));
+        }
         if at < live_at {
             return Err(ProjectionError::ShadowBehind { at, live: live_at });
         }
@@ -278,7 +373,7 @@ async fn swap<P: Projection>(
             .await?;
         }
         sqlx::query("COMMIT").execute(&mut *conn).await?;
-        Ok::<_, ProjectionError>(at)
+        Ok::<_, ProjectionError>(Some(at))
     }
     .await;
     if outcome.is_err() {
@@ -292,10 +387,10 @@ async fn swap<P: Projection>(
 
 /// Rebuilds a projection by name (`all` for every one, in one pass) with `policy`.
 pub async fn rebuild_by_name(
+    claim: &RebuildClaim,
     name: &str,
     policy: Arc<Policy>,
     live: &ReadStore,
-    live_file: &Path,
     log: &EventLog,
     batch_size: usize,
     on_progress: &(dyn Fn(&str, u64, u64) + Send + Sync),
@@ -303,7 +398,7 @@ pub async fn rebuild_by_name(
     let projections = AnyProjection::named(name, &policy)?;
     let names: Vec<String> = projections.iter().map(|p| p.name().to_owned()).collect();
     let progress = |d: u64, t: u64| on_progress(name, d, t);
-    let at = rebuild(projections, live, live_file, log, batch_size, &progress).await?;
+    let at = rebuild(claim, projections, live, log, batch_size, &progress).await?;
     Ok(names.into_iter().map(|n| (n, at)).collect())
 }
 

@@ -54,9 +54,9 @@ pub(crate) async fn load_states<S: DeserializeOwned>(
     Ok(out)
 }
 
-/// The domain event of a stored envelope.
-pub(crate) fn decode(stored: &StoredEvent) -> Result<Event, ProjectionError> {
-    stored.envelope.event().map_err(|e| {
+/// The domain event of a stored envelope (decoded once for all projections of a batch).
+pub(crate) fn decode(stored: &StoredEvent) -> Result<&Event, ProjectionError> {
+    stored.event().map_err(|e| {
         crm_log::LogError::Decode {
             sequence: stored.sequence,
             reason: e.to_string(),

@@ -51,12 +51,31 @@ impl ReadStore {
             // with a Python sqlite3 loop, 1,000,000 audit-index rows in transactions of
             // 5,000: 14,800 rows/s -> 21,000 rows/s).
             .pragma("wal_autocheckpoint", "16384");
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts)
-            .await?;
-        migrate(&pool).await?;
-        Ok(Self { pool })
+        // Two processes creating the same fresh file at once (two projectors starting
+        // together) can find it locked while the other sets up WAL mode or migrates; SQLite
+        // answers that with SQLITE_BUSY at once, not through the busy timeout. Retry.
+        let mut attempt = 0u32;
+        loop {
+            let opened = async {
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(opts.clone())
+                    .await?;
+                migrate(&pool).await?;
+                Ok::<_, ProjectionError>(pool)
+            }
+            .await;
+            match opened {
+                Ok(pool) => return Ok(Self { pool }),
+                Err(e) if attempt < 40 && is_busy(&e) => {
+                    attempt += 1;
+                    tracing::debug!(error = %e, attempt, "read store busy at open; retrying");
+                    tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt.min(10))))
+                        .await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 
     /// The connection pool.
@@ -109,6 +128,22 @@ impl ReadStore {
     }
 }
 
+/// Whether `e` is SQLite's "database is locked" / "database is busy" (codes 5 and 6).
+fn is_busy(e: &ProjectionError) -> bool {
+    let db = match e {
+        ProjectionError::Db(sqlx::Error::Database(db)) => db,
+        ProjectionError::Migrate(
+            sqlx::migrate::MigrateError::Execute(sqlx::Error::Database(db))
+            | sqlx::migrate::MigrateError::ExecuteMigration(sqlx::Error::Database(db), _),
+        ) => db,
+        _ => return false,
+    };
+    matches!(
+        db.code().as_deref(),
+        Some("5" | "6" | "517" | "261" | "773")
+    )
+}
+
 /// Applies the migrations. sqlx takes no lock on SQLite, so two processes opening a fresh
 /// file at once (`crm dev` next to `crm project`, two projectors) can both try the same
 /// migration; each migration runs in its own transaction, so the loser's attempt rolls back
@@ -126,5 +161,29 @@ async fn migrate(pool: &SqlitePool) -> Result<(), ProjectionError> {
             }
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Several openers of one fresh file at once (as two projector processes starting
+    /// together): every one gets a migrated store, none fails with "database is locked".
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_opens_of_a_fresh_file_all_succeed() -> anyhow::Result<()> {
+        for round in 0..5 {
+            let dir = tempfile::tempdir()?;
+            let path = dir.path().join(format!("views-{round}.sqlite"));
+            let opens = (0..6).map(|_| {
+                let path = path.clone();
+                tokio::spawn(async move { ReadStore::open_file(&path).await })
+            });
+            for opened in futures::future::join_all(opens).await {
+                let store = opened??;
+                assert_eq!(store.checkpoint("lifecycle").await?, 0);
+            }
+        }
+        Ok(())
     }
 }

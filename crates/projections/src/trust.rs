@@ -76,7 +76,7 @@ impl Projection for TrustProjection {
             account.version = env.version;
             account.last_sequence = stored.sequence;
             let event = decode(stored)?;
-            for (i, entry) in trust::price(&event, &self.policy.trust)
+            for (i, entry) in trust::price(event, &self.policy.trust)
                 .into_iter()
                 .enumerate()
             {

@@ -160,7 +160,10 @@ pub struct RebuildAccepted {
 #[utoipa::path(
     post, path = "/v1/admin/projections/{name}/rebuild", tag = "admin",
     params(("name" = String, Path, description = "audit, lifecycle, trust, health, renewals or all")),
-    responses((status = 202, description = "The rebuild started", body = RebuildAccepted)),
+    responses(
+        (status = 202, description = "The rebuild started", body = RebuildAccepted),
+        (status = 409, description = "A rebuild into this read store is already running (`rebuild_running`)"),
+    ),
     security(("api_key" = []))
 )]
 pub async fn rebuild(
@@ -181,15 +184,17 @@ pub async fn rebuild(
             "this gateway has no read-store file to rebuild into",
         ));
     };
+    // Claimed here, so a second call while one runs is refused with 409 at once.
+    let claim = crm_projections::rebuild::RebuildClaim::take(&ctx.live_file)?;
     let store = state.store.clone();
     let log = state.customers.log().clone();
     let which = name.clone();
     tokio::spawn(async move {
         let result = crm_projections::rebuild::rebuild_by_name(
+            &claim,
             &which,
             ctx.policy,
             &store,
-            &ctx.live_file,
             &log,
             ctx.batch_size,
             &|_, _, _| {},
