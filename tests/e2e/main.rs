@@ -11,6 +11,7 @@ mod doors;
 mod grpc;
 mod hostile;
 mod idempotency;
+mod leases;
 mod lifecycle;
 mod log_guarantees;
 mod projector_crash;

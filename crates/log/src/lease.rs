@@ -6,9 +6,10 @@
 //! - A partition `pp` is held through the key `p.<pp>`: taken with a create (fails if
 //!   someone holds it), renewed with an update on the revision last written (fails if
 //!   someone else took it meanwhile), given back with a delete.
-//! - Each member aims at `ceil(partitions / members)`: it gives back any surplus and takes
-//!   free partitions up to its share, so a newcomer gets work and a dead member's
-//!   partitions move to the survivors once its keys expire.
+//! - Each member aims at its fair share: `partitions / members`, one more for the first
+//!   `partitions % members` members by name, so the shares add up to the partitions. It
+//!   gives back any surplus and takes free partitions up to its share, so a newcomer gets
+//!   work and a dead member's partitions move to the survivors once its keys expire.
 //! - The revision at which a member took a partition is its **fence**: revisions only grow,
 //!   so a later holder always has a larger fence, and the read store refuses a commit
 //!   carrying a smaller fence than the last one it saw. A process that was paused past its
@@ -243,12 +244,19 @@ impl Member {
         // 3. Our share of the partitions among the live members (one listing of the
         //    bucket gives both the members and the partitions taken).
         let all = keys(&self.store).await?;
-        let members = all
+        let mut members: Vec<&str> = all
             .iter()
-            .filter(|k| k.starts_with("members."))
-            .count()
-            .max(1) as u32;
-        let share = self.partitions.div_ceil(members) as usize;
+            .filter_map(|k| k.strip_prefix("members."))
+            .collect();
+        if !members.contains(&self.owner.as_str()) {
+            members.push(&self.owner);
+        }
+        members.sort_unstable();
+        let rank = members
+            .iter()
+            .position(|m| *m == self.owner)
+            .unwrap_or(members.len());
+        let share = fair_share(self.partitions, members.len(), rank);
 
         // 4. Give back any surplus (highest partitions first).
         while self.held.len() > share {
@@ -315,6 +323,16 @@ impl Member {
     }
 }
 
+/// The partitions the member at `rank` (0-based, members sorted by name) should hold:
+/// everyone gets `partitions / members`, the first `partitions % members` one more, so
+/// the shares add up to exactly `partitions` and nobody is left without work while
+/// there is enough to go round.
+fn fair_share(partitions: u32, members: usize, rank: usize) -> usize {
+    let partitions = partitions as usize;
+    let members = members.max(1);
+    partitions / members + usize::from(rank < partitions % members)
+}
+
 fn fnv(s: &str) -> u32 {
     let mut hash: u32 = 0x811c_9dc5;
     for b in s.bytes() {
@@ -322,4 +340,29 @@ fn fnv(s: &str) -> u32 {
         hash = hash.wrapping_mul(0x0100_0193);
     }
     hash
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fair_share;
+
+    #[test]
+    fn fair_shares_add_up_and_leave_nobody_idle() {
+        for members in 1..=20usize {
+            let shares: Vec<usize> = (0..members).map(|r| fair_share(16, members, r)).collect();
+            assert_eq!(
+                shares.iter().sum::<usize>(),
+                16,
+                "{members} members: {shares:?}"
+            );
+            let (lo, hi) = (shares.iter().min(), shares.iter().max());
+            assert!(hi.zip(lo).is_some_and(|(h, l)| h - l <= 1), "{shares:?}");
+            if members <= 16 {
+                assert!(
+                    shares.iter().all(|s| *s >= 1),
+                    "{members} members: {shares:?}"
+                );
+            }
+        }
+    }
 }
