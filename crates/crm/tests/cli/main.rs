@@ -51,6 +51,32 @@ fn start_dev(data_dir: &std::path::Path) -> Dev {
     }
 }
 
+/// A child process killed when the test lets go of it, panics included, so a failing test
+/// leaves no projector running behind it.
+struct Reaped(Child);
+
+impl std::ops::Deref for Reaped {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Reaped {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 fn signal(child: &Child, sig: &str) {
     let status = Command::new("kill")
         .arg(format!("-{sig}"))
@@ -207,6 +233,7 @@ async fn projector_process_killed_mid_stream_resumes_to_the_rebuilt_view() {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
+            .map(Reaped)
             .unwrap()
     };
     let mut first = spawn();
@@ -358,6 +385,7 @@ async fn partitioned_projectors_share_the_partitions_and_fail_over_when_one_is_k
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log).unwrap())
             .spawn()
+            .map(Reaped)
             .unwrap()
     };
     let mut a = spawn(&logs[0]);
