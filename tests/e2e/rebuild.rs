@@ -107,19 +107,7 @@ async fn rebuild_all_while_writing_and_reading() {
     // Afterwards the rebuilt live view equals a view built from scratch.
     app.settle().await;
     let head = app.parts.log.head().await.unwrap();
-    let fresh = ReadStore::open_file(&env.path("fresh.sqlite"))
-        .await
-        .unwrap();
-    rebuild::as_of(
-        "all",
-        Arc::new(crm_projections::policy::default_policy()),
-        &fresh,
-        &app.parts.log,
-        head,
-        1_000,
-    )
-    .await
-    .unwrap();
+    let fresh = env.fresh_views("fresh.sqlite", &app.parts.log, head).await;
     assert_eq!(
         crm_e2e::dump_views(&app.parts.store).await,
         crm_e2e::dump_views(&fresh).await
@@ -277,28 +265,15 @@ async fn as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuild
         ),
         "{again:?}"
     );
-    let resp = app
-        .http
-        .post(format!("{}/v1/admin/projections/health/rebuild", app.base))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 409);
-    let body: Value = resp.json().await.unwrap();
+    let (status, body) = app.post("/v1/admin/projections/health/rebuild").await;
+    assert_eq!(status, 409);
     assert_eq!(body["error"]["code"], "rebuild_running", "{body}");
     assert!(!rebuild::shadow_path(&cfg.store.sqlite_path, "health").exists());
     drop(held);
 
     // Ops can start a rebuild over HTTP and watch it finish.
-    let resp = app
-        .http
-        .post(format!("{}/v1/admin/projections/health/rebuild", app.base))
-        .bearer_auth(KEY)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
+    let (status, _) = app.post("/v1/admin/projections/health/rebuild").await;
+    assert_eq!(status, 202);
     let mut state = Value::Null;
     for _ in 0..500 {
         let (_, s) = app.get("/v1/admin/projections").await;

@@ -91,6 +91,30 @@ impl Env {
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
+
+    /// Every view built from scratch, up to stream sequence `head`, into a new file `name`
+    /// of the test dir (the reference a live or rebuilt view must equal).
+    pub async fn fresh_views(
+        &self,
+        name: &str,
+        log: &EventLog,
+        head: u64,
+    ) -> crm_projections::ReadStore {
+        let fresh = crm_projections::ReadStore::open_file(&self.path(name))
+            .await
+            .expect("open fresh store");
+        crm_projections::rebuild::as_of(
+            "all",
+            std::sync::Arc::new(crm_projections::policy::default_policy()),
+            &fresh,
+            log,
+            head,
+            1_000,
+        )
+        .await
+        .expect("build fresh views");
+        fresh
+    }
 }
 
 /// A running gateway (+ projectors, unless disabled) on a free port.
@@ -184,13 +208,18 @@ impl App {
 
     /// GETs a path with the all-roles key.
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
-        let resp = self
-            .http
-            .get(format!("{}{path}", self.base))
-            .bearer_auth(KEY)
-            .send()
+        self.send(self.http.get(format!("{}{path}", self.base)))
             .await
-            .expect("send");
+    }
+
+    /// POSTs to a path with the all-roles key and no body.
+    pub async fn post(&self, path: &str) -> (StatusCode, Value) {
+        self.send(self.http.post(format!("{}{path}", self.base)))
+            .await
+    }
+
+    async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, Value) {
+        let resp = request.bearer_auth(KEY).send().await.expect("send");
         let status = resp.status();
         (status, resp.json().await.unwrap_or(Value::Null))
     }

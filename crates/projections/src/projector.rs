@@ -448,19 +448,7 @@ async fn raise_watermark(
     let (Some(low), true) = (low, count >= i64::from(total)) else {
         return Ok(());
     };
-    sqlx::query(
-        "INSERT INTO projection_checkpoints (name, last_sequence, updated_at, apply_rate) \
-         VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET \
-         last_sequence = max(last_sequence, excluded.last_sequence), \
-         updated_at = excluded.updated_at, apply_rate = excluded.apply_rate",
-    )
-    .bind(name)
-    .bind(low)
-    .bind(now)
-    .bind(apply_rate)
-    .execute(&mut *tx)
-    .await?;
-    Ok(())
+    write_checkpoint(tx, name, crate::sql::u64_of(low), now, apply_rate).await
 }
 
 /// Records the fences of the held leases, refusing the commit if any partition has since

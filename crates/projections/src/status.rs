@@ -20,8 +20,10 @@ const STALLED_AFTER_SECS: i64 = 60;
 /// means nothing was applied lately, so the rate is 0.
 const RATE_FRESH_SECS: f64 = 15.0;
 
-/// One projection's status.
+/// One projection's status (the body of `GET /v1/admin/projections` and `crm status --json`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[cfg_attr(feature = "openapi", schema(as = ProjectionStatus))]
 pub struct Status {
     pub name: &'static str,
     /// Last stream sequence applied.
@@ -35,12 +37,15 @@ pub struct Status {
     /// Events applied per second over the projector's last ten seconds of commits (0 when
     /// nothing was applied in the last 15 s).
     pub apply_rate: f64,
-    /// `live`, `stalled`, `never_ran`, `rebuilding` or `failed`.
+    /// `live` (caught up or moving), `stalled` (behind and not written for 60 s),
+    /// `never_ran`, `rebuilding` (a shadow copy is being built; reads use the live one) or
+    /// `failed` (the last rebuild failed; the live copy is untouched).
     pub state: &'static str,
     /// When the projection last committed a batch (RFC 3339).
     pub updated_at: Option<String>,
     /// The latest blue-green rebuild, if any: `{state, done, total, started_at,
     /// updated_at, error}`.
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub rebuild: Option<Value>,
 }
 

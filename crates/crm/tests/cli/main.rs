@@ -365,7 +365,7 @@ async fn wait_until<F: AsyncFnMut() -> bool>(
 async fn partitioned_projectors_share_the_partitions_and_fail_over_when_one_is_killed() {
     use crm_e2e::Env;
     use crm_projections::projector::partition_checkpoint;
-    use crm_projections::{ReadStore, rebuild};
+    use crm_projections::ReadStore;
     use std::sync::Arc;
 
     let env = Env::new().await;
@@ -440,19 +440,7 @@ async fn partitioned_projectors_share_the_partitions_and_fail_over_when_one_is_k
         crm_e2e::wait_for_checkpoint_within(&store, name, head, Duration::from_secs(60)).await;
     }
     // The views equal a fresh rebuild from the log.
-    let fresh = ReadStore::open_file(&env.path("fresh.sqlite"))
-        .await
-        .unwrap();
-    rebuild::as_of(
-        "all",
-        Arc::new(crm_projections::policy::default_policy()),
-        &fresh,
-        &log,
-        head,
-        1_000,
-    )
-    .await
-    .unwrap();
+    let fresh = env.fresh_views("fresh.sqlite", &log, head).await;
     assert_eq!(
         crm_e2e::dump_views(&store).await,
         crm_e2e::dump_views(&fresh).await

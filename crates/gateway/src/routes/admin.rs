@@ -6,7 +6,6 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use crm_projections::status::Status;
 use serde::Serialize;
-use serde_json::Value;
 use utoipa::ToSchema;
 
 use crate::app::AppState;
@@ -16,55 +15,15 @@ use crate::error::ApiError;
 /// The projections a gateway reports on.
 pub const PROJECTIONS: [&str; 5] = crm_projections::any::ALL;
 
-/// One projection's status.
-#[derive(Debug, Clone, Serialize, ToSchema)]
-pub struct ProjectionStatus {
-    pub name: &'static str,
-    pub checkpoint: u64,
-    pub log_head: u64,
-    pub lag_events: u64,
-    /// Age of the oldest event not yet applied (0 when caught up).
-    pub lag_seconds: f64,
-    /// Events applied per second over the projector's last ten seconds of commits (0 when
-    /// nothing was applied in the last 15 s).
-    pub apply_rate: f64,
-    /// `live` (caught up or moving), `stalled` (behind and not written for 60 s),
-    /// `never_ran`, `rebuilding` (a shadow copy is being built; reads use the live one) or
-    /// `failed` (the last rebuild failed; the live copy is untouched).
-    pub state: &'static str,
-    pub updated_at: Option<String>,
-    /// The latest blue-green rebuild, if any: `{state, done, total, started_at,
-    /// updated_at, error}`.
-    #[schema(value_type = Option<Object>)]
-    pub rebuild: Option<Value>,
-}
-
-impl From<Status> for ProjectionStatus {
-    fn from(s: Status) -> Self {
-        Self {
-            name: s.name,
-            checkpoint: s.checkpoint,
-            log_head: s.log_head,
-            lag_events: s.lag_events,
-            lag_seconds: s.lag_seconds,
-            apply_rate: s.apply_rate,
-            state: s.state,
-            updated_at: s.updated_at,
-            rebuild: s.rebuild,
-        }
-    }
-}
-
 /// Status of every projection, read from the store and the log.
-pub async fn statuses(state: &AppState) -> Result<Vec<ProjectionStatus>, ApiError> {
-    let all = crm_projections::status::statuses(&state.store, state.customers.log()).await?;
-    Ok(all.into_iter().map(ProjectionStatus::from).collect())
+pub async fn statuses(state: &AppState) -> Result<Vec<Status>, ApiError> {
+    Ok(crm_projections::status::statuses(&state.store, state.customers.log()).await?)
 }
 
 /// Every projection's status.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Projections {
-    pub projections: Vec<ProjectionStatus>,
+    pub projections: Vec<Status>,
 }
 
 /// Per projection: checkpoint, log head, lag in events and seconds, apply rate, state, and the
