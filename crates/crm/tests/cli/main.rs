@@ -364,8 +364,8 @@ async fn wait_until<F: AsyncFnMut() -> bool>(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_projectors_share_the_partitions_and_fail_over_when_one_is_killed() {
     use crm_e2e::Env;
-    use crm_projections::projector::partition_checkpoint;
     use crm_projections::ReadStore;
+    use crm_projections::projector::partition_checkpoint;
     use std::sync::Arc;
 
     let env = Env::new().await;
