@@ -3,12 +3,14 @@
 //! rebuilt copy of the stream.
 
 use async_nats::jetstream;
-use crm_e2e::{AUDIT_KEY, App, Env, read_all, register, sign};
+use crm_e2e::{AUDIT_KEY, App, Db, Env, read_all, register, sign};
 use crm_log::audit::{self, BreakKind, SignedHeads};
 use crm_log::envelope::{Envelope, GENESIS_HASH};
 use crm_log::{EventLog, StoredEvent, StreamSettings};
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+crm_e2e::on_both_stores!(queries_filter_by_customer_type_actor_and_time_and_stream_ndjson,);
 
 async fn populate(app: &App) -> (Uuid, Uuid) {
     let (a, b) = (Uuid::now_v7(), Uuid::now_v7());
@@ -26,9 +28,8 @@ async fn populate(app: &App) -> (Uuid, Uuid) {
     (a, b)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queries_filter_by_customer_type_actor_and_time_and_stream_ndjson() {
-    let env = Env::new().await;
+async fn queries_filter_by_customer_type_actor_and_time_and_stream_ndjson(db: Db) {
+    let env = Env::on(db).await;
     let app = App::start(&env).await;
     let (a, _b) = populate(&app).await;
     app.settle().await;

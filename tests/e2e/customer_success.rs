@@ -1,9 +1,18 @@
 //! The seeds' scenarios, written as the commands real services would send, then the views'
 //! colour, score and reasons asserted exactly.
 
-use crm_e2e::{App, Env};
+use crm_e2e::{App, Db, Env};
 use serde_json::{Value, json};
 use uuid::Uuid;
+
+crm_e2e::on_both_stores!(
+    inactive_orders_down_and_a_complaint_is_red_with_all_three_reasons,
+    purchases_down_three_months_in_a_row_raise_an_alert,
+    a_decision_maker_change_is_at_least_yellow_until_it_ages_out,
+    detractors_repeated_delays_and_an_empty_trust_account_lower_the_score,
+    the_trust_ledger_sums_to_the_balance_per_tier_and_in_total,
+    renewals_list_contracts_with_window_status_and_days_left,
+);
 
 /// Sends a command at a business time (`YYYY-MM-DD`, noon UTC).
 async fn at(app: &App, c: Uuid, day: &str, mut body: Value) -> Value {
@@ -44,9 +53,8 @@ async fn customer(app: &App, c: Uuid) -> Value {
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn inactive_orders_down_and_a_complaint_is_red_with_all_three_reasons() {
-    let env = Env::new().await;
+async fn inactive_orders_down_and_a_complaint_is_red_with_all_three_reasons(db: Db) {
+    let env = Env::on(db).await;
     let app = App::start(&env).await;
     let c = Uuid::now_v7();
     onboard(&app, c, "2025-01-02").await;
@@ -176,9 +184,8 @@ async fn inactive_orders_down_and_a_complaint_is_red_with_all_three_reasons() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn purchases_down_three_months_in_a_row_raise_an_alert() {
-    let env = Env::new().await;
+async fn purchases_down_three_months_in_a_row_raise_an_alert(db: Db) {
+    let env = Env::on(db).await;
     let app = App::start(&env).await;
     let c = Uuid::now_v7();
     onboard(&app, c, "2024-12-01").await;
@@ -212,9 +219,8 @@ async fn purchases_down_three_months_in_a_row_raise_an_alert() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_decision_maker_change_is_at_least_yellow_until_it_ages_out() {
-    let env = Env::new().await;
+async fn a_decision_maker_change_is_at_least_yellow_until_it_ages_out(db: Db) {
+    let env = Env::on(db).await;
     let app = App::start(&env).await;
     let c = Uuid::now_v7();
     onboard(&app, c, "2025-01-02").await;
@@ -262,9 +268,8 @@ async fn a_decision_maker_change_is_at_least_yellow_until_it_ages_out() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn detractors_repeated_delays_and_an_empty_trust_account_lower_the_score() {
-    let env = Env::new().await;
+async fn detractors_repeated_delays_and_an_empty_trust_account_lower_the_score(db: Db) {
+    let env = Env::on(db).await;
     let app = App::start(&env).await;
     let c = Uuid::now_v7();
     onboard(&app, c, "2025-01-02").await;
@@ -303,9 +308,8 @@ async fn detractors_repeated_delays_and_an_empty_trust_account_lower_the_score()
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_trust_ledger_sums_to_the_balance_per_tier_and_in_total() {
-    let env = Env::new().await;
+async fn the_trust_ledger_sums_to_the_balance_per_tier_and_in_total(db: Db) {
+    let env = Env::on(db).await;
     let app = App::start(&env).await;
     let c = Uuid::now_v7();
     onboard(&app, c, "2025-01-02").await;
@@ -414,9 +418,8 @@ async fn the_trust_ledger_sums_to_the_balance_per_tier_and_in_total() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renewals_list_contracts_with_window_status_and_days_left() {
-    let env = Env::new().await;
+async fn renewals_list_contracts_with_window_status_and_days_left(db: Db) {
+    let env = Env::on(db).await;
     let app = App::start(&env).await;
     let c = Uuid::now_v7();
     at(

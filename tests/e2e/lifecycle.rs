@@ -1,12 +1,16 @@
 //! The lifecycle walk through the public command path.
 
-use crm_e2e::{App, Env, register, sign};
+use crm_e2e::{App, Db, Env, register, sign};
 use serde_json::json;
 use uuid::Uuid;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acquisition_growth_maturity_churned_and_win_back() {
-    let env = Env::new().await;
+crm_e2e::on_both_stores!(
+    acquisition_growth_maturity_churned_and_win_back,
+    views_and_log_survive_a_restart,
+);
+
+async fn acquisition_growth_maturity_churned_and_win_back(db: Db) {
+    let env = Env::on(db).await;
     let app = App::start(&env).await;
     let c = Uuid::now_v7();
 
@@ -116,9 +120,8 @@ async fn acquisition_growth_maturity_churned_and_win_back() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn views_and_log_survive_a_restart() {
-    let env = Env::new().await;
+async fn views_and_log_survive_a_restart(db: Db) {
+    let env = Env::on(db).await;
     let c = Uuid::now_v7();
     let app = App::start(&env).await;
     app.accept(c, register("Persist")).await;

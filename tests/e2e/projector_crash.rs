@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crm_e2e::{App, Env, read_all, register, sign};
+use crm_e2e::{App, Db, Env, read_all, register, sign};
 use crm_log::StoredEvent;
 use crm_projections::health::HealthProjection;
 use crm_projections::lifecycle::LifecycleProjection;
@@ -13,6 +13,8 @@ use crm_projections::trust::TrustProjection;
 use crm_projections::{Projection, ProjectionError, Projector, ProjectorOptions, ReadStore};
 use serde_json::json;
 use uuid::Uuid;
+
+crm_e2e::on_both_stores!(crash_inside_and_between_batches_equals_rebuild_for_every_projection,);
 
 async fn generate(app: &App, customers: usize) {
     for i in 0..customers {
@@ -75,16 +77,12 @@ async fn check<P: Projection + Clone>(projection: P, app: &App, env: &Env, event
         )
     };
     // Reference: one clean pass from scratch.
-    let fresh = ReadStore::open_file(&env.path(&format!("{name}-fresh.sqlite")))
-        .await
-        .unwrap();
+    let fresh = env.open_store(&format!("{name}-fresh.sqlite")).await;
     run(&fresh, 10_000, None).run_until(head).await.unwrap();
     assert_eq!(fresh.checkpoint(name).await.unwrap(), head);
 
     // Crash inside the transaction of batch 3: batches 1 and 2 stay, batch 3 vanishes.
-    let crashed = ReadStore::open_file(&env.path(&format!("{name}-crashed.sqlite")))
-        .await
-        .unwrap();
+    let crashed = env.open_store(&format!("{name}-crashed.sqlite")).await;
     let err = run(&crashed, 25, Some(3))
         .run_until(head)
         .await
@@ -123,9 +121,8 @@ async fn check<P: Projection + Clone>(projection: P, app: &App, env: &Env, event
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crash_inside_and_between_batches_equals_rebuild_for_every_projection() {
-    let env = Env::new().await;
+async fn crash_inside_and_between_batches_equals_rebuild_for_every_projection(db: Db) {
+    let env = Env::on(db).await;
     let app = App::start_with(env.config("unused.sqlite"), false).await;
     generate(&app, 40).await;
     let events = read_all(&app.parts.log).await;

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use crm_cli::demo::{self, DemoArgs};
-use crm_e2e::{App, Env, KEY};
+use crm_e2e::{App, Db, Env, KEY};
 use crm_projections::lifecycle::LifecycleProjection;
 use crm_projections::rebuild;
 use crm_projections::{Projector, ProjectorOptions, ReadStore};
@@ -27,9 +27,14 @@ async fn seed(app: &App, customers: u32) -> Vec<Uuid> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn rebuild_all_while_writing_and_reading() {
-    let env = Env::new().await;
+crm_e2e::on_both_stores!(
+    rebuild_all_while_writing_and_reading,
+    a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_resume,
+    as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuilds,
+);
+
+async fn rebuild_all_while_writing_and_reading(db: Db) {
+    let env = Env::on(db).await;
     let app = Arc::new(App::start(&env).await);
     let ids = seed(&app, 20).await;
     app.settle().await;
@@ -78,14 +83,13 @@ async fn rebuild_all_while_writing_and_reading() {
         })
     };
 
-    let cfg = env.config("views.sqlite");
     let policy = Arc::new(crm_projections::policy::default_policy());
     // The writer never pauses: the rebuild must still finish (its last catch-up runs under
     // the live store's write lock), not chase the head for ever.
     let done = tokio::time::timeout(
         Duration::from_secs(180),
         rebuild::rebuild_by_name(
-            &rebuild::RebuildClaim::take(&cfg.store.sqlite_path).unwrap(),
+            &rebuild::RebuildClaim::take(&app.parts.store).await.unwrap(),
             "all",
             policy,
             &app.parts.store,
@@ -117,14 +121,13 @@ async fn rebuild_all_while_writing_and_reading() {
         assert_eq!(p["rebuild"]["state"], "done", "{p}");
     }
     assert!(
-        !rebuild::shadow_path(&cfg.store.sqlite_path, "health").exists(),
+        !env.shadow_exists("views.sqlite", "all").await,
         "shadow removed"
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_resume() {
-    let env = Env::new().await;
+async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_resume(db: Db) {
+    let env = Env::on(db).await;
     let app = App::start(&env).await;
     let ids = seed(&app, 8).await;
     app.settle().await;
@@ -134,9 +137,8 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
     let mut policy = crm_projections::policy::default_policy();
     policy.version = "2026-12-generous".into();
     policy.trust.care_touch = 50;
-    let cfg = env.config("views.sqlite");
     rebuild::rebuild_by_name(
-        &rebuild::RebuildClaim::take(&cfg.store.sqlite_path).unwrap(),
+        &rebuild::RebuildClaim::take(&app.parts.store).await.unwrap(),
         "trust",
         Arc::new(policy),
         &app.parts.store,
@@ -166,8 +168,9 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
     // An interrupted rebuild left a half-built shadow: the next one resumes from it, and
     // the live view was never touched in between.
     let head = app.parts.log.head().await.unwrap();
-    let shadow_file = rebuild::shadow_path(&cfg.store.sqlite_path, "lifecycle");
-    let shadow = ReadStore::open_file(&shadow_file).await.unwrap();
+    let shadow = ReadStore::open_at(&app.parts.store.location().shadow("lifecycle"))
+        .await
+        .unwrap();
     Projector::new(
         LifecycleProjection,
         shadow.clone(),
@@ -189,7 +192,7 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
         .unwrap();
     assert_eq!(live_before.len(), 8);
     let done = rebuild::rebuild_by_name(
-        &rebuild::RebuildClaim::take(&cfg.store.sqlite_path).unwrap(),
+        &rebuild::RebuildClaim::take(&app.parts.store).await.unwrap(),
         "lifecycle",
         Arc::new(crm_projections::policy::default_policy()),
         &app.parts.store,
@@ -209,9 +212,8 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuilds() {
-    let env = Env::new().await;
+async fn as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuilds(db: Db) {
+    let env = Env::on(db).await;
     let app = App::start(&env).await;
     let ids = seed(&app, 6).await;
     app.settle().await;
@@ -229,9 +231,7 @@ async fn as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuild
     app.settle().await;
     assert_ne!(crm_e2e::dump_views(&app.parts.store).await, then);
 
-    let past = ReadStore::open_file(&env.path("as-of.sqlite"))
-        .await
-        .unwrap();
+    let past = env.open_store("as-of.sqlite").await;
     rebuild::as_of(
         "all",
         Arc::new(crm_projections::policy::default_policy()),
@@ -255,9 +255,8 @@ async fn as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuild
 
     // While another rebuild holds the store (here: this test, as `crm replay` would), a
     // rebuild over HTTP is refused at once with 409 and touches nothing.
-    let cfg = env.config("views.sqlite");
-    let held = rebuild::RebuildClaim::take(&cfg.store.sqlite_path).unwrap();
-    let again = rebuild::RebuildClaim::take(&cfg.store.sqlite_path);
+    let held = rebuild::RebuildClaim::take(&app.parts.store).await.unwrap();
+    let again = rebuild::RebuildClaim::take(&app.parts.store).await;
     assert!(
         matches!(
             again,
@@ -268,7 +267,7 @@ async fn as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuild
     let (status, body) = app.post("/v1/admin/projections/health/rebuild").await;
     assert_eq!(status, 409);
     assert_eq!(body["error"]["code"], "rebuild_running", "{body}");
-    assert!(!rebuild::shadow_path(&cfg.store.sqlite_path, "health").exists());
+    assert!(!env.shadow_exists("views.sqlite", "health").await);
     drop(held);
 
     // Ops can start a rebuild over HTTP and watch it finish.

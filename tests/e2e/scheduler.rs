@@ -3,16 +3,17 @@
 
 use std::sync::Arc;
 
-use crm_e2e::{App, Env, read_all};
+use crm_e2e::{App, Db, Env, read_all};
 use crm_log::Customers;
 use crm_scheduler::{ManualClock, Scheduler};
 use serde_json::json;
 use time::macros::datetime;
 use uuid::Uuid;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renewal_due_and_inactivity_exactly_once() {
-    let env = Env::new().await;
+crm_e2e::on_both_stores!(renewal_due_and_inactivity_exactly_once,);
+
+async fn renewal_due_and_inactivity_exactly_once(db: Db) {
+    let env = Env::on(db).await;
     let app = App::start(&env).await;
     let c = Uuid::now_v7();
     let at = |mut body: serde_json::Value| {

@@ -1,5 +1,11 @@
 //! Test support: a real nats-server per test, the real gateway and projectors on free
-//! ports, SQLite in a temporary directory, and a small HTTP client.
+//! ports, the read store in SQLite (a temporary directory) or PostgreSQL (fresh schemas of
+//! a real server), and a small HTTP client.
+//!
+//! PostgreSQL is at `CRM_TEST_POSTGRES_URL` (default
+//! `postgres://postgres@127.0.0.1:5432/crm_test`, created if missing); `scripts/test.sh`
+//! makes sure a server is there. Tests on PostgreSQL fail, rather than pass unseen, when
+//! it is not.
 #![allow(clippy::unwrap_used)] // test support: a panic is the failure report
 
 use std::path::PathBuf;
@@ -10,6 +16,7 @@ use crm_cli::services::{self, Parts};
 use crm_gateway::{ApiKeyConfig, Role};
 use crm_log::server::NatsServer;
 use crm_log::{EventLog, StoredEvent, StreamSettings};
+use crm_projections::store::Location;
 use reqwest::StatusCode;
 use serde_json::Value;
 use tokio::net::TcpListener;
@@ -31,35 +38,181 @@ pub const ROLE_KEYS: [(Role, &str); 4] = [
 /// The audit signing key of test apps.
 pub const AUDIT_KEY: &str = "test-audit-signing-key";
 
-/// A nats-server and a temporary directory for one test.
+/// The database a test keeps its read stores in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+/// Runs each named `async fn(Db)` test twice: `<name>::sqlite` and `<name>::postgres`.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($test:ident),* $(,)?) => {
+        $(
+            mod $test {
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn sqlite() {
+                    super::$test($crate::Db::Sqlite).await
+                }
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn postgres() {
+                    super::$test($crate::Db::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
+/// The PostgreSQL database tests use.
+pub fn postgres_url() -> String {
+    std::env::var("CRM_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/crm_test".into())
+}
+
+/// Makes sure the test database exists (creating it through the server's `postgres`
+/// database if not).
+async fn ensure_postgres_database(url: &str) {
+    use sqlx::Connection;
+    sqlx::any::install_default_drivers();
+    match sqlx::AnyConnection::connect(url).await {
+        Ok(conn) => {
+            let _ = conn.close().await;
+        }
+        Err(sqlx::Error::Database(e)) if e.code().as_deref() == Some("3D000") => {
+            let (server, name) = url.rsplit_once('/').expect("a database in the URL");
+            let name = name.split('?').next().unwrap_or(name);
+            let mut admin = sqlx::AnyConnection::connect(&format!("{server}/postgres"))
+                .await
+                .unwrap_or_else(|e| panic!("PostgreSQL at {server}: {e}"));
+            let create = format!("CREATE DATABASE {name}");
+            match sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+                .execute(&mut admin)
+                .await
+            {
+                Ok(_) => {}
+                // Another test created it meanwhile.
+                Err(sqlx::Error::Database(e))
+                    if matches!(e.code().as_deref(), Some("42P04" | "23505")) => {}
+                Err(e) => panic!("creating test database {name}: {e}"),
+            }
+        }
+        Err(e) => panic!(
+            "PostgreSQL tests need a server at {url} (set CRM_TEST_POSTGRES_URL, or run \
+             scripts/test.sh, which starts one): {e}"
+        ),
+    }
+}
+
+/// A nats-server and a temporary directory (and, on PostgreSQL, a schema prefix) for one
+/// test.
 pub struct Env {
     pub nats: NatsServer,
     pub dir: tempfile::TempDir,
     pub stream: StreamSettings,
+    pub db: Db,
+    /// Unique per test: the schemas of its stores start with it.
+    prefix: String,
 }
 
 impl Env {
-    /// Starts a fresh nats-server.
+    /// Starts a fresh nats-server; read stores in SQLite.
     pub async fn new() -> Env {
         Self::with_stream(StreamSettings::default()).await
     }
 
+    /// Starts a fresh nats-server; read stores in `db`.
+    pub async fn on(db: Db) -> Env {
+        Self::with(StreamSettings::default(), db).await
+    }
+
     /// Starts a fresh nats-server; the stream will be created with `stream`.
     pub async fn with_stream(stream: StreamSettings) -> Env {
+        Self::with(stream, Db::Sqlite).await
+    }
+
+    async fn with(stream: StreamSettings, db: Db) -> Env {
+        if db == Db::Postgres {
+            ensure_postgres_database(&postgres_url()).await;
+        }
         let nats = NatsServer::start().await.expect("start nats-server");
+        let id = Uuid::new_v4().simple().to_string();
         Env {
             nats,
             dir: tempfile::tempdir().expect("tempdir"),
             stream,
+            db,
+            prefix: format!("t{}", &id[id.len() - 12..]),
         }
     }
 
-    /// Config for an app whose read store is the file `views` in the test dir.
+    /// Where the store called `name` lives: the file `name` in the test dir, or a schema
+    /// named after it.
+    pub fn location(&self, name: &str) -> Location {
+        match self.db {
+            Db::Sqlite => Location::Sqlite(self.dir.path().join(name)),
+            Db::Postgres => {
+                let stem: String = name
+                    .split('.')
+                    .next()
+                    .unwrap_or(name)
+                    .chars()
+                    .map(|c| {
+                        if c.is_ascii_alphanumeric() {
+                            c.to_ascii_lowercase()
+                        } else {
+                            '_'
+                        }
+                    })
+                    .take(20)
+                    .collect();
+                Location::Postgres {
+                    url: postgres_url(),
+                    schema: format!("{}_{stem}", self.prefix),
+                }
+            }
+        }
+    }
+
+    /// Opens the store called `name` (see [`Env::location`]).
+    pub async fn open_store(&self, name: &str) -> crm_projections::ReadStore {
+        crm_projections::ReadStore::open_at(&self.location(name))
+            .await
+            .unwrap_or_else(|e| panic!("open store {name}: {e}"))
+    }
+
+    /// Whether a rebuild's shadow copy of `label` next to the store `name` exists.
+    pub async fn shadow_exists(&self, name: &str, label: &str) -> bool {
+        match self.location(name).shadow(label) {
+            Location::Sqlite(file) => file.exists(),
+            Location::Postgres { url, schema } => {
+                use sqlx::Connection;
+                let mut conn = sqlx::AnyConnection::connect(&url).await.expect("connect");
+                let (n,): (i64,) = sqlx::query_as(
+                    "SELECT COUNT(*) FROM information_schema.schemata WHERE schema_name = $1",
+                )
+                .bind(schema)
+                .fetch_one(&mut conn)
+                .await
+                .expect("query schemata");
+                n > 0
+            }
+        }
+    }
+
+    /// Config for an app whose read store is the store `views` (see [`Env::location`]).
     pub fn config(&self, views: &str) -> Config {
         let mut cfg = Config::default();
         cfg.nats.url = self.nats.url();
         cfg.stream = self.stream.clone();
-        cfg.store.sqlite_path = self.dir.path().join(views);
+        match self.location(views) {
+            Location::Sqlite(file) => cfg.store.sqlite_path = file,
+            Location::Postgres { url, schema } => {
+                cfg.store.sqlite_path = self.dir.path().join(views);
+                cfg.store.postgres_url = Some(url);
+                cfg.store.postgres_schema = schema;
+            }
+        }
         cfg.projector.batch_size = 500;
         cfg.gateway.api_keys = vec![ApiKeyConfig {
             name: "tester".into(),
@@ -100,9 +253,7 @@ impl Env {
         log: &EventLog,
         head: u64,
     ) -> crm_projections::ReadStore {
-        let fresh = crm_projections::ReadStore::open_file(&self.path(name))
-            .await
-            .expect("open fresh store");
+        let fresh = self.open_store(name).await;
         crm_projections::rebuild::as_of(
             "all",
             std::sync::Arc::new(crm_projections::policy::default_policy()),

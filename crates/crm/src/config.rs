@@ -6,22 +6,43 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use crm_gateway::GatewayConfig;
 use crm_log::{NatsConfig, StreamSettings};
+use crm_projections::store::Location;
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
 
-/// Where the read models live.
+/// Where the read models live: a SQLite file (the default), or a schema of a PostgreSQL
+/// database when `postgres_url` is set.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StoreConfig {
-    /// SQLite file.
+    /// SQLite file (used when `postgres_url` is not set).
     pub sqlite_path: PathBuf,
+    /// `postgres://user:password@host:port/database`: keep the read models in PostgreSQL.
+    pub postgres_url: Option<String>,
+    /// The PostgreSQL schema of the read models (created if missing).
+    pub postgres_schema: String,
 }
 
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             sqlite_path: PathBuf::from("views.sqlite"),
+            postgres_url: None,
+            postgres_schema: "crm".into(),
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The configured read store.
+    pub fn location(&self) -> Location {
+        match &self.postgres_url {
+            Some(url) => Location::Postgres {
+                url: url.clone(),
+                schema: self.postgres_schema.clone(),
+            },
+            None => Location::Sqlite(self.sqlite_path.clone()),
         }
     }
 }

@@ -6,6 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 use crm_projections::ReadStore;
 use crm_projections::rebuild;
+use crm_projections::store::Location;
 use indicatif::{ProgressBar, ProgressStyle};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
@@ -22,9 +23,39 @@ pub struct ReplayArgs {
     /// into `--into` instead of swapping it live.
     #[arg(long, requires = "into")]
     pub as_of: Option<String>,
-    /// SQLite file for an as-of view.
+    /// Where an as-of view goes: a SQLite file, or `postgres:SCHEMA` for a schema of the
+    /// configured PostgreSQL database.
     #[arg(long)]
-    pub into: Option<PathBuf>,
+    pub into: Option<String>,
+}
+
+/// The store an as-of view goes into: `postgres:SCHEMA` (in the configured PostgreSQL
+/// database) or a SQLite file; never the live store.
+fn into_location(cfg: &Config, into: &str) -> anyhow::Result<Location> {
+    let live = cfg.store.location();
+    let target = match into.strip_prefix("postgres:") {
+        Some(schema) => {
+            let url =
+                cfg.store.postgres_url.clone().context(
+                    "--into postgres:SCHEMA needs a PostgreSQL store (store.postgres_url)",
+                )?;
+            Location::Postgres {
+                url,
+                schema: schema.to_owned(),
+            }
+        }
+        None => Location::Sqlite(PathBuf::from(into)),
+    };
+    let same = match (&target, &live) {
+        (Location::Sqlite(a), Location::Sqlite(b)) => {
+            a == b
+                || (a.canonicalize().ok().is_some()
+                    && a.canonicalize().ok() == b.canonicalize().ok())
+        }
+        (a, b) => a == b,
+    };
+    anyhow::ensure!(!same, "--into must not be the live read store");
+    Ok(target)
 }
 
 /// Runs a replay.
@@ -42,11 +73,8 @@ pub async fn run(cfg: Config, args: ReplayArgs) -> anyhow::Result<()> {
             }
         };
         let into = args.into.context("--as-of needs --into FILE")?;
-        anyhow::ensure!(
-            into.canonicalize().ok() != cfg.store.sqlite_path.canonicalize().ok(),
-            "--into must not be the live read store"
-        );
-        let target = ReadStore::open_file(&into).await?;
+        let into = into_location(&cfg, &into)?;
+        let target = ReadStore::open_at(&into).await?;
         let started = Instant::now();
         rebuild::as_of(
             &args.projection,
@@ -58,9 +86,8 @@ pub async fn run(cfg: Config, args: ReplayArgs) -> anyhow::Result<()> {
         )
         .await?;
         println!(
-            "{} as of sequence {at} written to {} in {:.1}s",
+            "{} as of sequence {at} written to {into} in {:.1}s",
             args.projection,
-            into.display(),
             started.elapsed().as_secs_f64()
         );
         return Ok(());
@@ -77,7 +104,7 @@ pub async fn run(cfg: Config, args: ReplayArgs) -> anyhow::Result<()> {
         bar.set_length(total);
         bar.set_position(done);
     };
-    let claim = rebuild::RebuildClaim::take(&cfg.store.sqlite_path)?;
+    let claim = rebuild::RebuildClaim::take(&parts.store).await?;
     let done = rebuild::rebuild_by_name(
         &claim,
         &args.projection,

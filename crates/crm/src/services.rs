@@ -34,9 +34,10 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Parts> {
         cfg.gateway.cache_capacity,
         cfg.gateway.max_attempts,
     ));
-    let store = ReadStore::open_file(&cfg.store.sqlite_path)
+    let location = cfg.store.location();
+    let store = ReadStore::open_at(&location)
         .await
-        .with_context(|| format!("opening read store {}", cfg.store.sqlite_path.display()))?;
+        .with_context(|| format!("opening read store {location}"))?;
     Ok(Parts {
         log,
         customers,
@@ -62,7 +63,6 @@ pub fn app_state(cfg: &Config, parts: &Parts) -> anyhow::Result<AppState> {
             .map(|k| Arc::new(k.expose().as_bytes().to_vec())),
         rebuild: Some(crm_gateway::RebuildContext {
             policy: policy(cfg)?,
-            live_file: cfg.store.sqlite_path.clone(),
             batch_size: cfg.projector.batch_size,
         }),
     })

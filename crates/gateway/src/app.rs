@@ -62,11 +62,10 @@ pub struct AppState {
     pub rebuild: Option<RebuildContext>,
 }
 
-/// The policy and files a blue-green rebuild uses.
+/// The policy and batch size a blue-green rebuild uses (into the state's read store).
 #[derive(Debug, Clone)]
 pub struct RebuildContext {
     pub policy: Arc<crm_domain::policy::Policy>,
-    pub live_file: std::path::PathBuf,
     pub batch_size: usize,
 }
 

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use crm_domain::policy::Policy;
 use crm_log::StoredEvent;
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 
 use crate::audit::AuditProjection;
 use crate::error::ProjectionError;
@@ -90,7 +90,7 @@ impl Projection for AnyProjection {
 
     async fn apply_batch(
         &self,
-        tx: &mut SqliteConnection,
+        tx: &mut AnyConnection,
         events: &[StoredEvent],
     ) -> Result<(), ProjectionError> {
         match self {

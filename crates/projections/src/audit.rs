@@ -8,12 +8,12 @@ use crm_domain::CustomerId;
 use crm_log::StoredEvent;
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::AnyConnection;
 use time::OffsetDateTime;
 
 use crate::error::ProjectionError;
 use crate::projector::Projection;
-use crate::sql::{ROWS_PER_STATEMENT, i64_of, rfc3339, u64_of};
+use crate::sql::{ROWS_PER_STATEMENT, Sql, i64_of, rfc3339, u64_of};
 use crate::store::ReadStore;
 
 /// The projection's name.
@@ -38,23 +38,23 @@ impl Projection for AuditProjection {
 
     async fn apply_batch(
         &self,
-        tx: &mut SqliteConnection,
+        tx: &mut AnyConnection,
         events: &[StoredEvent],
     ) -> Result<(), ProjectionError> {
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            let mut q = Sql::new(
                 "INSERT INTO audit_index (sequence, customer_id, event_type, actor, occurred_us, recorded_us) ",
             );
-            q.push_values(chunk, |mut b, e| {
-                b.push_bind(i64_of(e.sequence))
-                    .push_bind(e.envelope.customer_id.to_string())
-                    .push_bind(e.envelope.event_type.clone())
-                    .push_bind(e.envelope.actor.clone())
-                    .push_bind(micros(e.envelope.occurred_at))
-                    .push_bind(micros(e.envelope.recorded_at));
+            q.values(chunk, |b, e| {
+                b.bind(i64_of(e.sequence))
+                    .bind(e.envelope.customer_id.to_string())
+                    .bind(e.envelope.event_type.clone())
+                    .bind(e.envelope.actor.clone())
+                    .bind(micros(e.envelope.occurred_at))
+                    .bind(micros(e.envelope.recorded_at));
             });
             q.push(" ON CONFLICT (sequence) DO NOTHING");
-            q.build().execute(&mut *tx).await?;
+            q.execute(&mut *tx).await?;
         }
         // The latest head of every customer in the batch.
         let mut heads: HashMap<String, (u64, &str, u64)> = HashMap::new();
@@ -66,21 +66,19 @@ impl Projection for AuditProjection {
         }
         let heads: Vec<_> = heads.into_iter().collect();
         for chunk in heads.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO chain_heads (customer_id, version, hash, sequence) ",
-            );
-            q.push_values(chunk, |mut b, (c, (v, h, s))| {
-                b.push_bind(c.clone())
-                    .push_bind(i64_of(*v))
-                    .push_bind(h.to_string())
-                    .push_bind(i64_of(*s));
+            let mut q = Sql::new("INSERT INTO chain_heads (customer_id, version, hash, sequence) ");
+            q.values(chunk, |b, (c, (v, h, s))| {
+                b.bind(c.clone())
+                    .bind(i64_of(*v))
+                    .bind(h.to_string())
+                    .bind(i64_of(*s));
             });
             q.push(
                 " ON CONFLICT (customer_id) DO UPDATE SET version = excluded.version, \
                  hash = excluded.hash, sequence = excluded.sequence \
                  WHERE excluded.sequence > chain_heads.sequence",
             );
-            q.build().execute(&mut *tx).await?;
+            q.execute(&mut *tx).await?;
         }
         Ok(())
     }
@@ -93,9 +91,9 @@ pub async fn create_checkpoint(
     key: &[u8],
 ) -> Result<Option<ChainCheckpoint>, ProjectionError> {
     // One read transaction: the heads and the checkpoint are consistent.
-    let mut tx = store.pool().begin().await?;
+    let mut tx = store.begin_read().await?;
     let head: Option<(i64,)> =
-        sqlx::query_as("SELECT last_sequence FROM projection_checkpoints WHERE name = ?")
+        sqlx::query_as("SELECT last_sequence FROM projection_checkpoints WHERE name = $1")
             .bind(NAME)
             .fetch_optional(&mut *tx)
             .await?;
@@ -183,17 +181,16 @@ pub async fn query(
     after: u64,
     limit: u32,
 ) -> Result<Vec<u64>, ProjectionError> {
-    let mut q: QueryBuilder<Sqlite> =
-        QueryBuilder::new("SELECT sequence FROM audit_index WHERE sequence > ");
-    q.push_bind(i64_of(after));
+    let mut q = Sql::new("SELECT sequence FROM audit_index WHERE sequence > ");
+    q.bind(i64_of(after));
     if let Some(c) = &filter.customer_id {
-        q.push(" AND customer_id = ").push_bind(c.clone());
+        q.push(" AND customer_id = ").bind(c.clone());
     }
     if let Some(t) = &filter.event_type {
-        q.push(" AND event_type = ").push_bind(t.clone());
+        q.push(" AND event_type = ").bind(t.clone());
     }
     if let Some(a) = &filter.actor {
-        q.push(" AND actor = ").push_bind(a.clone());
+        q.push(" AND actor = ").bind(a.clone());
     }
     // Times are stored as integer microseconds (UTC), so ranges compare exactly and can use
     // the (event_type, occurred_us), occurred_us and recorded_us indexes.
@@ -204,13 +201,11 @@ pub async fn query(
         ("recorded_us", "<=", filter.recorded_to),
     ] {
         if let Some(t) = bound {
-            q.push(format_args!(" AND {column} {op} "))
-                .push_bind(micros(t));
+            q.push(format_args!(" AND {column} {op} ")).bind(micros(t));
         }
     }
-    q.push(" ORDER BY sequence LIMIT ")
-        .push_bind(i64::from(limit));
-    let rows: Vec<(i64,)> = q.build_query_as().fetch_all(store.pool()).await?;
+    q.push(" ORDER BY sequence LIMIT ").bind(i64::from(limit));
+    let rows: Vec<(i64,)> = q.fetch_all(store.pool()).await?;
     Ok(rows.into_iter().map(|(s,)| u64_of(s)).collect())
 }
 
@@ -268,7 +263,7 @@ pub async fn save_checkpoint(
 ) -> Result<(), ProjectionError> {
     sqlx::query(
         "INSERT INTO audit_checkpoints (head_sequence, created_at, customers, heads_digest, signature) \
-         VALUES (?, ?, ?, ?, ?) ON CONFLICT (head_sequence) DO NOTHING",
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT (head_sequence) DO NOTHING",
     )
     .bind(i64_of(c.head_sequence))
     .bind(&c.created_at)

@@ -25,6 +25,10 @@ pub enum ProjectionError {
     RebuildRunning { lock: String },
     #[error("the rebuild's shadow stopped at {at}, behind the live checkpoint {live}")]
     ShadowBehind { at: u64, live: u64 },
+    #[error(
+        "{0:?} is not a usable PostgreSQL schema name (lower-case letters, digits and _, not starting with a digit, at most 63)"
+    )]
+    BadSchema(String),
     #[error("crash injected before commit of batch {batch}")]
     InjectedCrash { batch: u64 },
 }

@@ -11,11 +11,13 @@ use crm_domain::policy::Policy;
 use crm_log::StoredEvent;
 use serde::Serialize;
 use serde_json::Value;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::AnyConnection;
 
 use crate::error::ProjectionError;
 use crate::projector::Projection;
-use crate::sql::{ROWS_PER_STATEMENT, decode, i64_of, json, load_states, rfc3339, touched, u64_of};
+use crate::sql::{
+    ROWS_PER_STATEMENT, Sql, decode, i64_of, json, load_states, rfc3339, touched, u64_of,
+};
 use crate::store::ReadStore;
 
 /// The projection's name.
@@ -51,7 +53,7 @@ impl Projection for HealthProjection {
 
     async fn apply_batch(
         &self,
-        tx: &mut SqliteConnection,
+        tx: &mut AnyConnection,
         events: &[StoredEvent],
     ) -> Result<(), ProjectionError> {
         let mut rows: HashMap<CustomerId, Row> =
@@ -78,29 +80,29 @@ impl Projection for HealthProjection {
         }
         let list: Vec<_> = rows.iter().collect();
         for chunk in list.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            let mut q = Sql::new(
                 "INSERT INTO customer_health (customer_id, score, color, reasons, tier, version, \
                  last_sequence, policy_version, has_active_contract, activity_reference, \
                  inactivity_flagged_for, state) ",
             );
-            q.push_values(chunk, |mut b, (id, row)| {
+            q.values(chunk, |b, (id, row)| {
                 let h = &row.health;
                 let a = h
                     .assessment
                     .clone()
                     .unwrap_or_else(|| h.assess(&self.policy));
-                b.push_bind(id.to_string())
-                    .push_bind(i64::from(a.score))
-                    .push_bind(a.color.as_str())
-                    .push_bind(json(&a.reasons))
-                    .push_bind(a.tier.as_str())
-                    .push_bind(i64_of(h.version))
-                    .push_bind(i64_of(row.last_sequence))
-                    .push_bind(self.policy.version.clone())
-                    .push_bind(i64::from(!h.active_contracts.is_empty()))
-                    .push_bind(h.activity_reference().map(|d| d.to_string()))
-                    .push_bind(h.inactivity_flagged_for.map(|d| d.to_string()))
-                    .push_bind(json(row));
+                b.bind(id.to_string())
+                    .bind(i64::from(a.score))
+                    .bind(a.color.as_str())
+                    .bind(json(&a.reasons))
+                    .bind(a.tier.as_str())
+                    .bind(i64_of(h.version))
+                    .bind(i64_of(row.last_sequence))
+                    .bind(self.policy.version.clone())
+                    .bind(i64::from(!h.active_contracts.is_empty()))
+                    .bind(h.activity_reference().map(|d| d.to_string()))
+                    .bind(h.inactivity_flagged_for.map(|d| d.to_string()))
+                    .bind(json(row));
             });
             q.push(
                 " ON CONFLICT (customer_id) DO UPDATE SET score = excluded.score, \
@@ -111,30 +113,30 @@ impl Projection for HealthProjection {
                  activity_reference = excluded.activity_reference, \
                  inactivity_flagged_for = excluded.inactivity_flagged_for, state = excluded.state",
             );
-            q.build().execute(&mut *tx).await?;
+            q.execute(&mut *tx).await?;
         }
         let alerts: Vec<_> = alerts.into_iter().collect();
         for chunk in alerts.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            let mut q = Sql::new(
                 "INSERT INTO alerts (customer_id, alert_id, status, color, score, reasons, \
                  recommended_action, raised_at, escalated_at, resolved_at, interventions) ",
             );
-            q.push_values(chunk, |mut b, ((id, alert_id), a)| {
-                b.push_bind(id.to_string())
-                    .push_bind(alert_id.clone())
-                    .push_bind(if a.resolved_at.is_some() {
+            q.values(chunk, |b, ((id, alert_id), a)| {
+                b.bind(id.to_string())
+                    .bind(alert_id.clone())
+                    .bind(if a.resolved_at.is_some() {
                         "resolved"
                     } else {
                         "open"
                     })
-                    .push_bind(a.color.as_str())
-                    .push_bind(i64::from(a.score))
-                    .push_bind(json(&a.reasons))
-                    .push_bind(a.color.recommended_action().0)
-                    .push_bind(rfc3339(a.raised_at))
-                    .push_bind(a.escalated_at.map(rfc3339))
-                    .push_bind(a.resolved_at.map(rfc3339))
-                    .push_bind(json(&a.interventions));
+                    .bind(a.color.as_str())
+                    .bind(i64::from(a.score))
+                    .bind(json(&a.reasons))
+                    .bind(a.color.recommended_action().0)
+                    .bind(rfc3339(a.raised_at))
+                    .bind(a.escalated_at.map(rfc3339))
+                    .bind(a.resolved_at.map(rfc3339))
+                    .bind(json(&a.interventions));
             });
             q.push(
                 " ON CONFLICT (customer_id, alert_id) DO UPDATE SET status = excluded.status, \
@@ -143,7 +145,7 @@ impl Projection for HealthProjection {
                  escalated_at = excluded.escalated_at, resolved_at = excluded.resolved_at, \
                  interventions = excluded.interventions",
             );
-            q.build().execute(&mut *tx).await?;
+            q.execute(&mut *tx).await?;
         }
         Ok(())
     }
@@ -169,7 +171,7 @@ pub async fn get(
     id: &CustomerId,
 ) -> Result<Option<HealthView>, ProjectionError> {
     let row: Option<(String, i64, String, String, String, i64)> = sqlx::query_as(
-        "SELECT color, score, reasons, tier, policy_version, version FROM customer_health WHERE customer_id = ?",
+        "SELECT color, score, reasons, tier, policy_version, version FROM customer_health WHERE customer_id = $1",
     )
     .bind(id.to_string())
     .fetch_optional(store.pool())
@@ -265,22 +267,22 @@ pub async fn open_alerts(
     after: Option<(String, String)>,
     limit: u32,
 ) -> Result<Vec<AlertView>, ProjectionError> {
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+    let mut q = Sql::new(format!(
         "SELECT {ALERT_COLUMNS} FROM alerts WHERE status = 'open'"
     ));
     if let Some(c) = color {
-        q.push(" AND color = ").push_bind(c.to_owned());
+        q.push(" AND color = ").bind(c.to_owned());
     }
     if let Some((customer, alert)) = after {
         q.push(" AND (customer_id, alert_id) > (")
-            .push_bind(customer)
+            .bind(customer)
             .push(", ")
-            .push_bind(alert)
+            .bind(alert)
             .push(")");
     }
     q.push(" ORDER BY customer_id, alert_id LIMIT ")
-        .push_bind(i64::from(limit));
-    let rows: Vec<AlertRow> = q.build_query_as().fetch_all(store.pool()).await?;
+        .bind(i64::from(limit));
+    let rows: Vec<AlertRow> = q.fetch_all(store.pool()).await?;
     Ok(rows.into_iter().map(alert_view).collect())
 }
 
@@ -289,12 +291,11 @@ pub async fn customer_alerts(
     store: &ReadStore,
     id: &CustomerId,
 ) -> Result<Vec<AlertView>, ProjectionError> {
-    let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
+    let mut q = Sql::new(format!(
         "SELECT {ALERT_COLUMNS} FROM alerts WHERE customer_id = "
     ));
-    q.push_bind(id.to_string())
-        .push(" ORDER BY raised_at, alert_id");
-    let rows: Vec<AlertRow> = q.build_query_as().fetch_all(store.pool()).await?;
+    q.bind(id.to_string()).push(" ORDER BY raised_at, alert_id");
+    let rows: Vec<AlertRow> = q.fetch_all(store.pool()).await?;
     Ok(rows.into_iter().map(alert_view).collect())
 }
 
@@ -314,7 +315,7 @@ pub async fn inactivity_candidates(
 ) -> Result<Vec<InactivityCandidate>, ProjectionError> {
     let rows: Vec<(String, String, Option<String>)> = sqlx::query_as(
         "SELECT customer_id, activity_reference, inactivity_flagged_for FROM customer_health \
-         WHERE has_active_contract = 1 AND activity_reference IS NOT NULL AND activity_reference <= ? \
+         WHERE has_active_contract = 1 AND activity_reference IS NOT NULL AND activity_reference <= $1 \
          AND (inactivity_flagged_for IS NULL OR inactivity_flagged_for <> activity_reference)",
     )
     .bind(cutoff.to_string())

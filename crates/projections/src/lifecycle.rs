@@ -7,12 +7,13 @@ use crm_domain::CustomerId;
 use crm_domain::lifecycle::{Lifecycle, Stage, Transition};
 use crm_log::StoredEvent;
 use serde::Serialize;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::AnyConnection;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::error::ProjectionError;
 use crate::projector::Projection;
+use crate::sql::Sql;
 use crate::store::ReadStore;
 
 /// The projection's name.
@@ -43,7 +44,7 @@ impl Projection for LifecycleProjection {
 
     async fn apply_batch(
         &self,
-        tx: &mut SqliteConnection,
+        tx: &mut AnyConnection,
         events: &[StoredEvent],
     ) -> Result<(), ProjectionError> {
         // Load every touched customer once.
@@ -52,15 +53,11 @@ impl Projection for LifecycleProjection {
         ids.dedup();
         let mut states: HashMap<CustomerId, (Lifecycle, u64)> = HashMap::with_capacity(ids.len());
         for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "SELECT customer_id, state, last_sequence FROM lifecycle_customers WHERE customer_id IN (",
+            let mut q = Sql::new(
+                "SELECT customer_id, state, last_sequence FROM lifecycle_customers WHERE customer_id IN ",
             );
-            let mut sep = q.separated(", ");
-            for id in chunk {
-                sep.push_bind(id.to_string());
-            }
-            q.push(")");
-            let rows: Vec<(String, String, i64)> = q.build_query_as().fetch_all(&mut *tx).await?;
+            q.list(chunk.iter().map(ToString::to_string));
+            let rows: Vec<(String, String, i64)> = q.fetch_all(&mut *tx).await?;
             for (id, state, seq) in rows {
                 let corrupt = |reason: String| ProjectionError::CorruptState {
                     customer: id.clone(),
@@ -91,40 +88,40 @@ impl Projection for LifecycleProjection {
             .filter_map(|(id, (lc, seq))| lc.stage.map(|stage| (id, lc, stage, *seq)))
             .collect();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            let mut q = Sql::new(
                 "INSERT INTO lifecycle_customers (customer_id, stage, since, version, last_sequence, won_back, state) ",
             );
-            q.push_values(chunk, |mut b, (id, lc, stage, seq)| {
-                b.push_bind(id.to_string())
-                    .push_bind(stage.as_str())
-                    .push_bind(lc.since.map(rfc3339).unwrap_or_default())
-                    .push_bind(i64_of(lc.version))
-                    .push_bind(i64_of(*seq))
-                    .push_bind(i64::from(lc.won_back))
-                    .push_bind(serde_json::to_string(lc).unwrap_or_default());
+            q.values(chunk, |b, (id, lc, stage, seq)| {
+                b.bind(id.to_string())
+                    .bind(stage.as_str())
+                    .bind(lc.since.map(rfc3339).unwrap_or_default())
+                    .bind(i64_of(lc.version))
+                    .bind(i64_of(*seq))
+                    .bind(i64::from(lc.won_back))
+                    .bind(serde_json::to_string(lc).unwrap_or_default());
             });
             q.push(
                 " ON CONFLICT (customer_id) DO UPDATE SET stage = excluded.stage, since = excluded.since, \
                  version = excluded.version, last_sequence = excluded.last_sequence, \
                  won_back = excluded.won_back, state = excluded.state",
             );
-            q.build().execute(&mut *tx).await?;
+            q.execute(&mut *tx).await?;
         }
         for chunk in transitions.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            let mut q = Sql::new(
                 "INSERT INTO lifecycle_transitions (customer_id, version, from_stage, to_stage, at, event_type, sequence) ",
             );
-            q.push_values(chunk, |mut b, (id, t, seq)| {
-                b.push_bind(id.to_string())
-                    .push_bind(i64_of(t.version))
-                    .push_bind(t.from.map(|s| s.as_str()))
-                    .push_bind(t.to.as_str())
-                    .push_bind(rfc3339(t.at))
-                    .push_bind(t.event_type.clone())
-                    .push_bind(i64_of(*seq));
+            q.values(chunk, |b, (id, t, seq)| {
+                b.bind(id.to_string())
+                    .bind(i64_of(t.version))
+                    .bind(t.from.map(|s| s.as_str()))
+                    .bind(t.to.as_str())
+                    .bind(rfc3339(t.at))
+                    .bind(t.event_type.clone())
+                    .bind(i64_of(*seq));
             });
             q.push(" ON CONFLICT (customer_id, version) DO NOTHING");
-            q.build().execute(&mut *tx).await?;
+            q.execute(&mut *tx).await?;
         }
         Ok(())
     }
@@ -160,7 +157,7 @@ pub async fn get(
     id: &CustomerId,
 ) -> Result<Option<LifecycleView>, ProjectionError> {
     let row: Option<(String, String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT stage, since, version, won_back, last_sequence FROM lifecycle_customers WHERE customer_id = ?",
+        "SELECT stage, since, version, won_back, last_sequence FROM lifecycle_customers WHERE customer_id = $1",
     )
     .bind(id.to_string())
     .fetch_optional(store.pool())
@@ -185,7 +182,7 @@ pub async fn history(
 ) -> Result<Vec<TransitionView>, ProjectionError> {
     let rows: Vec<(Option<String>, String, String, i64, String, i64)> = sqlx::query_as(
         "SELECT from_stage, to_stage, at, version, event_type, sequence FROM lifecycle_transitions \
-         WHERE customer_id = ? AND version > ? ORDER BY version LIMIT ?",
+         WHERE customer_id = $1 AND version > $2 ORDER BY version LIMIT $3",
     )
     .bind(id.to_string())
     .bind(i64_of(after_version))

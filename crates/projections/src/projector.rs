@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crm_log::{EventLog, StoredEvent};
 use futures::StreamExt;
 use serde::Serialize;
-use sqlx::SqliteConnection;
+use sqlx::AnyConnection;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -40,7 +40,7 @@ pub trait Projection: Send + Sync + 'static {
     /// idempotent per event (re-applying an event already reflected changes nothing).
     fn apply_batch(
         &self,
-        tx: &mut SqliteConnection,
+        tx: &mut AnyConnection,
         events: &[StoredEvent],
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
 }
@@ -360,9 +360,7 @@ impl<P: Projection> Projector<P> {
         apply_rate: f64,
         batch_no: u64,
     ) -> Result<(), ProjectionError> {
-        // IMMEDIATE takes SQLite's write lock up front, so concurrent projectors wait on the
-        // busy timeout instead of failing when a read transaction tries to upgrade.
-        let mut tx = self.store.pool().begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.store.begin_write().await?;
         if let Some(share) = &self.options.share {
             check_fences(&mut tx, share).await?;
         }
@@ -406,7 +404,7 @@ impl<P: Projection> Projector<P> {
 }
 
 async fn write_checkpoint(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     key: &str,
     last: u64,
     now: &str,
@@ -416,8 +414,9 @@ async fn write_checkpoint(
     // still re-applying older events (harmlessly) must not move it back.
     sqlx::query(
         "INSERT INTO projection_checkpoints (name, last_sequence, updated_at, apply_rate) \
-         VALUES (?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET \
-         last_sequence = max(last_sequence, excluded.last_sequence), \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET \
+         last_sequence = CASE WHEN excluded.last_sequence > projection_checkpoints.last_sequence \
+         THEN excluded.last_sequence ELSE projection_checkpoints.last_sequence END, \
          updated_at = excluded.updated_at, apply_rate = excluded.apply_rate",
     )
     .bind(key)
@@ -432,7 +431,7 @@ async fn write_checkpoint(
 /// Moves a partitioned projection's own checkpoint to the lowest of its partitions'
 /// checkpoints, once every partition has one; never backwards.
 async fn raise_watermark(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     name: &str,
     total: u32,
     now: &str,
@@ -440,7 +439,7 @@ async fn raise_watermark(
 ) -> Result<(), ProjectionError> {
     let (low, count): (Option<i64>, i64) = sqlx::query_as(
         "SELECT MIN(last_sequence), COUNT(*) FROM projection_checkpoints \
-         WHERE substr(name, 1, length(?1) + 1) = ?1 || '@'",
+         WHERE substr(name, 1, length($1) + 1) = $1 || '@'",
     )
     .bind(name)
     .fetch_one(&mut *tx)
@@ -454,12 +453,12 @@ async fn raise_watermark(
 /// Records the fences of the held leases, refusing the commit if any partition has since
 /// been taken over (a larger fence is recorded).
 async fn check_fences(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     share: &PartitionShare,
 ) -> Result<(), ProjectionError> {
     for (&partition, &fence) in &share.held {
         let done = sqlx::query(
-            "INSERT INTO projection_fences (grp, partition, fence) VALUES (?, ?, ?) \
+            "INSERT INTO projection_fences (grp, partition, fence) VALUES ($1, $2, $3) \
              ON CONFLICT (grp, partition) DO UPDATE SET fence = excluded.fence \
              WHERE excluded.fence >= projection_fences.fence",
         )

@@ -1,14 +1,16 @@
 //! Blue-green rebuilds and point-in-time views.
 //!
-//! A rebuild replays the log from the first event into a shadow SQLite file, catches up
-//! with the live head, then swaps the projection's tables into the live store in one
-//! transaction that holds SQLite's write lock: readers see the old rows until the commit
-//! and the new rows after it, never a half-built view. The shadow file survives an
-//! interruption, so the next rebuild resumes from its checkpoint; nothing is swapped until
-//! the shadow has caught up.
+//! A rebuild replays the log from the first event into a shadow copy (a SQLite file next
+//! to the live one, or a PostgreSQL schema next to the live one), catches up with the live
+//! head, then swaps the projection's tables into the live store in one transaction that
+//! keeps live projectors out (SQLite's write lock; on PostgreSQL the exclusive side of the
+//! store's swap lock, whose shared side every projector batch takes): readers see the old
+//! rows until the commit and the new rows after it, never a half-built view. The shadow
+//! survives an interruption, so the next rebuild resumes from its checkpoint; nothing is
+//! swapped until the shadow has caught up.
 //!
-//! The live projector may keep running during a rebuild: the swap takes the live store's
-//! write lock, catches the shadow up with the live checkpoint under it (a few events: the
+//! The live projector may keep running during a rebuild: the swap locks it out, catches
+//! the shadow up with the live checkpoint meanwhile (a few events: the
 //! shadow already followed the head twice), then copies; every projection skips events it
 //! has already applied, so the live projector's next batch is harmless. A writer that
 //! never pauses therefore cannot keep a rebuild from finishing.
@@ -25,18 +27,9 @@ use crate::any::AnyProjection;
 use crate::error::ProjectionError;
 use crate::projector::{Projection, Projector, ProjectorOptions};
 use crate::sql::{i64_of, rfc3339};
-use crate::store::ReadStore;
+use crate::store::{Dialect, Location, ReadStore, lock_key};
 
 pub use crate::any::ALL;
-
-/// The shadow file of a projection next to the live store.
-pub fn shadow_path(live_file: &Path, name: &str) -> PathBuf {
-    let stem = live_file
-        .file_name()
-        .map(|f| f.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "views.sqlite".into());
-    live_file.with_file_name(format!("{stem}.rebuild-{name}"))
-}
 
 async fn set_progress(
     live: &ReadStore,
@@ -49,7 +42,7 @@ async fn set_progress(
     let now = rfc3339(OffsetDateTime::now_utc());
     sqlx::query(
         "INSERT INTO projection_rebuilds (name, state, done, total, started_at, updated_at, error) \
-         VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE SET state = excluded.state, \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (name) DO UPDATE SET state = excluded.state, \
          done = excluded.done, total = excluded.total, updated_at = excluded.updated_at, \
          error = excluded.error, \
          started_at = CASE WHEN projection_rebuilds.state = 'rebuilding' THEN projection_rebuilds.started_at ELSE excluded.started_at END",
@@ -75,7 +68,7 @@ pub async fn rebuild_status(
     name: &str,
 ) -> Result<Option<RebuildRow>, ProjectionError> {
     let row: Option<(String, i64, i64, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT state, done, total, started_at, updated_at, error FROM projection_rebuilds WHERE name = ?",
+        "SELECT state, done, total, started_at, updated_at, error FROM projection_rebuilds WHERE name = $1",
     )
     .bind(name)
     .fetch_optional(live.pool())
@@ -109,50 +102,82 @@ async fn run_with_progress<P: Projection>(
     }
 }
 
-/// The exclusive right to rebuild into one live read store: an advisory lock on
-/// `<live file>.rebuild.lock`, held until dropped and released by the OS if the process
-/// dies, so two rebuilds (two HTTP calls, `crm replay` next to the gateway) never share a
-/// shadow file or swap over each other.
+/// The exclusive right to rebuild into one live read store, held until dropped and
+/// released if the process dies, so two rebuilds (two HTTP calls, `crm replay` next to the
+/// gateway) never share a shadow copy or swap over each other: an advisory lock on
+/// `<live file>.rebuild.lock` for SQLite, a session advisory lock on a connection of its
+/// own for PostgreSQL.
 #[derive(Debug)]
 pub struct RebuildClaim {
-    live_file: PathBuf,
-    _lock: std::fs::File,
+    live: Location,
+    _lock: ClaimLock,
+}
+
+#[derive(Debug)]
+#[allow(dead_code)] // held for their locks, never read
+enum ClaimLock {
+    /// Closing the file (dropping it) releases the lock.
+    File(std::fs::File),
+    /// Closing the connection (dropping it) releases the lock. (In a mutex only so the
+    /// claim can be shared across tasks; nothing uses the connection.)
+    Postgres(std::sync::Mutex<sqlx::AnyConnection>),
 }
 
 impl RebuildClaim {
-    /// Claims `live_file`, or fails with [`ProjectionError::RebuildRunning`] at once if
-    /// another rebuild holds it.
-    pub fn take(live_file: &Path) -> Result<Self, ProjectionError> {
-        let mut lock_path = live_file.as_os_str().to_owned();
-        lock_path.push(".rebuild.lock");
-        let lock_path = PathBuf::from(lock_path);
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|e| ProjectionError::Io {
-                path: lock_path.display().to_string(),
-                reason: e.to_string(),
-            })?;
-        match file.try_lock() {
-            Ok(()) => Ok(Self {
-                live_file: live_file.to_owned(),
-                _lock: file,
-            }),
-            Err(std::fs::TryLockError::WouldBlock) => Err(ProjectionError::RebuildRunning {
-                lock: lock_path.display().to_string(),
-            }),
-            Err(std::fs::TryLockError::Error(e)) => Err(ProjectionError::Io {
-                path: lock_path.display().to_string(),
-                reason: e.to_string(),
-            }),
-        }
+    /// Claims `live`, or fails with [`ProjectionError::RebuildRunning`] at once if another
+    /// rebuild holds it.
+    pub async fn take(live: &ReadStore) -> Result<Self, ProjectionError> {
+        let lock = match live.location() {
+            Location::Sqlite(file) => ClaimLock::File(lock_file(file)?),
+            Location::Postgres { .. } => {
+                // Detached from the pool: the lock lives exactly as long as this connection.
+                let mut conn = live.pool().acquire().await?.detach();
+                let (got,): (bool,) = sqlx::query_as("SELECT pg_try_advisory_lock($1)")
+                    .bind(lock_key("rebuild", live.location()))
+                    .fetch_one(&mut conn)
+                    .await?;
+                if !got {
+                    return Err(ProjectionError::RebuildRunning {
+                        lock: format!("advisory lock of {}", live.location()),
+                    });
+                }
+                ClaimLock::Postgres(std::sync::Mutex::new(conn))
+            }
+        };
+        Ok(Self {
+            live: live.location().clone(),
+            _lock: lock,
+        })
     }
 
-    /// The live read-store file this claim is for.
-    pub fn live_file(&self) -> &Path {
-        &self.live_file
+    /// The live read store this claim is for.
+    pub fn live(&self) -> &Location {
+        &self.live
+    }
+}
+
+fn lock_file(live_file: &Path) -> Result<std::fs::File, ProjectionError> {
+    let mut lock_path = live_file.as_os_str().to_owned();
+    lock_path.push(".rebuild.lock");
+    let lock_path = PathBuf::from(lock_path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|e| ProjectionError::Io {
+            path: lock_path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(ProjectionError::RebuildRunning {
+            lock: lock_path.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(ProjectionError::Io {
+            path: lock_path.display().to_string(),
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -182,8 +207,8 @@ pub async fn rebuild<P: Projection + Clone>(
         [one] => *one,
         _ => "all",
     };
-    let shadow_file = shadow_path(claim.live_file(), label);
-    let shadow = ReadStore::open_file(&shadow_file).await?;
+    let shadow_at = claim.live().shadow(label);
+    let shadow = ReadStore::open_at(&shadow_at).await?;
     let projector = Projector::combined(
         projections.clone(),
         shadow.clone(),
@@ -213,7 +238,7 @@ pub async fn rebuild<P: Projection + Clone>(
                 let done = min_checkpoint(&shadow, &names).await?;
                 progress_all(live, &names, "rebuilding", done, target).await?;
             }
-            if let Some(at) = swap(&projector, &shadow, live, &shadow_file).await? {
+            if let Some(at) = swap(&projector, &shadow, live).await? {
                 return Ok(at);
             }
             tracing::info!(
@@ -230,11 +255,7 @@ pub async fn rebuild<P: Projection + Clone>(
     match &result {
         Ok(at) => {
             progress_all(live, &names, "done", *at, *at).await?;
-            for suffix in ["", "-wal", "-shm"] {
-                let mut p = shadow_file.clone().into_os_string();
-                p.push(suffix);
-                let _ = std::fs::remove_file(PathBuf::from(p));
-            }
+            drop_shadow(live, &shadow_at).await;
         }
         Err(e) => {
             let msg = e.to_string();
@@ -277,41 +298,64 @@ async fn swap<P: Projection>(
     projector: &Projector<P>,
     shadow: &ReadStore,
     live: &ReadStore,
-    shadow_file: &Path,
 ) -> Result<Option<u64>, ProjectionError> {
     let names = projector.names();
     let mut conn = live.pool().acquire().await?;
     // The transaction below is begun by hand: if this future is dropped half-way, the
-    // connection must be closed (SQLite rolls back) rather than go back to the pool
-    // inside a write transaction with the shadow attached.
+    // connection must be closed (the database rolls back) rather than go back to the pool
+    // inside a write transaction (with the shadow attached, on SQLite).
     conn.close_on_drop();
-    // ATTACH is not allowed inside a transaction: attach first, on this one connection.
-    sqlx::query("ATTACH DATABASE ? AS shadow")
-        .bind(shadow_file.display().to_string())
-        .execute(&mut *conn)
-        .await?;
-    let outcome = async {
-        // A deferred transaction whose first statement writes to `main` takes the write
-        // lock of the live file only. (BEGIN IMMEDIATE would lock the attached shadow too,
-        // and the shadow's projector must still write to it below.)
-        sqlx::query("BEGIN").execute(&mut *conn).await?;
-        let now = rfc3339(OffsetDateTime::now_utc());
-        for name in &names {
-            sqlx::query("UPDATE main.projection_rebuilds SET updated_at = ? WHERE name = ?")
-                .bind(&now)
-                .bind(*name)
+    // How the two copies are named on this connection.
+    let (main, other) = match (live.location(), shadow.location()) {
+        (Location::Sqlite(_), Location::Sqlite(file)) => {
+            // ATTACH is not allowed inside a transaction: attach first, on this connection.
+            sqlx::query("ATTACH DATABASE $1 AS shadow")
+                .bind(file.display().to_string())
                 .execute(&mut *conn)
                 .await?;
+            ("main".to_owned(), "shadow".to_owned())
+        }
+        (
+            Location::Postgres {
+                schema: live_schema,
+                ..
+            },
+            Location::Postgres { schema, .. },
+        ) => (live_schema.clone(), schema.clone()),
+        _ => unreachable!("a shadow is always in the live store's database kind"),
+    };
+    let outcome = async {
+        // SQLite: a deferred transaction whose first statement writes to `main` takes the
+        // write lock of the live file only. (BEGIN IMMEDIATE would lock the attached shadow
+        // too, and the shadow's projector must still write to it below.)
+        // PostgreSQL: the exclusive swap lock waits for running projector batches and
+        // keeps new ones out until the commit.
+        sqlx::query("BEGIN").execute(&mut *conn).await?;
+        if live.dialect() == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(live.swap_lock_key())
+                .execute(&mut *conn)
+                .await?;
+        }
+        let now = rfc3339(OffsetDateTime::now_utc());
+        for name in &names {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE {main}.projection_rebuilds SET updated_at = $1 WHERE name = $2"
+            )))
+            .bind(&now)
+            .bind(*name)
+            .execute(&mut *conn)
+            .await?;
         }
         let mut live_at = 0;
         for name in &names {
             // The projection's own row and, for partitioned projectors, its per-partition
             // rows (`name@pp`).
-            let cp: Option<(i64,)> = sqlx::query_as(
-                "SELECT MAX(last_sequence) FROM main.projection_checkpoints \
-                 WHERE name = ?1 OR substr(name, 1, length(?1) + 1) = ?1 || '@' \
-                 HAVING COUNT(*) > 0",
-            )
+            let cp: Option<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT MAX(last_sequence) FROM {main}.projection_checkpoints \
+                 WHERE name = $1 OR substr(name, 1, length($1) + 1) = $1 || '@' \
+                 HAVING COUNT(*) > 0"
+            )))
             .bind(*name)
             .fetch_optional(&mut *conn)
             .await?;
@@ -332,9 +376,10 @@ async fn swap<P: Projection>(
         // attached shadow itself: rows and checkpoint come from one snapshot of one file.
         let mut at = u64::MAX;
         for name in &names {
-            let cp: Option<(i64,)> =
-                sqlx::query_as("SELECT last_sequence FROM shadow.projection_checkpoints WHERE name = ?")
-                    .bind(*name)
+            let cp: Option<(i64,)> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                "SELECT last_sequence FROM {other}.projection_checkpoints WHERE name = $1"
+            )))
+            .bind(*name)
                     .fetch_optional(&mut *conn)
                     .await?;
             at = at.min(cp.map_or(0, |(cp,)| crate::sql::u64_of(cp)));
@@ -344,29 +389,29 @@ async fn swap<P: Projection>(
         }
         for table in projector.tables() {
             // Table names are constants of the projection, never input.
-            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM main.{table}")))
+            sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {main}.{table}")))
                 .execute(&mut *conn)
                 .await?;
             sqlx::query(sqlx::AssertSqlSafe(format!(
-                "INSERT INTO main.{table} SELECT * FROM shadow.{table}"
+                "INSERT INTO {main}.{table} SELECT * FROM {other}.{table}"
             )))
             .execute(&mut *conn)
             .await?;
         }
         for name in &names {
-            sqlx::query(
-                "INSERT INTO main.projection_checkpoints (name, last_sequence, updated_at) VALUES (?, ?, ?) \
-                 ON CONFLICT (name) DO UPDATE SET last_sequence = excluded.last_sequence, updated_at = excluded.updated_at",
-            )
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "INSERT INTO {main}.projection_checkpoints (name, last_sequence, updated_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (name) DO UPDATE SET last_sequence = excluded.last_sequence, updated_at = excluded.updated_at"
+            )))
             .bind(*name)
             .bind(i64_of(at))
             .bind(&now)
             .execute(&mut *conn)
             .await?;
-            sqlx::query(
-                "UPDATE main.projection_checkpoints SET last_sequence = ?2 \
-                 WHERE substr(name, 1, length(?1) + 1) = ?1 || '@'",
-            )
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "UPDATE {main}.projection_checkpoints SET last_sequence = $2 \
+                 WHERE substr(name, 1, length($1) + 1) = $1 || '@'"
+            )))
             .bind(*name)
             .bind(i64_of(at))
             .execute(&mut *conn)
@@ -379,10 +424,35 @@ async fn swap<P: Projection>(
     if outcome.is_err() {
         let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
     }
-    let _ = sqlx::query("DETACH DATABASE shadow")
-        .execute(&mut *conn)
-        .await;
+    if live.dialect() == Dialect::Sqlite {
+        let _ = sqlx::query("DETACH DATABASE shadow")
+            .execute(&mut *conn)
+            .await;
+    }
     outcome
+}
+
+/// Removes a swapped-in shadow copy (best effort: a leftover is only disk space, and the
+/// next rebuild of the same projections resumes from it harmlessly).
+async fn drop_shadow(live: &ReadStore, shadow: &Location) {
+    match shadow {
+        Location::Sqlite(file) => {
+            for suffix in ["", "-wal", "-shm"] {
+                let mut p = file.clone().into_os_string();
+                p.push(suffix);
+                let _ = std::fs::remove_file(PathBuf::from(p));
+            }
+        }
+        Location::Postgres { schema, .. } => {
+            let drop = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
+            if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(drop))
+                .execute(live.pool())
+                .await
+            {
+                tracing::warn!(error = %e, schema, "could not drop the rebuild's shadow schema");
+            }
+        }
+    }
 }
 
 /// Rebuilds a projection by name (`all` for every one, in one pass) with `policy`.

@@ -10,12 +10,12 @@ use crm_domain::calendar::{days_after, days_before};
 use crm_domain::{CustomerId, Event};
 use crm_log::StoredEvent;
 use serde::{Deserialize, Serialize};
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::AnyConnection;
 use time::Date;
 
 use crate::error::ProjectionError;
 use crate::projector::Projection;
-use crate::sql::{ROWS_PER_STATEMENT, decode, i64_of, json, load_states, touched};
+use crate::sql::{ROWS_PER_STATEMENT, Sql, decode, i64_of, json, load_states, touched};
 use crate::store::ReadStore;
 
 /// The projection's name.
@@ -53,7 +53,7 @@ impl Projection for RenewalsProjection {
 
     async fn apply_batch(
         &self,
-        tx: &mut SqliteConnection,
+        tx: &mut AnyConnection,
         events: &[StoredEvent],
     ) -> Result<(), ProjectionError> {
         let mut customers: HashMap<CustomerId, Customer> =
@@ -111,20 +111,20 @@ impl Projection for RenewalsProjection {
         }
         let list: Vec<_> = customers.iter().collect();
         for chunk in list.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            let mut q = Sql::new(
                 "INSERT INTO renewal_customers (customer_id, version, last_sequence, state) ",
             );
-            q.push_values(chunk, |mut b, (id, c)| {
-                b.push_bind(id.to_string())
-                    .push_bind(i64_of(c.version))
-                    .push_bind(i64_of(c.last_sequence))
-                    .push_bind(json(c));
+            q.values(chunk, |b, (id, c)| {
+                b.bind(id.to_string())
+                    .bind(i64_of(c.version))
+                    .bind(i64_of(c.last_sequence))
+                    .bind(json(c));
             });
             q.push(
                 " ON CONFLICT (customer_id) DO UPDATE SET version = excluded.version, \
                  last_sequence = excluded.last_sequence, state = excluded.state",
             );
-            q.build().execute(&mut *tx).await?;
+            q.execute(&mut *tx).await?;
         }
         let rows: Vec<_> = dirty
             .into_keys()
@@ -134,19 +134,19 @@ impl Projection for RenewalsProjection {
             })
             .collect();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            let mut q = Sql::new(
                 "INSERT INTO renewals (customer_id, contract_id, starts_on, ends_on, notice_days, \
                  status, value_minor, currency) ",
             );
-            q.push_values(chunk, |mut b, (id, contract, k)| {
-                b.push_bind(id.to_string())
-                    .push_bind(contract.clone())
-                    .push_bind(k.starts_on.to_string())
-                    .push_bind(k.ends_on.to_string())
-                    .push_bind(i64::from(k.notice_days))
-                    .push_bind(k.status.clone())
-                    .push_bind(k.value_minor)
-                    .push_bind(k.currency.clone());
+            q.values(chunk, |b, (id, contract, k)| {
+                b.bind(id.to_string())
+                    .bind(contract.clone())
+                    .bind(k.starts_on.to_string())
+                    .bind(k.ends_on.to_string())
+                    .bind(i64::from(k.notice_days))
+                    .bind(k.status.clone())
+                    .bind(k.value_minor)
+                    .bind(k.currency.clone());
             });
             q.push(
                 " ON CONFLICT (customer_id, contract_id) DO UPDATE SET starts_on = excluded.starts_on, \
@@ -154,7 +154,7 @@ impl Projection for RenewalsProjection {
                  status = excluded.status, value_minor = excluded.value_minor, \
                  currency = excluded.currency",
             );
-            q.build().execute(&mut *tx).await?;
+            q.execute(&mut *tx).await?;
         }
         Ok(())
     }
@@ -219,8 +219,8 @@ pub async fn upcoming(
     let until = days_after(today, within_days);
     let rows: Vec<RenewalRow> = sqlx::query_as(
         "SELECT customer_id, contract_id, starts_on, ends_on, notice_days, status, value_minor, currency \
-         FROM renewals WHERE status <> 'terminated' AND ends_on >= ? AND ends_on <= ? \
-         ORDER BY ends_on, customer_id, contract_id LIMIT ? OFFSET ?",
+         FROM renewals WHERE status <> 'terminated' AND ends_on >= $1 AND ends_on <= $2 \
+         ORDER BY ends_on, customer_id, contract_id LIMIT $3 OFFSET $4",
     )
     .bind(today.to_string())
     .bind(until.to_string())

@@ -1,19 +1,143 @@
-//! Shared pieces of the projections: loading touched customers' folded state in bulk,
-//! decoding events, formatting values for SQL.
+//! Shared pieces of the projections: a statement builder that speaks both SQLite and
+//! PostgreSQL, loading touched customers' folded state in bulk, decoding events, formatting
+//! values for SQL.
 
 use std::collections::HashMap;
 
 use crm_domain::{CustomerId, Event};
 use crm_log::StoredEvent;
 use serde::de::DeserializeOwned;
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::{Any, AnyConnection, Arguments, Encode, Executor, FromRow, Type};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::error::ProjectionError;
 
-/// Rows per multi-row statement: at most 11 bound values each, well under SQLite's limit.
+/// Rows per multi-row statement: at most 12 bound values each, well under SQLite's and
+/// PostgreSQL's limits.
 pub(crate) const ROWS_PER_STATEMENT: usize = 500;
+
+/// A statement built from text and bound values, with `$1, $2, ...` placeholders, which
+/// both SQLite and PostgreSQL accept (sqlx's own `QueryBuilder<Any>` writes `?`, which
+/// PostgreSQL does not).
+pub(crate) struct Sql {
+    text: String,
+    args: AnyArguments,
+}
+
+impl Sql {
+    /// Starts a statement with `text` (constant SQL, never input).
+    pub(crate) fn new(text: impl Into<String>) -> Self {
+        Self {
+            text: text.into(),
+            args: AnyArguments::default(),
+        }
+    }
+
+    /// Appends constant SQL text.
+    pub(crate) fn push(&mut self, text: impl std::fmt::Display) -> &mut Self {
+        use std::fmt::Write;
+        let _ = write!(self.text, "{text}");
+        self
+    }
+
+    /// Appends a placeholder bound to `value`.
+    pub(crate) fn bind<'q, T>(&mut self, value: T) -> &mut Self
+    where
+        T: Encode<'q, Any> + Type<Any>,
+    {
+        // Encoding into Any's buffer only stores the value; it cannot fail for our types.
+        let _ = self.args.add(value);
+        self.push(format_args!("${}", self.args.len()))
+    }
+
+    /// Appends ` VALUES (...), (...)`, one parenthesised row per item, whose values `row`
+    /// binds through [`Row::bind`].
+    pub(crate) fn values<I>(
+        &mut self,
+        items: I,
+        mut row: impl FnMut(&mut Row<'_>, I::Item),
+    ) -> &mut Self
+    where
+        I: IntoIterator,
+    {
+        self.push(" VALUES ");
+        for (i, item) in items.into_iter().enumerate() {
+            self.push(if i == 0 { "(" } else { ", (" });
+            row(
+                &mut Row {
+                    sql: self,
+                    first: true,
+                },
+                item,
+            );
+            self.push(")");
+        }
+        self
+    }
+
+    /// Appends `(v1, v2, ...)` for an `IN` list.
+    pub(crate) fn list<'q, T, I>(&mut self, items: I) -> &mut Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Encode<'q, Any> + Type<Any>,
+    {
+        self.push("(");
+        for (i, item) in items.into_iter().enumerate() {
+            if i > 0 {
+                self.push(", ");
+            }
+            self.bind(item);
+        }
+        self.push(")")
+    }
+
+    /// Runs the statement; returns the rows it changed.
+    pub(crate) async fn execute<'c, E>(self, conn: E) -> Result<u64, ProjectionError>
+    where
+        E: Executor<'c, Database = Any>,
+    {
+        let done = sqlx::query_with(sqlx::AssertSqlSafe(self.text), self.args)
+            .execute(conn)
+            .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// Runs the query and decodes every row.
+    pub(crate) async fn fetch_all<'c, O, E>(self, conn: E) -> Result<Vec<O>, ProjectionError>
+    where
+        O: for<'r> FromRow<'r, AnyRow> + Send + Unpin,
+        E: Executor<'c, Database = Any>,
+    {
+        Ok(
+            sqlx::query_as_with(sqlx::AssertSqlSafe(self.text), self.args)
+                .fetch_all(conn)
+                .await?,
+        )
+    }
+}
+
+/// One row of a multi-row `VALUES` list.
+pub(crate) struct Row<'a> {
+    sql: &'a mut Sql,
+    first: bool,
+}
+
+impl Row<'_> {
+    /// The next value of the row.
+    pub(crate) fn bind<'q, T>(&mut self, value: T) -> &mut Self
+    where
+        T: Encode<'q, Any> + Type<Any>,
+    {
+        if !self.first {
+            self.sql.push(", ");
+        }
+        self.first = false;
+        self.sql.bind(value);
+        self
+    }
+}
 
 /// The distinct customers of a batch, sorted.
 pub(crate) fn touched(events: &[StoredEvent]) -> Vec<CustomerId> {
@@ -26,21 +150,17 @@ pub(crate) fn touched(events: &[StoredEvent]) -> Vec<CustomerId> {
 /// Loads the JSON `state` column of `table` for `ids` (customers absent from the table are
 /// absent from the map). `table` is always a constant of the calling projection.
 pub(crate) async fn load_states<S: DeserializeOwned>(
-    tx: &mut SqliteConnection,
+    tx: &mut AnyConnection,
     table: &'static str,
     ids: &[CustomerId],
 ) -> Result<HashMap<CustomerId, S>, ProjectionError> {
     let mut out = HashMap::with_capacity(ids.len());
     for chunk in ids.chunks(ROWS_PER_STATEMENT) {
-        let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-            "SELECT customer_id, state FROM {table} WHERE customer_id IN ("
+        let mut q = Sql::new(format!(
+            "SELECT customer_id, state FROM {table} WHERE customer_id IN "
         ));
-        let mut sep = q.separated(", ");
-        for id in chunk {
-            sep.push_bind(id.to_string());
-        }
-        q.push(")");
-        let rows: Vec<(String, String)> = q.build_query_as().fetch_all(&mut *tx).await?;
+        q.list(chunk.iter().map(ToString::to_string));
+        let rows: Vec<(String, String)> = q.fetch_all(&mut *tx).await?;
         for (id, state) in rows {
             let corrupt = |reason: String| ProjectionError::CorruptState {
                 customer: id.clone(),

@@ -1,11 +1,14 @@
-//! The read store: SQLite in WAL mode, migrated at open.
+//! The read store: SQLite in WAL mode (one file, the embedded default) or PostgreSQL (one
+//! schema of a database, for production and scale-out), migrated at open. Both are reached
+//! through `sqlx::Any`, so every projection and query is one piece of SQL that both accept;
+//! the few things that differ (locking, the swap of a rebuild) ask [`ReadStore::dialect`].
 
-use std::path::Path;
-use std::str::FromStr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{Any, AnyPool, Transaction};
 
 use crate::error::ProjectionError;
 
@@ -21,53 +24,111 @@ pub struct CheckpointRow {
     pub apply_rate: f64,
 }
 
+/// The SQL database behind a read store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+/// Where a read store lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// One SQLite file.
+    Sqlite(PathBuf),
+    /// One schema of a PostgreSQL database (`postgres://` URL).
+    Postgres { url: String, schema: String },
+}
+
+impl Location {
+    /// The dialect of this location.
+    pub fn dialect(&self) -> Dialect {
+        match self {
+            Self::Sqlite(_) => Dialect::Sqlite,
+            Self::Postgres { .. } => Dialect::Postgres,
+        }
+    }
+
+    /// Where a rebuild of `label` keeps its shadow copy: a file next to the live one, or
+    /// a schema next to the live one.
+    pub fn shadow(&self, label: &str) -> Location {
+        match self {
+            Self::Sqlite(file) => {
+                let stem = file
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "views.sqlite".into());
+                Self::Sqlite(file.with_file_name(format!("{stem}.rebuild-{label}")))
+            }
+            Self::Postgres { url, schema } => Self::Postgres {
+                url: url.clone(),
+                schema: format!("{schema}_rebuild_{label}"),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Sqlite(file) => write!(f, "{}", file.display()),
+            Self::Postgres { url, schema } => {
+                // Never print a password.
+                let shown = match (url.find("://"), url.rfind('@')) {
+                    (Some(scheme), Some(at)) if at > scheme => {
+                        format!("{}://…{}", &url[..scheme], &url[at..])
+                    }
+                    _ => url.clone(),
+                };
+                write!(f, "{shown} (schema {schema})")
+            }
+        }
+    }
+}
+
 /// A handle on the read models.
 #[derive(Debug, Clone)]
 pub struct ReadStore {
-    pool: SqlitePool,
+    pool: AnyPool,
+    location: Arc<Location>,
 }
 
 impl ReadStore {
     /// Opens (creating if needed) the SQLite file at `path` and applies migrations.
     pub async fn open_file(path: &Path) -> Result<Self, ProjectionError> {
-        let url = format!("sqlite://{}", path.display());
-        Self::open(&url).await
+        Self::open_at(&Location::Sqlite(path.to_owned())).await
     }
 
-    /// Opens a `sqlite:` URL and applies migrations.
-    pub async fn open(url: &str) -> Result<Self, ProjectionError> {
-        let opts = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(10))
-            // 64 MiB of page cache per connection (the default is 2 MiB): the projectors'
-            // bulk upserts and the audit index's secondary indexes touch pages all over
-            // the file, and re-reading them dominated their time.
-            .pragma("cache_size", "-65536")
-            // Checkpoint the WAL every 64 MiB instead of every 4 MiB: each checkpoint writes
-            // pages back all over the file and syncs; with the audit index's secondary
-            // indexes, the default made bulk inserts 1.4x slower (measured on this machine
-            // with a Python sqlite3 loop, 1,000,000 audit-index rows in transactions of
-            // 5,000: 14,800 rows/s -> 21,000 rows/s).
-            .pragma("wal_autocheckpoint", "16384");
-        // Two processes creating the same fresh file at once (two projectors starting
-        // together) can find it locked while the other sets up WAL mode or migrates; SQLite
-        // answers that with SQLITE_BUSY at once, not through the busy timeout. Retry.
+    /// Opens (creating if needed) `schema` of the PostgreSQL database at `url` and applies
+    /// migrations.
+    pub async fn open_postgres(url: &str, schema: &str) -> Result<Self, ProjectionError> {
+        Self::open_at(&Location::Postgres {
+            url: url.to_owned(),
+            schema: schema.to_owned(),
+        })
+        .await
+    }
+
+    /// Opens the store at `location` and applies migrations.
+    pub async fn open_at(location: &Location) -> Result<Self, ProjectionError> {
+        install_default_drivers();
+        if let Location::Postgres { schema, .. } = location {
+            check_identifier(schema)?;
+        }
+        // Two processes creating the same fresh store at once (two projectors starting
+        // together) can find a fresh SQLite file locked while the other sets up WAL mode or
+        // migrates (SQLite answers SQLITE_BUSY at once, not through the busy timeout), or
+        // race to create the same PostgreSQL schema. Retry.
         let mut attempt = 0u32;
         loop {
-            let opened = async {
-                let pool = SqlitePoolOptions::new()
-                    .max_connections(8)
-                    .connect_with(opts.clone())
-                    .await?;
-                migrate(&pool).await?;
-                Ok::<_, ProjectionError>(pool)
-            }
-            .await;
-            match opened {
-                Ok(pool) => return Ok(Self { pool }),
-                Err(e) if attempt < 40 && is_busy(&e) => {
+            match connect(location).await {
+                Ok(pool) => {
+                    return Ok(Self {
+                        pool,
+                        location: Arc::new(location.clone()),
+                    });
+                }
+                Err(e) if attempt < 40 && is_transient_at_open(&e) => {
                     attempt += 1;
                     tracing::debug!(error = %e, attempt, "read store busy at open; retrying");
                     tokio::time::sleep(Duration::from_millis(25 * u64::from(attempt.min(10))))
@@ -78,15 +139,62 @@ impl ReadStore {
         }
     }
 
+    /// Where this store lives.
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The SQL database behind this store.
+    pub fn dialect(&self) -> Dialect {
+        self.location.dialect()
+    }
+
     /// The connection pool.
-    pub fn pool(&self) -> &SqlitePool {
+    pub fn pool(&self) -> &AnyPool {
         &self.pool
+    }
+
+    /// Begins a projector's write transaction: on SQLite it takes the write lock up front
+    /// (BEGIN IMMEDIATE), so concurrent projectors wait on the busy timeout instead of
+    /// failing when a read transaction tries to upgrade; on PostgreSQL it takes the shared
+    /// side of the store's swap lock, so a rebuild's swap waits for running batches and
+    /// batches wait for the swap.
+    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, ProjectionError> {
+        match self.dialect() {
+            Dialect::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Dialect::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
+                    .bind(self.swap_lock_key())
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
+    }
+
+    /// Begins a read transaction that sees one snapshot for all its statements.
+    pub async fn begin_read(&self) -> Result<Transaction<'static, Any>, ProjectionError> {
+        match self.dialect() {
+            // A deferred SQLite transaction reads one snapshot from its first read on.
+            Dialect::Sqlite => Ok(self.pool.begin().await?),
+            Dialect::Postgres => Ok(self
+                .pool
+                .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                .await?),
+        }
+    }
+
+    /// The PostgreSQL advisory-lock key of this store's swaps (unused on SQLite, whose
+    /// write lock plays that part).
+    pub(crate) fn swap_lock_key(&self) -> i64 {
+        lock_key("swap", &self.location)
     }
 
     /// A projection's checkpoint (0 when it never ran).
     pub async fn checkpoint(&self, name: &str) -> Result<u64, ProjectionError> {
         let row: Option<(i64,)> =
-            sqlx::query_as("SELECT last_sequence FROM projection_checkpoints WHERE name = ?")
+            sqlx::query_as("SELECT last_sequence FROM projection_checkpoints WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -128,8 +236,116 @@ impl ReadStore {
     }
 }
 
-/// Whether `e` is SQLite's "database is locked" / "database is busy" (codes 5 and 6).
-fn is_busy(e: &ProjectionError) -> bool {
+/// A stable advisory-lock key for `purpose` at `location` (FNV-1a of both).
+pub(crate) fn lock_key(purpose: &str, location: &Location) -> i64 {
+    let text = format!("crm-{purpose}:{location:?}");
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    i64::from_ne_bytes(hash.to_ne_bytes())
+}
+
+/// PostgreSQL schema names are spliced into SQL (search_path, the swap's qualified
+/// names), so only plain lower-case identifiers are accepted.
+fn check_identifier(schema: &str) -> Result<(), ProjectionError> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !schema.as_bytes()[0].is_ascii_digit();
+    if ok {
+        Ok(())
+    } else {
+        Err(ProjectionError::BadSchema(schema.to_owned()))
+    }
+}
+
+/// A SQLite URL for `path`, with the characters a URL would eat escaped.
+fn sqlite_url(path: &Path) -> String {
+    let mut url = String::from("sqlite://");
+    for c in path.display().to_string().chars() {
+        match c {
+            '%' => url.push_str("%25"),
+            '?' => url.push_str("%3F"),
+            '#' => url.push_str("%23"),
+            c => url.push(c),
+        }
+    }
+    url.push_str("?mode=rwc");
+    url
+}
+
+async fn connect(location: &Location) -> Result<AnyPool, ProjectionError> {
+    match location {
+        Location::Sqlite(path) => {
+            let pool = AnyPoolOptions::new()
+                .max_connections(8)
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        sqlx::raw_sql(SQLITE_PRAGMAS).execute(conn).await?;
+                        Ok(())
+                    })
+                })
+                .connect(&sqlite_url(path))
+                .await?;
+            migrate(&pool, Dialect::Sqlite).await?;
+            Ok(pool)
+        }
+        Location::Postgres { url, schema } => {
+            {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .connect(url)
+                    .await?;
+                let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
+                sqlx::raw_sql(sqlx::AssertSqlSafe(create))
+                    .execute(&pool)
+                    .await?;
+                pool.close().await;
+            }
+            let search_path: Arc<str> = format!("SET search_path TO {schema}").into();
+            let pool = AnyPoolOptions::new()
+                .max_connections(8)
+                .after_connect(move |conn, _| {
+                    let search_path = search_path.clone();
+                    Box::pin(async move {
+                        sqlx::raw_sql(sqlx::AssertSqlSafe(search_path.to_string()))
+                            .execute(conn)
+                            .await?;
+                        Ok(())
+                    })
+                })
+                .connect(url)
+                .await?;
+            migrate(&pool, Dialect::Postgres).await?;
+            Ok(pool)
+        }
+    }
+}
+
+/// Set on every SQLite connection.
+const SQLITE_PRAGMAS: &str = "\
+    PRAGMA journal_mode = WAL;
+    PRAGMA synchronous = NORMAL;
+    PRAGMA busy_timeout = 10000;
+    -- 64 MiB of page cache per connection (the default is 2 MiB): the projectors' bulk
+    -- upserts and the audit index's secondary indexes touch pages all over the file, and
+    -- re-reading them dominated their time.
+    PRAGMA cache_size = -65536;
+    -- Checkpoint the WAL every 64 MiB instead of every 4 MiB: each checkpoint writes pages
+    -- back all over the file and syncs; with the audit index's secondary indexes, the
+    -- default made bulk inserts 1.4x slower (measured on this machine with a Python sqlite3
+    -- loop, 1,000,000 audit-index rows in transactions of 5,000: 14,800 rows/s -> 21,000
+    -- rows/s).
+    PRAGMA wal_autocheckpoint = 16384;";
+
+/// Whether an error at open is worth a retry: SQLite's "database is locked" / "database is
+/// busy" (codes 5 and 6 and their extended codes), or PostgreSQL's unique violation of two
+/// sessions creating one schema at once.
+fn is_transient_at_open(e: &ProjectionError) -> bool {
     let db = match e {
         ProjectionError::Db(sqlx::Error::Database(db)) => db,
         ProjectionError::Migrate(
@@ -140,16 +356,20 @@ fn is_busy(e: &ProjectionError) -> bool {
     };
     matches!(
         db.code().as_deref(),
-        Some("5" | "6" | "517" | "261" | "773")
+        Some("5" | "6" | "517" | "261" | "773" | "23505")
     )
 }
 
-/// Applies the migrations. sqlx takes no lock on SQLite, so two processes opening a fresh
-/// file at once (`crm dev` next to `crm project`, two projectors) can both try the same
-/// migration; each migration runs in its own transaction, so the loser's attempt rolls back
-/// whole and a retry finds it applied.
-async fn migrate(pool: &SqlitePool) -> Result<(), ProjectionError> {
-    let migrator = sqlx::migrate!("./migrations/sqlite");
+/// Applies the migrations of `dialect`. sqlx takes no lock on SQLite, so two processes
+/// opening a fresh file at once (`crm dev` next to `crm project`, two projectors) can both
+/// try the same migration; each migration runs in its own transaction, so the loser's
+/// attempt rolls back whole and a retry finds it applied. On PostgreSQL sqlx serialises
+/// migrations with an advisory lock.
+async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), ProjectionError> {
+    let migrator = match dialect {
+        Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite"),
+        Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
+    };
     let mut attempt = 0;
     loop {
         match migrator.run(pool).await {

@@ -9,11 +9,13 @@ use crm_domain::policy::Policy;
 use crm_domain::trust::{self, Balances};
 use crm_log::StoredEvent;
 use serde::{Deserialize, Serialize};
-use sqlx::{QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::AnyConnection;
 
 use crate::error::ProjectionError;
 use crate::projector::Projection;
-use crate::sql::{ROWS_PER_STATEMENT, decode, i64_of, json, load_states, rfc3339, touched, u64_of};
+use crate::sql::{
+    ROWS_PER_STATEMENT, Sql, decode, i64_of, json, load_states, rfc3339, touched, u64_of,
+};
 use crate::store::ReadStore;
 
 /// The projection's name.
@@ -61,7 +63,7 @@ impl Projection for TrustProjection {
 
     async fn apply_batch(
         &self,
-        tx: &mut SqliteConnection,
+        tx: &mut AnyConnection,
         events: &[StoredEvent],
     ) -> Result<(), ProjectionError> {
         let mut accounts: HashMap<CustomerId, Account> =
@@ -95,20 +97,20 @@ impl Projection for TrustProjection {
         }
         let rows: Vec<_> = accounts.iter().collect();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            let mut q = Sql::new(
                 "INSERT INTO trust_accounts (customer_id, basic, value_added, emotional, balance, \
                  version, last_sequence, policy_version, state) ",
             );
-            q.push_values(chunk, |mut b, (id, a)| {
-                b.push_bind(id.to_string())
-                    .push_bind(a.balances.basic)
-                    .push_bind(a.balances.value_added)
-                    .push_bind(a.balances.emotional)
-                    .push_bind(a.balances.total())
-                    .push_bind(i64_of(a.version))
-                    .push_bind(i64_of(a.last_sequence))
-                    .push_bind(self.policy.version.clone())
-                    .push_bind(json(a));
+            q.values(chunk, |b, (id, a)| {
+                b.bind(id.to_string())
+                    .bind(a.balances.basic)
+                    .bind(a.balances.value_added)
+                    .bind(a.balances.emotional)
+                    .bind(a.balances.total())
+                    .bind(i64_of(a.version))
+                    .bind(i64_of(a.last_sequence))
+                    .bind(self.policy.version.clone())
+                    .bind(json(a));
             });
             q.push(
                 " ON CONFLICT (customer_id) DO UPDATE SET basic = excluded.basic, \
@@ -117,28 +119,28 @@ impl Projection for TrustProjection {
                  last_sequence = excluded.last_sequence, policy_version = excluded.policy_version, \
                  state = excluded.state",
             );
-            q.build().execute(&mut *tx).await?;
+            q.execute(&mut *tx).await?;
         }
         for chunk in ledger.chunks(ROWS_PER_STATEMENT) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
+            let mut q = Sql::new(
                 "INSERT INTO trust_ledger (customer_id, sequence, entry_no, event_id, event_type, \
                  version, occurred_at, tier, points, rule, policy_version) ",
             );
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.customer.to_string())
-                    .push_bind(i64_of(r.sequence))
-                    .push_bind(r.entry_no)
-                    .push_bind(r.event_id.clone())
-                    .push_bind(r.event_type.clone())
-                    .push_bind(i64_of(r.version))
-                    .push_bind(r.occurred_at.clone())
-                    .push_bind(r.entry.tier.as_str())
-                    .push_bind(r.entry.points)
-                    .push_bind(r.entry.rule)
-                    .push_bind(self.policy.version.clone());
+            q.values(chunk, |b, r| {
+                b.bind(r.customer.to_string())
+                    .bind(i64_of(r.sequence))
+                    .bind(r.entry_no)
+                    .bind(r.event_id.clone())
+                    .bind(r.event_type.clone())
+                    .bind(i64_of(r.version))
+                    .bind(r.occurred_at.clone())
+                    .bind(r.entry.tier.as_str())
+                    .bind(r.entry.points)
+                    .bind(r.entry.rule)
+                    .bind(self.policy.version.clone());
             });
             q.push(" ON CONFLICT (customer_id, sequence, entry_no) DO NOTHING");
-            q.build().execute(&mut *tx).await?;
+            q.execute(&mut *tx).await?;
         }
         Ok(())
     }
@@ -185,7 +187,7 @@ type LedgerRow = (
 /// The account of one customer.
 pub async fn get(store: &ReadStore, id: &CustomerId) -> Result<Option<TrustView>, ProjectionError> {
     let row: Option<(i64, i64, i64, i64, String)> = sqlx::query_as(
-        "SELECT balance, basic, value_added, emotional, policy_version FROM trust_accounts WHERE customer_id = ?",
+        "SELECT balance, basic, value_added, emotional, policy_version FROM trust_accounts WHERE customer_id = $1",
     )
     .bind(id.to_string())
     .fetch_optional(store.pool())
@@ -210,7 +212,7 @@ pub async fn ledger(
 ) -> Result<Vec<LedgerLine>, ProjectionError> {
     let rows: Vec<LedgerRow> = sqlx::query_as(
         "SELECT sequence, event_id, event_type, version, occurred_at, tier, points, rule, policy_version \
-         FROM trust_ledger WHERE customer_id = ? AND sequence > ? ORDER BY sequence, entry_no LIMIT ?",
+         FROM trust_ledger WHERE customer_id = $1 AND sequence > $2 ORDER BY sequence, entry_no LIMIT $3",
     )
     .bind(id.to_string())
     .bind(i64_of(after_sequence))
@@ -259,7 +261,7 @@ pub async fn dump(
 /// Ledger sums per customer and tier: (customer, tier, sum).
 pub async fn ledger_sums(store: &ReadStore) -> Result<Vec<(String, String, i64)>, ProjectionError> {
     Ok(sqlx::query_as(
-        "SELECT customer_id, tier, SUM(points) FROM trust_ledger GROUP BY customer_id, tier ORDER BY customer_id, tier",
+        "SELECT customer_id, tier, CAST(SUM(points) AS BIGINT) FROM trust_ledger GROUP BY customer_id, tier ORDER BY customer_id, tier",
     )
     .fetch_all(store.pool())
     .await?)

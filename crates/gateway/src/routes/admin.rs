@@ -140,11 +140,11 @@ pub async fn rebuild(
     let Some(ctx) = state.rebuild.clone() else {
         return Err(ApiError::bad_request(
             "rebuild_unavailable",
-            "this gateway has no read-store file to rebuild into",
+            "this gateway has no rebuild policy configured",
         ));
     };
     // Claimed here, so a second call while one runs is refused with 409 at once.
-    let claim = crm_projections::rebuild::RebuildClaim::take(&ctx.live_file)?;
+    let claim = crm_projections::rebuild::RebuildClaim::take(&state.store).await?;
     let store = state.store.clone();
     let log = state.customers.log().clone();
     let which = name.clone();
