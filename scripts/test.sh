@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Runs the whole test suite: installs the pinned nats-server if needed, then every test of
-# the workspace. Each test starts its own nats-server on a free port.
+# Runs the whole test suite: installs the pinned nats-server if needed, makes sure a
+# PostgreSQL server is there for the projection tests that run on both stores (see
+# scripts/setup-postgres.sh), then every test of the workspace. Each test starts its own
+# nats-server on a free port and uses its own PostgreSQL schemas.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/setup-nats.sh
 export CRM_NATS_SERVER="$root/.tools/nats-server-2.12.8/nats-server"
+CRM_TEST_POSTGRES_URL="$(bash scripts/setup-postgres.sh)"
+export CRM_TEST_POSTGRES_URL
 cargo test --workspace --locked "$@"

@@ -200,6 +200,20 @@ impl Env {
         }
     }
 
+    /// The `CRM_STORE__*` environment of a `crm` process whose read store is the store
+    /// `name` (see [`Env::location`]).
+    pub fn store_env(&self, name: &str) -> Vec<(&'static str, String)> {
+        match self.location(name) {
+            Location::Sqlite(file) => {
+                vec![("CRM_STORE__SQLITE_PATH", file.display().to_string())]
+            }
+            Location::Postgres { url, schema } => vec![
+                ("CRM_STORE__POSTGRES_URL", url),
+                ("CRM_STORE__POSTGRES_SCHEMA", schema),
+            ],
+        }
+    }
+
     /// Config for an app whose read store is the store `views` (see [`Env::location`]).
     pub fn config(&self, views: &str) -> Config {
         let mut cfg = Config::default();

@@ -208,27 +208,32 @@ async fn crm_dev_quickstart_and_restart() {
     assert!(wait_exit(&mut again.child).success());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn projector_process_killed_mid_stream_resumes_to_the_rebuilt_view() {
+crm_e2e::on_both_stores!(
+    projector_process_killed_mid_stream_resumes_to_the_rebuilt_view,
+    partitioned_projectors_share_the_partitions_and_fail_over_when_one_is_killed,
+    a_commit_with_a_stale_lease_fence_is_refused,
+);
+
+async fn projector_process_killed_mid_stream_resumes_to_the_rebuilt_view(db: crm_e2e::Db) {
     use crm_e2e::{Env, read_all};
     use crm_log::Customers;
     use crm_projections::lifecycle::{self, LifecycleProjection};
     use crm_projections::{Projector, ProjectorOptions, ReadStore};
     use std::sync::Arc;
 
-    let env = Env::new().await;
+    let env = Env::on(db).await;
     let log = env.log().await;
     let customers = Arc::new(Customers::new(log.clone(), 10_000, 8));
     write_load(customers, 4, 250).await;
     let head = log.head().await.unwrap();
     assert_eq!(head, 4_000);
 
-    let views = env.path("proc.sqlite");
+    let views = env.store_env("proc.sqlite");
     let spawn = || {
         Command::new(env!("CARGO_BIN_EXE_crm"))
             .args(["project", "lifecycle"])
             .env("CRM_NATS__URL", env.nats.url())
-            .env("CRM_STORE__SQLITE_PATH", &views)
+            .envs(views.clone())
             .env("CRM_PROJECTOR__BATCH_SIZE", "10")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -239,7 +244,7 @@ async fn projector_process_killed_mid_stream_resumes_to_the_rebuilt_view() {
     let mut first = spawn();
     // Kill it as soon as it has committed something.
     let store = loop {
-        if let Ok(store) = ReadStore::open_file(&views).await {
+        if let Ok(store) = ReadStore::open_at(&env.location("proc.sqlite")).await {
             break store;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
@@ -270,7 +275,7 @@ async fn projector_process_killed_mid_stream_resumes_to_the_rebuilt_view() {
     let out = Command::new(env!("CARGO_BIN_EXE_crm"))
         .args(["status", "--json"])
         .env("CRM_NATS__URL", env.nats.url())
-        .env("CRM_STORE__SQLITE_PATH", &views)
+        .envs(views.clone())
         .output()
         .unwrap();
     assert!(
@@ -295,16 +300,14 @@ async fn projector_process_killed_mid_stream_resumes_to_the_rebuilt_view() {
     let table = Command::new(env!("CARGO_BIN_EXE_crm"))
         .arg("status")
         .env("CRM_NATS__URL", env.nats.url())
-        .env("CRM_STORE__SQLITE_PATH", &views)
+        .envs(views.clone())
         .output()
         .unwrap();
     let table = String::from_utf8(table.stdout).unwrap();
     assert!(table.starts_with("PROJECTION"), "{table}");
     assert!(table.contains("never_ran"), "{table}");
 
-    let fresh = ReadStore::open_file(&env.path("fresh.sqlite"))
-        .await
-        .unwrap();
+    let fresh = env.open_store("fresh.sqlite").await;
     Projector::new(
         LifecycleProjection,
         fresh.clone(),
@@ -361,23 +364,23 @@ async fn wait_until<F: AsyncFnMut() -> bool>(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitioned_projectors_share_the_partitions_and_fail_over_when_one_is_killed() {
+async fn partitioned_projectors_share_the_partitions_and_fail_over_when_one_is_killed(
+    db: crm_e2e::Db,
+) {
     use crm_e2e::Env;
-    use crm_projections::ReadStore;
     use crm_projections::projector::partition_checkpoint;
     use std::sync::Arc;
 
-    let env = Env::new().await;
+    let env = Env::on(db).await;
     let log = env.log().await;
     let customers = Arc::new(crm_log::Customers::new(log.clone(), 10_000, 8));
-    let views = env.path("views.sqlite");
+    let views = env.store_env("views.sqlite");
     let logs = [env.path("a.log"), env.path("b.log")];
     let spawn = |log: &std::path::Path| {
         Command::new(env!("CARGO_BIN_EXE_crm"))
             .args(["project", "all"])
             .env("CRM_NATS__URL", env.nats.url())
-            .env("CRM_STORE__SQLITE_PATH", &views)
+            .envs(views.clone())
             .env("CRM_PROJECTOR__PARTITIONED", "true")
             // Short enough for a quick fail-over, long enough for a loaded CI machine.
             .env("CRM_PROJECTOR__LEASE_TTL_MS", "3000")
@@ -413,7 +416,7 @@ async fn partitioned_projectors_share_the_partitions_and_fail_over_when_one_is_k
 
     // Load runs while `a` is killed.
     let load = tokio::spawn(write_load(customers.clone(), 4, 150));
-    let store = ReadStore::open_file(&views).await.unwrap();
+    let store = env.open_store("views.sqlite").await;
     let first = partition_checkpoint("lifecycle", of_a[0]);
     wait_until("a to commit", Duration::from_secs(60), &logs, async || {
         store.checkpoint(&first).await.unwrap() > 0
@@ -452,21 +455,18 @@ async fn partitioned_projectors_share_the_partitions_and_fail_over_when_one_is_k
     assert!(lease_holders(&log).await.is_empty());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_commit_with_a_stale_lease_fence_is_refused() {
+async fn a_commit_with_a_stale_lease_fence_is_refused(db: crm_e2e::Db) {
     use crm_e2e::Env;
     use crm_projections::lifecycle::LifecycleProjection;
     use crm_projections::projector::PartitionShare;
-    use crm_projections::{ProjectionError, Projector, ProjectorOptions, ReadStore};
+    use crm_projections::{ProjectionError, Projector, ProjectorOptions};
     use std::sync::Arc;
 
-    let env = Env::new().await;
+    let env = Env::on(db).await;
     let log = env.log().await;
     let customers = Arc::new(crm_log::Customers::new(log.clone(), 10_000, 8));
     write_load(customers.clone(), 1, 10).await;
-    let store = ReadStore::open_file(&env.path("views.sqlite"))
-        .await
-        .unwrap();
+    let store = env.open_store("views.sqlite").await;
     let total = log.partitions();
     let projector = |fence: u64| {
         Projector::new(
