@@ -98,6 +98,10 @@ pub struct Args {
     /// Customer counts of the `memory` scenario, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
     pub memory_customers: Vec<u64>,
+    /// Also run `project` and `rebuild` into PostgreSQL at this URL (a fresh schema per
+    /// row, dropped afterwards), e.g. `postgres://postgres@127.0.0.1:5432/postgres`.
+    #[arg(long)]
+    pub postgres_url: Option<String>,
     /// Also write the tables (Markdown) to this file.
     #[arg(long)]
     pub output: Option<PathBuf>,

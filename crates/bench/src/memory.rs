@@ -14,6 +14,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use crm_projections::ReadStore;
 use crm_projections::any::ALL;
+use crm_projections::store::Location;
 
 use crate::Args;
 use crate::measure::{self, Measured, peak_rss_mib};
@@ -111,23 +112,42 @@ pub(crate) fn write_config(
     sqlite: &Path,
     http_addr: &str,
 ) -> anyhow::Result<(PathBuf, String)> {
+    write_config_at(env, args, &Location::Sqlite(sqlite.to_owned()), http_addr)
+}
+
+/// [`write_config`] for a read store at any location.
+pub(crate) fn write_config_at(
+    env: &Env,
+    args: &Args,
+    store: &Location,
+    http_addr: &str,
+) -> anyhow::Result<(PathBuf, String)> {
     let key = crm_cli::services::new_api_key();
     let hash = crm_gateway::auth::hash_key(&key);
+    let (store_toml, stem) = match store {
+        Location::Sqlite(file) => (
+            format!("sqlite_path = \"{}\"", file.display()),
+            file.file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        Location::Postgres { url, schema } => (
+            format!("postgres_url = \"{url}\"\npostgres_schema = \"{schema}\""),
+            schema.clone(),
+        ),
+    };
     let text = format!(
-        "[nats]\nurl = \"{url}\"\n\n[store]\nsqlite_path = \"{sqlite}\"\n\n\
+        "[nats]\nurl = \"{url}\"\n\n[store]\n{store_toml}\n\n\
          [gateway]\nhttp_addr = \"{http_addr}\"\ncache_capacity = {cache}\n\n\
          [[gateway.api_keys]]\nname = \"bench\"\nkey_sha256 = \"{hash}\"\n\
          roles = [\"publisher\", \"reader\", \"ops\", \"auditor\"]\n\n\
          [projector]\nbatch_size = {batch}\n",
         url = env.nats_url(),
-        sqlite = sqlite.display(),
         cache = args.cache,
         batch = args.batch_size,
     );
-    let path = env.dir.path().join(format!(
-        "crm-{}.toml",
-        sqlite.file_stem().unwrap_or_default().to_string_lossy()
-    ));
+    let path = env.dir.path().join(format!("crm-{stem}.toml"));
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     Ok((path, key))
 }

@@ -17,6 +17,7 @@ use crm_log::{Customers, EventLog, NatsConfig, StreamSettings, SubmitOptions};
 use crm_projections::health::HealthProjection;
 use crm_projections::lifecycle::LifecycleProjection;
 use crm_projections::renewals::RenewalsProjection;
+use crm_projections::store::Location;
 use crm_projections::trust::TrustProjection;
 use crm_projections::{AnyProjection, Projection, Projector, ProjectorOptions, ReadStore};
 use futures::StreamExt;
@@ -716,18 +717,51 @@ async fn project_all(
     Ok(t.elapsed())
 }
 
+/// A fresh read store for one row, called `tag`: a SQLite file in the bench's temporary
+/// directory, or (with `postgres_url`) a schema of that database, which [`drop_store`]
+/// removes afterwards.
+pub(crate) fn fresh_location(env: &Env, tag: &str, postgres_url: Option<&str>) -> Location {
+    match postgres_url {
+        None => Location::Sqlite(env.dir.path().join(format!("{tag}.sqlite"))),
+        Some(url) => Location::Postgres {
+            url: url.to_owned(),
+            schema: format!(
+                "bench_{}_{}",
+                tag.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+                    .to_ascii_lowercase(),
+                std::process::id()
+            ),
+        },
+    }
+}
+
+/// Removes a PostgreSQL schema [`fresh_location`] made, and any shadow of it (SQLite files
+/// go with the temporary directory).
+pub(crate) async fn drop_store(at: &Location) -> anyhow::Result<()> {
+    if let Location::Postgres { url, schema } = at {
+        use sqlx::Connection;
+        let mut conn = sqlx::AnyConnection::connect(url).await?;
+        for s in [schema.clone(), format!("{schema}_rebuild_all")] {
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                "DROP SCHEMA IF EXISTS {s} CASCADE"
+            )))
+            .execute(&mut conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
 /// `names` (as `crm project` takes them) applied by one combined projector (one consumer,
-/// one transaction per batch for all), from scratch to `head` into a fresh file.
+/// one transaction per batch for all), from scratch to `head` into the fresh store `at`.
 async fn project_combined(
-    env: &Env,
     log: &EventLog,
     args: &Args,
     head: u64,
-    tag: &str,
+    at: &Location,
     names: &[&str],
 ) -> anyhow::Result<Duration> {
-    let store =
-        ReadStore::open_file(&env.dir.path().join(format!("{tag}-combined.sqlite"))).await?;
+    let store = ReadStore::open_at(at).await?;
     let policy = Arc::new(crm_projections::policy::default_policy());
     let mut projections = Vec::new();
     for n in names {
@@ -749,6 +783,7 @@ async fn project_combined(
         let cp = store.checkpoint(n).await?;
         anyhow::ensure!(cp >= head, "{n} stopped at {cp}, not {head}");
     }
+    store.pool().close().await;
     Ok(elapsed)
 }
 
@@ -857,7 +892,8 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
     eprintln!("[project] all four, one combined projector");
     reset_peak_rss();
     let mark = env.cpu.mark();
-    let elapsed = project_combined(&env, &log, args, head, "project", &FOUR_VIEWS).await?;
+    let at = fresh_location(&env, "project-combined", None);
+    let elapsed = project_combined(&log, args, head, &at, &FOUR_VIEWS).await?;
     table.rows.push(
         timed_row(
             "project: all four, one combined projector, one SQLite file (as deployed)".into(),
@@ -868,6 +904,24 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
         )
         .vs(RAW_CONSUME, raw_consume),
     );
+    if let Some(url) = args.postgres_url.as_deref() {
+        eprintln!("[project] all four, one combined projector, PostgreSQL");
+        reset_peak_rss();
+        let mark = env.cpu.mark();
+        let at = fresh_location(&env, "project-combined", Some(url));
+        let elapsed = project_combined(&log, args, head, &at, &FOUR_VIEWS).await?;
+        drop_store(&at).await?;
+        table.rows.push(
+            timed_row(
+                "project: all four, one combined projector, PostgreSQL (same machine)".into(),
+                head,
+                elapsed,
+                mark.share(),
+                row_rss(),
+            )
+            .vs(RAW_CONSUME, raw_consume),
+        );
+    }
     eprintln!("[project] all four, one shared file");
     reset_peak_rss();
     let mark = env.cpu.mark();
@@ -949,7 +1003,8 @@ async fn rebuild(args: &Args) -> anyhow::Result<Table> {
     eprintln!("[rebuild] all four views, one combined projector");
     reset_peak_rss();
     let mark = env.cpu.mark();
-    let elapsed = project_combined(&env, &log, args, head, "rebuild", &FOUR_VIEWS).await?;
+    let at = fresh_location(&env, "rebuild-combined", None);
+    let elapsed = project_combined(&log, args, head, &at, &FOUR_VIEWS).await?;
     let row = timed_row(
         "rebuild: lifecycle + trust + health + renewals, one combined projector, one SQLite file (as `crm replay all` runs)".into(),
         head,
@@ -965,7 +1020,8 @@ async fn rebuild(args: &Args) -> anyhow::Result<Table> {
     let mark = env.cpu.mark();
     let mut five = vec![crm_projections::audit::NAME];
     five.extend(FOUR_VIEWS);
-    let elapsed = project_combined(&env, &log, args, head, "rebuild5", &five).await?;
+    let at = fresh_location(&env, "rebuild5-combined", None);
+    let elapsed = project_combined(&log, args, head, &at, &five).await?;
     table.rows.push(
         timed_row(
             "rebuild: all four views and the audit index, one combined projector".into(),
@@ -976,33 +1032,58 @@ async fn rebuild(args: &Args) -> anyhow::Result<Table> {
         )
         .vs(RAW_CONSUME, raw_consume),
     );
-    eprintln!("[rebuild] `crm replay all` in a process of its own");
-    let sqlite = env.dir.path().join("replay-process.sqlite");
-    let (config, _) = crate::memory::write_config(&env, args, &sqlite, "127.0.0.1:0")?;
-    let t = Instant::now();
-    let mut replay = crate::memory::CrmProcess::spawn(
-        &config,
-        &["replay", "all"],
-        env.dir.path().join("replay.log"),
-    )?;
-    replay.wait().await?;
-    let elapsed = t.elapsed();
-    let store = ReadStore::open_file(&sqlite).await?;
-    let lowest = store.min_checkpoint(&crm_projections::any::ALL).await?;
-    anyhow::ensure!(
-        lowest >= head,
-        "`crm replay all` stopped at {lowest}, not {head}"
-    );
-    table.rows.push(
-        timed_row(
-            "rebuild: `crm replay all` (all views and the audit index, shadow then swap) in a process of its own; peak RSS is that process's".into(),
-            head,
-            elapsed,
-            None,
-            replay.peak_mib(),
-        )
-        .vs(RAW_CONSUME, raw_consume),
-    );
+    if let Some(url) = args.postgres_url.as_deref() {
+        eprintln!("[rebuild] all four views, one combined projector, PostgreSQL");
+        reset_peak_rss();
+        let mark = env.cpu.mark();
+        let at = fresh_location(&env, "rebuild-combined", Some(url));
+        let elapsed = project_combined(&log, args, head, &at, &FOUR_VIEWS).await?;
+        drop_store(&at).await?;
+        table.rows.push(
+            timed_row(
+                "rebuild: lifecycle + trust + health + renewals, one combined projector, PostgreSQL (same machine)".into(),
+                head,
+                elapsed,
+                mark.share(),
+                row_rss(),
+            )
+            .vs(RAW_CONSUME, raw_consume),
+        );
+    }
+    let mut stores = vec![(
+        fresh_location(&env, "replay-process", None),
+        "rebuild: `crm replay all` (all views and the audit index, shadow then swap) in a process of its own, SQLite; peak RSS is that process's",
+    )];
+    if let Some(url) = args.postgres_url.as_deref() {
+        stores.push((
+            fresh_location(&env, "replay-process", Some(url)),
+            "rebuild: `crm replay all` (all views and the audit index, shadow then swap) in a process of its own, PostgreSQL; peak RSS is that process's (the server's is not counted)",
+        ));
+    }
+    for (at, name) in stores {
+        eprintln!("[rebuild] `crm replay all` in a process of its own into {at}");
+        let (config, _) = crate::memory::write_config_at(&env, args, &at, "127.0.0.1:0")?;
+        let t = Instant::now();
+        let mut replay = crate::memory::CrmProcess::spawn(
+            &config,
+            &["replay", "all"],
+            env.dir.path().join("replay.log"),
+        )?;
+        replay.wait().await?;
+        let elapsed = t.elapsed();
+        let store = ReadStore::open_at(&at).await?;
+        let lowest = store.min_checkpoint(&crm_projections::any::ALL).await?;
+        store.pool().close().await;
+        drop_store(&at).await?;
+        anyhow::ensure!(
+            lowest >= head,
+            "`crm replay all` stopped at {lowest}, not {head}"
+        );
+        table.rows.push(
+            timed_row(name.into(), head, elapsed, None, replay.peak_mib())
+                .vs(RAW_CONSUME, raw_consume),
+        );
+    }
     table.rows.extend(baseline_rows(&b));
     table.notes = common_notes(args, size, &b);
     table.notes.push(format!(

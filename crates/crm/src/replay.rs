@@ -48,9 +48,7 @@ fn into_location(cfg: &Config, into: &str) -> anyhow::Result<Location> {
     };
     let same = match (&target, &live) {
         (Location::Sqlite(a), Location::Sqlite(b)) => {
-            a == b
-                || (a.canonicalize().ok().is_some()
-                    && a.canonicalize().ok() == b.canonicalize().ok())
+            a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(x), Ok(y)) if x == y)
         }
         (a, b) => a == b,
     };
@@ -121,4 +119,42 @@ pub async fn run(cfg: Config, args: ReplayArgs) -> anyhow::Result<()> {
     }
     println!("done in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn into_is_a_file_or_a_postgres_schema_and_never_the_live_store() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let mut cfg = Config::default();
+        cfg.store.sqlite_path = dir.path().join("views.sqlite");
+        std::fs::write(&cfg.store.sqlite_path, b"")?;
+
+        let other = dir.path().join("q1.sqlite");
+        assert_eq!(
+            into_location(&cfg, &other.display().to_string())?,
+            Location::Sqlite(other)
+        );
+        let live = cfg.store.sqlite_path.display().to_string();
+        assert!(into_location(&cfg, &live).is_err());
+        // The same file by another path is still the live store.
+        let roundabout = dir.path().join(".").join("views.sqlite");
+        assert!(into_location(&cfg, &roundabout.display().to_string()).is_err());
+        // A schema needs a configured PostgreSQL store.
+        assert!(into_location(&cfg, "postgres:q1").is_err());
+
+        cfg.store.postgres_url = Some("postgres://u@h/db".into());
+        cfg.store.postgres_schema = "crm".into();
+        assert_eq!(
+            into_location(&cfg, "postgres:q1")?,
+            Location::Postgres {
+                url: "postgres://u@h/db".into(),
+                schema: "q1".into()
+            }
+        );
+        assert!(into_location(&cfg, "postgres:crm").is_err());
+        Ok(())
+    }
 }
