@@ -95,3 +95,41 @@ async fn five_members_share_sixteen_partitions_fairly_and_a_leaver_s_move_on() {
     }
     assert!(crm_log::lease::holders(&kv).await.unwrap().is_empty());
 }
+
+/// A lease bucket deleted and made again numbers its revisions from 1, but its fences are
+/// still above every fence of the old bucket (they carry the bucket's creation time), so
+/// the read store goes on accepting the new holders' commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bucket_made_again_gives_larger_fences() {
+    let env = Env::new().await;
+    let settings = LeaseSettings {
+        bucket: "crm_leases_epoch".into(),
+        ttl: Duration::from_secs(3),
+        replicas: 1,
+    };
+    let m = join(&env, &settings, "a").await;
+    let before = settle(std::slice::from_ref(&m), &[16]).await.remove(0);
+    m.stop.cancel();
+    m.leases.left().await;
+
+    // Revisions of the first bucket are well past 1 by now; the new bucket starts again.
+    let log = env.log().await;
+    log.jetstream()
+        .delete_key_value(&settings.bucket)
+        .await
+        .unwrap();
+    // Epochs count whole seconds.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let m = join(&env, &settings, "a").await;
+    let after = settle(std::slice::from_ref(&m), &[16]).await.remove(0);
+    let old_max = before.values().max().copied().unwrap();
+    let new_min = after.values().min().copied().unwrap();
+    assert!(
+        new_min > old_max,
+        "new fences {after:?} must all exceed the old {before:?}"
+    );
+    // The revision part did restart: below the old bucket's revisions.
+    assert!(after.values().all(|f| f & 0xFFFF_FFFF <= 32), "{after:?}");
+    m.stop.cancel();
+    m.leases.left().await;
+}

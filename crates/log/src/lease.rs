@@ -14,6 +14,11 @@
 //!   so a later holder always has a larger fence, and the read store refuses a commit
 //!   carrying a smaller fence than the last one it saw. A process that was paused past its
 //!   lease can therefore not overwrite work of the one that took over.
+//! - A bucket deleted and made again numbers its revisions from 1, below the fences the
+//!   read store already recorded, so the fence also carries the bucket's **epoch** (its
+//!   creation time in seconds since 2025-01-01) above the revision:
+//!   `epoch << 32 | revision`. A later bucket's fences are then larger than any of an
+//!   earlier one's, and projectors started after the bucket was made again just work.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -69,9 +74,11 @@ impl PartitionLeases {
         shutdown: CancellationToken,
     ) -> Result<Self, LogError> {
         let store = open_bucket(js, settings).await?;
+        let epoch = bucket_epoch(&store).await?;
         let (tx, rx) = watch::channel(Held::new());
         let mut member = Member {
             store,
+            epoch,
             owner,
             partitions,
             held: BTreeMap::new(),
@@ -152,6 +159,27 @@ pub async fn open_bucket(
     }
 }
 
+/// Seconds from the Unix epoch to 2025-01-01T00:00:00Z.
+const EPOCH_BASE: i64 = 1_735_689_600;
+
+/// The epoch of a lease bucket: its creation time in seconds since 2025-01-01, at most
+/// 2^31 - 1 (in 2093), so a fence fits a signed 64-bit column.
+pub async fn bucket_epoch(store: &kv::Store) -> Result<u64, LogError> {
+    let status = store
+        .status()
+        .await
+        .map_err(|e| LogError::Nats(format!("reading lease bucket: {e}")))?;
+    let secs = status.info.created.unix_timestamp() - EPOCH_BASE;
+    Ok(u64::try_from(secs.clamp(0, i64::from(i32::MAX))).unwrap_or(0))
+}
+
+/// The fence of a lease taken at `revision` of a bucket of `epoch`. Revisions past 2^32
+/// (decades of renewals) would wrap and make commits be refused as stale, never accepted
+/// wrongly.
+pub fn fence(epoch: u64, revision: u64) -> u64 {
+    (epoch << 32) | (revision & 0xFFFF_FFFF)
+}
+
 /// Who holds which partition right now, read from the bucket: partition → owner.
 pub async fn holders(store: &kv::Store) -> Result<BTreeMap<u32, String>, LogError> {
     let mut out = BTreeMap::new();
@@ -189,6 +217,8 @@ struct Lease {
 
 struct Member {
     store: kv::Store,
+    /// The bucket's epoch (see the module docs), the upper half of every fence.
+    epoch: u64,
     owner: String,
     partitions: u32,
     held: BTreeMap<u32, Lease>,
@@ -294,11 +324,12 @@ impl Member {
                     .create(partition_key(p), self.owner.clone().into_bytes().into())
                     .await
                 {
-                    tracing::info!(partition = p, owner = %self.owner, fence = rev, "lease taken");
+                    let fence = fence(self.epoch, rev);
+                    tracing::info!(partition = p, owner = %self.owner, fence, "lease taken");
                     self.held.insert(
                         p,
                         Lease {
-                            fence: rev,
+                            fence,
                             revision: rev,
                             renewed_at: tokio::time::Instant::now(),
                         },
