@@ -205,7 +205,7 @@ pub async fn query(
         }
     }
     q.push(" ORDER BY sequence LIMIT ").bind(i64::from(limit));
-    let rows: Vec<(i64,)> = q.fetch_all(store.pool()).await?;
+    let rows: Vec<(i64,)> = q.fetch_all_from(store).await?;
     Ok(rows.into_iter().map(|(s,)| u64_of(s)).collect())
 }
 

@@ -282,7 +282,7 @@ pub async fn open_alerts(
     }
     q.push(" ORDER BY customer_id, alert_id LIMIT ")
         .bind(i64::from(limit));
-    let rows: Vec<AlertRow> = q.fetch_all(store.pool()).await?;
+    let rows: Vec<AlertRow> = q.fetch_all_from(store).await?;
     Ok(rows.into_iter().map(alert_view).collect())
 }
 
@@ -295,7 +295,7 @@ pub async fn customer_alerts(
         "SELECT {ALERT_COLUMNS} FROM alerts WHERE customer_id = "
     ));
     q.bind(id.to_string()).push(" ORDER BY raised_at, alert_id");
-    let rows: Vec<AlertRow> = q.fetch_all(store.pool()).await?;
+    let rows: Vec<AlertRow> = q.fetch_all_from(store).await?;
     Ok(rows.into_iter().map(alert_view).collect())
 }
 

@@ -8,23 +8,38 @@ use crm_domain::{CustomerId, Event};
 use crm_log::StoredEvent;
 use serde::de::DeserializeOwned;
 use sqlx::any::{AnyArguments, AnyRow};
-use sqlx::{Any, AnyConnection, Arguments, Encode, Executor, FromRow, Type};
+use sqlx::{Any, AnyConnection, Arguments, Encode, FromRow, Type};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
 use crate::error::ProjectionError;
+use crate::store::{Dialect, ReadStore};
+
+/// The database behind a connection.
+pub(crate) fn dialect_of(conn: &AnyConnection) -> Dialect {
+    match conn.backend_name() {
+        "PostgreSQL" => Dialect::Postgres,
+        _ => Dialect::Sqlite,
+    }
+}
 
 /// Rows per multi-row statement: at most 12 bound values each, well under SQLite's and
 /// PostgreSQL's limits.
 pub(crate) const ROWS_PER_STATEMENT: usize = 500;
 
-/// A statement built from text and bound values, with `$1, $2, ...` placeholders, which
-/// both SQLite and PostgreSQL accept (sqlx's own `QueryBuilder<Any>` writes `?`, which
-/// PostgreSQL does not).
+/// A statement built from text and bound values, written for the database it runs on:
+/// `$1, $2, ...` placeholders on PostgreSQL (sqlx's own `QueryBuilder<Any>` always writes
+/// `?`, which PostgreSQL rejects), `?` on SQLite. SQLite would take `$N` too, but sqlx then
+/// looks up every parameter's name (`sqlite3_bind_parameter_name`, a linear scan), which
+/// is quadratic in a statement of 500 rows: it made the projectors 20-40 % slower.
 pub(crate) struct Sql {
+    /// The text with [`MARK`] where each placeholder goes.
     text: String,
     args: AnyArguments,
 }
+
+/// Stands for a placeholder until the statement is rendered for its database.
+const MARK: char = '\u{1}';
 
 impl Sql {
     /// Starts a statement with `text` (constant SQL, never input).
@@ -49,7 +64,29 @@ impl Sql {
     {
         // Encoding into Any's buffer only stores the value; it cannot fail for our types.
         let _ = self.args.add(value);
-        self.push(format_args!("${}", self.args.len()))
+        self.text.push(MARK);
+        self
+    }
+
+    /// The statement's text for `dialect`.
+    fn render(&self, dialect: Dialect) -> String {
+        match dialect {
+            Dialect::Sqlite => self.text.replace(MARK, "?"),
+            Dialect::Postgres => {
+                let mut out = String::with_capacity(self.text.len() + 4 * self.args.len());
+                let mut n = 0;
+                for c in self.text.chars() {
+                    if c == MARK {
+                        n += 1;
+                        out.push('$');
+                        out.push_str(&n.to_string());
+                    } else {
+                        out.push(c);
+                    }
+                }
+                out
+            }
+        }
     }
 
     /// Appends ` VALUES (...), (...)`, one parenthesised row per item, whose values `row`
@@ -93,28 +130,41 @@ impl Sql {
         self.push(")")
     }
 
-    /// Runs the statement; returns the rows it changed.
-    pub(crate) async fn execute<'c, E>(self, conn: E) -> Result<u64, ProjectionError>
-    where
-        E: Executor<'c, Database = Any>,
-    {
-        let done = sqlx::query_with(sqlx::AssertSqlSafe(self.text), self.args)
+    /// Runs the statement on `conn`; returns the rows it changed.
+    pub(crate) async fn execute(self, conn: &mut AnyConnection) -> Result<u64, ProjectionError> {
+        let text = self.render(dialect_of(conn));
+        let done = sqlx::query_with(sqlx::AssertSqlSafe(text), self.args)
             .execute(conn)
             .await?;
         Ok(done.rows_affected())
     }
 
-    /// Runs the query and decodes every row.
-    pub(crate) async fn fetch_all<'c, O, E>(self, conn: E) -> Result<Vec<O>, ProjectionError>
+    /// Runs the query on `conn` and decodes every row.
+    pub(crate) async fn fetch_all<O>(
+        self,
+        conn: &mut AnyConnection,
+    ) -> Result<Vec<O>, ProjectionError>
     where
         O: for<'r> FromRow<'r, AnyRow> + Send + Unpin,
-        E: Executor<'c, Database = Any>,
     {
-        Ok(
-            sqlx::query_as_with(sqlx::AssertSqlSafe(self.text), self.args)
-                .fetch_all(conn)
-                .await?,
-        )
+        let text = self.render(dialect_of(conn));
+        Ok(sqlx::query_as_with(sqlx::AssertSqlSafe(text), self.args)
+            .fetch_all(conn)
+            .await?)
+    }
+
+    /// Runs the query on a connection of `store` and decodes every row.
+    pub(crate) async fn fetch_all_from<O>(
+        self,
+        store: &ReadStore,
+    ) -> Result<Vec<O>, ProjectionError>
+    where
+        O: for<'r> FromRow<'r, AnyRow> + Send + Unpin,
+    {
+        let text = self.render(store.dialect());
+        Ok(sqlx::query_as_with(sqlx::AssertSqlSafe(text), self.args)
+            .fetch_all(store.pool())
+            .await?)
     }
 }
 

@@ -407,3 +407,51 @@ mod tests {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod pragma_tests {
+    use super::*;
+
+    /// Every pooled SQLite connection runs with the pragmas the projectors were tuned
+    /// for (WAL, synchronous NORMAL, a large page cache, a 10 s busy timeout).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_connections_carry_the_tuned_pragmas() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = ReadStore::open_file(&dir.path().join("p.sqlite")).await?;
+        let mut conns = Vec::new();
+        for _ in 0..3 {
+            conns.push(store.pool().acquire().await?);
+        }
+        for conn in &mut conns {
+            let mut get = async |pragma: &'static str| -> anyhow::Result<String> {
+                let row: (String,) = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+                    "SELECT CAST({pragma} AS TEXT)"
+                )))
+                .fetch_one(&mut **conn)
+                .await?;
+                Ok(row.0)
+            };
+            assert_eq!(
+                get("(SELECT journal_mode FROM pragma_journal_mode)").await?,
+                "wal"
+            );
+            assert_eq!(
+                get("(SELECT synchronous FROM pragma_synchronous)").await?,
+                "1"
+            );
+            assert_eq!(
+                get("(SELECT cache_size FROM pragma_cache_size)").await?,
+                "-65536"
+            );
+            assert_eq!(
+                get("(SELECT timeout FROM pragma_busy_timeout)").await?,
+                "10000"
+            );
+            let (pages,): (i64,) = sqlx::query_as("PRAGMA wal_autocheckpoint")
+                .fetch_one(&mut **conn)
+                .await?;
+            assert_eq!(pages, 16384);
+        }
+        Ok(())
+    }
+}
