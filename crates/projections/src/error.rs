@@ -29,6 +29,10 @@ pub enum ProjectionError {
         "{0:?} is not a usable PostgreSQL schema name (lower-case letters, digits and _, not starting with a digit, at most 63)"
     )]
     BadSchema(String),
+    #[error(
+        "no event arrived for a while at checkpoint {checkpoint} while the log head is {head}; resubscribing"
+    )]
+    Stalled { checkpoint: u64, head: u64 },
     #[error("crash injected before commit of batch {batch}")]
     InjectedCrash { batch: u64 },
 }

@@ -308,6 +308,16 @@ impl<P: Projection> Projector<P> {
             let chunk = tokio::select! {
                 _ = shutdown.cancelled() => return Ok(()),
                 chunk = incoming.recv() => chunk,
+                _ = tokio::time::sleep(STALL_CHECK) => {
+                    // Nothing for a while: right at the head; a subscription that stopped
+                    // delivering (seen after a cluster node died) behind it. Then start
+                    // again from the checkpoint instead of waiting for ever.
+                    let head = self.log.head().await?;
+                    if head > checkpoint {
+                        return Err(ProjectionError::Stalled { checkpoint, head });
+                    }
+                    continue;
+                }
             };
             let Some(chunk) = chunk else {
                 return Err(crm_log::LogError::Nats("log subscription ended".into()).into());
@@ -473,6 +483,10 @@ async fn check_fences(
     }
     Ok(())
 }
+
+/// How long a projector waits for the next batch before it checks whether the log moved
+/// on without it.
+const STALL_CHECK: Duration = Duration::from_secs(10);
 
 /// Aborts the task when dropped (the projector's reader, whatever way `run_once` ends).
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
