@@ -309,9 +309,9 @@ impl<P: Projection> Projector<P> {
                 _ = shutdown.cancelled() => return Ok(()),
                 chunk = incoming.recv() => chunk,
                 _ = tokio::time::sleep(STALL_CHECK) => {
-                    // Nothing for a while: right at the head; a subscription that stopped
-                    // delivering (seen after a cluster node died) behind it. Then start
-                    // again from the checkpoint instead of waiting for ever.
+                    // Nothing for a while: right at the head; behind it, a subscription
+                    // that stopped delivering (as may happen when a cluster node dies).
+                    // Then start again from the checkpoint instead of waiting for ever.
                     let head = self.log.head().await?;
                     if head > checkpoint {
                         return Err(ProjectionError::Stalled { checkpoint, head });
