@@ -752,6 +752,31 @@ pub(crate) async fn drop_store(at: &Location) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The four views through one combined projector into a fresh PostgreSQL schema at
+/// `url` (dropped afterwards), as a row called `label`.
+async fn postgres_combined_row(
+    env: &Env,
+    log: &EventLog,
+    args: &Args,
+    head: u64,
+    url: &str,
+    tag: &str,
+    label: &str,
+) -> anyhow::Result<Row> {
+    reset_peak_rss();
+    let mark = env.cpu.mark();
+    let at = fresh_location(env, tag, Some(url));
+    let elapsed = project_combined(log, args, head, &at, &FOUR_VIEWS).await?;
+    drop_store(&at).await?;
+    Ok(timed_row(
+        label.into(),
+        head,
+        elapsed,
+        mark.share(),
+        row_rss(),
+    ))
+}
+
 /// `names` (as `crm project` takes them) applied by one combined projector (one consumer,
 /// one transaction per batch for all), from scratch to `head` into the fresh store `at`.
 async fn project_combined(
@@ -906,21 +931,17 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
     );
     if let Some(url) = args.postgres_url.as_deref() {
         eprintln!("[project] all four, one combined projector, PostgreSQL");
-        reset_peak_rss();
-        let mark = env.cpu.mark();
-        let at = fresh_location(&env, "project-combined", Some(url));
-        let elapsed = project_combined(&log, args, head, &at, &FOUR_VIEWS).await?;
-        drop_store(&at).await?;
-        table.rows.push(
-            timed_row(
-                "project: all four, one combined projector, PostgreSQL (same machine)".into(),
-                head,
-                elapsed,
-                mark.share(),
-                row_rss(),
-            )
-            .vs(RAW_CONSUME, raw_consume),
-        );
+        let row = postgres_combined_row(
+            &env,
+            &log,
+            args,
+            head,
+            url,
+            "project-combined",
+            "project: all four, one combined projector, PostgreSQL (same machine)",
+        )
+        .await?;
+        table.rows.push(row.vs(RAW_CONSUME, raw_consume));
     }
     eprintln!("[project] all four, one shared file");
     reset_peak_rss();
@@ -1034,21 +1055,17 @@ async fn rebuild(args: &Args) -> anyhow::Result<Table> {
     );
     if let Some(url) = args.postgres_url.as_deref() {
         eprintln!("[rebuild] all four views, one combined projector, PostgreSQL");
-        reset_peak_rss();
-        let mark = env.cpu.mark();
-        let at = fresh_location(&env, "rebuild-combined", Some(url));
-        let elapsed = project_combined(&log, args, head, &at, &FOUR_VIEWS).await?;
-        drop_store(&at).await?;
-        table.rows.push(
-            timed_row(
-                "rebuild: lifecycle + trust + health + renewals, one combined projector, PostgreSQL (same machine)".into(),
-                head,
-                elapsed,
-                mark.share(),
-                row_rss(),
-            )
-            .vs(RAW_CONSUME, raw_consume),
-        );
+        let row = postgres_combined_row(
+            &env,
+            &log,
+            args,
+            head,
+            url,
+            "rebuild-combined",
+            "rebuild: lifecycle + trust + health + renewals, one combined projector, PostgreSQL (same machine)",
+        )
+        .await?;
+        table.rows.push(row.vs(RAW_CONSUME, raw_consume));
     }
     let mut stores = vec![(
         fresh_location(&env, "replay-process", None),

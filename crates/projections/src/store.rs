@@ -296,15 +296,16 @@ async fn connect(location: &Location) -> Result<AnyPool, ProjectionError> {
         }
         Location::Postgres { url, schema } => {
             {
-                let pool = AnyPoolOptions::new()
-                    .max_connections(1)
-                    .connect(url)
-                    .await?;
+                // One plain connection first: an unreachable server or a refused login is
+                // reported as such at once (a pool would retry until its acquire timeout
+                // and report only that it timed out).
+                use sqlx::Connection;
+                let mut conn = sqlx::AnyConnection::connect(url).await?;
                 let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
                 sqlx::raw_sql(sqlx::AssertSqlSafe(create))
-                    .execute(&pool)
+                    .execute(&mut conn)
                     .await?;
-                pool.close().await;
+                conn.close().await?;
             }
             let search_path: Arc<str> = format!("SET search_path TO {schema}").into();
             let pool = AnyPoolOptions::new()
