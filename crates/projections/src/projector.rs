@@ -278,28 +278,56 @@ impl<P: Projection> Projector<P> {
         if target.is_some_and(|t| checkpoint >= t) {
             return Ok(());
         }
+        let batch_size = self.options.batch_size.max(1);
         let stream = self
             .log
             .subscribe(checkpoint)
             .await?
-            .ready_chunks(self.options.batch_size.max(1));
+            .ready_chunks(batch_size);
         // A reader task reads and decodes the next batches while this one commits (the
-        // commit mostly waits on SQLite's worker thread); a channel of two bounds what it
-        // reads ahead: at most four batches are in memory (two queued, one waiting to be
-        // queued, one being applied).
+        // commit mostly waits on SQLite's worker thread). The log arrives in small chunks
+        // (a pull's worth); while the applier is busy the reader gathers them into full
+        // batches, and hands over whatever it has as soon as the applier has room, so a
+        // busy projector commits `batch_size` events at a time and an idle one commits each
+        // event as it comes. Memory stays bounded: two batches queued, one being gathered
+        // (plus the chunk that overfilled it), one being applied.
         let (batches, mut incoming) = tokio::sync::mpsc::channel(2);
         let decode_ahead = self.projections.iter().any(Projection::decodes_events);
         let _reader = AbortOnDrop(tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
-            while let Some(chunk) = stream.next().await {
-                for stored in chunk.iter().flatten().filter(|_| decode_ahead) {
-                    // Fills the event's decode-once cell; a failure shows again, with the
-                    // event's sequence, where a projection applies it.
-                    let _ = stored.event();
+            let mut pending: Vec<Result<StoredEvent, crm_log::LogError>> = Vec::new();
+            loop {
+                if pending.len() >= batch_size {
+                    let rest = pending.split_off(batch_size);
+                    if batches
+                        .send(std::mem::replace(&mut pending, rest))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    continue;
                 }
-                if batches.send(chunk).await.is_err() {
-                    break;
+                tokio::select! {
+                    chunk = stream.next() => {
+                        let Some(chunk) = chunk else { break };
+                        for stored in chunk.iter().flatten().filter(|_| decode_ahead) {
+                            // Fills the event's decode-once cell; a failure shows again,
+                            // with the event's sequence, where a projection applies it.
+                            let _ = stored.event();
+                        }
+                        pending.extend(chunk);
+                    }
+                    permit = batches.reserve(), if !pending.is_empty() => {
+                        let Ok(permit) = permit else { return };
+                        permit.send(std::mem::take(&mut pending));
+                    }
                 }
+            }
+            // The subscription ended: hand over what is left (the applier then reports
+            // the end).
+            if !pending.is_empty() {
+                let _ = batches.send(pending).await;
             }
         }));
         let mut batch_no = 0u64;
@@ -370,7 +398,10 @@ impl<P: Projection> Projector<P> {
         apply_rate: f64,
         batch_no: u64,
     ) -> Result<(), ProjectionError> {
+        let started = Instant::now();
         let mut tx = self.store.begin_write().await?;
+        let mut spent = Vec::with_capacity(self.projections.len() + 2);
+        spent.push(("begin", started.elapsed()));
         if let Some(share) = &self.options.share {
             check_fences(&mut tx, share).await?;
         }
@@ -383,8 +414,10 @@ impl<P: Projection> Projector<P> {
                     if fresh.is_empty() {
                         continue;
                     }
+                    let t = Instant::now();
                     projection.apply_batch(&mut tx, fresh).await?;
                     write_checkpoint(&mut tx, name, last, &now, apply_rate).await?;
+                    spent.push((name, t.elapsed()));
                 }
                 Mark::Parts(parts) => {
                     let total = self.options.share.as_ref().map_or(1, |s| s.total);
@@ -408,7 +441,15 @@ impl<P: Projection> Projector<P> {
             // Dropping the transaction rolls it back, exactly as a crash would.
             return Err(ProjectionError::InjectedCrash { batch: batch_no });
         }
+        let t = Instant::now();
         tx.commit().await?;
+        spent.push(("commit", t.elapsed()));
+        tracing::debug!(
+            events = events.len(),
+            spent = ?spent,
+            total = ?started.elapsed(),
+            "batch timings"
+        );
         Ok(())
     }
 }
