@@ -107,6 +107,11 @@ pub struct Args {
     pub output: Option<PathBuf>,
 }
 
+/// The same allocator as the `crm` binary (the bench runs the same paths in process, and
+/// re-executes itself as `crm` for the process rows).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Re-executed by the bench as a `crm` process of its own (see `memory`).
     if std::env::var_os(memory::AS_CRM).is_some() {
