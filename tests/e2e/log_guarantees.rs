@@ -122,6 +122,50 @@ async fn envelopes_carry_headers_schema_and_a_verifiable_chain() {
     app.stop().await;
 }
 
+/// A subscription tells with every event how many more the log held for it: projectors
+/// gather full batches while it is behind and commit each event once it has caught up.
+#[tokio::test]
+async fn subscribed_events_tell_how_far_behind_the_head_the_reader_is() {
+    use futures::StreamExt;
+    let env = Env::new().await;
+    let app = App::start(&env).await;
+    let c = Uuid::now_v7();
+    app.accept(c, register("Behind")).await;
+    for _ in 0..4 {
+        app.accept(
+            c,
+            serde_json::json!({"type": "record_care_touch", "kind": "birthday"}),
+        )
+        .await;
+    }
+    let log = env.log().await;
+    assert_eq!(log.head().await.unwrap(), 5);
+    for after in [0, 3] {
+        let got: Vec<(u64, u64)> = log
+            .subscribe(after)
+            .await
+            .unwrap()
+            .take(5 - after as usize)
+            .map(|e| {
+                let e = e.unwrap();
+                (e.sequence, e.behind())
+            })
+            .collect()
+            .await;
+        let want: Vec<(u64, u64)> = (after + 1..=5).map(|s| (s, 5 - s)).collect();
+        assert_eq!(got, want, "subscribed after {after}");
+    }
+    app.accept(
+        c,
+        serde_json::json!({"type": "record_care_touch", "kind": "holiday"}),
+    )
+    .await;
+    let mut live = std::pin::pin!(log.subscribe(5).await.unwrap());
+    let sixth = live.next().await.unwrap().unwrap();
+    assert_eq!((sixth.sequence, sixth.behind()), (6, 0));
+    app.stop().await;
+}
+
 #[tokio::test]
 async fn eventually_event_store_contract() {
     let env = Env::new().await;

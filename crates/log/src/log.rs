@@ -30,6 +30,8 @@ pub struct StoredEvent {
     /// The domain event, decoded on first use: several projections applying the same
     /// batch decode (and upcast) each event once between them.
     event: OnceLock<Event>,
+    /// Events the subscription still had waiting on the server after this one.
+    behind: u64,
 }
 
 impl StoredEvent {
@@ -39,7 +41,15 @@ impl StoredEvent {
             sequence,
             envelope,
             event: OnceLock::new(),
+            behind: 0,
         }
+    }
+
+    /// How many more events the log held for the subscription that read this one, when
+    /// the server delivered it ([`EventLog::subscribe`]; 0 elsewhere): 0 means the reader
+    /// had caught up with the log's head.
+    pub fn behind(&self) -> u64 {
+        self.behind
     }
 
     /// The domain event of the envelope (upcast to the current schema), decoded once.
@@ -264,7 +274,9 @@ impl EventLog {
                 sequence,
                 reason: e.to_string(),
             })?;
-            Ok(StoredEvent::new(sequence, envelope))
+            let mut stored = StoredEvent::new(sequence, envelope);
+            stored.behind = info.pending;
+            Ok(stored)
         }))
     }
 

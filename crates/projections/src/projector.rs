@@ -286,16 +286,21 @@ impl<P: Projection> Projector<P> {
             .ready_chunks(batch_size);
         // A reader task reads and decodes the next batches while this one commits (the
         // commit mostly waits on SQLite's worker thread). The log arrives in small chunks
-        // (a pull's worth); while the applier is busy the reader gathers them into full
-        // batches, and hands over whatever it has as soon as the applier has room, so a
-        // busy projector commits `batch_size` events at a time and an idle one commits each
-        // event as it comes. Memory stays bounded: two batches queued, one being gathered
-        // (plus the chunk that overfilled it), one being applied.
+        // (a pull's worth); the reader gathers them into batches of `batch_size`. While the
+        // log holds more for it (catching up, rebuilding) it hands over only full batches:
+        // fewer, larger transactions rewrite each customer's rows and pages fewer times.
+        // Once it has caught up with the head it hands over whatever it has as soon as the
+        // applier has room, so a live projector commits each event as it comes. Memory
+        // stays bounded: two batches queued, one being gathered (plus the chunk that
+        // overfilled it), one being applied.
         let (batches, mut incoming) = tokio::sync::mpsc::channel(2);
         let decode_ahead = self.projections.iter().any(Projection::decodes_events);
         let _reader = AbortOnDrop(tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
             let mut pending: Vec<Result<StoredEvent, crm_log::LogError>> = Vec::new();
+            // Whether the log held more for this subscription when its latest event was
+            // delivered (an error is handed over at once).
+            let mut more_waiting = false;
             loop {
                 if pending.len() >= batch_size {
                     let rest = pending.split_off(batch_size);
@@ -316,9 +321,11 @@ impl<P: Projection> Projector<P> {
                             // with the event's sequence, where a projection applies it.
                             let _ = stored.event();
                         }
+                        more_waiting = chunk.iter().all(Result::is_ok)
+                            && chunk.last().is_some_and(|s| s.as_ref().is_ok_and(|s| s.behind() > 0));
                         pending.extend(chunk);
                     }
-                    permit = batches.reserve(), if !pending.is_empty() => {
+                    permit = batches.reserve(), if !pending.is_empty() && !more_waiting => {
                         let Ok(permit) = permit else { return };
                         permit.send(std::mem::take(&mut pending));
                     }
