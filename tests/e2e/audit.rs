@@ -175,7 +175,9 @@ async fn verify_names_the_first_break_in_altered_copies() {
     let (_t1, copy) = copy_stream(&events, |i, e| {
         let mut e = e.clone();
         if i == 4 {
-            e.payload["severity"] = json!("minor");
+            let mut payload = e.payload.to_value();
+            payload["severity"] = json!("minor");
+            e.payload = payload.into();
         }
         Some(e)
     })
@@ -208,7 +210,9 @@ async fn verify_names_the_first_break_in_altered_copies() {
         .map(|(i, e)| {
             let mut env = e.envelope.clone();
             if i == 4 {
-                env.payload["severity"] = json!("minor");
+                let mut payload = env.payload.to_value();
+                payload["severity"] = json!("minor");
+                env.payload = payload.into();
             }
             env.prev_hash = heads
                 .get(&env.customer_id)

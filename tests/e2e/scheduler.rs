@@ -95,7 +95,7 @@ async fn renewal_due_and_inactivity_exactly_once(db: Db) {
             .iter()
             .filter(|e| {
                 e.envelope.event_type == "renewal_marked_due"
-                    && e.envelope.payload["contract_id"] == contract
+                    && e.envelope.payload.to_value()["contract_id"] == contract
             })
             .count()
     };
@@ -107,7 +107,7 @@ async fn renewal_due_and_inactivity_exactly_once(db: Db) {
         .filter(|e| e.envelope.event_type == "inactivity_flagged")
         .collect();
     assert_eq!(flagged.len(), 1);
-    assert_eq!(flagged[0].envelope.payload["days_inactive"], 61);
+    assert_eq!(flagged[0].envelope.payload.to_value()["days_inactive"], 61);
     assert_eq!(flagged[0].envelope.actor, "scheduler");
     assert_eq!(
         flagged[0].envelope.occurred_at,

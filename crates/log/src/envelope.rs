@@ -6,8 +6,11 @@
 //! (`prev_hash`, [`GENESIS_HASH`] for the first), so altering, removing or reordering any
 //! event breaks every later link.
 
+use std::borrow::Cow;
+
 use crm_domain::{CustomerId, Event};
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -44,9 +47,75 @@ pub struct Envelope {
     pub correlation_id: Option<String>,
     pub causation_id: Option<String>,
     pub idempotency_key: Option<String>,
-    pub payload: serde_json::Value,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub payload: Payload,
     pub prev_hash: String,
     pub hash: String,
+}
+
+/// An event's payload: its JSON text, kept as the log stores it. Reading an event parses the
+/// text once, straight into the domain event (no `serde_json::Value` in between), and
+/// writing one copies it.
+///
+/// Payloads written by [`Envelope::seal`] are canonical (compact, object keys sorted); two
+/// payloads are equal when their texts are.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Payload(Box<RawValue>);
+
+impl Payload {
+    /// The canonical text of `value` (`serde_json::Value` keeps object keys sorted).
+    pub fn from_value(value: &serde_json::Value) -> Self {
+        // Writing a `Value` out cannot fail, and its output is valid JSON.
+        let text = serde_json::to_string(value).unwrap_or_else(|_| "null".into());
+        Self(RawValue::from_string(text).unwrap_or_else(|_| null_payload()))
+    }
+
+    /// The payload as a JSON value (for reading single fields, or rewriting it).
+    pub fn to_value(&self) -> serde_json::Value {
+        // The text was valid JSON when it was parsed or written.
+        serde_json::from_str(self.0.get()).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        self.0.get()
+    }
+
+    /// The canonical form: compact, keys sorted (itself when it already is; only a payload
+    /// written by someone else, or altered, can differ).
+    fn canonical(&self) -> Cow<'_, RawValue> {
+        let canonical = Self::from_value(&self.to_value());
+        if canonical.get() == self.get() {
+            Cow::Borrowed(&self.0)
+        } else {
+            Cow::Owned(canonical.0)
+        }
+    }
+}
+
+fn null_payload() -> Box<RawValue> {
+    RawValue::from_string("null".into()).expect("null is JSON")
+}
+
+impl PartialEq for Payload {
+    fn eq(&self, other: &Self) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for Payload {}
+
+impl std::fmt::Display for Payload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl From<serde_json::Value> for Payload {
+    fn from(value: serde_json::Value) -> Self {
+        Self::from_value(&value)
+    }
 }
 
 /// Why an envelope could not be turned into a domain event.
@@ -74,9 +143,9 @@ impl Envelope {
         // Serialising a derived enum of plain data cannot fail.
         let payload = match serde_json::to_value(event) {
             Ok(serde_json::Value::Object(mut tagged)) => {
-                tagged.remove("payload").unwrap_or(serde_json::Value::Null)
+                Payload::from_value(&tagged.remove("payload").unwrap_or_default())
             }
-            _ => serde_json::Value::Null,
+            _ => Payload(null_payload()),
         };
         let mut envelope = Envelope {
             event_id,
@@ -94,7 +163,10 @@ impl Envelope {
             prev_hash: prev_hash.to_owned(),
             hash: String::new(),
         };
-        envelope.hash = envelope.compute_hash();
+        // The payload was just written canonically.
+        envelope.hash = hex::encode(Sha256::digest(
+            envelope.canonical_bytes_with(&envelope.payload.0),
+        ));
         envelope
     }
 
@@ -104,11 +176,16 @@ impl Envelope {
     }
 
     /// The canonical encoding the hash covers: compact JSON of every field but `hash`, keys
-    /// sorted. Written in one pass from borrowed fields (the payload is a
-    /// `serde_json::Value`, whose keys are already sorted); byte for byte what serialising
-    /// the envelope into a `Value`, removing `hash` and writing it out gives, which is how
-    /// it was computed before (a test holds the two equal).
+    /// sorted. Written in one pass from borrowed fields and the payload in its canonical
+    /// form; byte for byte what serialising the envelope into a `Value`, removing `hash` and
+    /// writing it out gives, which is how it was computed before (a test holds the two
+    /// equal).
     pub fn canonical_bytes(&self) -> Vec<u8> {
+        self.canonical_bytes_with(&self.payload.canonical())
+    }
+
+    /// [`Envelope::canonical_bytes`] with `payload` (canonical) in place of the envelope's.
+    fn canonical_bytes_with(&self, payload: &RawValue) -> Vec<u8> {
         #[derive(Serialize)]
         struct Canonical<'a> {
             actor: &'a str,
@@ -119,7 +196,7 @@ impl Envelope {
             idempotency_key: &'a Option<String>,
             #[serde(with = "time::serde::rfc3339")]
             occurred_at: OffsetDateTime,
-            payload: &'a serde_json::Value,
+            payload: &'a RawValue,
             prev_hash: &'a str,
             #[serde(with = "time::serde::rfc3339")]
             recorded_at: OffsetDateTime,
@@ -136,7 +213,7 @@ impl Envelope {
             event_id: &self.event_id,
             idempotency_key: &self.idempotency_key,
             occurred_at: self.occurred_at,
-            payload: &self.payload,
+            payload,
             prev_hash: &self.prev_hash,
             recorded_at: self.recorded_at,
             schema_version: self.schema_version,
@@ -162,11 +239,19 @@ impl Envelope {
         Ok(serde_json::from_slice(bytes)?)
     }
 
-    /// The domain event, upcast from older schema versions.
+    /// The domain event, upcast from older schema versions. The payload text is parsed
+    /// once, straight into the event: the tag comes first, so serde knows the variant
+    /// before it reaches the payload and does not buffer it.
     pub fn event(&self) -> Result<Event, DecodeError> {
-        let payload = upcast(&self.event_type, self.schema_version, self.payload.clone())?;
-        let tagged = serde_json::json!({ "type": self.event_type, "payload": payload });
-        Ok(serde_json::from_value(tagged)?)
+        let payload = upcast(&self.event_type, self.schema_version, &self.payload)?;
+        let payload = payload.get();
+        let mut tagged = Vec::with_capacity(payload.len() + self.event_type.len() + 24);
+        tagged.extend_from_slice(br#"{"type":"#);
+        serde_json::to_writer(&mut tagged, &self.event_type)?;
+        tagged.extend_from_slice(br#","payload":"#);
+        tagged.extend_from_slice(payload.as_bytes());
+        tagged.push(b'}');
+        Ok(serde_json::from_slice(&tagged)?)
     }
 }
 
@@ -178,15 +263,16 @@ pub fn hash_canonical(value: &serde_json::Value) -> String {
 }
 
 /// Upcasts a payload to the current schema version. Version 1 is the only one so far; a
-/// future version 2 adds an arm here that rewrites version-1 payloads, so readers only ever
-/// see current shapes.
-pub fn upcast(
+/// future version 2 adds an arm here that rewrites version-1 payloads (through
+/// [`Payload::to_value`] and [`Payload::from_value`]), so readers only ever see current
+/// shapes.
+pub fn upcast<'a>(
     event_type: &str,
     schema_version: u32,
-    payload: serde_json::Value,
-) -> Result<serde_json::Value, DecodeError> {
+    payload: &'a Payload,
+) -> Result<Cow<'a, Payload>, DecodeError> {
     match schema_version {
-        Event::SCHEMA_VERSION => Ok(payload),
+        Event::SCHEMA_VERSION => Ok(Cow::Borrowed(payload)),
         other => Err(DecodeError::UnknownSchema {
             event_type: event_type.to_owned(),
             version: other,
@@ -241,7 +327,9 @@ mod tests {
     #[test]
     fn any_change_breaks_the_hash() {
         let mut e = sample();
-        e.payload["name"] = serde_json::json!("Evil");
+        let mut payload = e.payload.to_value();
+        payload["name"] = serde_json::json!("Evil");
+        e.payload = payload.into();
         assert!(!e.hash_is_valid());
         let mut e = sample();
         e.version = 2;
@@ -268,11 +356,37 @@ mod tests {
             "z": [1, 2.5, -3, {"b": null, "a": true}],
             "a": {"y": "x", "x": 18446744073709551615u64},
             "m": "line\nbreak\ttab"
-        });
+        })
+        .into();
         e.version = u64::MAX;
         e.recorded_at = time::macros::datetime!(2026-11-23 12:00:00.000001 +00:00);
         assert_eq!(e.canonical_bytes(), reference(&e));
         assert_eq!(e.compute_hash(), hex::encode(Sha256::digest(reference(&e))));
+    }
+
+    /// A payload whose text is not canonical (keys out of order, spaces: written by
+    /// someone else, or re-encoded) hashes as its canonical form, as `jq -cS` computes it;
+    /// its text is kept as it is.
+    #[test]
+    fn a_payload_out_of_canonical_form_hashes_as_its_canonical_form() {
+        let e = sample();
+        let mut bytes: serde_json::Value = serde_json::from_slice(&e.to_bytes()).expect("json");
+        bytes["payload"] = serde_json::Value::Null;
+        let text = String::from_utf8(serde_json::to_vec(&bytes).expect("bytes")).expect("utf8");
+        let shuffled = text.replace(
+            r#""payload":null"#,
+            r#""payload":{ "segment" : null, "region":null,"name":"Acme", "account_manager":null,"acquisition_channel":null}"#,
+        );
+        let back = Envelope::from_bytes(shuffled.as_bytes()).expect("parse");
+        assert_ne!(back.payload.get(), e.payload.get());
+        assert_eq!(back.canonical_bytes(), e.canonical_bytes());
+        assert!(back.hash_is_valid());
+        assert_eq!(back.event().expect("decode"), e.event().expect("decode"));
+        assert!(
+            String::from_utf8(back.to_bytes())
+                .expect("utf8")
+                .contains(r#""segment" : null"#)
+        );
     }
 
     #[test]
