@@ -80,6 +80,10 @@ pub struct Args {
     /// Events preloaded for `rebuild` (the target is 1,000,000).
     #[arg(long, default_value_t = 100_000)]
     pub rebuild_events: u64,
+    /// `rebuild`: run only the row the target is about (the four views through one
+    /// combined projector), skipping the others.
+    #[arg(long)]
+    pub combined_only: bool,
     /// Events preloaded for `audit` (the figure is over 1,000,000).
     #[arg(long, default_value_t = 1_000_000)]
     pub audit_events: u64,

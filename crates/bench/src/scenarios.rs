@@ -1008,19 +1008,21 @@ async fn rebuild(args: &Args) -> anyhow::Result<Table> {
         )
         .vs(RAW_ASYNC, b.async_publish.rate()),
     );
-    eprintln!("[rebuild] all four views, one shared file");
-    reset_peak_rss();
-    let mark = env.cpu.mark();
-    let elapsed = project_all(&env, &log, args, head, "rebuild", true).await?;
-    let row = timed_row(
-        "rebuild: lifecycle + trust + health + renewals, four concurrent projectors, one SQLite file".into(),
-        head,
-        elapsed,
-        mark.share(),
-        row_rss(),
-    )
-    .vs(RAW_CONSUME, raw_consume);
-    table.rows.push(row);
+    if !args.combined_only {
+        eprintln!("[rebuild] all four views, one shared file");
+        reset_peak_rss();
+        let mark = env.cpu.mark();
+        let elapsed = project_all(&env, &log, args, head, "rebuild", true).await?;
+        let row = timed_row(
+            "rebuild: lifecycle + trust + health + renewals, four concurrent projectors, one SQLite file".into(),
+            head,
+            elapsed,
+            mark.share(),
+            row_rss(),
+        )
+        .vs(RAW_CONSUME, raw_consume);
+        table.rows.push(row);
+    }
     eprintln!("[rebuild] all four views, one combined projector");
     reset_peak_rss();
     let mark = env.cpu.mark();
@@ -1036,70 +1038,72 @@ async fn rebuild(args: &Args) -> anyhow::Result<Table> {
     .vs(RAW_CONSUME, raw_consume);
     let rate = row.rate;
     table.rows.push(row);
-    eprintln!("[rebuild] the audit index too");
-    reset_peak_rss();
-    let mark = env.cpu.mark();
-    let mut five = vec![crm_projections::audit::NAME];
-    five.extend(FOUR_VIEWS);
-    let at = fresh_location(&env, "rebuild5-combined", None);
-    let elapsed = project_combined(&log, args, head, &at, &five).await?;
-    table.rows.push(
-        timed_row(
-            "rebuild: all four views and the audit index, one combined projector".into(),
-            head,
-            elapsed,
-            mark.share(),
-            row_rss(),
-        )
-        .vs(RAW_CONSUME, raw_consume),
-    );
-    if let Some(url) = args.postgres_url.as_deref() {
-        eprintln!("[rebuild] all four views, one combined projector, PostgreSQL");
-        let row = postgres_combined_row(
-            &env,
-            &log,
-            args,
-            head,
-            url,
-            "rebuild-combined",
-            "rebuild: lifecycle + trust + health + renewals, one combined projector, PostgreSQL (same machine)",
-        )
-        .await?;
-        table.rows.push(row.vs(RAW_CONSUME, raw_consume));
-    }
-    let mut stores = vec![(
-        fresh_location(&env, "replay-process", None),
-        "rebuild: `crm replay all` (all views and the audit index, shadow then swap) in a process of its own, SQLite; peak RSS is that process's",
-    )];
-    if let Some(url) = args.postgres_url.as_deref() {
-        stores.push((
-            fresh_location(&env, "replay-process", Some(url)),
-            "rebuild: `crm replay all` (all views and the audit index, shadow then swap) in a process of its own, PostgreSQL; peak RSS is that process's (the server's is not counted)",
-        ));
-    }
-    for (at, name) in stores {
-        eprintln!("[rebuild] `crm replay all` in a process of its own into {at}");
-        let (config, _) = crate::memory::write_config_at(&env, args, &at, "127.0.0.1:0")?;
-        let t = Instant::now();
-        let mut replay = crate::memory::CrmProcess::spawn(
-            &config,
-            &["replay", "all"],
-            env.dir.path().join("replay.log"),
-        )?;
-        replay.wait().await?;
-        let elapsed = t.elapsed();
-        let store = ReadStore::open_at(&at).await?;
-        let lowest = store.min_checkpoint(&crm_projections::any::ALL).await?;
-        store.pool().close().await;
-        drop_store(&at).await?;
-        anyhow::ensure!(
-            lowest >= head,
-            "`crm replay all` stopped at {lowest}, not {head}"
-        );
+    if !args.combined_only {
+        eprintln!("[rebuild] the audit index too");
+        reset_peak_rss();
+        let mark = env.cpu.mark();
+        let mut five = vec![crm_projections::audit::NAME];
+        five.extend(FOUR_VIEWS);
+        let at = fresh_location(&env, "rebuild5-combined", None);
+        let elapsed = project_combined(&log, args, head, &at, &five).await?;
         table.rows.push(
-            timed_row(name.into(), head, elapsed, None, replay.peak_mib())
-                .vs(RAW_CONSUME, raw_consume),
+            timed_row(
+                "rebuild: all four views and the audit index, one combined projector".into(),
+                head,
+                elapsed,
+                mark.share(),
+                row_rss(),
+            )
+            .vs(RAW_CONSUME, raw_consume),
         );
+        if let Some(url) = args.postgres_url.as_deref() {
+            eprintln!("[rebuild] all four views, one combined projector, PostgreSQL");
+            let row = postgres_combined_row(
+                &env,
+                &log,
+                args,
+                head,
+                url,
+                "rebuild-combined",
+                "rebuild: lifecycle + trust + health + renewals, one combined projector, PostgreSQL (same machine)",
+            )
+            .await?;
+            table.rows.push(row.vs(RAW_CONSUME, raw_consume));
+        }
+        let mut stores = vec![(
+            fresh_location(&env, "replay-process", None),
+            "rebuild: `crm replay all` (all views and the audit index, shadow then swap) in a process of its own, SQLite; peak RSS is that process's",
+        )];
+        if let Some(url) = args.postgres_url.as_deref() {
+            stores.push((
+                fresh_location(&env, "replay-process", Some(url)),
+                "rebuild: `crm replay all` (all views and the audit index, shadow then swap) in a process of its own, PostgreSQL; peak RSS is that process's (the server's is not counted)",
+            ));
+        }
+        for (at, name) in stores {
+            eprintln!("[rebuild] `crm replay all` in a process of its own into {at}");
+            let (config, _) = crate::memory::write_config_at(&env, args, &at, "127.0.0.1:0")?;
+            let t = Instant::now();
+            let mut replay = crate::memory::CrmProcess::spawn(
+                &config,
+                &["replay", "all"],
+                env.dir.path().join("replay.log"),
+            )?;
+            replay.wait().await?;
+            let elapsed = t.elapsed();
+            let store = ReadStore::open_at(&at).await?;
+            let lowest = store.min_checkpoint(&crm_projections::any::ALL).await?;
+            store.pool().close().await;
+            drop_store(&at).await?;
+            anyhow::ensure!(
+                lowest >= head,
+                "`crm replay all` stopped at {lowest}, not {head}"
+            );
+            table.rows.push(
+                timed_row(name.into(), head, elapsed, None, replay.peak_mib())
+                    .vs(RAW_CONSUME, raw_consume),
+            );
+        }
     }
     table.rows.extend(baseline_rows(&b));
     table.notes = common_notes(args, size, &b);
