@@ -92,6 +92,18 @@ async fn envelopes_carry_headers_schema_and_a_verifiable_chain() {
     let js = jetstream::new(client);
     let stream = js.get_stream("CRM_EVENTS").await.unwrap();
     let raw = stream.direct_get(2).await.unwrap();
+    // Exactly these headers: every one is stored with every message and parsed by every
+    // reader, and the envelope carries the rest.
+    let mut names: Vec<String> = raw.headers.iter().map(|(n, _)| n.to_string()).collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "Crm-Event-Id",
+            "Crm-Event-Type",
+            "Nats-Expected-Last-Subject-Sequence"
+        ]
+    );
     assert_eq!(
         raw.headers.get("Crm-Event-Type").map(|v| v.as_str()),
         Some("contract_signed")

@@ -60,13 +60,13 @@ pub fn baseline_rows(b: &Baselines) -> Vec<Row> {
         Row::of(RAW_SYNC, &b.sync_publish, None),
         Row::of(format!("{RAW_CONSUME} (no acks)"), &b.consume, None),
         Row::of(
-            "ref: raw async publish + 4 Crm-* headers",
+            "ref: raw async publish + 2 Crm-* headers",
             &b.async_publish_headers,
             None,
         )
         .vs(RAW_ASYNC, b.async_publish.rate()),
         Row::of(
-            "ref: raw ordered consume + 4 Crm-* headers",
+            "ref: raw ordered consume + 2 Crm-* headers",
             &b.consume_headers,
             None,
         )

@@ -240,7 +240,7 @@ pub(crate) fn row_rss() -> Option<f64> {
 pub(crate) fn common_notes(args: &Args, size: usize, b: &Baselines) -> Vec<String> {
     let mut notes = vec![format!(
         "baselines on the same server, same run: {} messages of {size} B payload (the mean CRM envelope \
-         of this run) over {} subjects, no headers; publish-and-wait over {} messages; the `ref: … + 4 Crm-* headers` \
+         of this run) over {} subjects, no headers; publish-and-wait over {} messages; the `ref: … + 2 Crm-* headers` \
          rows add the headers every CRM event carries (appends also send Nats-Expected-Last-Subject-Sequence)",
         b.plan.count,
         raw::RAW_SUBJECTS,
