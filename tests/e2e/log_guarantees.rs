@@ -92,17 +92,23 @@ async fn envelopes_carry_headers_schema_and_a_verifiable_chain() {
     let js = jetstream::new(client);
     let stream = js.get_stream("CRM_EVENTS").await.unwrap();
     let raw = stream.direct_get(2).await.unwrap();
-    // Exactly these headers: every one is stored with every message and parsed by every
-    // reader, and the envelope carries the rest.
-    let mut names: Vec<String> = raw.headers.iter().map(|(n, _)| n.to_string()).collect();
-    names.sort();
+    // Exactly these of our own headers: every one is stored with every message and parsed
+    // by every reader, and the envelope carries the rest. (A direct get adds the server's
+    // `Nats-Sequence`, `Nats-Stream`, `Nats-Subject` and `Nats-Time-Stamp`.)
+    let mut ours: Vec<String> = raw
+        .headers
+        .iter()
+        .map(|(n, _)| n.to_string())
+        .filter(|n| n.starts_with("Crm-"))
+        .collect();
+    ours.sort();
+    assert_eq!(ours, ["Crm-Event-Id", "Crm-Event-Type"]);
     assert_eq!(
-        names,
-        [
-            "Crm-Event-Id",
-            "Crm-Event-Type",
-            "Nats-Expected-Last-Subject-Sequence"
-        ]
+        raw.headers
+            .get("Nats-Expected-Last-Subject-Sequence")
+            .map(|v| v.as_str()),
+        Some("1"),
+        "the optimistic-concurrency check is kept with the message"
     );
     assert_eq!(
         raw.headers.get("Crm-Event-Type").map(|v| v.as_str()),
