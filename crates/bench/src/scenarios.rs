@@ -819,6 +819,30 @@ const FOUR_VIEWS: [&str; 4] = [
     crm_projections::renewals::NAME,
 ];
 
+/// One row: `names` through one combined projector into a fresh SQLite file called `tag`,
+/// from checkpoint 0 to `head`, timed, with the process's CPU share and peak RSS.
+async fn combined_sqlite_row(
+    env: &Env,
+    log: &EventLog,
+    args: &Args,
+    head: u64,
+    tag: &str,
+    names: &[&str],
+    row_name: &str,
+) -> anyhow::Result<Row> {
+    reset_peak_rss();
+    let mark = env.cpu.mark();
+    let at = fresh_location(env, tag, None);
+    let elapsed = project_combined(log, args, head, &at, names).await?;
+    Ok(timed_row(
+        row_name.into(),
+        head,
+        elapsed,
+        mark.share(),
+        row_rss(),
+    ))
+}
+
 pub(crate) fn timed_row(
     name: String,
     count: u64,
@@ -915,20 +939,17 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
         );
     }
     eprintln!("[project] all four, one combined projector");
-    reset_peak_rss();
-    let mark = env.cpu.mark();
-    let at = fresh_location(&env, "project-combined", None);
-    let elapsed = project_combined(&log, args, head, &at, &FOUR_VIEWS).await?;
-    table.rows.push(
-        timed_row(
-            "project: all four, one combined projector, one SQLite file (as deployed)".into(),
-            head,
-            elapsed,
-            mark.share(),
-            row_rss(),
-        )
-        .vs(RAW_CONSUME, raw_consume),
-    );
+    let row = combined_sqlite_row(
+        &env,
+        &log,
+        args,
+        head,
+        "project-combined",
+        &FOUR_VIEWS,
+        "project: all four, one combined projector, one SQLite file (as deployed)",
+    )
+    .await?;
+    table.rows.push(row.vs(RAW_CONSUME, raw_consume));
     if let Some(url) = args.postgres_url.as_deref() {
         eprintln!("[project] all four, one combined projector, PostgreSQL");
         let row = postgres_combined_row(
@@ -1024,38 +1045,34 @@ async fn rebuild(args: &Args) -> anyhow::Result<Table> {
         table.rows.push(row);
     }
     eprintln!("[rebuild] all four views, one combined projector");
-    reset_peak_rss();
-    let mark = env.cpu.mark();
-    let at = fresh_location(&env, "rebuild-combined", None);
-    let elapsed = project_combined(&log, args, head, &at, &FOUR_VIEWS).await?;
-    let row = timed_row(
-        "rebuild: lifecycle + trust + health + renewals, one combined projector, one SQLite file (as `crm replay all` runs)".into(),
+    let row = combined_sqlite_row(
+        &env,
+        &log,
+        args,
         head,
-        elapsed,
-        mark.share(),
-        row_rss(),
+        "rebuild-combined",
+        &FOUR_VIEWS,
+        "rebuild: lifecycle + trust + health + renewals, one combined projector, one SQLite file (as `crm replay all` runs)",
     )
+    .await?
     .vs(RAW_CONSUME, raw_consume);
     let rate = row.rate;
     table.rows.push(row);
     if !args.combined_only {
         eprintln!("[rebuild] the audit index too");
-        reset_peak_rss();
-        let mark = env.cpu.mark();
         let mut five = vec![crm_projections::audit::NAME];
         five.extend(FOUR_VIEWS);
-        let at = fresh_location(&env, "rebuild5-combined", None);
-        let elapsed = project_combined(&log, args, head, &at, &five).await?;
-        table.rows.push(
-            timed_row(
-                "rebuild: all four views and the audit index, one combined projector".into(),
-                head,
-                elapsed,
-                mark.share(),
-                row_rss(),
-            )
-            .vs(RAW_CONSUME, raw_consume),
-        );
+        let row = combined_sqlite_row(
+            &env,
+            &log,
+            args,
+            head,
+            "rebuild5-combined",
+            &five,
+            "rebuild: all four views and the audit index, one combined projector",
+        )
+        .await?;
+        table.rows.push(row.vs(RAW_CONSUME, raw_consume));
         if let Some(url) = args.postgres_url.as_deref() {
             eprintln!("[rebuild] all four views, one combined projector, PostgreSQL");
             let row = postgres_combined_row(
