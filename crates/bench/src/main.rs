@@ -12,6 +12,7 @@
 //! temporary directory. Nothing is hard-coded: every figure printed is measured in the run.
 
 mod audit;
+mod http1;
 mod measure;
 mod memory;
 mod raw;

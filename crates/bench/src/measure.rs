@@ -83,6 +83,7 @@ where
 {
     let op = Arc::new(op);
     let next = Arc::new(AtomicU64::new(0));
+    let trace = std::env::var_os("CRM_BENCH_TRACE").is_some();
     let start = Instant::now();
     let mut tasks = Vec::with_capacity(workers);
     for worker in 0..workers.max(1) {
@@ -90,6 +91,7 @@ where
         let next = next.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
+            let mut starts = Vec::new();
             let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
             loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
@@ -108,6 +110,9 @@ where
                     Ok(()) => {
                         ok += 1;
                         lat.push(micros(t0.elapsed()));
+                        if trace {
+                            starts.push(micros(t0 - start));
+                        }
                     }
                     Err(e) => {
                         errors += 1;
@@ -115,14 +120,16 @@ where
                     }
                 }
             }
-            (lat, ok, errors, first_error)
+            (lat, starts, ok, errors, first_error)
         }));
     }
     let mut all = Vec::with_capacity(usize::try_from(count).unwrap_or(0));
+    let mut traced = Vec::new();
     let (mut ok, mut errors, mut first_error) = (0, 0, None);
     for t in tasks {
         match t.await {
-            Ok((lat, o, e, fe)) => {
+            Ok((lat, starts, o, e, fe)) => {
+                traced.extend(starts.iter().copied().zip(lat.iter().copied()));
                 all.extend(lat);
                 ok += o;
                 errors += e;
@@ -137,6 +144,18 @@ where
         }
     }
     let elapsed = start.elapsed();
+    if trace {
+        traced.sort_unstable();
+        let path = std::env::temp_dir().join(format!(
+            "crm-bench-trace-{}-{}.txt",
+            std::process::id(),
+            start.elapsed().as_nanos() ^ u128::from(count)
+        ));
+        let text: String = traced.iter().map(|(s, l)| format!("{s} {l}\n")).collect();
+        if std::fs::write(&path, text).is_ok() {
+            eprintln!("  trace (start µs, latency µs): {}", path.display());
+        }
+    }
     Measured {
         ok,
         errors,

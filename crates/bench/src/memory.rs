@@ -5,6 +5,7 @@
 //! `memory` runs the gateway and a projector at several numbers of customers: their peak
 //! RSS should follow the cache and batch bounds, not the customers or the log's length.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -21,7 +22,7 @@ use crate::measure::{self, Measured, peak_rss_mib};
 use crate::raw;
 use crate::report::{RAW_ASYNC, RAW_CONSUME, Row, Table, baseline_rows};
 use crate::scenarios::{
-    Env, common_notes, customer_ids, http_clients, post_command, register_body, timed_row,
+    Env, common_notes, customer_ids, http_connections, post_command, register_body, timed_row,
 };
 
 /// Set in a child's environment: the bench binary then runs as `crm` with its arguments.
@@ -213,7 +214,8 @@ pub async fn run(args: &Args) -> anyhow::Result<Table> {
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        let registered = register_over_http(args, &base, &key, n).await?;
+        let registered =
+            register_over_http(args, SocketAddr::from(([127, 0, 0, 1], port)), &key, n).await?;
         gateway.ensure_alive()?;
         let gateway_peak = gateway.peak_mib();
         gateway.stop().await;
@@ -286,18 +288,17 @@ pub async fn run(args: &Args) -> anyhow::Result<Table> {
 
 async fn register_over_http(
     args: &Args,
-    base: &str,
+    addr: SocketAddr,
     key: &str,
     n: u64,
 ) -> anyhow::Result<Measured> {
     let ids = customer_ids(n);
-    let clients = http_clients(args.concurrency)?;
+    let connections = http_connections(addr, args.concurrency);
     let auth: Arc<str> = Arc::from(format!("Bearer {key}"));
-    let base: Arc<str> = Arc::from(base);
     Ok(measure::drive(n, args.concurrency, None, move |k, worker| {
-        let url = format!("{base}/v1/customers/{}/commands", ids[k as usize]);
+        let path = format!("/v1/customers/{}/commands", ids[k as usize]);
         let body = Bytes::from(register_body(k).to_string());
-        post_command(clients[worker].clone(), url, auth.clone(), body)
+        post_command(connections.clone(), worker, path, auth.clone(), body)
     })
     .await)
 }

@@ -205,6 +205,59 @@ async fn sync_publish(
     Ok(finished(count, start.elapsed(), lat))
 }
 
+/// The throwaway stream of the paced publish-and-wait baseline.
+pub const RAW_PACED_STREAM: &str = "BENCH_RAW_PACED";
+
+/// Publish-and-wait of `count` messages of `size` bytes from `workers` concurrent
+/// publishers, the k-th scheduled at `k / rate` seconds: the latency floor of one appended
+/// event at that rate, measured like the paced scenarios (from the scheduled start).
+pub async fn paced_publish(
+    client: &async_nats::Client,
+    size: usize,
+    count: u64,
+    workers: usize,
+    rate: f64,
+    cpu: CpuMeter,
+) -> anyhow::Result<Measured> {
+    let js = jetstream::new(client.clone());
+    let _ = js.delete_stream(RAW_PACED_STREAM).await;
+    js.create_stream(stream::Config {
+        name: RAW_PACED_STREAM.into(),
+        subjects: vec!["benchp.>".into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .context("creating the paced baseline stream")?;
+    let subjects: std::sync::Arc<Vec<Subject>> = std::sync::Arc::new(
+        (0..RAW_SUBJECTS)
+            .map(|i| Subject::from(format!("benchp.{i}")))
+            .collect(),
+    );
+    let body = payload(size);
+    eprintln!(
+        "  baseline: publish-and-wait of {count} messages, {workers} publishers paced at {rate:.0}/s"
+    );
+    let mark = cpu.mark();
+    let op_js = js.clone();
+    let measured = crate::measure::drive(count, workers, Some(rate), move |k, _| {
+        let (js, body) = (op_js.clone(), body.clone());
+        let subject = subjects[(k as usize) % subjects.len()].clone();
+        async move {
+            js.publish(subject, body)
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await
+    .with_cpu(&mark);
+    let _ = js.delete_stream(RAW_PACED_STREAM).await;
+    Ok(measured)
+}
+
 /// Reads the first `count` messages of `stream` with an ordered consumer (no acks), not
 /// decoding them. Used for the baseline and, on `CRM_EVENTS`, as a reference.
 pub async fn consume_ordered(stream: &stream::Stream, count: u64) -> anyhow::Result<Measured> {

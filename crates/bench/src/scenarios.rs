@@ -1,6 +1,7 @@
 //! The scenarios. Each starts a fresh nats-server, runs its workload, then measures the raw
 //! baselines on the same server with the workload's mean message size and count.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,9 +28,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::http1;
 use crate::measure::{self, CpuMeter, CpuShare, Measured, peak_rss_mib, reset_peak_rss};
 use crate::raw::{self, Baselines, RawPlan};
-use crate::report::{RAW_ASYNC, RAW_CONSUME, Row, Table, baseline_rows};
+use crate::report::{RAW_ASYNC, RAW_CONSUME, RAW_SYNC, Row, Table, baseline_rows};
 use crate::{Args, Scenario};
 
 /// Runs the chosen scenario(s) and prints their tables.
@@ -181,45 +183,77 @@ impl Env {
     }
 }
 
+impl Env {
+    /// The paced rows' reference: raw publish-and-wait from the same number of concurrent
+    /// publishers at the same rate, when a paced run happened.
+    async fn paced_floor(
+        &self,
+        args: &Args,
+        size: usize,
+        paced: Option<f64>,
+    ) -> anyhow::Result<Option<Row>> {
+        let Some(rate) = paced else {
+            return Ok(None);
+        };
+        let client = self.connect("crm-bench-raw-paced").await?;
+        let m = raw::paced_publish(
+            &client,
+            size,
+            args.commands,
+            args.concurrency,
+            rate,
+            self.cpu,
+        )
+        .await?;
+        Ok(Some(Row::of(
+            format!(
+                "{RAW_SYNC}, {} publishers paced at {rate:.0}/s (latency floor)",
+                args.concurrency
+            ),
+            &m,
+            None,
+        )))
+    }
+}
+
 pub(crate) fn customer_ids(n: u64) -> Arc<Vec<CustomerId>> {
     Arc::new((0..n).map(|_| CustomerId::new(Uuid::now_v7())).collect())
 }
 
-/// One keep-alive HTTP client per worker.
-pub(crate) fn http_clients(workers: usize) -> anyhow::Result<Arc<Vec<reqwest::Client>>> {
-    Ok(Arc::new(
+/// One keep-alive HTTP/1.1 connection per worker (each used by its worker only).
+pub(crate) fn http_connections(
+    addr: SocketAddr,
+    workers: usize,
+) -> Arc<Vec<tokio::sync::Mutex<http1::Connection>>> {
+    Arc::new(
         (0..workers.max(1))
-            .map(|_| {
-                reqwest::Client::builder()
-                    .pool_max_idle_per_host(1)
-                    .tcp_nodelay(true)
-                    .build()
-            })
-            .collect::<Result<_, _>>()?,
-    ))
+            .map(|_| tokio::sync::Mutex::new(http1::Connection::new(addr)))
+            .collect(),
+    )
 }
 
-/// POSTs a command body to `url`; only `201 Created` counts as done.
+/// POSTs a command body to `path` on the worker's connection; only `201 Created` counts as
+/// done.
 pub(crate) async fn post_command(
-    client: reqwest::Client,
-    url: String,
+    connections: Arc<Vec<tokio::sync::Mutex<http1::Connection>>>,
+    worker: usize,
+    path: String,
     auth: Arc<str>,
     body: Bytes,
 ) -> Result<(), String> {
-    let resp = client
-        .post(url)
-        .header("authorization", &*auth)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
+    let mut conn = connections[worker].lock().await;
+    let resp = conn
+        .post(&path, &auth, &body)
         .await
         .map_err(|e| e.to_string())?;
-    let status = resp.status();
-    let text = resp.bytes().await.map_err(|e| e.to_string())?;
-    if status.as_u16() == 201 {
+    if resp.status == 201 {
         Ok(())
     } else {
-        Err(format!("{status}: {}", String::from_utf8_lossy(&text)))
+        Err(format!(
+            "{}: {}",
+            resp.status,
+            String::from_utf8_lossy(&resp.body)
+        ))
     }
 }
 
@@ -349,6 +383,9 @@ async fn append(args: &Args) -> anyhow::Result<Table> {
     let size = raw::mean_payload(log.jetstream(), log.stream_name(), first, last, 2_000).await?;
     eprintln!("[append] baselines");
     let b = env.baselines(args, size, args.commands).await?;
+    let floor = env
+        .paced_floor(args, size, paced.as_ref().map(|p| p.0))
+        .await?;
     let raw_async = b.async_publish.rate();
     table.rows.push(
         Row::of(
@@ -373,6 +410,7 @@ async fn append(args: &Args) -> anyhow::Result<Table> {
         );
     }
     table.rows.extend(baseline_rows(&b));
+    table.rows.extend(floor);
     table.notes = common_notes(args, size, &b);
     table.notes.extend(first_error("register", &reg));
     table.notes.extend(first_error("append", &max));
@@ -402,7 +440,7 @@ async fn http(args: &Args) -> anyhow::Result<Table> {
     let parts = services::open(&cfg).await?;
     let state = services::app_state(&cfg, &parts)?;
     let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
+    let addr = listener.local_addr()?;
     let shutdown = CancellationToken::new();
     let mut tasks: JoinSet<anyhow::Result<()>> = JoinSet::new();
     if args.with_projectors {
@@ -416,13 +454,13 @@ async fn http(args: &Args) -> anyhow::Result<Table> {
 
     let ids = customer_ids(args.customers);
     let n = ids.len() as u64;
-    let clients = http_clients(args.concurrency)?;
+    let connections = http_connections(addr, args.concurrency);
     let auth: Arc<str> = Arc::from(format!("Bearer {key}"));
     let post = {
-        let (clients, ids, auth) = (clients.clone(), ids.clone(), auth.clone());
+        let (connections, ids, auth) = (connections.clone(), ids.clone(), auth.clone());
         move |k: u64, worker: usize, body: Bytes| {
-            let url = format!("{base}/v1/customers/{}/commands", ids[(k % n) as usize]);
-            post_command(clients[worker].clone(), url, auth.clone(), body)
+            let path = format!("/v1/customers/{}/commands", ids[(k % n) as usize]);
+            post_command(connections.clone(), worker, path, auth.clone(), body)
         }
     };
     let mut table = Table {
@@ -480,7 +518,7 @@ async fn http(args: &Args) -> anyhow::Result<Table> {
         None => None,
     };
     drop(post);
-    drop(clients);
+    drop(connections);
     shutdown.cancel();
     let stopped = tokio::time::timeout(Duration::from_secs(10), async {
         while let Some(r) = tasks.join_next().await {
@@ -504,6 +542,9 @@ async fn http(args: &Args) -> anyhow::Result<Table> {
     .await?;
     eprintln!("[http] baselines");
     let b = env.baselines(args, size, args.commands).await?;
+    let floor = env
+        .paced_floor(args, size, paced.as_ref().map(|p| p.0))
+        .await?;
     let raw_async = b.async_publish.rate();
     table
         .rows
@@ -522,6 +563,7 @@ async fn http(args: &Args) -> anyhow::Result<Table> {
         );
     }
     table.rows.extend(baseline_rows(&b));
+    table.rows.extend(floor);
     table.notes = common_notes(args, size, &b);
     table.notes.push(
         "the HTTP clients run in the bench process too, on the same 2 cores as gateway and nats-server"
