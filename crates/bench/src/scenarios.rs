@@ -98,9 +98,18 @@ async fn machine() -> anyhow::Result<String> {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default();
+    let gc = ["GOGC", "GOMEMLIMIT"]
+        .iter()
+        .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
+        .collect::<Vec<_>>();
+    let gc = if gc.is_empty() {
+        format!("GOGC={}", crm_log::server::GO_GC)
+    } else {
+        gc.join(" ")
+    };
     Ok(format!(
         "## crm-bench\n\nmachine: {cpus} CPUs ({model}), {mem_gib:.1} GiB memory; {version} ({binary}); \
-         one nats-server per scenario, file storage, one replica, temporary store\n"
+         one nats-server per scenario ({gc}), file storage, one replica, temporary store\n"
     ))
 }
 

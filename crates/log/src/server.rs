@@ -81,10 +81,10 @@ pub fn free_port() -> std::io::Result<u16> {
 /// `GOMEMLIMIT` is set in the environment (then the server inherits it).
 ///
 /// With Go's default (`GOGC=100`) the server collects every time its heap doubles; on a
-/// 2-core machine each cycle takes a core's quarter for a few milliseconds, and appends
-/// queue behind it. At half the maximum append rate that set the p99 (4.8–17.9 ms against
-/// 3.8–4.0 ms with 400; docs/benchmarks.md). 400 collects at five times the live heap, which
-/// stays bounded by the store's caches and the stream count.
+/// 2-core machine each cycle takes a share of a core for a few milliseconds, and appends
+/// queue behind it. At half the maximum append rate that set the p99: 4.8–17.9 ms in 8
+/// runs, against 3.9–4.1 ms in 6 of 7 runs with 400 (docs/benchmarks.md). 400 collects at
+/// five times the live heap, which stays bounded by the store's caches and stream count.
 pub const GO_GC: &str = "400";
 
 fn go_gc(cmd: &mut Command) {
