@@ -1,6 +1,6 @@
 //! A projector killed between batches or inside a batch's transaction resumes to exactly
 //! the view a rebuild from scratch produces; re-applying a batch changes nothing. For every
-//! projection.
+//! projection. A subscription that stops delivering is resumed from the checkpoint.
 
 use std::sync::Arc;
 
@@ -72,7 +72,7 @@ async fn check<P: Projection + Clone>(projection: P, app: &App, env: &Env, event
             ProjectorOptions {
                 batch_size: batch,
                 crash_before_commit_of_batch: crash,
-                share: None,
+                ..ProjectorOptions::default()
             },
         )
     };
@@ -135,4 +135,55 @@ async fn crash_inside_and_between_batches_equals_rebuild_for_every_projection(db
     check(HealthProjection::new(policy), &app, &env, &events).await;
     check(RenewalsProjection, &app, &env, &events).await;
     app.stop().await;
+}
+
+/// A subscription that stops delivering mid-run (no error, no end) is noticed by the stall
+/// check and resumed from the committed checkpoint by `run_until` (rebuilds, `crm replay`,
+/// as-of views), to the same view as a clean pass. The subscription is about the log, not
+/// the store: SQLite only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_until_resubscribes_after_a_subscription_stops_delivering() {
+    let env = Env::on(Db::Sqlite).await;
+    let app = App::start_with(env.config("unused.sqlite"), false).await;
+    generate(&app, 12).await;
+    let events = read_all(&app.parts.log).await;
+    let head = events.last().unwrap().sequence;
+    assert!(head > 60, "head {head}");
+    let run = |store: &ReadStore, stall: Option<u64>| {
+        Projector::new(
+            LifecycleProjection,
+            store.clone(),
+            app.parts.log.clone(),
+            ProjectorOptions {
+                batch_size: 10,
+                stall_after_batch: stall,
+                ..ProjectorOptions::default()
+            },
+        )
+    };
+    let fresh = env.open_store("stall-fresh.sqlite").await;
+    run(&fresh, None).run_until(head).await.unwrap();
+
+    let stalled = env.open_store("stall.sqlite").await;
+    let projector = run(&stalled, Some(2));
+    let started = std::time::Instant::now();
+    let finished = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        projector.run_until(head),
+    )
+    .await
+    .expect("run_until finishes after the stall");
+    finished.unwrap();
+    // The first subscription delivered two batches of 10 and stopped; the stall check
+    // (3 s while the log holds more) noticed it, and a new one delivered the rest.
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(3),
+        "no stall was waited out: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(stalled.checkpoint("lifecycle").await.unwrap(), head);
+    assert_eq!(
+        crm_projections::lifecycle::dump(&stalled).await.unwrap(),
+        crm_projections::lifecycle::dump(&fresh).await.unwrap()
+    );
 }

@@ -178,7 +178,7 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
         ProjectorOptions {
             batch_size: 10,
             crash_before_commit_of_batch: Some(4),
-            share: None,
+            ..ProjectorOptions::default()
         },
     )
     .run_until(head)

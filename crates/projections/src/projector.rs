@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crm_log::{EventLog, StoredEvent};
@@ -53,6 +54,10 @@ pub struct ProjectorOptions {
     /// Test hook: fail after writing batch N (1-based) but before committing it, as a
     /// crash inside the transaction would.
     pub crash_before_commit_of_batch: Option<u64>,
+    /// Test hook: the projector's first subscription stops delivering once batch N
+    /// (1-based) is handed over, without an error or an end, as a subscription that
+    /// silently stops would; later subscriptions deliver normally.
+    pub stall_after_batch: Option<u64>,
     /// Apply only these partitions of the stream (a partitioned projector holding leases);
     /// `None` applies everything.
     pub share: Option<PartitionShare>,
@@ -63,6 +68,7 @@ impl Default for ProjectorOptions {
         Self {
             batch_size: 5_000,
             crash_before_commit_of_batch: None,
+            stall_after_batch: None,
             share: None,
         }
     }
@@ -142,6 +148,8 @@ pub struct Projector<P> {
     log: EventLog,
     options: ProjectorOptions,
     status: watch::Sender<ProjectorStatus>,
+    /// Whether [`ProjectorOptions::stall_after_batch`] has been used up.
+    stall_injected: AtomicBool,
 }
 
 impl<P> std::fmt::Debug for Projector<P> {
@@ -176,6 +184,7 @@ impl<P: Projection> Projector<P> {
             log,
             options,
             status,
+            stall_injected: AtomicBool::new(false),
         }
     }
 
@@ -323,13 +332,22 @@ impl<P: Projection> Projector<P> {
         // overfilled it), one being applied.
         let (batches, mut incoming) = tokio::sync::mpsc::channel(2);
         let decode_ahead = self.projections.iter().any(Projection::decodes_events);
+        let stall_after = self
+            .options
+            .stall_after_batch
+            .filter(|_| !self.stall_injected.swap(true, Ordering::Relaxed));
         let _reader = AbortOnDrop(tokio::spawn(async move {
             let mut stream = std::pin::pin!(stream);
+            let mut handed_over = 0u64;
             let mut pending: Vec<Result<StoredEvent, crm_log::LogError>> = Vec::new();
             // Whether the log held more for this subscription when its latest event was
             // delivered (an error is handed over at once).
             let mut more_waiting = false;
             loop {
+                if stall_after.is_some_and(|n| handed_over >= n) {
+                    // Keep the channel open and read nothing more, for ever.
+                    std::future::pending::<()>().await;
+                }
                 if pending.len() >= batch_size {
                     let rest = pending.split_off(batch_size);
                     if batches
@@ -339,6 +357,7 @@ impl<P: Projection> Projector<P> {
                     {
                         return;
                     }
+                    handed_over += 1;
                     continue;
                 }
                 tokio::select! {
@@ -356,6 +375,7 @@ impl<P: Projection> Projector<P> {
                     permit = batches.reserve(), if !pending.is_empty() && !more_waiting => {
                         let Ok(permit) = permit else { return };
                         permit.send(std::mem::take(&mut pending));
+                        handed_over += 1;
                     }
                 }
             }
