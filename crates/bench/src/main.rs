@@ -110,6 +110,10 @@ pub struct Args {
     /// Also write the tables (Markdown) to this file.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Worker threads of the bench's async runtime (default: `TOKIO_WORKER_THREADS`, else
+    /// one per CPU, as the `crm` binary). The in-process paths run on this runtime.
+    #[arg(long)]
+    pub worker_threads: Option<usize>,
 }
 
 /// The same allocator as the `crm` binary (the bench runs the same paths in process, and
@@ -129,10 +133,11 @@ fn main() -> ExitCode {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = args.worker_threads {
+        builder.worker_threads(n.max(1));
+    }
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

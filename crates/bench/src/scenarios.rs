@@ -103,13 +103,16 @@ async fn machine() -> anyhow::Result<String> {
         .filter_map(|k| std::env::var(k).ok().map(|v| format!("{k}={v}")))
         .collect::<Vec<_>>();
     let gc = if gc.is_empty() {
-        format!("GOGC={}", crm_log::server::GO_GC)
+        "Go's default GC".to_owned()
     } else {
         gc.join(" ")
     };
+    let workers = tokio::runtime::Handle::current().metrics().num_workers();
     Ok(format!(
         "## crm-bench\n\nmachine: {cpus} CPUs ({model}), {mem_gib:.1} GiB memory; {version} ({binary}); \
-         one nats-server per scenario ({gc}), file storage, one replica, temporary store\n"
+         one nats-server per scenario ({gc}), file storage, one replica, temporary store; \
+         the bench's runtime has {workers} worker thread{}\n",
+        if workers == 1 { "" } else { "s" }
     ))
 }
 

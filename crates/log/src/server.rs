@@ -77,22 +77,6 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// The Go garbage collector target of the servers started here, unless `GOGC` or
-/// `GOMEMLIMIT` is set in the environment (then the server inherits it).
-///
-/// With Go's default (`GOGC=100`) the server collects every time its heap doubles; on a
-/// 2-core machine each cycle takes a share of a core for a few milliseconds, and appends
-/// queue behind it. At half the maximum append rate that set the p99: 4.8–17.9 ms in 8
-/// runs, against 3.9–4.1 ms in 6 of 7 runs with 400 (docs/benchmarks.md). 400 collects at
-/// five times the live heap, which stays bounded by the store's caches and stream count.
-pub const GO_GC: &str = "400";
-
-fn go_gc(cmd: &mut Command) {
-    if std::env::var_os("GOGC").is_none() && std::env::var_os("GOMEMLIMIT").is_none() {
-        cmd.env("GOGC", GO_GC);
-    }
-}
-
 impl NatsServer {
     /// Starts a server with a temporary store on a free port.
     pub async fn start() -> Result<Self, LogError> {
@@ -120,7 +104,6 @@ impl NatsServer {
             None => free_port().map_err(|e| LogError::Server(e.to_string()))?,
         };
         let mut cmd = Command::new(&binary);
-        go_gc(&mut cmd);
         cmd.arg("-a")
             .arg("127.0.0.1")
             .arg("-p")
@@ -270,9 +253,7 @@ impl NatsCluster {
                 .filter(|(j, _)| *j != i)
                 .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
                 .collect();
-            let mut cmd = Command::new(&binary);
-            go_gc(&mut cmd);
-            let child = cmd
+            let child = Command::new(&binary)
                 .args([
                     "-a",
                     "127.0.0.1",
