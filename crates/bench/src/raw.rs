@@ -47,6 +47,29 @@ pub struct Baselines {
     pub consume_headers: Measured,
 }
 
+/// A new, empty file-backed stream `name` (an old one of that name is deleted) on
+/// `prefix.>`, and its [`RAW_SUBJECTS`] subjects.
+async fn fresh_stream(
+    js: &jetstream::Context,
+    name: &str,
+    prefix: &str,
+) -> anyhow::Result<(stream::Stream, Vec<Subject>)> {
+    let _ = js.delete_stream(name).await;
+    let stream = js
+        .create_stream(stream::Config {
+            name: name.into(),
+            subjects: vec![format!("{prefix}.>")],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .with_context(|| format!("creating the stream {name}"))?;
+    let subjects = (0..RAW_SUBJECTS)
+        .map(|i| Subject::from(format!("{prefix}.{i}")))
+        .collect();
+    Ok((stream, subjects))
+}
+
 fn payload(size: usize) -> Bytes {
     // JSON-looking filler of exactly `size` bytes.
     let mut v = vec![b'x'; size.max(2)];
@@ -63,19 +86,7 @@ pub async fn measure(
     cpu: CpuMeter,
 ) -> anyhow::Result<Baselines> {
     let js = jetstream::new(client.clone());
-    let _ = js.delete_stream(RAW_STREAM).await;
-    let raw = js
-        .create_stream(stream::Config {
-            name: RAW_STREAM.into(),
-            subjects: vec!["bench.>".into()],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .context("creating the baseline stream")?;
-    let subjects: Vec<Subject> = (0..RAW_SUBJECTS)
-        .map(|i| Subject::from(format!("bench.{i}")))
-        .collect();
+    let (raw, subjects) = fresh_stream(&js, RAW_STREAM, "bench").await?;
     let body = payload(plan.size);
 
     eprintln!(
@@ -98,19 +109,7 @@ pub async fn measure(
     let _ = js.delete_stream(RAW_STREAM).await;
 
     eprintln!("  reference: async publish and consume with the two Crm-* headers");
-    let _ = js.delete_stream(RAW_HEADERS_STREAM).await;
-    let with_headers = js
-        .create_stream(stream::Config {
-            name: RAW_HEADERS_STREAM.into(),
-            subjects: vec!["benchh.>".into()],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .context("creating the reference stream")?;
-    let subjects: Vec<Subject> = (0..RAW_SUBJECTS)
-        .map(|i| Subject::from(format!("benchh.{i}")))
-        .collect();
+    let (with_headers, subjects) = fresh_stream(&js, RAW_HEADERS_STREAM, "benchh").await?;
     let mark = cpu.mark();
     let async_publish_headers =
         publish_windowed(&js, &subjects, &body, plan.count, plan.window, true)
@@ -220,20 +219,8 @@ pub async fn paced_publish(
     cpu: CpuMeter,
 ) -> anyhow::Result<Measured> {
     let js = jetstream::new(client.clone());
-    let _ = js.delete_stream(RAW_PACED_STREAM).await;
-    js.create_stream(stream::Config {
-        name: RAW_PACED_STREAM.into(),
-        subjects: vec!["benchp.>".into()],
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .context("creating the paced baseline stream")?;
-    let subjects: std::sync::Arc<Vec<Subject>> = std::sync::Arc::new(
-        (0..RAW_SUBJECTS)
-            .map(|i| Subject::from(format!("benchp.{i}")))
-            .collect(),
-    );
+    let (_, subjects) = fresh_stream(&js, RAW_PACED_STREAM, "benchp").await?;
+    let subjects = std::sync::Arc::new(subjects);
     let body = payload(size);
     eprintln!(
         "  baseline: publish-and-wait of {count} messages, {workers} publishers paced at {rate:.0}/s"
