@@ -808,27 +808,35 @@ pub(crate) async fn drop_store(at: &Location) -> anyhow::Result<()> {
 
 /// The four views through one combined projector into a fresh PostgreSQL schema at
 /// `url` (dropped afterwards), as a row called `label`.
+/// With `--postgres-url`, the four views through one combined projector into a fresh
+/// PostgreSQL schema (dropped afterwards); `label` is `"<scenario>: <row>"`.
 async fn postgres_combined_row(
     env: &Env,
     log: &EventLog,
     args: &Args,
     head: u64,
-    url: &str,
     tag: &str,
     label: &str,
-) -> anyhow::Result<Row> {
+) -> anyhow::Result<Option<Row>> {
+    let Some(url) = args.postgres_url.as_deref() else {
+        return Ok(None);
+    };
+    match label.split_once(": ") {
+        Some((scenario, row)) => eprintln!("[{scenario}] {row}"),
+        None => eprintln!("{label}"),
+    }
     reset_peak_rss();
     let mark = env.cpu.mark();
     let at = fresh_location(env, tag, Some(url));
     let elapsed = project_combined(log, args, head, &at, &FOUR_VIEWS).await?;
     drop_store(&at).await?;
-    Ok(timed_row(
+    Ok(Some(timed_row(
         label.into(),
         head,
         elapsed,
         mark.share(),
         row_rss(),
-    ))
+    )))
 }
 
 /// `names` (as `crm project` takes them) applied by one combined projector (one consumer,
@@ -1004,20 +1012,18 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
     )
     .await?;
     table.rows.push(row.vs(RAW_CONSUME, raw_consume));
-    if let Some(url) = args.postgres_url.as_deref() {
-        eprintln!("[project] all four, one combined projector, PostgreSQL");
-        let row = postgres_combined_row(
-            &env,
-            &log,
-            args,
-            head,
-            url,
-            "project-combined",
-            "project: all four, one combined projector, PostgreSQL (same machine)",
-        )
-        .await?;
-        table.rows.push(row.vs(RAW_CONSUME, raw_consume));
-    }
+    let row = postgres_combined_row(
+        &env,
+        &log,
+        args,
+        head,
+        "project-combined",
+        "project: all four, one combined projector, PostgreSQL (same machine)",
+    )
+    .await?;
+    table
+        .rows
+        .extend(row.map(|r| r.vs(RAW_CONSUME, raw_consume)));
     eprintln!("[project] all four, one shared file");
     reset_peak_rss();
     let mark = env.cpu.mark();
@@ -1127,20 +1133,18 @@ async fn rebuild(args: &Args) -> anyhow::Result<Table> {
         )
         .await?;
         table.rows.push(row.vs(RAW_CONSUME, raw_consume));
-        if let Some(url) = args.postgres_url.as_deref() {
-            eprintln!("[rebuild] all four views, one combined projector, PostgreSQL");
-            let row = postgres_combined_row(
-                &env,
-                &log,
-                args,
-                head,
-                url,
-                "rebuild-combined",
-                "rebuild: lifecycle + trust + health + renewals, one combined projector, PostgreSQL (same machine)",
-            )
-            .await?;
-            table.rows.push(row.vs(RAW_CONSUME, raw_consume));
-        }
+        let row = postgres_combined_row(
+            &env,
+            &log,
+            args,
+            head,
+            "rebuild-combined",
+            "rebuild: lifecycle + trust + health + renewals, one combined projector, PostgreSQL (same machine)",
+        )
+        .await?;
+        table
+            .rows
+            .extend(row.map(|r| r.vs(RAW_CONSUME, raw_consume)));
         let mut stores = vec![(
             fresh_location(&env, "replay-process", None),
             "rebuild: `crm replay all` (all views and the audit index, shadow then swap) in a process of its own, SQLite; peak RSS is that process's",
