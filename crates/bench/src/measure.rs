@@ -146,10 +146,12 @@ where
     let elapsed = start.elapsed();
     if trace {
         traced.sort_unstable();
+        // One file per measured phase, numbered in the order the phases end.
+        static PHASE: AtomicU64 = AtomicU64::new(1);
         let path = std::env::temp_dir().join(format!(
             "crm-bench-trace-{}-{}.txt",
             std::process::id(),
-            start.elapsed().as_nanos() ^ u128::from(count)
+            PHASE.fetch_add(1, Ordering::Relaxed)
         ));
         let text: String = traced.iter().map(|(s, l)| format!("{s} {l}\n")).collect();
         if std::fs::write(&path, text).is_ok() {
