@@ -262,3 +262,123 @@ async fn eventually_event_store_contract() {
     ));
     assert_chain(&read_all(&log).await);
 }
+
+/// Appends `per_customer` care touches for each of `customers` customers, round robin in
+/// runs of three, through the event store; returns the log's head.
+async fn fill(log: &EventLog, customers: usize, per_customer: u32) -> u64 {
+    let mut store = JetStreamEventStore::new(Arc::new(Customers::new(log.clone(), 100, 4)), "test");
+    let ids: Vec<CustomerId> = (0..customers)
+        .map(|_| CustomerId::new(Uuid::now_v7()))
+        .collect();
+    let touch = || {
+        Event::CareTouchRecorded(CareTouchRecorded {
+            kind: CareTouchKind::Holiday,
+            note: None,
+        })
+    };
+    let mut version = 0;
+    while version < per_customer {
+        let n = (per_customer - version).min(3);
+        for id in &ids {
+            let events = (0..n).map(|_| touch()).collect();
+            store
+                .append(*id, Expected::Exact(version), events)
+                .await
+                .unwrap();
+        }
+        version += n;
+    }
+    log.head().await.unwrap()
+}
+
+/// The catch-up read (`EventLog::read`, as projectors, rebuilds and audits use it) returns
+/// exactly the events of its range, in log order, the same as the live subscription, across
+/// many pull requests, and ends after the last one.
+#[tokio::test]
+async fn a_catch_up_read_returns_exactly_its_range_across_many_pulls() {
+    use futures::StreamExt;
+    let env = Env::new().await;
+    let log = env.log().await;
+    let head = fill(&log, 10, 60).await;
+    assert_eq!(head, 600);
+    let subscribed: Vec<_> = log
+        .subscribe(0)
+        .await
+        .unwrap()
+        .take(600)
+        .try_collect()
+        .await
+        .unwrap();
+    for (after, until, pull) in [
+        (0, 600, 64),
+        (137, 462, 7),
+        (599, 600, 64),
+        (0, 600, 10_000),
+    ] {
+        let read: Vec<_> = tokio::time::timeout(
+            std::time::Duration::from_secs(30),
+            log.read_in_pulls(after, until, pull)
+                .try_collect::<Vec<_>>(),
+        )
+        .await
+        .expect("the read ends after its last event")
+        .unwrap();
+        let want = &subscribed[after as usize..until as usize];
+        assert_eq!(
+            read.len(),
+            want.len(),
+            "read ({after}, {until}] in pulls of {pull}"
+        );
+        assert_eq!(read, want, "read ({after}, {until}] in pulls of {pull}");
+        // Events tell how many more the log held, as subscribed ones do.
+        assert_eq!(read.last().unwrap().behind(), head - until);
+    }
+    // An empty range ends at once.
+    let none: Vec<_> = log.read(600, 600).try_collect().await.unwrap();
+    assert!(none.is_empty());
+    // No consumer is left behind by reads that ended.
+    let consumers: Vec<_> = log
+        .jetstream()
+        .get_stream(log.stream_name())
+        .await
+        .unwrap()
+        .consumer_names()
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(
+        consumers.len() <= 1,
+        "only the subscription's ordered consumer may remain: {consumers:?}"
+    );
+}
+
+/// A catch-up read whose consumer disappears mid-way (deleted, or lost with a server) starts
+/// again right after the last event it delivered: nothing is skipped, nothing repeated.
+#[tokio::test]
+async fn a_catch_up_read_survives_its_consumer_being_deleted() {
+    use futures::StreamExt;
+    let env = Env::new().await;
+    let log = env.log().await;
+    let head = fill(&log, 8, 50).await;
+    assert_eq!(head, 400);
+    let mut read = std::pin::pin!(log.read_in_pulls(0, head, 20));
+    let mut got = Vec::new();
+    while got.len() < 150 {
+        got.push(read.next().await.unwrap().unwrap().sequence);
+    }
+    let js_stream = log.jetstream().get_stream(log.stream_name()).await.unwrap();
+    let names: Vec<String> = js_stream.consumer_names().try_collect().await.unwrap();
+    assert_eq!(names.len(), 1, "the read's own consumer: {names:?}");
+    js_stream.delete_consumer(&names[0]).await.unwrap();
+    let rest = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        while let Some(e) = read.next().await {
+            got.push(e.unwrap().sequence);
+        }
+    })
+    .await;
+    assert!(
+        rest.is_ok(),
+        "the read went on after its consumer was deleted"
+    );
+    assert_eq!(got, (1..=head).collect::<Vec<_>>());
+}

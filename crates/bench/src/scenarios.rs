@@ -645,7 +645,7 @@ pub(crate) async fn preload(
 /// Consumes `count` events through `EventLog::subscribe` (consume + decode envelopes).
 async fn decode_all(log: &EventLog, count: u64) -> anyhow::Result<Measured> {
     let t = Instant::now();
-    let stream = log.subscribe(0).await?;
+    let stream = log.read(0, count);
     let mut stream = std::pin::pin!(stream);
     let mut n = 0u64;
     while n < count {
@@ -975,7 +975,7 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
     let decoded = decode_all(&log, head).await?.with_cpu(&mark);
     table.rows.push(
         Row::of(
-            "ref: EventLog::subscribe (consume + decode envelopes)",
+            "ref: EventLog::read (consume + decode envelopes, as a projector catches up)",
             &decoded,
             None,
         )

@@ -249,7 +249,7 @@ pub async fn verify_all(
         }
     };
     if head > 0 {
-        let stream = log.subscribe(0).await?;
+        let stream = log.read(0, head);
         let mut stream = std::pin::pin!(stream);
         while let Some(item) = stream.next().await {
             let sequence = match item {

@@ -131,17 +131,7 @@ impl EventStore for JetStreamEventStore {
             if head <= after {
                 return Ok(futures::stream::empty().boxed());
             }
-            let live = Box::pin(log.subscribe(after).await?);
-            // End right after the head item; waiting for one more would never return.
-            let bounded =
-                futures::stream::unfold((live, false), move |(mut live, done)| async move {
-                    if done {
-                        return None;
-                    }
-                    let item = live.next().await?;
-                    let done = item.as_ref().map_or(true, |s| s.sequence >= head);
-                    Some((item, (live, done)))
-                });
+            let bounded = log.read(after, head);
             Ok(bounded
                 .and_then(|s| futures::future::ready(persisted(s)))
                 .boxed())

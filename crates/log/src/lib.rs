@@ -20,6 +20,7 @@ pub mod error;
 pub mod eventstore;
 pub mod lease;
 pub mod log;
+pub mod read;
 pub mod repository;
 pub mod server;
 pub mod stream;

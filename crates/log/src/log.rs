@@ -52,6 +52,10 @@ impl StoredEvent {
         self.behind
     }
 
+    pub(crate) fn set_behind(&mut self, behind: u64) {
+        self.behind = behind;
+    }
+
     /// The domain event of the envelope (upcast to the current schema), decoded once.
     pub fn event(&self) -> Result<&Event, DecodeError> {
         if let Some(event) = self.event.get() {
@@ -276,6 +280,30 @@ impl EventLog {
             stored.behind = info.pending;
             Ok(stored)
         }))
+    }
+
+    /// Every event with stream sequence in `after + 1 ..= until`, in log order, then the end:
+    /// the read of a projector catching up, a rebuild or an audit. It reads in pulls of
+    /// [`crate::read::PULL`] (two outstanding) from an ephemeral consumer without acks, where
+    /// [`EventLog::subscribe`] asks for 500 at a time, and restarts itself after the last
+    /// delivered event if a message goes missing. `until` should not be past the head: the
+    /// read waits for events up to it.
+    pub fn read(
+        &self,
+        after: u64,
+        until: u64,
+    ) -> impl Stream<Item = Result<StoredEvent, LogError>> + Send + use<> {
+        self.read_in_pulls(after, until, crate::read::PULL)
+    }
+
+    /// [`EventLog::read`] with `pull` messages per pull request (for tests and tuning).
+    pub fn read_in_pulls(
+        &self,
+        after: u64,
+        until: u64,
+        pull: usize,
+    ) -> impl Stream<Item = Result<StoredEvent, LogError>> + Send + use<> {
+        crate::read::range(self.stream.clone(), after, until, pull)
     }
 
     /// Deletes one message. The stream denies it; this exists so tests and `crm status` can

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crm_log::{EventLog, StoredEvent};
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use sqlx::AnyConnection;
 use tokio::sync::watch;
@@ -316,11 +316,29 @@ impl<P: Projection> Projector<P> {
             return Ok(());
         }
         let batch_size = self.options.batch_size.max(1);
-        let stream = self
-            .log
-            .subscribe(checkpoint)
-            .await?
-            .ready_chunks(batch_size);
+        // Behind the head, read up to it in large pulls (`EventLog::read`), then follow the
+        // log from there (unless the target is already in the range); at the head, follow
+        // it at once. An error item ends the applier's pass before anything after it is
+        // applied, so following on after a failed read cannot skip an event.
+        let head = self.log.head().await?;
+        let catch_up_to = target.map_or(head, |t| t.min(head));
+        let stream = if catch_up_to > checkpoint {
+            let follow = if target.is_some_and(|t| t <= catch_up_to) {
+                futures::stream::empty().left_stream()
+            } else {
+                let log = self.log.clone();
+                futures::stream::once(async move { log.subscribe(catch_up_to).await })
+                    .try_flatten()
+                    .right_stream()
+            };
+            self.log
+                .read(checkpoint, catch_up_to)
+                .chain(follow)
+                .left_stream()
+        } else {
+            self.log.subscribe(checkpoint).await?.right_stream()
+        }
+        .ready_chunks(batch_size);
         // A reader task reads and decodes the next batches while this one commits (the
         // commit mostly waits on SQLite's worker thread). The log arrives in small chunks
         // (a pull's worth); the reader gathers them into batches of `batch_size`. While the
