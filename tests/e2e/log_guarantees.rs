@@ -263,9 +263,12 @@ async fn eventually_event_store_contract() {
     assert_chain(&read_all(&log).await);
 }
 
-/// Appends `per_customer` care touches for each of `customers` customers, round robin in
-/// runs of three, through the event store; returns the log's head.
-async fn fill(log: &EventLog, customers: usize, per_customer: u32) -> u64 {
+/// A fresh server whose log holds `per_customer` care touches for each of `customers`
+/// customers, appended round robin in runs of three through the event store; with the
+/// log's head.
+async fn filled_log(customers: usize, per_customer: u32) -> (Env, EventLog, u64) {
+    let env = Env::new().await;
+    let log = env.log().await;
     let mut store = JetStreamEventStore::new(Arc::new(Customers::new(log.clone(), 100, 4)), "test");
     let ids: Vec<CustomerId> = (0..customers)
         .map(|_| CustomerId::new(Uuid::now_v7()))
@@ -288,7 +291,8 @@ async fn fill(log: &EventLog, customers: usize, per_customer: u32) -> u64 {
         }
         version += n;
     }
-    log.head().await.unwrap()
+    let head = log.head().await.unwrap();
+    (env, log, head)
 }
 
 /// The catch-up read (`EventLog::read`, as projectors, rebuilds and audits use it) returns
@@ -297,9 +301,7 @@ async fn fill(log: &EventLog, customers: usize, per_customer: u32) -> u64 {
 #[tokio::test]
 async fn a_catch_up_read_returns_exactly_its_range_across_many_pulls() {
     use futures::StreamExt;
-    let env = Env::new().await;
-    let log = env.log().await;
-    let head = fill(&log, 10, 60).await;
+    let (_env, log, head) = filled_log(10, 60).await;
     assert_eq!(head, 600);
     let subscribed: Vec<_> = log
         .subscribe(0)
@@ -357,9 +359,7 @@ async fn a_catch_up_read_returns_exactly_its_range_across_many_pulls() {
 #[tokio::test]
 async fn a_catch_up_read_survives_its_consumer_being_deleted() {
     use futures::StreamExt;
-    let env = Env::new().await;
-    let log = env.log().await;
-    let head = fill(&log, 8, 50).await;
+    let (_env, log, head) = filled_log(8, 50).await;
     assert_eq!(head, 400);
     let mut read = std::pin::pin!(log.read_in_pulls(0, head, 20));
     let mut got = Vec::new();

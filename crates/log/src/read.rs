@@ -11,9 +11,10 @@
 //! after the last sequence of the range.
 //!
 //! Like the ordered consumer it trusts nothing it did not see: every message carries the
-//! consumer's own delivery sequence, and a gap in it (a message lost between server and
-//! client) or a pull that ended short restarts the read right after the last event it
-//! delivered, with a fresh consumer.
+//! consumer's own delivery sequence. A gap in it (a message lost between server and
+//! client), a pull stream that fails (missed heartbeats, the consumer deleted) or one that
+//! ends early restarts the read right after the last event it delivered, with a fresh
+//! consumer.
 
 use std::time::Duration;
 
@@ -37,7 +38,8 @@ const INACTIVE: Duration = Duration::from_secs(30);
 const MAX_RESTARTS: u32 = 5;
 
 /// Events with stream sequence in `after + 1 ..= until`, in log order; see the module docs.
-/// An undecodable event is an `Err` item and the read goes on; a NATS error ends it.
+/// An undecodable event is an `Err` item and the read goes on. A NATS error ends it when
+/// no consumer can be made, or after [`MAX_RESTARTS`] restarts without an event between.
 pub(crate) fn range(
     stream: stream::Stream,
     after: u64,
@@ -94,21 +96,24 @@ impl RangeRead {
             if self.last >= self.until {
                 return Ok(None);
             }
-            let consumer = match &self.consumer {
-                Some(c) => c.clone(),
-                None => self.start().await?,
-            };
-            let messages = match &mut self.messages {
-                Some(m) => m,
-                None => self.messages.insert(
-                    consumer
-                        .stream()
-                        .max_messages_per_batch(self.pull)
-                        .expires(PULL_EXPIRES)
-                        .messages()
-                        .await
-                        .map_err(LogError::nats)?,
-                ),
+            if self.messages.is_none() {
+                if self.consumer.is_none() {
+                    self.start().await?;
+                }
+                let Some(consumer) = &self.consumer else {
+                    continue;
+                };
+                let messages = consumer
+                    .stream()
+                    .max_messages_per_batch(self.pull)
+                    .expires(PULL_EXPIRES)
+                    .messages()
+                    .await
+                    .map_err(LogError::nats)?;
+                self.messages = Some(messages);
+            }
+            let Some(messages) = self.messages.as_mut() else {
+                continue;
             };
             match messages.next().await {
                 Some(Ok(msg)) => {
@@ -162,7 +167,7 @@ impl RangeRead {
     }
 
     /// A fresh consumer right after the last delivered event.
-    async fn start(&mut self) -> Result<consumer::Consumer<pull::Config>, LogError> {
+    async fn start(&mut self) -> Result<(), LogError> {
         let consumer = self
             .stream
             .create_consumer(pull::Config {
@@ -175,10 +180,10 @@ impl RangeRead {
             })
             .await
             .map_err(LogError::nats)?;
-        self.consumer = Some(consumer.clone());
         self.messages = None;
         self.next_delivery = 1;
-        Ok(consumer)
+        self.consumer = Some(consumer);
+        Ok(())
     }
 
     async fn restart(&mut self) -> Result<(), LogError> {
