@@ -663,6 +663,53 @@ async fn decode_all(log: &EventLog, count: u64) -> anyhow::Result<Measured> {
     })
 }
 
+/// A projection that keeps nothing: a projector running it still reads and decodes every
+/// envelope and event, gathers them into batches and commits a checkpoint per batch. Its
+/// rate is the ceiling of every projector row: what is left for the views themselves.
+#[derive(Debug, Clone, Copy)]
+struct NoViews;
+
+impl Projection for NoViews {
+    fn name(&self) -> &'static str {
+        "no-views"
+    }
+
+    fn tables(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    async fn apply_batch(
+        &self,
+        _tx: &mut sqlx::AnyConnection,
+        events: &[crm_log::StoredEvent],
+    ) -> Result<(), crm_projections::ProjectionError> {
+        // The reader decoded every event ahead; a decoding error still fails the batch,
+        // as in a real view.
+        for e in events {
+            e.event().map_err(|err| crm_log::LogError::Decode {
+                sequence: e.sequence,
+                reason: err.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// The row of [`NoViews`] over the log up to `head`, into a fresh SQLite file.
+async fn no_views_row(env: &Env, log: &EventLog, args: &Args, head: u64) -> anyhow::Result<Row> {
+    let store = ReadStore::open_file(&env.dir.path().join("no-views.sqlite")).await?;
+    reset_peak_rss();
+    let mark = env.cpu.mark();
+    let elapsed = project_one(NoViews, store, log.clone(), args.batch_size, head).await?;
+    Ok(timed_row(
+        "ref: a projector keeping no view (read, decode envelopes and events, batch, commit checkpoints): the ceiling of the rows below".into(),
+        head,
+        elapsed,
+        mark.share(),
+        row_rss(),
+    ))
+}
+
 /// Runs one projection from scratch to `head`; returns its wall time.
 pub(crate) async fn project_one<P: Projection>(
     projection: P,
@@ -981,6 +1028,9 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
         )
         .vs(RAW_CONSUME, raw_consume),
     );
+    eprintln!("[project] a projector keeping no view");
+    let row = no_views_row(&env, &log, args, head).await?;
+    table.rows.push(row.vs(RAW_CONSUME, raw_consume));
     for v in VIEWS {
         eprintln!("[project] {} alone", v.name());
         let store =
@@ -1104,6 +1154,9 @@ async fn rebuild(args: &Args) -> anyhow::Result<Table> {
         .vs(RAW_CONSUME, raw_consume);
         table.rows.push(row);
     }
+    eprintln!("[rebuild] a projector keeping no view");
+    let row = no_views_row(&env, &log, args, head).await?;
+    table.rows.push(row.vs(RAW_CONSUME, raw_consume));
     eprintln!("[rebuild] all four views, one combined projector");
     let row = combined_sqlite_row(
         &env,
