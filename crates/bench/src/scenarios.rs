@@ -1243,3 +1243,49 @@ async fn rebuild(args: &Args) -> anyhow::Result<Table> {
     table.notes.extend(env.closing_notes());
     Ok(table)
 }
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    /// The ceiling row reads and decodes the whole log, commits only its checkpoint, and
+    /// fails like any projector on an event it cannot decode.
+    #[tokio::test]
+    async fn a_projector_keeping_no_view_reaches_the_head_and_writes_only_its_checkpoint()
+    -> anyhow::Result<()> {
+        let env = Env::start().await?;
+        let log = env.log().await?;
+        let args = Args::parse_from(["crm-bench", "project", "--concurrency", "8"]);
+        preload(&args, &env, &log, 1_000).await?;
+        let head = log.head().await?;
+        anyhow::ensure!(head >= 1_000, "preloaded only {head} events");
+
+        let row = no_views_row(&env, &log, &args, head).await?;
+        assert_eq!(row.count, head);
+        let store = ReadStore::open_file(&env.dir.path().join("no-views.sqlite")).await?;
+        assert_eq!(store.checkpoint(NoViews.name()).await?, head);
+        let rows = store.checkpoint_rows().await?;
+        assert_eq!(
+            rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+            [NoViews.name()]
+        );
+        store.pool().close().await;
+
+        // An undecodable event after the head: the next run (from the checkpoint) stops on
+        // it instead of skipping it.
+        log.jetstream()
+            .publish(
+                format!("{}.00.{}", crm_log::subject::EVENTS_PREFIX, Uuid::nil()),
+                "not json".into(),
+            )
+            .await?
+            .await?;
+        let err = no_views_row(&env, &log, &args, head + 1)
+            .await
+            .expect_err("an undecodable event must fail the row");
+        assert!(err.to_string().contains("undecodable"), "{err:#}");
+        Ok(())
+    }
+}
