@@ -1271,6 +1271,12 @@ mod tests {
             rows.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
             [NoViews.name()]
         );
+        assert!(crm_projections::trust::dump(&store).await?.is_empty());
+        assert!(
+            crm_projections::trust::ledger_sums(&store)
+                .await?
+                .is_empty()
+        );
         store.pool().close().await;
 
         // An undecodable event after the head: the next run (from the checkpoint) stops on
