@@ -203,6 +203,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Table> {
             first_error: None,
             elapsed: t.elapsed(),
             latency: Latency::of(lat),
+            issued: None,
             cpu: None,
         };
         table.rows.push(Row::of(
@@ -228,6 +229,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Table> {
             first_error: None,
             elapsed: t.elapsed(),
             latency: Latency::of(lat),
+            issued: None,
             cpu: None,
         };
         rows.push(Row::of(name, &m, None));

@@ -279,6 +279,7 @@ fn finished(count: u64, elapsed: Duration, lat: Vec<u32>) -> Measured {
         first_error: None,
         elapsed,
         latency: Latency::of(lat),
+        issued: None,
         cpu: None,
     }
 }

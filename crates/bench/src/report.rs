@@ -37,6 +37,18 @@ impl Row {
         }
     }
 
+    /// Rows for a paced phase: latency counted from each operation's schedule, and a second
+    /// row with latency counted from its issue (leaving out the driver's timer lateness).
+    pub fn paced(name: &str, m: &Measured, rss_mib: Option<f64>) -> Vec<Self> {
+        let mut rows = vec![Self::of(name, m, rss_mib)];
+        if m.issued.is_some() {
+            let mut from_issue = Self::of(format!("{name}, latency from issue"), m, rss_mib);
+            from_issue.latency = m.issued;
+            rows.push(from_issue);
+        }
+        rows
+    }
+
     /// Compares the row with a baseline.
     pub fn vs(mut self, name: &str, rate: f64) -> Self {
         self.baseline = Some((name.to_owned(), rate));
@@ -178,6 +190,7 @@ mod tests {
             first_error: None,
             elapsed: std::time::Duration::from_secs(1),
             latency: None,
+            issued: None,
             cpu: None,
         };
         let t = Table {

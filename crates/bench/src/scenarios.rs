@@ -203,10 +203,20 @@ impl Env {
         args: &Args,
         size: usize,
         paced: Option<f64>,
-    ) -> anyhow::Result<Option<Row>> {
+    ) -> anyhow::Result<Vec<Row>> {
         let Some(rate) = paced else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
+        // The driver alone: the same workers at the same rate, doing nothing. Its latency
+        // from the schedule is the timer's lateness, a floor under every paced row.
+        eprintln!(
+            "  reference: {} no-op workers paced at {rate:.0}/s",
+            args.concurrency
+        );
+        let idle = measure::drive(args.commands, args.concurrency, Some(rate), |_, _| async {
+            Ok(())
+        })
+        .await;
         let client = self.connect("crm-bench-raw-paced").await?;
         let m = raw::paced_publish(
             &client,
@@ -217,14 +227,23 @@ impl Env {
             self.cpu,
         )
         .await?;
-        Ok(Some(Row::of(
-            format!(
+        let mut rows = Row::paced(
+            &format!(
                 "{RAW_SYNC}, {} publishers paced at {rate:.0}/s (latency floor)",
                 args.concurrency
             ),
             &m,
             None,
-        )))
+        );
+        rows.push(Row::of(
+            format!(
+                "ref: the driver alone, {} no-op workers paced at {rate:.0}/s (timer lateness)",
+                args.concurrency
+            ),
+            &idle,
+            None,
+        ));
+        Ok(rows)
     }
 }
 
@@ -412,13 +431,14 @@ async fn append(args: &Args) -> anyhow::Result<Table> {
             .vs(RAW_ASYNC, raw_async),
     );
     if let Some((rate, m, rss)) = &paced {
-        table.rows.push(
-            Row::of(
-                format!("append: record_activity paced at {rate:.0}/s"),
+        table.rows.extend(
+            Row::paced(
+                &format!("append: record_activity paced at {rate:.0}/s"),
                 m,
                 *rss,
             )
-            .vs(RAW_ASYNC, raw_async),
+            .into_iter()
+            .map(|r| r.vs(RAW_ASYNC, raw_async)),
         );
     }
     table.rows.extend(baseline_rows(&b));
@@ -565,13 +585,14 @@ async fn http(args: &Args) -> anyhow::Result<Table> {
         Row::of("http: record_activity, closed loop (max)", &max, max_rss).vs(RAW_ASYNC, raw_async),
     );
     if let Some((rate, m, rss)) = &paced {
-        table.rows.push(
-            Row::of(
-                format!("http: record_activity paced at {rate:.0}/s"),
+        table.rows.extend(
+            Row::paced(
+                &format!("http: record_activity paced at {rate:.0}/s"),
                 m,
                 *rss,
             )
-            .vs(RAW_ASYNC, raw_async),
+            .into_iter()
+            .map(|r| r.vs(RAW_ASYNC, raw_async)),
         );
     }
     table.rows.extend(baseline_rows(&b));
@@ -635,6 +656,7 @@ pub(crate) async fn preload(
             first_error: None,
             elapsed,
             latency: None,
+            issued: None,
             cpu: mark.share(),
         },
         n,
@@ -659,6 +681,7 @@ async fn decode_all(log: &EventLog, count: u64) -> anyhow::Result<Measured> {
         first_error: None,
         elapsed: t.elapsed(),
         latency: None,
+        issued: None,
         cpu: None,
     })
 }
@@ -967,6 +990,7 @@ pub(crate) fn timed_row(
             first_error: None,
             elapsed,
             latency: None,
+            issued: None,
             cpu,
         },
         rss,
