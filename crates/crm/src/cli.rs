@@ -34,8 +34,9 @@ pub enum Commands {
     },
     /// Runs a projector until stopped.
     Project {
-        /// Projection to run: lifecycle, trust, health, renewals or all.
-        #[arg(value_parser = ["all", "lifecycle", "trust", "health", "renewals"])]
+        /// Projection to run: audit (the audit index), lifecycle, trust, health, renewals,
+        /// or all of them.
+        #[arg(value_parser = ["all", "audit", "lifecycle", "trust", "health", "renewals"])]
         projection: String,
         #[arg(long, env = "CRM_CONFIG")]
         config: Option<PathBuf>,
@@ -155,5 +156,41 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Commands};
+
+    #[test]
+    fn the_audit_index_can_run_as_a_projector_of_its_own() {
+        let cli = Cli::try_parse_from(["crm", "project", "audit"]).expect("parses");
+        assert!(
+            matches!(cli.command, Commands::Project { ref projection, .. } if projection == "audit")
+        );
+        assert!(Cli::try_parse_from(["crm", "project", "audits"]).is_err());
+    }
+
+    #[test]
+    fn replay_into_needs_as_of() {
+        // Without --as-of a replay swaps the live view; --into alone would be ignored.
+        let err = Cli::try_parse_from(["crm", "replay", "all", "--into", "q1.sqlite"])
+            .expect_err("--into alone is refused");
+        assert!(err.to_string().contains("--as-of"), "{err}");
+        assert!(Cli::try_parse_from(["crm", "replay", "all", "--as-of", "5"]).is_err());
+        Cli::try_parse_from([
+            "crm",
+            "replay",
+            "all",
+            "--as-of",
+            "5",
+            "--into",
+            "q1.sqlite",
+        ])
+        .expect("both together");
+        Cli::try_parse_from(["crm", "replay", "trust"]).expect("a live replay");
     }
 }

@@ -24,8 +24,9 @@ pub struct ReplayArgs {
     #[arg(long, requires = "into")]
     pub as_of: Option<String>,
     /// Where an as-of view goes: a SQLite file, or `postgres:SCHEMA` for a schema of the
-    /// configured PostgreSQL database.
-    #[arg(long)]
+    /// configured PostgreSQL database. Only with `--as-of`: without it a replay swaps the
+    /// live view.
+    #[arg(long, requires = "as_of")]
     pub into: Option<String>,
 }
 

@@ -282,8 +282,12 @@ pub async fn run_scheduler(cfg: Config) -> anyhow::Result<()> {
         &mut tasks,
         &shutdown,
     );
+    // Deployments run exactly one scheduler, so it is the process that signs the periodic
+    // chain-head checkpoints (`audit.checkpoint_interval_secs`, with a signing key).
+    spawn_audit_checkpoints(&cfg, &parts, &mut tasks, &shutdown);
     tracing::info!(
         interval_secs = cfg.scheduler.interval_secs,
+        checkpoint_interval_secs = cfg.audit.checkpoint_interval_secs,
         "scheduler running"
     );
     supervise(tasks, shutdown).await

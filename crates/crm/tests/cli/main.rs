@@ -208,6 +208,78 @@ async fn crm_dev_quickstart_and_restart() {
     assert!(wait_exit(&mut again.child).success());
 }
 
+/// `crm schedule` (one per deployment) signs chain-head checkpoints every
+/// `audit.checkpoint_interval_secs`, the first at start, and `crm audit verify` accepts them.
+#[tokio::test]
+async fn the_scheduler_signs_chain_head_checkpoints() {
+    use crm_projections::audit::{self, AuditProjection};
+    use crm_projections::{Projector, ProjectorOptions};
+    use std::sync::Arc;
+
+    let env = crm_e2e::Env::new().await;
+    let log = env.log().await;
+    write_load(
+        Arc::new(crm_log::Customers::new(log.clone(), 1_000, 8)),
+        2,
+        5,
+    )
+    .await;
+    let head = log.head().await.unwrap();
+    assert_eq!(head, 40);
+    let store = env.open_store("views.sqlite").await;
+    Projector::new(
+        AuditProjection,
+        store.clone(),
+        log.clone(),
+        ProjectorOptions::default(),
+    )
+    .run_until(head)
+    .await
+    .unwrap();
+    assert!(audit::checkpoints(&store).await.unwrap().is_empty());
+
+    let key = "a-long-random-test-signing-key";
+    let crm = |args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_crm"));
+        c.args(args)
+            .env("CRM_NATS__URL", env.nats.url())
+            .envs(env.store_env("views.sqlite"))
+            .env("CRM_AUDIT__SIGNING_KEY", key)
+            .env("CRM_AUDIT__CHECKPOINT_INTERVAL_SECS", "3600");
+        c
+    };
+    let mut scheduler = Reaped(
+        crm(&["schedule"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let mut signed = Vec::new();
+    for _ in 0..600 {
+        signed = audit::checkpoints(&store).await.unwrap();
+        if !signed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(&scheduler, "TERM");
+    assert!(wait_exit(&mut scheduler).success());
+    assert_eq!(signed.len(), 1, "{signed:?}");
+    assert_eq!((signed[0].head_sequence, signed[0].customers), (head, 10));
+    let heads = crm_log::audit::SignedHeads::from(&signed[0]);
+    assert!(crm_log::audit::signature_valid(key.as_bytes(), &heads));
+    assert!(!crm_log::audit::signature_valid(b"another key", &heads));
+
+    let out = crm(&["audit", "verify"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 crm_e2e::on_both_stores!(
     projector_process_killed_mid_stream_resumes_to_the_rebuilt_view,
     partitioned_projectors_share_the_partitions_and_fail_over_when_one_is_killed,
