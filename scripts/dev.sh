@@ -4,6 +4,10 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-bash scripts/setup-nats.sh
-export CRM_NATS_SERVER="$root/.tools/nats-server-2.12.8/nats-server"
+# A nats-server of your own (CRM_NATS_SERVER, >= 2.11) is used as it is; otherwise the
+# pinned one is fetched into .tools/ (Linux x86_64).
+if [ -z "${CRM_NATS_SERVER:-}" ]; then
+  bash scripts/setup-nats.sh
+  export CRM_NATS_SERVER="$root/.tools/nats-server-2.12.8/nats-server"
+fi
 exec cargo run --release --quiet --bin crm -- dev "$@"

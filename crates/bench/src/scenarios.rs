@@ -196,8 +196,9 @@ impl Env {
 }
 
 impl Env {
-    /// The paced rows' reference: raw publish-and-wait from the same number of concurrent
-    /// publishers at the same rate, when a paced run happened.
+    /// The paced rows' references, when a paced run happened: raw publish-and-wait from the
+    /// same number of concurrent publishers at the same rate (counted from the schedule and
+    /// from the issue), and the driver alone, the same workers doing nothing.
     async fn paced_floor(
         &self,
         args: &Args,
@@ -235,8 +236,8 @@ impl Env {
             &m,
             None,
         );
-        rows.push(Row::of(
-            format!(
+        rows.extend(Row::paced(
+            &format!(
                 "ref: the driver alone, {} no-op workers paced at {rate:.0}/s (timer lateness)",
                 args.concurrency
             ),
