@@ -244,6 +244,39 @@ async fn as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuild
     .unwrap();
     assert_eq!(crm_e2e::dump_views(&past).await, then);
     assert_eq!(past.checkpoint("health").await.unwrap(), at);
+    // The same point again into the same target is a no-op; an earlier point into it is
+    // refused (its rows are later than that), and so is a point past the head, at once
+    // (it would wait for events that do not exist); neither touches the target.
+    let policy = Arc::new(crm_projections::policy::default_policy());
+    rebuild::as_of("all", policy.clone(), &past, &app.parts.log, at, 7)
+        .await
+        .unwrap();
+    let earlier = rebuild::as_of("all", policy.clone(), &past, &app.parts.log, at - 1, 7).await;
+    assert!(
+        matches!(
+            earlier,
+            Err(crm_projections::ProjectionError::AsOfTargetAhead { checkpoint, at: a, .. })
+                if checkpoint == at && a == at - 1
+        ),
+        "{earlier:?}"
+    );
+    let head = app.parts.log.head().await.unwrap();
+    let future = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        rebuild::as_of("all", policy, &past, &app.parts.log, head + 1, 7),
+    )
+    .await
+    .expect("refused at once, not waiting for the future");
+    assert!(
+        matches!(
+            future,
+            Err(crm_projections::ProjectionError::AsOfPastHead { at: a, head: h })
+                if a == head + 1 && h == head
+        ),
+        "{future:?}"
+    );
+    assert_eq!(crm_e2e::dump_views(&past).await, then);
+    assert_eq!(past.checkpoint("health").await.unwrap(), at);
     // By recording time: the sequence of the last event recorded by then.
     let last = app.parts.log.get(at).await.unwrap().unwrap();
     assert_eq!(

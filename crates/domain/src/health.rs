@@ -458,26 +458,27 @@ impl Health {
         let end = as_of.date();
         let mid = days_before(end, window_days);
         let start = days_before(mid, window_days);
-        let sum = |from: Date, to: Date| -> i64 {
+        // Sums in i128: amounts are any positive i64, and a few large ones must not wrap.
+        let sum = |from: Date, to: Date| -> i128 {
             self.purchases
                 .iter()
                 .filter(|(d, _)| *d > from && *d <= to)
-                .map(|(_, a)| *a)
+                .map(|(_, a)| i128::from(*a))
                 .sum()
         };
         let recent = sum(mid, end);
         let before = sum(start, mid);
-        (before > 0).then(|| (before - recent) * 100 / before)
+        (before > 0).then(|| i64::try_from((before - recent) * 100 / before).unwrap_or(i64::MIN))
     }
 
     /// M1 > M2 > M3 > M4 for calendar-month totals, M4 being the current month or the
     /// latest complete one.
     fn purchases_down_three_months(&self, as_of: OffsetDateTime) -> bool {
-        let month_total = |year: i32, month: Month| -> i64 {
+        let month_total = |year: i32, month: Month| -> i128 {
             self.purchases
                 .iter()
                 .filter(|(d, _)| d.year() == year && d.month() == month)
-                .map(|(_, a)| *a)
+                .map(|(_, a)| i128::from(*a))
                 .sum()
         };
         let step_back = |(y, m): (i32, Month)| {
@@ -504,21 +505,21 @@ impl Health {
         let t = &policy.tier;
         let from = days_before(as_of.date(), 365);
         let purchases: Vec<_> = self.purchases.iter().filter(|(d, _)| *d > from).collect();
-        let revenue: i64 = purchases.iter().map(|(_, a)| *a).sum::<i64>()
+        let revenue: i128 = purchases.iter().map(|(_, a)| i128::from(*a)).sum::<i128>()
             + self
                 .contract_revenue
                 .iter()
                 .filter(|(d, _)| *d > from)
-                .map(|(_, a)| *a)
-                .sum::<i64>();
+                .map(|(_, a)| i128::from(*a))
+                .sum::<i128>();
         let repurchase = purchases.len() >= 2;
         let loyal = self
             .first_contract_at
             .is_some_and(|f| (as_of - f).whole_days() >= t.loyalty_days)
             && !self.active_contracts.is_empty();
-        if revenue >= t.a_min_revenue_minor && (repurchase || loyal) {
+        if revenue >= i128::from(t.a_min_revenue_minor) && (repurchase || loyal) {
             Tier::A
-        } else if revenue >= t.b_min_revenue_minor || (repurchase && loyal) {
+        } else if revenue >= i128::from(t.b_min_revenue_minor) || (repurchase && loyal) {
             Tier::B
         } else {
             Tier::C

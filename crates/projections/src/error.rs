@@ -35,4 +35,14 @@ pub enum ProjectionError {
     Stalled { checkpoint: u64, head: u64 },
     #[error("crash injected before commit of batch {batch}")]
     InjectedCrash { batch: u64 },
+    #[error("sequence {at} is past the log's head {head}: that point in time has not happened")]
+    AsOfPastHead { at: u64, head: u64 },
+    #[error(
+        "the target already holds {projection} as of sequence {checkpoint}, later than {at}: choose a new target"
+    )]
+    AsOfTargetAhead {
+        projection: String,
+        checkpoint: u64,
+        at: u64,
+    },
 }

@@ -52,6 +52,29 @@ mod tests {
     }
 
     #[test]
+    fn the_health_rules_take_the_largest_amounts_without_wrapping() {
+        use crm_domain::health::{Health, Tier};
+        use time::macros::{date, datetime};
+        // Any positive i64 is a valid amount; a few of them overflowed the sums (a panic in
+        // a debug build, a negative revenue and tier C in a release build).
+        let big = i64::MAX / 2;
+        let h = Health {
+            as_of: Some(datetime!(2025-06-15 12:00 UTC)),
+            purchases: vec![
+                (date!(2025 - 02 - 01), big),
+                (date!(2025 - 03 - 01), big),
+                (date!(2025 - 03 - 02), big),
+                (date!(2025 - 05 - 01), big),
+                (date!(2025 - 06 - 01), big),
+            ],
+            contract_revenue: vec![(date!(2025 - 01 - 10), big), (date!(2025 - 04 - 10), big)],
+            ..Health::default()
+        };
+        let assessment = h.assess(&default_policy());
+        assert_eq!(assessment.tier, Tier::A, "{assessment:?}");
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let bad = format!("{DEFAULT_POLICY_TOML}\nsurprise = 1\n");
         assert!(toml::from_str::<Policy>(&bad).is_err());

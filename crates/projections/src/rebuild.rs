@@ -473,6 +473,9 @@ pub async fn rebuild_by_name(
 }
 
 /// Builds `name` (or `all`) as it stood at stream sequence `at` into the store at `target`.
+/// Refuses a sequence past the log's head (it would wait for events that do not exist
+/// yet) and a target that already holds one of the views at a later sequence (its rows
+/// cannot be taken back). A target behind `at` is carried forward to it.
 pub async fn as_of(
     name: &str,
     policy: Arc<Policy>,
@@ -481,18 +484,28 @@ pub async fn as_of(
     at: u64,
     batch_size: usize,
 ) -> Result<(), ProjectionError> {
+    let head = log.head().await?;
+    if at > head {
+        return Err(ProjectionError::AsOfPastHead { at, head });
+    }
+    let projections = AnyProjection::named(name, &policy)?;
+    for p in &projections {
+        let checkpoint = target.checkpoint(p.name()).await?;
+        if checkpoint > at {
+            return Err(ProjectionError::AsOfTargetAhead {
+                projection: p.name().to_owned(),
+                checkpoint,
+                at,
+            });
+        }
+    }
     let opts = ProjectorOptions {
         batch_size,
         ..ProjectorOptions::default()
     };
-    Projector::combined(
-        AnyProjection::named(name, &policy)?,
-        target.clone(),
-        log.clone(),
-        opts,
-    )
-    .run_until(at)
-    .await
+    Projector::combined(projections, target.clone(), log.clone(), opts)
+        .run_until(at)
+        .await
 }
 
 /// The last stream sequence recorded at or before `at` (0 if none), by binary search over

@@ -210,13 +210,23 @@ pub async fn ledger(
     after_sequence: u64,
     limit: u32,
 ) -> Result<Vec<LedgerLine>, ProjectionError> {
+    // A page ends with a whole event: one event can price several lines (an on-time
+    // delivery that also exceeded expectations), and the cursor is the event's sequence,
+    // so a page cut between them would lose the rest. The page takes every line up to the
+    // event of its `limit`-th line, so it can hold a line or two more than `limit`.
     let rows: Vec<LedgerRow> = sqlx::query_as(
         "SELECT sequence, event_id, event_type, version, occurred_at, tier, points, rule, policy_version \
-         FROM trust_ledger WHERE customer_id = $1 AND sequence > $2 ORDER BY sequence, entry_no LIMIT $3",
+         FROM trust_ledger WHERE customer_id = $1 AND sequence > $2 \
+         AND sequence <= COALESCE((SELECT sequence FROM trust_ledger WHERE customer_id = $3 AND sequence > $4 \
+             ORDER BY sequence, entry_no LIMIT 1 OFFSET $5), $6) \
+         ORDER BY sequence, entry_no",
     )
     .bind(id.to_string())
     .bind(i64_of(after_sequence))
-    .bind(i64::from(limit))
+    .bind(id.to_string())
+    .bind(i64_of(after_sequence))
+    .bind(i64::from(limit.max(1) - 1))
+    .bind(i64::MAX)
     .fetch_all(store.pool())
     .await?;
     Ok(rows

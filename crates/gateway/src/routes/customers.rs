@@ -281,8 +281,9 @@ pub async fn trust_ledger(
     let Some(account) = trust::get(&state.store, &id).await? else {
         return Err(not_found(&id));
     };
+    // Pages end with a whole event, so a full page can hold more lines than `limit`.
     let entries = trust::ledger(&state.store, &id, page.after_sequence, limit).await?;
-    let next = (entries.len() as u32 == limit)
+    let next = (entries.len() as u32 >= limit)
         .then(|| entries.last().map(|e| e.stream_sequence))
         .flatten();
     Ok(Json(TrustLedger {
