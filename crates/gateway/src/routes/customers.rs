@@ -180,7 +180,8 @@ pub struct SequencePage {
     /// Return entries after this stream sequence.
     #[serde(default)]
     pub after_sequence: u64,
-    /// Page size, 1..=1000.
+    /// Page size, 1..=1000 (a ledger page ends with a whole event, so it can hold a line
+    /// more).
     #[serde(default = "default_limit")]
     #[param(default = 100)]
     pub limit: u32,
