@@ -20,8 +20,7 @@ crm_e2e::on_both_stores!(
 /// checkpoint is the lowest). Pages take the index up to the checkpoint and the log after
 /// it, so each event comes once, in log order, whatever the page size.
 async fn an_audit_page_holds_each_event_once_when_the_index_is_ahead_of_its_checkpoint(db: Db) {
-    use crm_projections::audit::{self as index, AuditFilter, AuditProjection};
-    use crm_projections::{Projector, ProjectorOptions};
+    use crm_projections::audit::{self as index, AuditFilter};
 
     let env = Env::on(db).await;
     let log = env.log().await;
@@ -38,16 +37,7 @@ async fn an_audit_page_holds_each_event_once_when_the_index_is_ahead_of_its_chec
     }
     let head = log.head().await.unwrap();
     assert_eq!(head, 10);
-    let store = env.open_store("views.sqlite").await;
-    Projector::new(
-        AuditProjection,
-        store.clone(),
-        log.clone(),
-        ProjectorOptions::default(),
-    )
-    .run_until(head)
-    .await
-    .unwrap();
+    let store = env.audit_index("views.sqlite", &log, head).await;
     // The slowest partition is four events behind.
     sqlx::query("UPDATE projection_checkpoints SET last_sequence = $1 WHERE name = $2")
         .bind(6_i64)

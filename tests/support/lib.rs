@@ -259,6 +259,26 @@ impl Env {
         self.dir.path().join(name)
     }
 
+    /// The audit index alone, built up to stream sequence `head`, in a new store `name`.
+    pub async fn audit_index(
+        &self,
+        name: &str,
+        log: &EventLog,
+        head: u64,
+    ) -> crm_projections::ReadStore {
+        let store = self.open_store(name).await;
+        crm_projections::Projector::new(
+            crm_projections::audit::AuditProjection,
+            store.clone(),
+            log.clone(),
+            crm_projections::ProjectorOptions::default(),
+        )
+        .run_until(head)
+        .await
+        .expect("build the audit index");
+        store
+    }
+
     /// Every view built from scratch, up to stream sequence `head`, into a new file `name`
     /// of the test dir (the reference a live or rebuilt view must equal).
     pub async fn fresh_views(

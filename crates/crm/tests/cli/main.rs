@@ -212,8 +212,7 @@ async fn crm_dev_quickstart_and_restart() {
 /// `audit.checkpoint_interval_secs`, the first at start, and `crm audit verify` accepts them.
 #[tokio::test]
 async fn the_scheduler_signs_chain_head_checkpoints() {
-    use crm_projections::audit::{self, AuditProjection};
-    use crm_projections::{Projector, ProjectorOptions};
+    use crm_projections::audit;
     use std::sync::Arc;
 
     let env = crm_e2e::Env::new().await;
@@ -226,16 +225,7 @@ async fn the_scheduler_signs_chain_head_checkpoints() {
     .await;
     let head = log.head().await.unwrap();
     assert_eq!(head, 40);
-    let store = env.open_store("views.sqlite").await;
-    Projector::new(
-        AuditProjection,
-        store.clone(),
-        log.clone(),
-        ProjectorOptions::default(),
-    )
-    .run_until(head)
-    .await
-    .unwrap();
+    let store = env.audit_index("views.sqlite", &log, head).await;
     assert!(audit::checkpoints(&store).await.unwrap().is_empty());
 
     let key = "a-long-random-test-signing-key";
