@@ -9,6 +9,7 @@ use crm_cli::demo::{self, DemoArgs};
 use crm_e2e::{App, Db, Env, KEY};
 use crm_projections::lifecycle::LifecycleProjection;
 use crm_projections::rebuild;
+use crm_projections::trust::TrustProjection;
 use crm_projections::{Projector, ProjectorOptions, ReadStore};
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -29,7 +30,7 @@ async fn seed(app: &App, customers: u32) -> Vec<Uuid> {
 
 crm_e2e::on_both_stores!(
     rebuild_all_while_writing_and_reading,
-    a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_resume,
+    a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_resume_only_under_it,
     as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuilds,
 );
 
@@ -126,7 +127,9 @@ async fn rebuild_all_while_writing_and_reading(db: Db) {
     );
 }
 
-async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_resume(db: Db) {
+async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_resume_only_under_it(
+    db: Db,
+) {
     let env = Env::on(db).await;
     let app = App::start(&env).await;
     let ids = seed(&app, 8).await;
@@ -137,10 +140,11 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
     let mut policy = crm_projections::policy::default_policy();
     policy.version = "2026-12-generous".into();
     policy.trust.care_touch = 50;
+    let generous = Arc::new(policy);
     rebuild::rebuild_by_name(
         &rebuild::RebuildClaim::take(&app.parts.store).await.unwrap(),
         "trust",
-        Arc::new(policy),
+        generous.clone(),
         &app.parts.store,
         &app.parts.log,
         100,
@@ -165,34 +169,29 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
             .all(|e| e["policy_version"] == "2026-12-generous")
     );
 
-    // An interrupted rebuild left a half-built shadow: the next one resumes from it, and
-    // the live view was never touched in between.
+    // An interrupted rebuild left a half-built shadow: the next one under the same code
+    // and policy resumes from it, and the live view was never touched in between.
     let head = app.parts.log.head().await.unwrap();
-    let shadow = ReadStore::open_at(&app.parts.store.location().shadow("lifecycle"))
+    let claim = rebuild::RebuildClaim::take(&app.parts.store).await.unwrap();
+    let (shadow, start) = rebuild::open_shadow(&claim, &app.parts.store, &[LifecycleProjection])
         .await
         .unwrap();
-    Projector::new(
-        LifecycleProjection,
-        shadow.clone(),
-        app.parts.log.clone(),
-        ProjectorOptions {
-            batch_size: 10,
-            crash_before_commit_of_batch: Some(4),
-            ..ProjectorOptions::default()
-        },
-    )
-    .run_until(head)
-    .await
-    .unwrap_err();
+    assert_eq!(start, rebuild::ShadowStart::Fresh);
+    interrupt(LifecycleProjection, &shadow, &app.parts.log, head).await;
     let half = shadow.checkpoint("lifecycle").await.unwrap();
     assert!(half > 0 && half < head);
+    shadow.pool().close().await;
+    let (shadow, start) = rebuild::open_shadow(&claim, &app.parts.store, &[LifecycleProjection])
+        .await
+        .unwrap();
+    assert_eq!(start, rebuild::ShadowStart::Resumed { at: half });
     shadow.pool().close().await;
     let live_before = crm_projections::lifecycle::dump(&app.parts.store)
         .await
         .unwrap();
     assert_eq!(live_before.len(), 8);
     let done = rebuild::rebuild_by_name(
-        &rebuild::RebuildClaim::take(&app.parts.store).await.unwrap(),
+        &claim,
         "lifecycle",
         Arc::new(crm_projections::policy::default_policy()),
         &app.parts.store,
@@ -209,7 +208,98 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
             .unwrap(),
         live_before
     );
+
+    // One begun under another policy is started again: resumed, its first batches would
+    // stay priced under the policy it began with.
+    let default = Arc::new(crm_projections::policy::default_policy());
+    let trust_under_default = [TrustProjection::new(default.clone())];
+    let (shadow, start) = rebuild::open_shadow(&claim, &app.parts.store, &trust_under_default)
+        .await
+        .unwrap();
+    assert_eq!(start, rebuild::ShadowStart::Fresh);
+    interrupt(
+        trust_under_default[0].clone(),
+        &shadow,
+        &app.parts.log,
+        head,
+    )
+    .await;
+    let (priced_by_default,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM trust_ledger WHERE policy_version = $1")
+            .bind(&default.version)
+            .fetch_one(shadow.pool())
+            .await
+            .unwrap();
+    assert!(priced_by_default > 0);
+    shadow.pool().close().await;
+    let (shadow, start) = rebuild::open_shadow(
+        &claim,
+        &app.parts.store,
+        &[TrustProjection::new(generous.clone())],
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(&start, rebuild::ShadowStart::Discarded { fingerprint: Some(f) } if f.contains(&default.version)),
+        "{start:?}"
+    );
+    assert_eq!(shadow.checkpoint("trust").await.unwrap(), 0);
+    shadow.pool().close().await;
+    // Interrupted again under the default policy; the rebuild under the generous one
+    // starts over by itself.
+    let (shadow, _) = rebuild::open_shadow(&claim, &app.parts.store, &trust_under_default)
+        .await
+        .unwrap();
+    interrupt(
+        trust_under_default[0].clone(),
+        &shadow,
+        &app.parts.log,
+        head,
+    )
+    .await;
+    shadow.pool().close().await;
+    rebuild::rebuild_by_name(
+        &claim,
+        "trust",
+        generous.clone(),
+        &app.parts.store,
+        &app.parts.log,
+        10,
+        &|_, _, _| {},
+    )
+    .await
+    .unwrap();
+    let versions: Vec<(String, i64)> =
+        sqlx::query_as("SELECT policy_version, COUNT(*) FROM trust_ledger GROUP BY policy_version")
+            .fetch_all(app.parts.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(versions.len(), 1, "{versions:?}");
+    assert_eq!(versions[0].0, generous.version);
     app.stop().await;
+}
+
+/// Runs `projection` into `shadow` in batches of 10 and crashes before committing the
+/// fourth, as a rebuild killed mid-way would leave it.
+async fn interrupt<P: crm_projections::Projection>(
+    projection: P,
+    shadow: &ReadStore,
+    log: &crm_log::EventLog,
+    head: u64,
+) {
+    Projector::new(
+        projection,
+        shadow.clone(),
+        log.clone(),
+        ProjectorOptions {
+            batch_size: 10,
+            crash_before_commit_of_batch: Some(4),
+            ..ProjectorOptions::default()
+        },
+    )
+    .run_until(head)
+    .await
+    .unwrap_err();
 }
 
 async fn as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuilds(db: Db) {

@@ -10,7 +10,24 @@ use serde_json::json;
 use time::macros::datetime;
 use uuid::Uuid;
 
-crm_e2e::on_both_stores!(renewal_due_and_inactivity_exactly_once,);
+crm_e2e::on_both_stores!(
+    renewal_due_and_inactivity_exactly_once,
+    a_customer_whose_command_fails_does_not_hold_up_the_others,
+);
+
+/// Registers a customer on 2025-04-01 with a contract ending 2025-08-20 (inside the
+/// renewal window on 2025-06-01).
+async fn customer_near_renewal(app: &App, c: Uuid) {
+    for body in [
+        json!({"type": "register_customer", "name": "Clockwork"}),
+        json!({"type": "sign_contract", "contract_id": "near", "value_minor": 100,
+            "currency": "EUR", "starts_on": "2024-08-20", "ends_on": "2025-08-20"}),
+    ] {
+        let mut body = body;
+        body["occurred_at"] = json!("2025-04-01T09:00:00Z");
+        app.accept(c, body).await;
+    }
+}
 
 async fn renewal_due_and_inactivity_exactly_once(db: Db) {
     let env = Env::on(db).await;
@@ -135,6 +152,66 @@ async fn renewal_due_and_inactivity_exactly_once(db: Db) {
     assert_eq!(
         statuses,
         vec![(json!("near"), json!("due")), (json!("far"), json!("due"))]
+    );
+    app.stop().await;
+}
+
+async fn a_customer_whose_command_fails_does_not_hold_up_the_others(db: Db) {
+    let env = Env::on(db).await;
+    let app = App::start(&env).await;
+    let customers: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    for c in &customers {
+        customer_near_renewal(&app, *c).await;
+    }
+    // The middle customer already used the key the scheduler's mark_renewal_due will
+    // carry, for another command: that command is refused for this customer alone.
+    let (status, body) = app
+        .command_with(
+            customers[1],
+            &json!({"type": "record_activity", "day": "2025-04-01", "logins": 1,
+                "occurred_at": "2025-04-01T10:00:00Z"}),
+            &[("idempotency-key", "renewal-due:near:2025-08-20")],
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    app.settle().await;
+
+    let clock = Arc::new(ManualClock::new(datetime!(2025-06-01 08:00 UTC)));
+    let scheduler = Scheduler::new(app.parts.customers.clone(), app.parts.store.clone(), clock);
+    let report = scheduler
+        .tick()
+        .await
+        .expect("the pass goes on past one customer");
+    assert_eq!(report.failed, 1, "{report:?}");
+    assert_eq!(report.renewals_marked_due, 2, "{report:?}");
+    // Every customer, the failing one too, is 61 days without activity.
+    assert_eq!(report.inactivity_flagged, 3, "{report:?}");
+
+    let events = read_all(&env.log().await).await;
+    let marked = |c: Uuid| {
+        events
+            .iter()
+            .filter(|e| {
+                e.envelope.event_type == "renewal_marked_due"
+                    && *e.envelope.customer_id.as_uuid() == c
+            })
+            .count()
+    };
+    assert_eq!(
+        customers.iter().map(|c| marked(*c)).collect::<Vec<_>>(),
+        vec![1, 0, 1]
+    );
+    // The next tick tries the failing customer again, and it fails again; the others
+    // are done.
+    let again = scheduler.tick().await.unwrap();
+    assert_eq!(
+        (
+            again.failed,
+            again.renewals_marked_due,
+            again.inactivity_flagged
+        ),
+        (1, 0, 0),
+        "{again:?}"
     );
     app.stop().await;
 }

@@ -78,6 +78,16 @@ impl Projection for AnyProjection {
         }
     }
 
+    fn fingerprint(&self) -> String {
+        match self {
+            Self::Audit(p) => p.fingerprint(),
+            Self::Lifecycle(p) => p.fingerprint(),
+            Self::Trust(p) => p.fingerprint(),
+            Self::Health(p) => p.fingerprint(),
+            Self::Renewals(p) => p.fingerprint(),
+        }
+    }
+
     fn decodes_events(&self) -> bool {
         match self {
             Self::Audit(p) => p.decodes_events(),

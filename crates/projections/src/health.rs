@@ -47,6 +47,10 @@ impl Projection for HealthProjection {
         NAME
     }
 
+    fn fingerprint(&self) -> String {
+        crate::policy::fingerprint(NAME, &self.policy)
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["customer_health", "alerts"]
     }

@@ -25,6 +25,15 @@ pub fn default_policy() -> Policy {
     toml::from_str(DEFAULT_POLICY_TOML).unwrap_or_else(|e| panic!("shipped policy is invalid: {e}"))
 }
 
+/// The fingerprint of projection `name` when it prices or scores with `policy`: its name,
+/// the code's version and the whole policy (not only its version label, which an operator
+/// may leave unchanged when editing a rule).
+pub fn fingerprint(name: &str, policy: &Policy) -> String {
+    // A policy is plain data: it always serialises.
+    let rules = serde_json::to_string(policy).unwrap_or_default();
+    format!("{name} {} policy {rules}", env!("CARGO_PKG_VERSION"))
+}
+
 /// Loads a policy file, or the default when `path` is `None`.
 pub fn load(path: Option<&Path>) -> Result<Policy, PolicyError> {
     let Some(path) = path else {
@@ -72,6 +81,23 @@ mod tests {
         };
         let assessment = h.assess(&default_policy());
         assert_eq!(assessment.tier, Tier::A, "{assessment:?}");
+    }
+
+    #[test]
+    fn a_fingerprint_changes_with_any_rule_not_only_the_version_label() {
+        let before = default_policy();
+        let mut edited = before.clone();
+        edited.trust.care_touch += 1;
+        assert_eq!(edited.version, before.version);
+        assert_eq!(
+            fingerprint("trust", &before),
+            fingerprint("trust", &before.clone())
+        );
+        assert_ne!(fingerprint("trust", &before), fingerprint("trust", &edited));
+        assert_ne!(
+            fingerprint("trust", &before),
+            fingerprint("health", &before)
+        );
     }
 
     #[test]

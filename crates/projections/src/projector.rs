@@ -30,6 +30,14 @@ pub trait Projection: Send + Sync + 'static {
     /// The tables this projection owns (swapped together by a blue-green rebuild).
     fn tables(&self) -> &'static [&'static str];
 
+    /// What the rows this projection writes depend on besides the events: its name, the
+    /// code's version and, for a projection that prices or scores events, its policy. A
+    /// rebuild resumes a half-built shadow copy only if it was begun under the same
+    /// fingerprint.
+    fn fingerprint(&self) -> String {
+        format!("{} {}", self.name(), env!("CARGO_PKG_VERSION"))
+    }
+
     /// Whether `apply_batch` reads the domain events (`StoredEvent::event`) rather than
     /// only the envelopes: the projector then decodes them ahead, off the commit path.
     fn decodes_events(&self) -> bool {

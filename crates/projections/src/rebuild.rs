@@ -6,8 +6,9 @@
 //! keeps live projectors out (SQLite's write lock; on PostgreSQL the exclusive side of the
 //! store's swap lock, whose shared side every projector batch takes): readers see the old
 //! rows until the commit and the new rows after it, never a half-built view. The shadow
-//! survives an interruption, so the next rebuild resumes from its checkpoint; nothing is
-//! swapped until the shadow has caught up.
+//! survives an interruption, so the next rebuild resumes from its checkpoint if it runs
+//! under the same policy and code (the shadow records their fingerprint), and starts the
+//! shadow again otherwise; nothing is swapped until the shadow has caught up.
 //!
 //! The live projector may keep running during a rebuild: the swap locks it out, catches
 //! the shadow up with the live checkpoint meanwhile (a few events: the
@@ -203,12 +204,8 @@ pub async fn rebuild<P: Projection + Clone>(
     on_progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<u64, ProjectionError> {
     let names: Vec<&'static str> = projections.iter().map(Projection::name).collect();
-    let label = match names.as_slice() {
-        [one] => *one,
-        _ => "all",
-    };
-    let shadow_at = claim.live().shadow(label);
-    let shadow = ReadStore::open_at(&shadow_at).await?;
+    let (shadow, _) = open_shadow(claim, live, &projections).await?;
+    let shadow_at = shadow.location().clone();
     let projector = Projector::combined(
         projections.clone(),
         shadow.clone(),
@@ -265,6 +262,89 @@ pub async fn rebuild<P: Projection + Clone>(
         }
     }
     result
+}
+
+/// How a rebuild found its shadow copy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShadowStart {
+    /// There was none (or an empty one): the rebuild starts from the first event.
+    Fresh,
+    /// An interrupted rebuild of the same projections, code and policy left one: the
+    /// rebuild goes on from the sequence it reached.
+    Resumed { at: u64 },
+    /// An interrupted rebuild left one begun under another fingerprint (another policy,
+    /// another version of the code, or from before fingerprints were kept): its rows
+    /// would mix the two, so it was removed and the rebuild starts from the first event.
+    Discarded { fingerprint: Option<String> },
+}
+
+/// The fingerprint of a set of projections rebuilt together.
+fn fingerprint_of<P: Projection>(projections: &[P]) -> String {
+    projections
+        .iter()
+        .map(Projection::fingerprint)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Opens the shadow copy a rebuild of `projections` into the claimed live store works in,
+/// keeping what an interrupted rebuild left there only if it was begun under the same
+/// fingerprint ([`Projection::fingerprint`]), and records the fingerprint in it.
+pub async fn open_shadow<P: Projection>(
+    claim: &RebuildClaim,
+    live: &ReadStore,
+    projections: &[P],
+) -> Result<(ReadStore, ShadowStart), ProjectionError> {
+    let names: Vec<&'static str> = projections.iter().map(Projection::name).collect();
+    let label = match names.as_slice() {
+        [one] => *one,
+        _ => "all",
+    };
+    let at = claim.live().shadow(label);
+    let fingerprint = fingerprint_of(projections);
+    let shadow = ReadStore::open_at(&at).await?;
+    let recorded: Option<(String,)> =
+        sqlx::query_as("SELECT fingerprint FROM rebuild_origin WHERE id = 1")
+            .fetch_optional(shadow.pool())
+            .await?;
+    let mut reached = Vec::with_capacity(names.len());
+    for name in &names {
+        reached.push(shadow.checkpoint(name).await?);
+    }
+    let start = match recorded {
+        Some((f,)) if f == fingerprint => ShadowStart::Resumed {
+            at: reached.iter().copied().min().unwrap_or(0),
+        },
+        None if reached.iter().all(|&r| r == 0) => ShadowStart::Fresh,
+        recorded => ShadowStart::Discarded {
+            fingerprint: recorded.map(|(f,)| f),
+        },
+    };
+    let shadow = match &start {
+        ShadowStart::Discarded { .. } => {
+            tracing::info!(
+                projections = ?names,
+                shadow = %at,
+                "an interrupted rebuild's shadow was begun under another policy or version; starting it again"
+            );
+            shadow.pool().close().await;
+            remove_shadow(live, &at).await?;
+            ReadStore::open_at(&at).await?
+        }
+        ShadowStart::Resumed { at: from } => {
+            tracing::info!(projections = ?names, from, "resuming an interrupted rebuild");
+            shadow
+        }
+        ShadowStart::Fresh => shadow,
+    };
+    sqlx::query(
+        "INSERT INTO rebuild_origin (id, fingerprint) VALUES (1, $1) \
+         ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint",
+    )
+    .bind(&fingerprint)
+    .execute(shadow.pool())
+    .await?;
+    Ok((shadow, start))
 }
 
 async fn progress_all(
@@ -433,26 +513,42 @@ async fn swap<P: Projection>(
 }
 
 /// Removes a swapped-in shadow copy (best effort: a leftover is only disk space, and the
-/// next rebuild of the same projections resumes from it harmlessly).
+/// next rebuild of the same projections resumes from it harmlessly, or starts it again
+/// if it was begun under another fingerprint).
 async fn drop_shadow(live: &ReadStore, shadow: &Location) {
+    if let Err(e) = remove_shadow(live, shadow).await {
+        tracing::warn!(error = %e, %shadow, "could not remove the rebuild's shadow copy");
+    }
+}
+
+/// Removes a shadow copy: its files, or its schema.
+async fn remove_shadow(live: &ReadStore, shadow: &Location) -> Result<(), ProjectionError> {
     match shadow {
         Location::Sqlite(file) => {
             for suffix in ["", "-wal", "-shm"] {
                 let mut p = file.clone().into_os_string();
                 p.push(suffix);
-                let _ = std::fs::remove_file(PathBuf::from(p));
+                let p = PathBuf::from(p);
+                match std::fs::remove_file(&p) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(ProjectionError::Io {
+                            path: p.display().to_string(),
+                            reason: e.to_string(),
+                        });
+                    }
+                }
             }
         }
         Location::Postgres { schema, .. } => {
             let drop = format!("DROP SCHEMA IF EXISTS {schema} CASCADE");
-            if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(drop))
+            sqlx::query(sqlx::AssertSqlSafe(drop))
                 .execute(live.pool())
-                .await
-            {
-                tracing::warn!(error = %e, schema, "could not drop the rebuild's shadow schema");
-            }
+                .await?;
         }
     }
+    Ok(())
 }
 
 /// Rebuilds a projection by name (`all` for every one, in one pass) with `policy`.

@@ -57,6 +57,10 @@ impl Projection for TrustProjection {
         NAME
     }
 
+    fn fingerprint(&self) -> String {
+        crate::policy::fingerprint(NAME, &self.policy)
+    }
+
     fn tables(&self) -> &'static [&'static str] {
         &["trust_accounts", "trust_ledger"]
     }

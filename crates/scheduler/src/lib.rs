@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use crm_domain::command::{FlagInactivity, MarkRenewalDue};
 use crm_domain::{Command, CustomerId, DomainError};
-use crm_log::{Customers, Metadata, SubmitError, SubmitOptions};
+use crm_log::{Customers, LogError, Metadata, SubmitError, SubmitOptions};
 use crm_projections::{ProjectionError, ReadStore, health, renewals};
 use time::OffsetDateTime;
 use tokio_util::sync::CancellationToken;
@@ -71,6 +71,11 @@ pub struct TickReport {
     pub inactivity_flagged: u32,
     /// Commands that were already recorded (replayed keys) or no longer apply.
     pub skipped: u32,
+    /// Customers whose command failed for a reason of their own (a rejection the view
+    /// did not foresee, a key used by another command, an undecodable history, writers
+    /// that kept winning): logged and passed over, so one customer cannot hold up the
+    /// rest; the next tick tries them again.
+    pub failed: u32,
 }
 
 /// Why a tick failed.
@@ -93,6 +98,20 @@ pub struct Scheduler {
 enum Outcome {
     Written,
     Skipped,
+    Failed,
+}
+
+/// Whether a failed command says something about its customer only, rather than about
+/// the log as a whole (unreachable, misconfigured), which every later command would
+/// meet too.
+fn customer_only(e: &SubmitError) -> bool {
+    match e {
+        SubmitError::Rejected(_)
+        | SubmitError::VersionConflict { .. }
+        | SubmitError::Contention { .. }
+        | SubmitError::IdempotencyKeyReused { .. } => true,
+        SubmitError::Log(log) => matches!(log, LogError::Decode { .. } | LogError::Conflict { .. }),
+    }
 }
 
 impl Scheduler {
@@ -133,11 +152,22 @@ impl Scheduler {
                 | DomainError::CustomerChurned
                 | DomainError::RenewalNotDue { .. },
             )) => Ok(Outcome::Skipped),
+            Err(e) if customer_only(&e) => {
+                tracing::warn!(
+                    customer = %id,
+                    command = command.command_type(),
+                    error = %e,
+                    "scheduler: command failed for this customer; passing over it"
+                );
+                Ok(Outcome::Failed)
+            }
             Err(e) => Err(e),
         }
     }
 
-    /// One pass over the views.
+    /// One pass over the views. A command that fails for its customer alone is counted in
+    /// [`TickReport::failed`] and the pass goes on; one that fails for the log as a whole
+    /// ends the pass with the error.
     pub async fn tick(&self) -> Result<TickReport, SchedulerError> {
         let now = self.clock.now();
         let today = now.date();
@@ -160,6 +190,7 @@ impl Scheduler {
             match self.send(id, cmd, key).await? {
                 Outcome::Written => report.renewals_marked_due += 1,
                 Outcome::Skipped => report.skipped += 1,
+                Outcome::Failed => report.failed += 1,
             }
         }
         let cutoff = today - time::Duration::days(INACTIVITY_DAYS);
@@ -173,6 +204,7 @@ impl Scheduler {
             match self.send(c.customer_id, cmd, key).await? {
                 Outcome::Written => report.inactivity_flagged += 1,
                 Outcome::Skipped => report.skipped += 1,
+                Outcome::Failed => report.failed += 1,
             }
         }
         Ok(report)
@@ -189,10 +221,11 @@ impl Scheduler {
                 _ = timer.tick() => {}
             }
             match self.tick().await {
-                Ok(r) if r.renewals_marked_due + r.inactivity_flagged > 0 => {
+                Ok(r) if r.renewals_marked_due + r.inactivity_flagged + r.failed > 0 => {
                     tracing::info!(
                         renewals_marked_due = r.renewals_marked_due,
                         inactivity_flagged = r.inactivity_flagged,
+                        failed = r.failed,
                         "scheduler tick"
                     );
                 }
