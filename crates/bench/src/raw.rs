@@ -245,6 +245,57 @@ pub async fn paced_publish(
     Ok(measured)
 }
 
+/// Like [`paced_publish`], but each message is an append as `EventLog::append` sends it:
+/// the two `Crm-*` headers and `Nats-Expected-Last-Subject-Sequence`, the subject's last
+/// sequence as the publisher knows it from the previous ack on that subject (round robin
+/// over the subjects, so no two publishes of one subject are ever in flight together).
+/// The latency floor of a conditional append at that rate, with no CRM code in it.
+pub async fn paced_conditional_publish(
+    client: &async_nats::Client,
+    size: usize,
+    count: u64,
+    workers: usize,
+    rate: f64,
+    cpu: CpuMeter,
+) -> anyhow::Result<Measured> {
+    let js = jetstream::new(client.clone());
+    let (_, subjects) = fresh_stream(&js, RAW_PACED_STREAM, "benchp").await?;
+    let last: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>> =
+        std::sync::Arc::new((0..subjects.len()).map(|_| Default::default()).collect());
+    let subjects = std::sync::Arc::new(subjects);
+    let body = payload(size);
+    eprintln!(
+        "  reference: conditional publish-and-wait of {count} messages, {workers} publishers paced at {rate:.0}/s"
+    );
+    let mark = cpu.mark();
+    let op_js = js.clone();
+    let measured = crate::measure::drive(count, workers, Some(rate), move |k, _| {
+        let (js, body, last) = (op_js.clone(), body.clone(), last.clone());
+        let i = (k as usize) % subjects.len();
+        let subject = subjects[i].clone();
+        async move {
+            let mut h = headers();
+            let expected = last[i].load(std::sync::atomic::Ordering::Acquire);
+            h.insert(
+                "Nats-Expected-Last-Subject-Sequence",
+                expected.to_string().as_str(),
+            );
+            let ack = js
+                .publish_with_headers(subject, h, body)
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            last[i].store(ack.sequence, std::sync::atomic::Ordering::Release);
+            Ok(())
+        }
+    })
+    .await
+    .with_cpu(&mark);
+    let _ = js.delete_stream(RAW_PACED_STREAM).await;
+    Ok(measured)
+}
+
 /// Reads the first `count` messages of `stream` with an ordered consumer (no acks), not
 /// decoding them. Used for the baseline and, on `CRM_EVENTS`, as a reference.
 pub async fn consume_ordered(stream: &stream::Stream, count: u64) -> anyhow::Result<Measured> {

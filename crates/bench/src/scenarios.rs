@@ -236,6 +236,23 @@ impl Env {
             &m,
             None,
         );
+        let m = raw::paced_conditional_publish(
+            &client,
+            size,
+            args.commands,
+            args.concurrency,
+            rate,
+            self.cpu,
+        )
+        .await?;
+        rows.extend(Row::paced(
+            &format!(
+                "ref: conditional publish-and-wait (+ Crm-* headers, expected last subject sequence), {} publishers paced at {rate:.0}/s",
+                args.concurrency
+            ),
+            &m,
+            None,
+        ));
         rows.extend(Row::paced(
             &format!(
                 "ref: the driver alone, {} no-op workers paced at {rate:.0}/s (timer lateness)",
