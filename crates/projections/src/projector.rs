@@ -30,10 +30,10 @@ pub trait Projection: Send + Sync + 'static {
     /// The tables this projection owns (swapped together by a blue-green rebuild).
     fn tables(&self) -> &'static [&'static str];
 
-    /// What the rows this projection writes depend on besides the events: its name, the
-    /// code's version and, for a projection that prices or scores events, its policy. A
-    /// rebuild resumes a half-built shadow copy only if it was begun under the same
-    /// fingerprint.
+    /// What the rows this projection writes depend on besides the events and the build:
+    /// its name, the crate version and, for a projection that prices or scores events,
+    /// its policy. A rebuild resumes a half-built shadow copy only if it was begun under
+    /// the same fingerprint, by the same build of crm.
     fn fingerprint(&self) -> String {
         format!("{} {}", self.name(), env!("CARGO_PKG_VERSION"))
     }

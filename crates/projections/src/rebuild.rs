@@ -204,7 +204,13 @@ pub async fn rebuild<P: Projection + Clone>(
     on_progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<u64, ProjectionError> {
     let names: Vec<&'static str> = projections.iter().map(Projection::name).collect();
-    let (shadow, _) = open_shadow(claim, live, &projections).await?;
+    let (shadow, _) = match open_shadow(claim, live, &projections).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            mark_failed(live, &names, &e).await;
+            return Err(e);
+        }
+    };
     let shadow_at = shadow.location().clone();
     let projector = Projector::combined(
         projections.clone(),
@@ -254,14 +260,18 @@ pub async fn rebuild<P: Projection + Clone>(
             progress_all(live, &names, "done", *at, *at).await?;
             drop_shadow(live, &shadow_at).await;
         }
-        Err(e) => {
-            let msg = e.to_string();
-            for name in &names {
-                let _ = set_progress(live, name, "failed", 0, 0, Some(&msg)).await;
-            }
-        }
+        Err(e) => mark_failed(live, &names, e).await,
     }
     result
+}
+
+/// Records a failed rebuild in the status every projection of it reports (best effort: the
+/// error itself goes back to the caller).
+async fn mark_failed(live: &ReadStore, names: &[&str], e: &ProjectionError) {
+    let msg = e.to_string();
+    for name in names {
+        let _ = set_progress(live, name, "failed", 0, 0, Some(&msg)).await;
+    }
 }
 
 /// How a rebuild found its shadow copy.
@@ -269,22 +279,43 @@ pub async fn rebuild<P: Projection + Clone>(
 pub enum ShadowStart {
     /// There was none (or an empty one): the rebuild starts from the first event.
     Fresh,
-    /// An interrupted rebuild of the same projections, code and policy left one: the
+    /// An interrupted rebuild of the same projections, build and policy left one: the
     /// rebuild goes on from the sequence it reached.
     Resumed { at: u64 },
     /// An interrupted rebuild left one begun under another fingerprint (another policy,
-    /// another version of the code, or from before fingerprints were kept): its rows
-    /// would mix the two, so it was removed and the rebuild starts from the first event.
+    /// another build of crm, or from before fingerprints were kept): its rows would mix
+    /// the two, so it was removed and the rebuild starts from the first event.
     Discarded { fingerprint: Option<String> },
 }
 
-/// The fingerprint of a set of projections rebuilt together.
+/// The fingerprint of a set of projections rebuilt together, by this build.
 fn fingerprint_of<P: Projection>(projections: &[P]) -> String {
-    projections
-        .iter()
-        .map(Projection::fingerprint)
-        .collect::<Vec<_>>()
-        .join("\n")
+    let mut parts: Vec<String> = projections.iter().map(Projection::fingerprint).collect();
+    parts.push(build_identity());
+    parts.join("\n")
+}
+
+/// The running binary, by its size and modification time: a fold fixed between an
+/// interruption and the next rebuild changes the binary but rarely the crate version, and
+/// the first batches of a resumed shadow would stay folded the old way. (The same image
+/// restarted resumes; a new build starts over.) The crate version if the binary cannot be
+/// looked at.
+fn build_identity() -> String {
+    let binary = std::env::current_exe()
+        .and_then(std::fs::metadata)
+        .and_then(|m| {
+            let modified = m.modified()?;
+            Ok((m.len(), modified))
+        })
+        .ok()
+        .and_then(|(len, modified)| {
+            let since = modified.duration_since(std::time::UNIX_EPOCH).ok()?;
+            Some(format!(
+                "binary of {len} bytes built at {}",
+                since.as_nanos()
+            ))
+        });
+    binary.unwrap_or_else(|| format!("crm-projections {}", env!("CARGO_PKG_VERSION")))
 }
 
 /// Opens the shadow copy a rebuild of `projections` into the claimed live store works in,
@@ -303,6 +334,7 @@ pub async fn open_shadow<P: Projection>(
     let at = claim.live().shadow(label);
     let fingerprint = fingerprint_of(projections);
     let shadow = ReadStore::open_at(&at).await?;
+    origin_table(&shadow).await?;
     let recorded: Option<(String,)> =
         sqlx::query_as("SELECT fingerprint FROM rebuild_origin WHERE id = 1")
             .fetch_optional(shadow.pool())
@@ -329,7 +361,9 @@ pub async fn open_shadow<P: Projection>(
             );
             shadow.pool().close().await;
             remove_shadow(live, &at).await?;
-            ReadStore::open_at(&at).await?
+            let shadow = ReadStore::open_at(&at).await?;
+            origin_table(&shadow).await?;
+            shadow
         }
         ShadowStart::Resumed { at: from } => {
             tracing::info!(projections = ?names, from, "resuming an interrupted rebuild");
@@ -345,6 +379,18 @@ pub async fn open_shadow<P: Projection>(
     .execute(shadow.pool())
     .await?;
     Ok((shadow, start))
+}
+
+/// Makes the table a shadow records its fingerprint in. Only shadows hold it, so it is
+/// made here rather than by a migration of every store.
+async fn origin_table(shadow: &ReadStore) -> Result<(), ProjectionError> {
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS rebuild_origin \
+         (id INTEGER PRIMARY KEY CHECK (id = 1), fingerprint TEXT NOT NULL)",
+    )
+    .execute(shadow.pool())
+    .await?;
+    Ok(())
 }
 
 async fn progress_all(

@@ -71,10 +71,11 @@ pub struct TickReport {
     pub inactivity_flagged: u32,
     /// Commands that were already recorded (replayed keys) or no longer apply.
     pub skipped: u32,
-    /// Customers whose command failed for a reason of their own (a rejection the view
-    /// did not foresee, a key used by another command, an undecodable history, writers
-    /// that kept winning): logged and passed over, so one customer cannot hold up the
-    /// rest; the next tick tries them again.
+    /// Commands that failed for their customer alone (a rejection the view did not
+    /// foresee, an idempotency key another command used, an undecodable history, writers
+    /// that kept winning): each logged as a warning and passed over, so one customer
+    /// cannot hold up the rest. The next tick sends them again (and a failure that
+    /// lasts is logged again on every tick).
     pub failed: u32,
 }
 
