@@ -387,6 +387,26 @@ async fn as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuild
         ),
         "{again:?}"
     );
+    // The same PostgreSQL store reached through another spelling of its URL (as another
+    // host's config may have it) is the same store: refused too.
+    if let crm_projections::store::Location::Postgres { url, schema } = app.parts.store.location() {
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let elsewhere = ReadStore::open_at(&crm_projections::store::Location::Postgres {
+            url: format!("{url}{sep}application_name=crm-elsewhere"),
+            schema: schema.clone(),
+        })
+        .await
+        .unwrap();
+        let refused = rebuild::RebuildClaim::take(&elsewhere).await;
+        assert!(
+            matches!(
+                refused,
+                Err(crm_projections::ProjectionError::RebuildRunning { .. })
+            ),
+            "{refused:?}"
+        );
+        elsewhere.pool().close().await;
+    }
     let (status, body) = app.post("/v1/admin/projections/health/rebuild").await;
     assert_eq!(status, 409);
     assert_eq!(body["error"]["code"], "rebuild_running", "{body}");

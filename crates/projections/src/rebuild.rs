@@ -232,13 +232,13 @@ pub async fn rebuild<P: Projection + Clone>(
                 for name in &names {
                     target = target.max(live.checkpoint(name).await?);
                 }
-                let done = min_checkpoint(&shadow, &names).await?;
+                let done = shadow.min_checkpoint(&names).await?;
                 if pass > 0 && target.saturating_sub(done) <= batch_size as u64 {
                     break;
                 }
                 progress_all(live, &names, "rebuilding", done, target).await?;
                 run_with_progress(&projector, target, on_progress).await?;
-                let done = min_checkpoint(&shadow, &names).await?;
+                let done = shadow.min_checkpoint(&names).await?;
                 progress_all(live, &names, "rebuilding", done, target).await?;
             }
             if let Some(at) = swap(&projector, &shadow, live).await? {
@@ -406,14 +406,6 @@ async fn progress_all(
     Ok(())
 }
 
-async fn min_checkpoint(store: &ReadStore, names: &[&str]) -> Result<u64, ProjectionError> {
-    let mut min = u64::MAX;
-    for name in names {
-        min = min.min(store.checkpoint(name).await?);
-    }
-    Ok(if names.is_empty() { 0 } else { min })
-}
-
 /// Swaps the shadow's tables into the live store and returns the checkpoint they stand at,
 /// or `None` if the shadow could not catch up within [`SWAP_CATCH_UP`].
 ///
@@ -487,7 +479,7 @@ async fn swap<P: Projection>(
             .await?;
             live_at = live_at.max(cp.map_or(0, |(cp,)| crate::sql::u64_of(cp)));
         }
-        if min_checkpoint(shadow, &names).await? < live_at {
+        if shadow.min_checkpoint(&names).await? < live_at {
             let caught_up =
                 tokio::time::timeout(SWAP_CATCH_UP, projector.run_until(live_at)).await;
             match caught_up {

@@ -236,9 +236,15 @@ impl ReadStore {
     }
 }
 
-/// A stable advisory-lock key for `purpose` at `location` (FNV-1a of both).
+/// A stable advisory-lock key for `purpose` at `location` (FNV-1a of both). PostgreSQL's
+/// advisory locks belong to one database, so there the schema alone names the store:
+/// processes that spell the database's URL differently (a host alias, other credentials
+/// or parameters) still meet on one key.
 pub(crate) fn lock_key(purpose: &str, location: &Location) -> i64 {
-    let text = format!("crm-{purpose}:{location:?}");
+    let text = match location {
+        Location::Postgres { schema, .. } => format!("crm-{purpose}:postgres:{schema}"),
+        Location::Sqlite(file) => format!("crm-{purpose}:sqlite:{}", file.display()),
+    };
     let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
     for b in text.bytes() {
         hash ^= u64::from(b);
