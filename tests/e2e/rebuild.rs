@@ -141,17 +141,14 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
     policy.version = "2026-12-generous".into();
     policy.trust.care_touch = 50;
     let generous = Arc::new(policy);
-    rebuild::rebuild_by_name(
+    rebuild_under(
+        &app,
         &rebuild::RebuildClaim::take(&app.parts.store).await.unwrap(),
         "trust",
         generous.clone(),
-        &app.parts.store,
-        &app.parts.log,
         100,
-        &|_, _, _| {},
     )
-    .await
-    .unwrap();
+    .await;
     let (_, after) = app.get(&format!("/v1/customers/{}", ids[0])).await;
     assert_eq!(after["trust"]["policy_version"], "2026-12-generous");
     assert!(
@@ -173,11 +170,8 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
     // and policy resumes from it, and the live view was never touched in between.
     let head = app.parts.log.head().await.unwrap();
     let claim = rebuild::RebuildClaim::take(&app.parts.store).await.unwrap();
-    let (shadow, start) = rebuild::open_shadow(&claim, &app.parts.store, &[LifecycleProjection])
-        .await
-        .unwrap();
+    let (shadow, start) = interrupted_rebuild(&app, &claim, LifecycleProjection, head).await;
     assert_eq!(start, rebuild::ShadowStart::Fresh);
-    interrupt(LifecycleProjection, &shadow, &app.parts.log, head).await;
     let half = shadow.checkpoint("lifecycle").await.unwrap();
     assert!(half > 0 && half < head);
     shadow.pool().close().await;
@@ -190,17 +184,14 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
         .await
         .unwrap();
     assert_eq!(live_before.len(), 8);
-    let done = rebuild::rebuild_by_name(
+    let done = rebuild_under(
+        &app,
         &claim,
         "lifecycle",
         Arc::new(crm_projections::policy::default_policy()),
-        &app.parts.store,
-        &app.parts.log,
         10,
-        &|_, _, _| {},
     )
-    .await
-    .unwrap();
+    .await;
     assert!(done[0].1 >= head);
     assert_eq!(
         crm_projections::lifecycle::dump(&app.parts.store)
@@ -212,18 +203,10 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
     // One begun under another policy is started again: resumed, its first batches would
     // stay priced under the policy it began with.
     let default = Arc::new(crm_projections::policy::default_policy());
-    let trust_under_default = [TrustProjection::new(default.clone())];
-    let (shadow, start) = rebuild::open_shadow(&claim, &app.parts.store, &trust_under_default)
-        .await
-        .unwrap();
+    let trust_under_default = TrustProjection::new(default.clone());
+    let (shadow, start) =
+        interrupted_rebuild(&app, &claim, trust_under_default.clone(), head).await;
     assert_eq!(start, rebuild::ShadowStart::Fresh);
-    interrupt(
-        trust_under_default[0].clone(),
-        &shadow,
-        &app.parts.log,
-        head,
-    )
-    .await;
     let (priced_by_default,): (i64,) =
         sqlx::query_as("SELECT COUNT(*) FROM trust_ledger WHERE policy_version = $1")
             .bind(&default.version)
@@ -247,28 +230,9 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
     shadow.pool().close().await;
     // Interrupted again under the default policy; the rebuild under the generous one
     // starts over by itself.
-    let (shadow, _) = rebuild::open_shadow(&claim, &app.parts.store, &trust_under_default)
-        .await
-        .unwrap();
-    interrupt(
-        trust_under_default[0].clone(),
-        &shadow,
-        &app.parts.log,
-        head,
-    )
-    .await;
+    let (shadow, _) = interrupted_rebuild(&app, &claim, trust_under_default, head).await;
     shadow.pool().close().await;
-    rebuild::rebuild_by_name(
-        &claim,
-        "trust",
-        generous.clone(),
-        &app.parts.store,
-        &app.parts.log,
-        10,
-        &|_, _, _| {},
-    )
-    .await
-    .unwrap();
+    rebuild_under(&app, &claim, "trust", generous.clone(), 10).await;
     let versions: Vec<(String, i64)> =
         sqlx::query_as("SELECT policy_version, COUNT(*) FROM trust_ledger GROUP BY policy_version")
             .fetch_all(app.parts.store.pool())
@@ -279,18 +243,44 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
     app.stop().await;
 }
 
-/// Runs `projection` into `shadow` in batches of 10 and crashes before committing the
-/// fourth, as a rebuild killed mid-way would leave it.
-async fn interrupt<P: crm_projections::Projection>(
+/// Rebuilds `name` under `policy` in batches of `batch`, holding `claim`.
+async fn rebuild_under(
+    app: &App,
+    claim: &rebuild::RebuildClaim,
+    name: &str,
+    policy: Arc<crm_domain::policy::Policy>,
+    batch: usize,
+) -> Vec<(String, u64)> {
+    rebuild::rebuild_by_name(
+        claim,
+        name,
+        policy,
+        &app.parts.store,
+        &app.parts.log,
+        batch,
+        &|_, _, _| {},
+    )
+    .await
+    .unwrap()
+}
+
+/// Opens the shadow a rebuild of `projection` works in, runs it there in batches of 10 up
+/// to `head` and crashes before committing the fourth batch, as a rebuild killed mid-way
+/// leaves it. Returns the shadow, still open, and how the rebuild found it.
+async fn interrupted_rebuild<P: crm_projections::Projection>(
+    app: &App,
+    claim: &rebuild::RebuildClaim,
     projection: P,
-    shadow: &ReadStore,
-    log: &crm_log::EventLog,
     head: u64,
-) {
+) -> (ReadStore, rebuild::ShadowStart) {
+    let (shadow, start) =
+        rebuild::open_shadow(claim, &app.parts.store, std::slice::from_ref(&projection))
+            .await
+            .unwrap();
     Projector::new(
         projection,
         shadow.clone(),
-        log.clone(),
+        app.parts.log.clone(),
         ProjectorOptions {
             batch_size: 10,
             crash_before_commit_of_batch: Some(4),
@@ -300,6 +290,7 @@ async fn interrupt<P: crm_projections::Projection>(
     .run_until(head)
     .await
     .unwrap_err();
+    (shadow, start)
 }
 
 async fn as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuilds(db: Db) {

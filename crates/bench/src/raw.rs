@@ -210,62 +210,33 @@ pub const RAW_PACED_STREAM: &str = "BENCH_RAW_PACED";
 /// Publish-and-wait of `count` messages of `size` bytes from `workers` concurrent
 /// publishers, the k-th scheduled at `k / rate` seconds: the latency floor of one appended
 /// event at that rate, measured like the paced scenarios (from the scheduled start).
+///
+/// With `conditional`, each message is sent as `EventLog::append` sends it: the two
+/// `Crm-*` headers and `Nats-Expected-Last-Subject-Sequence`, the subject's last sequence
+/// as the publisher knows it from its previous ack on that subject (round robin over the
+/// subjects, so no two publishes of one subject are ever in flight together): the floor of
+/// a conditional append, with the server's check in it and no CRM code.
 pub async fn paced_publish(
     client: &async_nats::Client,
     size: usize,
     count: u64,
     workers: usize,
     rate: f64,
+    conditional: bool,
     cpu: CpuMeter,
 ) -> anyhow::Result<Measured> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
     let js = jetstream::new(client.clone());
     let (_, subjects) = fresh_stream(&js, RAW_PACED_STREAM, "benchp").await?;
-    let subjects = std::sync::Arc::new(subjects);
+    let last: Arc<Vec<AtomicU64>> =
+        Arc::new((0..subjects.len()).map(|_| Default::default()).collect());
+    let subjects = Arc::new(subjects);
     let body = payload(size);
     eprintln!(
-        "  baseline: publish-and-wait of {count} messages, {workers} publishers paced at {rate:.0}/s"
-    );
-    let mark = cpu.mark();
-    let op_js = js.clone();
-    let measured = crate::measure::drive(count, workers, Some(rate), move |k, _| {
-        let (js, body) = (op_js.clone(), body.clone());
-        let subject = subjects[(k as usize) % subjects.len()].clone();
-        async move {
-            js.publish(subject, body)
-                .await
-                .map_err(|e| e.to_string())?
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
-    })
-    .await
-    .with_cpu(&mark);
-    let _ = js.delete_stream(RAW_PACED_STREAM).await;
-    Ok(measured)
-}
-
-/// Like [`paced_publish`], but each message is an append as `EventLog::append` sends it:
-/// the two `Crm-*` headers and `Nats-Expected-Last-Subject-Sequence`, the subject's last
-/// sequence as the publisher knows it from the previous ack on that subject (round robin
-/// over the subjects, so no two publishes of one subject are ever in flight together).
-/// The latency floor of a conditional append at that rate, with no CRM code in it.
-pub async fn paced_conditional_publish(
-    client: &async_nats::Client,
-    size: usize,
-    count: u64,
-    workers: usize,
-    rate: f64,
-    cpu: CpuMeter,
-) -> anyhow::Result<Measured> {
-    let js = jetstream::new(client.clone());
-    let (_, subjects) = fresh_stream(&js, RAW_PACED_STREAM, "benchp").await?;
-    let last: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>> =
-        std::sync::Arc::new((0..subjects.len()).map(|_| Default::default()).collect());
-    let subjects = std::sync::Arc::new(subjects);
-    let body = payload(size);
-    eprintln!(
-        "  reference: conditional publish-and-wait of {count} messages, {workers} publishers paced at {rate:.0}/s"
+        "  {}: {}publish-and-wait of {count} messages, {workers} publishers paced at {rate:.0}/s",
+        if conditional { "reference" } else { "baseline" },
+        if conditional { "conditional " } else { "" },
     );
     let mark = cpu.mark();
     let op_js = js.clone();
@@ -274,19 +245,22 @@ pub async fn paced_conditional_publish(
         let i = (k as usize) % subjects.len();
         let subject = subjects[i].clone();
         async move {
-            let mut h = headers();
-            let expected = last[i].load(std::sync::atomic::Ordering::Acquire);
-            h.insert(
-                "Nats-Expected-Last-Subject-Sequence",
-                expected.to_string().as_str(),
-            );
-            let ack = js
-                .publish_with_headers(subject, h, body)
-                .await
+            let sent = if conditional {
+                let mut h = headers();
+                let expected = last[i].load(Ordering::Acquire);
+                h.insert(
+                    "Nats-Expected-Last-Subject-Sequence",
+                    expected.to_string().as_str(),
+                );
+                js.publish_with_headers(subject, h, body).await
+            } else {
+                js.publish(subject, body).await
+            };
+            let ack = sent
                 .map_err(|e| e.to_string())?
                 .await
                 .map_err(|e| e.to_string())?;
-            last[i].store(ack.sequence, std::sync::atomic::Ordering::Release);
+            last[i].store(ack.sequence, Ordering::Release);
             Ok(())
         }
     })

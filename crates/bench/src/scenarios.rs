@@ -219,40 +219,35 @@ impl Env {
         })
         .await;
         let client = self.connect("crm-bench-raw-paced").await?;
-        let m = raw::paced_publish(
-            &client,
-            size,
-            args.commands,
-            args.concurrency,
-            rate,
-            self.cpu,
-        )
-        .await?;
-        let mut rows = Row::paced(
-            &format!(
-                "{RAW_SYNC}, {} publishers paced at {rate:.0}/s (latency floor)",
-                args.concurrency
+        let mut rows = Vec::new();
+        for (conditional, name) in [
+            (
+                false,
+                format!(
+                    "{RAW_SYNC}, {} publishers paced at {rate:.0}/s (latency floor)",
+                    args.concurrency
+                ),
             ),
-            &m,
-            None,
-        );
-        let m = raw::paced_conditional_publish(
-            &client,
-            size,
-            args.commands,
-            args.concurrency,
-            rate,
-            self.cpu,
-        )
-        .await?;
-        rows.extend(Row::paced(
-            &format!(
-                "ref: conditional publish-and-wait (+ Crm-* headers, expected last subject sequence), {} publishers paced at {rate:.0}/s",
-                args.concurrency
+            (
+                true,
+                format!(
+                    "ref: conditional publish-and-wait (+ Crm-* headers, expected last subject sequence), {} publishers paced at {rate:.0}/s",
+                    args.concurrency
+                ),
             ),
-            &m,
-            None,
-        ));
+        ] {
+            let m = raw::paced_publish(
+                &client,
+                size,
+                args.commands,
+                args.concurrency,
+                rate,
+                conditional,
+                self.cpu,
+            )
+            .await?;
+            rows.extend(Row::paced(&name, &m, None));
+        }
         rows.extend(Row::paced(
             &format!(
                 "ref: the driver alone, {} no-op workers paced at {rate:.0}/s (timer lateness)",
