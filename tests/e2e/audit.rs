@@ -109,6 +109,19 @@ async fn queries_filter_by_customer_type_actor_and_time_and_stream_ndjson(db: Db
         .map(|e| e["stream_sequence"].as_u64().unwrap())
         .collect();
     assert!(seqs.windows(2).all(|w| w[0] < w[1]), "log order");
+    // The same customer written another way (uppercase, without hyphens) is the same
+    // customer: the same events, not an empty page.
+    for spelled in [
+        a.to_string().to_uppercase(),
+        a.simple().to_string(),
+        format!("{{{a}}}"),
+    ] {
+        let (status, other) = app
+            .get(&format!("/v1/audit/events?customer_id={spelled}"))
+            .await;
+        assert_eq!(status, 200, "{other}");
+        assert_eq!(other["events"], v["events"], "customer_id={spelled}");
+    }
     assert!(
         events
             .iter()

@@ -91,3 +91,52 @@ async fn concurrent_retries_with_one_key_write_once() {
     a.stop().await;
     b.stop().await;
 }
+
+/// A process whose cache is behind sends a key another process has already stored. The
+/// server answers that the message is a duplicate (or that the customer moved on); even
+/// with one attempt allowed, the answer is the original receipt, not a 409: the command
+/// did succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_stored_by_another_process_replays_even_on_the_last_attempt() {
+    let env = Env::new().await;
+    let log = env.log().await;
+    let behind = crm_log::Customers::new(log.clone(), 100, 1);
+    let other = crm_log::Customers::new(log.clone(), 100, 1);
+    let c = crm_domain::CustomerId::new(Uuid::now_v7());
+    let cmd =
+        |body: serde_json::Value| -> crm_domain::Command { serde_json::from_value(body).unwrap() };
+    let plain = crm_log::SubmitOptions::now("tester");
+    let mut keyed = plain.clone();
+    keyed.meta.idempotency_key = Some("sign-c1".into());
+
+    behind
+        .submit(c, &cmd(register("Behind")), &plain)
+        .await
+        .unwrap();
+    // The other process moves the customer on and stores the keyed command.
+    other
+        .submit(
+            c,
+            &cmd(serde_json::json!({"type": "record_care_touch", "kind": "birthday"})),
+            &plain,
+        )
+        .await
+        .unwrap();
+    let first = other.submit(c, &cmd(sign("c1")), &keyed).await.unwrap();
+    assert!(!first.replayed);
+
+    // `behind` still holds the customer at version 1 and has never seen the key.
+    let again = behind
+        .submit(c, &cmd(sign("c1")), &keyed)
+        .await
+        .expect("the original receipt, not contention");
+    assert!(again.replayed);
+    assert_eq!(again.receipt.event_id, first.receipt.event_id);
+    assert_eq!(again.receipt.version, 3);
+    let signed: Vec<_> = read_all(&log)
+        .await
+        .into_iter()
+        .filter(|e| e.envelope.event_type == "contract_signed")
+        .collect();
+    assert_eq!(signed.len(), 1);
+}

@@ -314,19 +314,23 @@ impl Customers {
                         replayed: false,
                     });
                 }
-                Ok(_duplicate) => {
-                    // Another process stored this key inside the duplicate window: the
-                    // original event is in the log; the next turn finds its receipt.
+                // A duplicate: another process stored this key inside the duplicate
+                // window, and the original event is in the log. A conflict: another writer
+                // appended first. Either way, catch up and decide again.
+                Ok(_) | Err(LogError::Conflict { .. }) => {
                     self.catch_up(&id, loaded).await?;
                     caught_up = true;
-                    if attempts >= self.max_attempts {
-                        return Err(SubmitError::Contention { attempts });
-                    }
-                }
-                Err(LogError::Conflict { .. }) => {
-                    self.catch_up(&id, loaded).await?;
-                    caught_up = true;
-                    if opts.expected_version.is_none() && attempts >= self.max_attempts {
+                    // The key's receipt, if the catch-up brought it, answers on the next
+                    // turn (a replay, or a key reused for another command), whatever the
+                    // attempts. Otherwise the attempts are bounded with `If-Match` too: a
+                    // catch-up that finds nothing new (a read served by a replica that is
+                    // behind) would otherwise conflict again forever.
+                    let receipt_known = opts
+                        .meta
+                        .idempotency_key
+                        .as_ref()
+                        .is_some_and(|key| loaded.receipts.contains_key(key));
+                    if !receipt_known && attempts >= self.max_attempts {
                         return Err(SubmitError::Contention { attempts });
                     }
                 }

@@ -2,6 +2,7 @@
 //! query by type, actor, customer or time does not scan the log. Queries return sequences;
 //! callers read the events themselves from the log.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crm_domain::CustomerId;
@@ -156,6 +157,24 @@ fn micros(t: OffsetDateTime) -> i64 {
 }
 
 impl AuditFilter {
+    /// The filter with its customer id in the form the index and the envelopes hold
+    /// (lowercase, hyphenated). A UUID written another way (uppercase, braced, without
+    /// hyphens) is the same customer, and would otherwise match nothing.
+    fn canonical(&self) -> Cow<'_, AuditFilter> {
+        match self
+            .customer_id
+            .as_deref()
+            .and_then(|c| CustomerId::parse(c).ok())
+            .map(|id| id.to_string())
+        {
+            Some(c) if Some(&c) != self.customer_id.as_ref() => Cow::Owned(AuditFilter {
+                customer_id: Some(c),
+                ..self.clone()
+            }),
+            _ => Cow::Borrowed(self),
+        }
+    }
+
     /// Whether an event matches (used for the part of the log the index has not reached).
     pub fn matches(&self, e: &StoredEvent) -> bool {
         let env = &e.envelope;
@@ -183,6 +202,7 @@ pub async fn query(
     until: u64,
     limit: u32,
 ) -> Result<Vec<u64>, ProjectionError> {
+    let filter = filter.canonical();
     let mut q = Sql::new("SELECT sequence FROM audit_index WHERE sequence > ");
     q.bind(i64_of(after));
     q.push(" AND sequence <= ").bind(i64_of(until));
@@ -224,6 +244,7 @@ pub async fn page(
     after: u64,
     limit: u32,
 ) -> Result<Vec<StoredEvent>, ProjectionError> {
+    let filter = &*filter.canonical();
     // The index up to its checkpoint, the log after it. Rows past the checkpoint (a batch
     // committing meanwhile, or partitions ahead of the slowest when the audit index runs
     // partitioned: its checkpoint is the lowest) are left to the log part, so no event
