@@ -121,18 +121,21 @@ fn currency(code: &str) -> Result<String, DomainError> {
     }
 }
 
+/// The active contract a command names, and its id as `sign_contract` stored it (checked
+/// and trimmed the same way, so `" c1 "` finds `c1`).
 fn active_contract<'s>(
     state: &'s CustomerState,
     contract_id: &str,
-) -> Result<&'s Contract, DomainError> {
+) -> Result<(String, &'s Contract), DomainError> {
+    let contract_id = id("contract_id", contract_id)?;
     let contract = state
         .contracts
-        .get(contract_id)
-        .ok_or_else(|| DomainError::ContractNotFound(contract_id.to_owned()))?;
+        .get(&contract_id)
+        .ok_or_else(|| DomainError::ContractNotFound(contract_id.clone()))?;
     if !contract.is_active() {
-        return Err(DomainError::ContractNotActive(contract_id.to_owned()));
+        return Err(DomainError::ContractNotActive(contract_id));
     }
-    Ok(contract)
+    Ok((contract_id, contract))
 }
 
 mod contracts {
@@ -171,33 +174,33 @@ mod contracts {
         c: &MarkRenewalDue,
         occurred_at: OffsetDateTime,
     ) -> Result<Event, DomainError> {
-        let contract = active_contract(state, &c.contract_id)?;
+        let (contract_id, contract) = active_contract(state, &c.contract_id)?;
         if c.term_ends_on != contract.ends_on {
             return Err(DomainError::TermMismatch {
-                contract_id: c.contract_id.clone(),
+                contract_id: contract_id.clone(),
             });
         }
         if contract.renewal_due_for == Some(contract.ends_on) {
             return Err(DomainError::RenewalAlreadyMarked {
-                contract_id: c.contract_id.clone(),
+                contract_id: contract_id.clone(),
             });
         }
         let window_opens =
             crate::calendar::days_before(contract.ends_on, i64::from(contract.notice_days));
         if occurred_at.date() < window_opens {
             return Err(DomainError::RenewalNotDue {
-                contract_id: c.contract_id.clone(),
+                contract_id: contract_id.clone(),
             });
         }
         Ok(Event::RenewalMarkedDue(RenewalMarkedDue {
-            contract_id: c.contract_id.clone(),
+            contract_id: contract_id.clone(),
             term_ends_on: c.term_ends_on,
             notice_days: contract.notice_days,
         }))
     }
 
     pub(super) fn renew(state: &CustomerState, c: &RenewContract) -> Result<Event, DomainError> {
-        let contract = active_contract(state, &c.contract_id)?;
+        let (contract_id, contract) = active_contract(state, &c.contract_id)?;
         if c.new_ends_on <= contract.ends_on {
             return Err(DomainError::InvalidDates(
                 "new_ends_on must be after the contract's current end",
@@ -207,7 +210,7 @@ mod contracts {
             positive("value_minor", v)?;
         }
         Ok(Event::ContractRenewed(ContractRenewed {
-            contract_id: c.contract_id.clone(),
+            contract_id: contract_id.clone(),
             previous_ends_on: contract.ends_on,
             new_ends_on: c.new_ends_on,
             value_minor: c.value_minor,
@@ -215,10 +218,10 @@ mod contracts {
     }
 
     pub(super) fn expand(state: &CustomerState, c: &ExpandContract) -> Result<Event, DomainError> {
-        active_contract(state, &c.contract_id)?;
+        let (contract_id, _) = active_contract(state, &c.contract_id)?;
         positive("added_value_minor", c.added_value_minor)?;
         Ok(Event::ContractExpanded(ContractExpanded {
-            contract_id: c.contract_id.clone(),
+            contract_id: contract_id.clone(),
             kind: c.kind,
             added_value_minor: c.added_value_minor,
         }))
@@ -228,13 +231,13 @@ mod contracts {
         state: &CustomerState,
         c: &TerminateContract,
     ) -> Result<Event, DomainError> {
-        active_contract(state, &c.contract_id)?;
+        let (contract_id, _) = active_contract(state, &c.contract_id)?;
         let others_active = state
             .contracts
             .iter()
-            .any(|(id, k)| id != &c.contract_id && k.is_active());
+            .any(|(id, k)| *id != contract_id && k.is_active());
         Ok(Event::ContractTerminated(ContractTerminated {
-            contract_id: c.contract_id.clone(),
+            contract_id: contract_id.clone(),
             reason: opt_text("reason", &c.reason)?,
             churned: !others_active,
         }))
@@ -245,13 +248,13 @@ mod service {
     use super::*;
 
     pub(super) fn deliver(state: &CustomerState, c: &DeliverService) -> Result<Event, DomainError> {
-        active_contract(state, &c.contract_id)?;
+        let (contract_id, _) = active_contract(state, &c.contract_id)?;
         let service_id = id("service_id", &c.service_id)?;
         if c.delivered_on > c.promised_on {
             return Err(DomainError::DeliveryLate);
         }
         Ok(Event::ServiceDelivered(ServiceDelivered {
-            contract_id: c.contract_id.clone(),
+            contract_id: contract_id.clone(),
             service_id,
             promised_on: c.promised_on,
             delivered_on: c.delivered_on,
@@ -260,7 +263,7 @@ mod service {
     }
 
     pub(super) fn delay(state: &CustomerState, c: &DelayService) -> Result<Event, DomainError> {
-        active_contract(state, &c.contract_id)?;
+        let (contract_id, _) = active_contract(state, &c.contract_id)?;
         let service_id = id("service_id", &c.service_id)?;
         if c.days_late == 0 || c.days_late > 3_650 {
             return Err(DomainError::OutOfRange {
@@ -269,7 +272,7 @@ mod service {
             });
         }
         Ok(Event::ServiceDelayed(ServiceDelayed {
-            contract_id: c.contract_id.clone(),
+            contract_id: contract_id.clone(),
             service_id,
             promised_on: c.promised_on,
             days_late: c.days_late,
@@ -305,15 +308,16 @@ mod complaints {
         state: &CustomerState,
         c: &ResolveComplaint,
     ) -> Result<Event, DomainError> {
+        let complaint_id = id("complaint_id", &c.complaint_id)?;
         let complaint = state
             .complaints
-            .get(&c.complaint_id)
-            .ok_or_else(|| DomainError::ComplaintNotFound(c.complaint_id.clone()))?;
+            .get(&complaint_id)
+            .ok_or_else(|| DomainError::ComplaintNotFound(complaint_id.clone()))?;
         if !complaint.open {
-            return Err(DomainError::ComplaintNotOpen(c.complaint_id.clone()));
+            return Err(DomainError::ComplaintNotOpen(complaint_id));
         }
         Ok(Event::ComplaintResolved(ComplaintResolved {
-            complaint_id: c.complaint_id.clone(),
+            complaint_id,
             severity: complaint.severity,
             resolution_hours: c.resolution_hours,
         }))

@@ -658,3 +658,41 @@ fn the_eventually_aggregate_is_the_pure_functions() {
     ));
     assert_eq!(refused.unwrap_err().code(), "customer_already_registered");
 }
+
+#[test]
+fn ids_are_trimmed_when_looked_up_as_when_stored() {
+    // sign_contract and log_complaint store " c1 " as "c1"; every later command that
+    // names them finds them the same way, and its event names the stored id.
+    given(active())
+        .when(cmd(
+            json!({"type": "renew_contract", "contract_id": " c1 ", "new_ends_on": "2026-12-31"}),
+        ))
+        .then_event(Event::ContractRenewed(ContractRenewed {
+            contract_id: "c1".into(),
+            previous_ends_on: date!(2025 - 12 - 31),
+            new_ends_on: date!(2026 - 12 - 31),
+            value_minor: None,
+        }));
+    let mut two = active();
+    two.push(signed("c2"));
+    given(two)
+        .when(cmd(
+            json!({"type": "terminate_contract", "contract_id": "\tc1\n"}),
+        ))
+        .then_event(terminated("c1", false));
+    let mut with_complaint = active();
+    with_complaint.push(complaint("k1"));
+    given(with_complaint)
+        .when(cmd(
+            json!({"type": "resolve_complaint", "complaint_id": " k1", "resolution_hours": 3}),
+        ))
+        .then_event(Event::ComplaintResolved(ComplaintResolved {
+            complaint_id: "k1".into(),
+            severity: Severity::Major,
+            resolution_hours: 3,
+        }));
+    // A blank id is refused as empty, not as an unknown contract.
+    given(active())
+        .when(cmd(json!({"type": "expand_contract", "contract_id": "  ", "kind": "cross_sell", "added_value_minor": 300})))
+        .then_refused("empty_field");
+}
