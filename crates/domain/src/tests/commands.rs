@@ -50,6 +50,15 @@ fn complaint(id: &str) -> Event {
     })
 }
 
+/// `complaint_id` (logged as major by [`complaint`]) resolved after `hours`.
+fn resolved(id: &str, hours: u32) -> Event {
+    Event::ComplaintResolved(ComplaintResolved {
+        complaint_id: id.into(),
+        severity: Severity::Major,
+        resolution_hours: hours,
+    })
+}
+
 fn active() -> Vec<Event> {
     vec![registered(), signed("c1")]
 }
@@ -319,21 +328,13 @@ fn log_and_resolve_complaints() {
         .when(cmd(
             json!({"type": "resolve_complaint", "complaint_id": "k1", "resolution_hours": 30}),
         ))
-        .then_event(Event::ComplaintResolved(ComplaintResolved {
-            complaint_id: "k1".into(),
-            severity: Severity::Major,
-            resolution_hours: 30,
-        }));
+        .then_event(resolved("k1", 30));
     given(active())
         .when(cmd(
             json!({"type": "resolve_complaint", "complaint_id": "k9", "resolution_hours": 1}),
         ))
         .then_refused("complaint_not_found");
-    with_complaint.push(Event::ComplaintResolved(ComplaintResolved {
-        complaint_id: "k1".into(),
-        severity: Severity::Major,
-        resolution_hours: 2,
-    }));
+    with_complaint.push(resolved("k1", 2));
     given(with_complaint)
         .when(cmd(
             json!({"type": "resolve_complaint", "complaint_id": "k1", "resolution_hours": 1}),
@@ -686,11 +687,7 @@ fn ids_are_trimmed_when_looked_up_as_when_stored() {
         .when(cmd(
             json!({"type": "resolve_complaint", "complaint_id": " k1", "resolution_hours": 3}),
         ))
-        .then_event(Event::ComplaintResolved(ComplaintResolved {
-            complaint_id: "k1".into(),
-            severity: Severity::Major,
-            resolution_hours: 3,
-        }));
+        .then_event(resolved("k1", 3));
     // A blank id is refused as empty, not as an unknown contract.
     given(active())
         .when(cmd(json!({"type": "expand_contract", "contract_id": "  ", "kind": "cross_sell", "added_value_minor": 300})))
