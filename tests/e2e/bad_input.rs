@@ -129,6 +129,23 @@ async fn each_bad_request_gets_its_code_and_writes_nothing() {
     assert_eq!(reader.status(), 403);
     let err: serde_json::Value = reader.json().await.unwrap();
     assert_eq!(err["error"]["code"], "forbidden");
+    // The scheme is case-insensitive; a scheme other than Bearer, or no token, is not a key.
+    for (value, status) in [
+        (format!("BEARER {}", crm_e2e::KEY), 200),
+        (format!("bearer  {}", crm_e2e::KEY), 200),
+        (format!("Basic {}", crm_e2e::KEY), 401),
+        ("Bearer ".to_owned(), 401),
+        (format!("Bearer{}", crm_e2e::KEY), 401),
+    ] {
+        let resp = app
+            .http
+            .get(format!("{}/v1/stages", app.base))
+            .header("Authorization", &value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "Authorization: {value}");
+    }
 
     assert_eq!(
         log.head().await.unwrap(),
@@ -146,5 +163,48 @@ async fn each_bad_request_gets_its_code_and_writes_nothing() {
         .await;
     assert_eq!(s, 201);
     assert_eq!(r["version"], 3);
+    app.stop().await;
+}
+
+/// A customer the views have not seen yet (no projector runs here) is still a customer: its
+/// sub-resources read empty, not `404`; a customer the log does not know is `404` on each.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_resources_of_a_customer_the_views_lag_behind_read_empty() {
+    let env = Env::new().await;
+    let mut cfg = env.config("lagging.sqlite");
+    cfg.gateway.read_your_writes_ms = 50;
+    let app = App::start_with(cfg, false).await;
+    let c = Uuid::now_v7();
+    app.accept(c, register("Early")).await;
+
+    let (s, v) = app.get(&format!("/v1/customers/{c}")).await;
+    assert_eq!((s.as_u16(), &v["version"]), (200, &json!(1)));
+    let (s, h) = app
+        .get(&format!("/v1/customers/{c}/lifecycle/history"))
+        .await;
+    assert_eq!(s, 200, "{h}");
+    assert_eq!(h["transitions"], json!([]));
+    assert_eq!(h["next_after_version"], json!(null));
+    let (s, l) = app.get(&format!("/v1/customers/{c}/trust/ledger")).await;
+    assert_eq!(s, 200, "{l}");
+    assert_eq!(l["entries"], json!([]));
+    assert_eq!(l["balance"]["balance"], 0);
+    assert_eq!(
+        l["balance"]["policy_version"],
+        crm_projections::policy::default_policy().version
+    );
+    let (s, a) = app.get(&format!("/v1/customers/{c}/alerts")).await;
+    assert_eq!(s, 200, "{a}");
+    assert_eq!(a["alerts"], json!([]));
+
+    let ghost = Uuid::now_v7();
+    for path in ["", "/lifecycle/history", "/trust/ledger", "/alerts"] {
+        let (s, b) = app.get(&format!("/v1/customers/{ghost}{path}")).await;
+        assert_eq!(
+            (s.as_u16(), b["error"]["code"].as_str()),
+            (404, Some("customer_not_found")),
+            "{path}"
+        );
+    }
     app.stop().await;
 }

@@ -479,6 +479,47 @@ async fn renewals_list_contracts_with_window_status_and_days_left(db: Db) {
         .get("/v1/renewals?within_days=365&as_of=2025-06-01")
         .await;
     assert_eq!(r["renewals"].as_array().unwrap().len(), 2);
+    // After its end date, "soon" has lapsed: listed within the window before `as_of`,
+    // oldest first, unless lapsed contracts are left out.
+    let (_, r) = app
+        .get("/v1/renewals?within_days=30&as_of=2025-09-01")
+        .await;
+    let list = r["renewals"].as_array().unwrap();
+    assert_eq!(list.len(), 1, "{r}");
+    assert_eq!(
+        (
+            &list[0]["contract_id"],
+            &list[0]["status"],
+            &list[0]["days_left"]
+        ),
+        (&json!("soon"), &json!("lapsed"), &json!(-12))
+    );
+    let (_, r) = app
+        .get("/v1/renewals?within_days=30&as_of=2025-09-01&include_lapsed=false")
+        .await;
+    assert_eq!(r["renewals"], json!([]), "{r}");
+    let (_, r) = app
+        .get("/v1/renewals?within_days=150&as_of=2025-09-01")
+        .await;
+    let order: Vec<_> = r["renewals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| (x["contract_id"].clone(), x["status"].clone()))
+        .collect();
+    assert_eq!(
+        order,
+        vec![
+            (json!("soon"), json!("lapsed")),
+            (json!("later"), json!("active"))
+        ]
+    );
+    let (_, r) = app.get("/v1/renewals?within_days=5&as_of=2025-09-01").await;
+    assert_eq!(
+        r["renewals"],
+        json!([]),
+        "ended 12 days before: outside 5 days {r}"
+    );
     let (status, bad) = app.get("/v1/renewals?within_days=soon").await;
     assert_eq!(
         (status.as_u16(), bad["error"]["code"].as_str()),

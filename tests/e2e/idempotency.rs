@@ -32,11 +32,32 @@ async fn one_key_one_event_forever() {
     assert_eq!(s3, 200);
     assert_eq!(third, first);
 
-    // The same key for a different command is a client bug, not a replay.
+    // The same key for a different command is a client bug, not a replay; so is the same
+    // command with other fields, or with a business time the first did not give.
     let other = serde_json::json!({"type": "record_care_touch", "kind": "birthday"});
-    let (s, err) = app.command_with(c, &other, &key).await;
-    assert_eq!(s, 422);
-    assert_eq!(err["error"]["code"], "idempotency_key_reused");
+    let mut other_contract = body.clone();
+    other_contract["contract_id"] = "c2".into();
+    let mut backdated = body.clone();
+    backdated["occurred_at"] = "2025-01-01T00:00:00Z".into();
+    for different in [&other, &other_contract, &backdated] {
+        let (s, err) = app.command_with(c, different, &key).await;
+        assert_eq!(
+            (s.as_u16(), err["error"]["code"].as_str()),
+            (422, Some("idempotency_key_reused")),
+            "{different}"
+        );
+    }
+    // The same request written otherwise (fields in another order) is a retry.
+    let fields = body.as_object().unwrap();
+    let reordered: serde_json::Map<_, _> = fields
+        .iter()
+        .rev()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let (s, again) = app
+        .command_with(c, &serde_json::Value::Object(reordered), &key)
+        .await;
+    assert_eq!((s.as_u16(), &again), (200, &first));
     app.stop().await;
 
     // Restart nats-server and the gateway: the key is remembered by the log itself.
@@ -45,6 +66,12 @@ async fn one_key_one_event_forever() {
     let (s4, fourth) = app.command_with(c, &body, &key).await;
     assert_eq!(s4, 200, "{fourth}");
     assert_eq!(fourth, first);
+    let (s, err) = app.command_with(c, &other_contract, &key).await;
+    assert_eq!(
+        (s.as_u16(), err["error"]["code"].as_str()),
+        (422, Some("idempotency_key_reused")),
+        "a restarted gateway knows the first request from the log"
+    );
 
     let log = env.log().await;
     let with_key: Vec<_> = read_all(&log)
@@ -53,6 +80,12 @@ async fn one_key_one_event_forever() {
         .filter(|e| e.envelope.idempotency_key.as_deref() == Some("sign-c1-attempt"))
         .collect();
     assert_eq!(with_key.len(), 1);
+    assert_eq!(
+        with_key[0].envelope.request_hash.as_ref().map(String::len),
+        Some(64),
+        "the request hash is recorded with the key"
+    );
+    assert!(with_key[0].envelope.hash_is_valid());
     assert_eq!(
         with_key[0].envelope.event_id.to_string(),
         first["event_id"].as_str().unwrap()

@@ -102,11 +102,10 @@ impl Auth {
         needed: Role,
     ) -> Result<Principal, ApiError> {
         let token = value
-            .and_then(|v| {
-                v.strip_prefix("Bearer ")
-                    .or_else(|| v.strip_prefix("bearer "))
-            })
-            .map(str::trim)
+            .and_then(|v| v.trim_start().split_once(' '))
+            // The scheme is case-insensitive (RFC 9110, section 11.1).
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map(|(_, token)| token.trim())
             .filter(|t| !t.is_empty());
         let Some(token) = token else {
             tracing::warn!(needed = needed.as_str(), "refused: no bearer token");

@@ -63,6 +63,9 @@ impl ApiError {
             ApiError::Projection(ProjectionError::RebuildRunning { .. }) => {
                 (StatusCode::CONFLICT, "rebuild_running")
             }
+            ApiError::Projection(e) if e.is_unavailable() => {
+                (StatusCode::SERVICE_UNAVAILABLE, "read_store_unavailable")
+            }
             ApiError::Projection(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
         }
     }
@@ -100,11 +103,14 @@ impl ApiError {
     /// made with it).
     pub fn public_body(&self) -> (StatusCode, serde_json::Value) {
         let (status, code) = self.status_and_code();
-        let message = match status {
-            StatusCode::SERVICE_UNAVAILABLE => {
+        let message = match (status, code) {
+            (StatusCode::SERVICE_UNAVAILABLE, "read_store_unavailable") => {
+                "the read store is unavailable; retry later".to_owned()
+            }
+            (StatusCode::SERVICE_UNAVAILABLE, _) => {
                 "the event log is unavailable; retry later".to_owned()
             }
-            s if s.is_server_error() => "internal error".to_owned(),
+            (s, _) if s.is_server_error() => "internal error".to_owned(),
             _ => self.to_string(),
         };
         (
@@ -118,5 +124,36 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, body) = self.into_status_and_body();
         (status, Json(body)).into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A read store that cannot be reached answers 503 with its own code, so a client knows
+    /// to retry; the body says nothing of the cause.
+    #[tokio::test]
+    async fn an_unreachable_read_store_is_503_read_store_unavailable() -> Result<(), String> {
+        let path = std::env::temp_dir().join(format!("crm-gw-{}.sqlite", uuid::Uuid::new_v4()));
+        let store = crm_projections::ReadStore::open_file(&path)
+            .await
+            .map_err(|e| e.to_string())?;
+        store.pool().close().await;
+        let err = match store.ping().await {
+            Ok(()) => return Err("a closed store answered".into()),
+            Err(e) => ApiError::from(e),
+        };
+        let (status, body) = err.public_body();
+        for suffix in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+        }
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body["error"]["code"], "read_store_unavailable");
+        assert_eq!(
+            body["error"]["message"],
+            "the read store is unavailable; retry later"
+        );
+        Ok(())
     }
 }

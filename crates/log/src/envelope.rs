@@ -47,6 +47,12 @@ pub struct Envelope {
     pub correlation_id: Option<String>,
     pub causation_id: Option<String>,
     pub idempotency_key: Option<String>,
+    /// With an idempotency key: SHA-256 of the request the key came with (the command's
+    /// type and fields, and `occurred_at` when the caller gave it), so the key reused for a
+    /// different request is refused instead of answered with this event. Absent without a
+    /// key, and on events written before it was recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_hash: Option<String>,
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: Payload,
     pub prev_hash: String,
@@ -138,6 +144,7 @@ impl Envelope {
         occurred_at: OffsetDateTime,
         recorded_at: OffsetDateTime,
         meta: &Metadata,
+        request_hash: Option<String>,
         prev_hash: &str,
     ) -> Self {
         // Serialising a derived enum of plain data cannot fail.
@@ -159,6 +166,7 @@ impl Envelope {
             correlation_id: meta.correlation_id.clone(),
             causation_id: meta.causation_id.clone(),
             idempotency_key: meta.idempotency_key.clone(),
+            request_hash,
             payload,
             prev_hash: prev_hash.to_owned(),
             hash: String::new(),
@@ -200,6 +208,8 @@ impl Envelope {
             prev_hash: &'a str,
             #[serde(with = "time::serde::rfc3339")]
             recorded_at: OffsetDateTime,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            request_hash: &'a Option<String>,
             schema_version: u32,
             #[serde(rename = "type")]
             event_type: &'a str,
@@ -216,6 +226,7 @@ impl Envelope {
             payload,
             prev_hash: &self.prev_hash,
             recorded_at: self.recorded_at,
+            request_hash: &self.request_hash,
             schema_version: self.schema_version,
             event_type: &self.event_type,
             version: self.version,
@@ -307,6 +318,7 @@ mod tests {
             datetime!(2025-01-01 00:00 UTC),
             datetime!(2025-01-01 00:00:01.123456789 UTC),
             &Metadata::default(),
+            None,
             GENESIS_HASH,
         )
     }
@@ -322,6 +334,28 @@ mod tests {
             back.event().expect("decode").event_type(),
             "customer_registered"
         );
+    }
+
+    /// Without a request hash the field is not written at all, so envelopes written before
+    /// it existed keep their bytes and their hashes; with one, the hash covers it.
+    #[test]
+    fn the_request_hash_is_written_and_hashed_only_when_present() {
+        let e = sample();
+        assert!(
+            !String::from_utf8(e.to_bytes())
+                .expect("utf8")
+                .contains("request_hash")
+        );
+        assert!(
+            !String::from_utf8(e.canonical_bytes())
+                .expect("utf8")
+                .contains("request_hash")
+        );
+        let mut keyed = e.clone();
+        keyed.request_hash = Some("cd".repeat(32));
+        assert!(!keyed.hash_is_valid(), "the request hash is not covered");
+        let back = Envelope::from_bytes(&keyed.to_bytes()).expect("parse");
+        assert_eq!(back.request_hash, keyed.request_hash);
     }
 
     #[test]
@@ -351,6 +385,7 @@ mod tests {
         e.correlation_id = Some("corr \"quoted\" \\ é ☃ \u{1}".into());
         e.causation_id = Some("cause".into());
         e.idempotency_key = Some("key-1".into());
+        e.request_hash = Some("ab".repeat(32));
         e.actor = "billing/ü".into();
         e.payload = serde_json::json!({
             "z": [1, 2.5, -3, {"b": null, "a": true}],

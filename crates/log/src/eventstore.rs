@@ -89,6 +89,7 @@ impl EventStore for JetStreamEventStore {
                     now,
                     now,
                     &meta,
+                    None,
                     &last_hash,
                 );
                 let appended = log.append(&env, last_seq, None).await?;

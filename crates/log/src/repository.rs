@@ -5,7 +5,8 @@
 //! a stale decision stick: every append is conditional on the cached last sequence, and a
 //! conflict (or a refusal) triggers an incremental catch-up from the log before deciding
 //! again. Within one process, commands for the same customer are serialised by a
-//! per-customer lock, so they never conflict with each other.
+//! per-customer lock (the cache slot, never evicted while held), so they never conflict
+//! with each other.
 //!
 //! Idempotency keys are recorded in the events themselves, so the folded state knows every
 //! key ever used for the customer: a retry returns the original receipt days later, after a
@@ -85,7 +86,7 @@ pub enum SubmitError {
         "gave up after {attempts} attempts: concurrent writers kept appending to this customer"
     )]
     Contention { attempts: u32 },
-    #[error("idempotency key was already used for a {original_type} command")]
+    #[error("idempotency key was already used for a different request (a {original_type} command)")]
     IdempotencyKeyReused { original_type: String },
     #[error(transparent)]
     Log(#[from] LogError),
@@ -97,7 +98,53 @@ pub struct Loaded {
     pub state: CustomerState,
     pub last_sequence: u64,
     pub last_hash: String,
-    receipts: HashMap<String, Receipt>,
+    receipts: HashMap<String, KeyUse>,
+}
+
+/// What an idempotency key was first used for.
+#[derive(Debug, Clone)]
+struct KeyUse {
+    receipt: Receipt,
+    /// `None` for events written before request hashes were recorded: those keys are
+    /// matched by the command type alone.
+    request_hash: Option<String>,
+}
+
+impl KeyUse {
+    /// Whether a request with this type and hash is a retry of the key's first use.
+    fn is_retry_of(&self, event_type: &str, request_hash: Option<&str>) -> bool {
+        self.receipt.event_type == event_type
+            && match (&self.request_hash, request_hash) {
+                (Some(first), Some(now)) => first == now,
+                _ => true,
+            }
+    }
+}
+
+/// SHA-256 of a request as its caller sent it: the command (type and fields, fields that are
+/// absent or null left out, so a field added to a command later does not change the hash of
+/// a request without it) and `occurred_at` when the caller gave one.
+pub fn request_hash(command: &Command, occurred_at: Option<OffsetDateTime>) -> String {
+    let mut value = serde_json::to_value(command).unwrap_or_default();
+    strip_nulls(&mut value);
+    if let (Some(at), Some(fields)) = (occurred_at, value.as_object_mut()) {
+        let at = at
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
+        fields.insert("occurred_at".into(), at.into());
+    }
+    crate::envelope::hash_canonical(&value)
+}
+
+fn strip_nulls(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(fields) => {
+            fields.retain(|_, v| !v.is_null());
+            fields.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
 }
 
 impl Loaded {
@@ -118,7 +165,13 @@ impl Loaded {
         self.last_sequence = stored.sequence;
         self.last_hash = env.hash.clone();
         if let Some(key) = &env.idempotency_key {
-            self.receipts.insert(key.clone(), receipt(stored));
+            self.receipts.insert(
+                key.clone(),
+                KeyUse {
+                    receipt: receipt(stored),
+                    request_hash: env.request_hash.clone(),
+                },
+            );
         }
         Ok(())
     }
@@ -138,10 +191,70 @@ fn receipt(stored: &StoredEvent) -> Receipt {
 
 type Slot = Arc<tokio::sync::Mutex<Option<Loaded>>>;
 
+/// The bounded cache of customers, each in a slot that is also the customer's lock.
+///
+/// Only idle slots are evicted: a slot some task holds (a command in flight) stays, or a
+/// second command for the same customer would get a fresh slot, and with it a second lock,
+/// and the two would race in the log instead of queueing. When every slot is in use the
+/// cache grows past its capacity for as long as that lasts (by at most the number of
+/// commands in flight), and shrinks back as slots fall idle.
+struct Slots {
+    cache: Mutex<LruCache<CustomerId, Slot>>,
+    capacity: NonZeroUsize,
+}
+
+impl Slots {
+    fn new(capacity: usize) -> Self {
+        let capacity = NonZeroUsize::new(capacity).unwrap_or(NonZeroUsize::MIN);
+        Self {
+            cache: Mutex::new(LruCache::new(capacity)),
+            capacity,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, LruCache<CustomerId, Slot>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The customer's slot, made (and an idle slot evicted) when it is not cached.
+    fn get(&self, id: CustomerId) -> Slot {
+        let mut cache = self.lock();
+        if let Some(slot) = cache.get(&id) {
+            return slot.clone();
+        }
+        // Evict idle slots from the least recently used end until there is room; put back
+        // the busy ones met on the way (as most recently used: they are in use).
+        let mut busy = Vec::new();
+        while cache.len() >= self.capacity.get() {
+            match cache.pop_lru() {
+                Some((_, slot)) if Arc::strong_count(&slot) == 1 => {}
+                Some(entry) => busy.push(entry),
+                None => break,
+            }
+        }
+        let len = cache.len() + busy.len() + 1;
+        let cap = NonZeroUsize::new(len.max(self.capacity.get())).unwrap_or(self.capacity);
+        if cap != cache.cap() {
+            cache.resize(cap);
+        }
+        for (key, slot) in busy {
+            cache.put(key, slot);
+        }
+        let slot = Slot::default();
+        cache.put(id, slot.clone());
+        slot
+    }
+
+    /// The customer's slot if it is cached.
+    fn peek(&self, id: &CustomerId) -> Option<Slot> {
+        self.lock().get(id).cloned()
+    }
+}
+
 /// The customer repository over the log.
 pub struct Customers {
     log: EventLog,
-    cache: Mutex<LruCache<CustomerId, Slot>>,
+    slots: Slots,
     max_attempts: u32,
 }
 
@@ -159,10 +272,9 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 8;
 impl Customers {
     /// A repository with a cache of `capacity` customers.
     pub fn new(log: EventLog, capacity: usize, max_attempts: u32) -> Self {
-        let cap = NonZeroUsize::new(capacity.max(1)).unwrap_or(NonZeroUsize::MIN);
         Self {
             log,
-            cache: Mutex::new(LruCache::new(cap)),
+            slots: Slots::new(capacity),
             max_attempts: max_attempts.max(1),
         }
     }
@@ -173,10 +285,7 @@ impl Customers {
     }
 
     fn slot(&self, id: CustomerId) -> Slot {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache
-            .get_or_insert(id, || Arc::new(tokio::sync::Mutex::new(None)))
-            .clone()
+        self.slots.get(id)
     }
 
     /// Brings a cached (or empty) customer up to date with the log.
@@ -202,10 +311,7 @@ impl Customers {
 
     /// The last stream sequence this process knows for the customer, without I/O.
     pub fn known_sequence(&self, id: &CustomerId) -> Option<u64> {
-        let slot = {
-            let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-            cache.get(id).cloned()?
-        };
+        let slot = self.slots.peek(id)?;
         let guard = slot.try_lock().ok()?;
         guard.as_ref().map(|l| l.last_sequence)
     }
@@ -240,19 +346,24 @@ impl Customers {
             self.catch_up(&id, loaded).await?;
         }
         let occurred_at = opts.occurred_at.unwrap_or(opts.now);
+        let request_hash = opts
+            .meta
+            .idempotency_key
+            .as_ref()
+            .map(|_| request_hash(command, opts.occurred_at));
         let mut caught_up = fresh;
         let mut attempts = 0;
         loop {
             if let Some(key) = &opts.meta.idempotency_key
-                && let Some(r) = loaded.receipts.get(key)
+                && let Some(first) = loaded.receipts.get(key)
             {
-                if r.event_type != command.event_type() {
+                if !first.is_retry_of(command.event_type(), request_hash.as_deref()) {
                     return Err(SubmitError::IdempotencyKeyReused {
-                        original_type: r.event_type.clone(),
+                        original_type: first.receipt.event_type.clone(),
                     });
                 }
                 return Ok(Submitted {
-                    receipt: r.clone(),
+                    receipt: first.receipt.clone(),
                     replayed: true,
                 });
             }
@@ -293,6 +404,7 @@ impl Customers {
                 occurred_at,
                 opts.now,
                 &opts.meta,
+                request_hash.clone(),
                 &prev_hash,
             );
             let msg_id = opts
@@ -337,5 +449,87 @@ impl Customers {
                 Err(e) => return Err(e.into()),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A request hash ignores how the request was written (null fields) but not what it
+    /// says; a key recorded before request hashes matches its command type alone.
+    #[test]
+    fn a_retry_is_the_same_type_fields_and_business_time() {
+        use crm_domain::Command;
+        let cmd = |v: serde_json::Value| -> Command {
+            serde_json::from_value(v).expect("a valid command")
+        };
+        let care = cmd(serde_json::json!({"type": "record_care_touch", "kind": "birthday"}));
+        let care_null =
+            cmd(serde_json::json!({"type": "record_care_touch", "kind": "birthday", "note": null}));
+        let holiday = cmd(serde_json::json!({"type": "record_care_touch", "kind": "holiday"}));
+        let at = time::macros::datetime!(2025-01-01 00:00 UTC);
+        let h = request_hash(&care, None);
+        assert_eq!(h, request_hash(&care_null, None));
+        assert_ne!(h, request_hash(&holiday, None));
+        assert_ne!(h, request_hash(&care, Some(at)));
+        assert_eq!(request_hash(&care, Some(at)), request_hash(&care, Some(at)));
+
+        let receipt = Receipt {
+            event_id: Uuid::nil(),
+            customer_id: CustomerId::new(Uuid::nil()),
+            event_type: "care_touch_recorded".into(),
+            version: 1,
+            stream_sequence: 1,
+            recorded_at: at,
+        };
+        let first = KeyUse {
+            receipt: receipt.clone(),
+            request_hash: Some(h.clone()),
+        };
+        assert!(first.is_retry_of("care_touch_recorded", Some(&h)));
+        assert!(!first.is_retry_of("care_touch_recorded", Some(&request_hash(&holiday, None))));
+        assert!(!first.is_retry_of("activity_recorded", Some(&h)));
+        let legacy = KeyUse {
+            receipt,
+            request_hash: None,
+        };
+        assert!(legacy.is_retry_of("care_touch_recorded", Some(&h)));
+        assert!(!legacy.is_retry_of("activity_recorded", Some(&h)));
+    }
+
+    fn ids(n: usize) -> Vec<CustomerId> {
+        (0..n).map(|_| CustomerId::new(Uuid::now_v7())).collect()
+    }
+
+    /// A customer whose slot is held (a command in flight) keeps that slot, however many
+    /// other customers pass through the cache meanwhile; once idle it is evicted again
+    /// and the cache is back at its capacity.
+    #[test]
+    fn a_held_slot_is_never_evicted_and_the_cache_shrinks_back() {
+        let slots = Slots::new(2);
+        let c = ids(6);
+        let held = slots.get(c[0]);
+        for other in &c[1..] {
+            let _ = slots.get(*other);
+            assert!(
+                Arc::ptr_eq(&slots.get(c[0]), &held),
+                "the held slot was replaced after {other}"
+            );
+        }
+        assert_eq!(slots.lock().len(), 2);
+
+        // Every slot busy: the cache grows for as long as they are held.
+        let busy: Vec<Slot> = c[1..4].iter().map(|id| slots.get(*id)).collect();
+        assert!(slots.lock().len() >= 4, "{}", slots.lock().len());
+        for (id, slot) in c[1..4].iter().zip(&busy) {
+            assert!(Arc::ptr_eq(&slots.get(*id), slot));
+        }
+        drop(busy);
+        drop(held);
+        let _ = slots.get(c[4]);
+        let _ = slots.get(c[5]);
+        let cache = slots.lock();
+        assert_eq!((cache.len(), cache.cap().get()), (2, 2));
     }
 }

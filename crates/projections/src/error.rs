@@ -46,3 +46,19 @@ pub enum ProjectionError {
         at: u64,
     },
 }
+
+impl ProjectionError {
+    /// The read store could not be reached or was too busy to answer in time: the caller
+    /// may retry. Anything else (a bad query, corrupt data) is not transient.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            ProjectionError::Db(
+                sqlx::Error::Io(_)
+                    | sqlx::Error::PoolTimedOut
+                    | sqlx::Error::PoolClosed
+                    | sqlx::Error::WorkerCrashed
+            )
+        )
+    }
+}

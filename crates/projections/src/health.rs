@@ -264,7 +264,7 @@ fn alert_view(r: AlertRow) -> AlertView {
 const ALERT_COLUMNS: &str = "customer_id, alert_id, status, color, score, reasons, raised_at, \
                              escalated_at, resolved_at, interventions";
 
-/// Open alerts, optionally of one colour, red first, paged by (customer, alert).
+/// Open alerts, optionally of one colour, in (customer, alert) order and paged by it.
 pub async fn open_alerts(
     store: &ReadStore,
     color: Option<&str>,

@@ -207,22 +207,29 @@ fn view(r: RenewalRow, today: Date) -> Option<RenewalView> {
     })
 }
 
-/// Contracts not terminated that end within `within_days` of `today` (including lapsed
-/// ones that ended before today when `include_lapsed`), soonest first.
+/// Contracts not terminated that end within `within_days` after `today`, and, when
+/// `include_lapsed`, those that ended within `within_days` before it without renewal
+/// (status `lapsed`, negative days left); by end date, then customer and contract.
 pub async fn upcoming(
     store: &ReadStore,
     today: Date,
     within_days: i64,
+    include_lapsed: bool,
     offset: u32,
     limit: u32,
 ) -> Result<Vec<RenewalView>, ProjectionError> {
+    let from = if include_lapsed {
+        days_before(today, within_days)
+    } else {
+        today
+    };
     let until = days_after(today, within_days);
     let rows: Vec<RenewalRow> = sqlx::query_as(
         "SELECT customer_id, contract_id, starts_on, ends_on, notice_days, status, value_minor, currency \
          FROM renewals WHERE status <> 'terminated' AND ends_on >= $1 AND ends_on <= $2 \
          ORDER BY ends_on, customer_id, contract_id LIMIT $3 OFFSET $4",
     )
-    .bind(today.to_string())
+    .bind(from.to_string())
     .bind(until.to_string())
     .bind(i64::from(limit))
     .bind(i64::from(offset))

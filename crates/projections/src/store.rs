@@ -420,6 +420,27 @@ mod tests {
         }
         Ok(())
     }
+
+    /// A store that cannot be reached is "unavailable" (callers may retry); a query that
+    /// fails in the store is not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_closed_store_is_unavailable_and_a_bad_query_is_not() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = ReadStore::open_file(&dir.path().join("u.sqlite")).await?;
+        let bad = store.checkpoint_rows().await.map(|_| ()).and(
+            sqlx::query("SELECT * FROM no_such_table")
+                .execute(store.pool())
+                .await
+                .map(|_| ())
+                .map_err(ProjectionError::from),
+        );
+        let bad = bad.expect_err("a query on a missing table failed");
+        assert!(!bad.is_unavailable(), "{bad}");
+        store.pool().close().await;
+        let closed = store.ping().await.expect_err("a closed store answered");
+        assert!(closed.is_unavailable(), "{closed}");
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -144,6 +144,14 @@ impl Scheduler {
         match self.customers.submit(id, &command, &opts).await {
             Ok(s) if s.replayed => Ok(Outcome::Skipped),
             Ok(_) => Ok(Outcome::Written),
+            // The key names the piece of work (this term's renewal, this stretch of
+            // inactivity): used for this command already, by an earlier tick at another
+            // time, means done. Used for another command, it is not ours: a failure.
+            Err(SubmitError::IdempotencyKeyReused { original_type })
+                if original_type == command.event_type() =>
+            {
+                Ok(Outcome::Skipped)
+            }
             // The view was behind the log: the work is already done or no longer applies.
             Err(SubmitError::Rejected(
                 DomainError::RenewalAlreadyMarked { .. }

@@ -52,6 +52,15 @@ pub(crate) fn not_found(id: &CustomerId) -> ApiError {
     }
 }
 
+/// Answers for a customer a view has not seen yet: the views may lag behind the log, so
+/// the log decides whether the customer exists (an empty answer) or not (`404`).
+async fn known_to_the_log(state: &AppState, id: &CustomerId) -> Result<(), ApiError> {
+    match state.customers.load(*id).await? {
+        Some(_) => Ok(()),
+        None => Err(not_found(id)),
+    }
+}
+
 pub(crate) fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
     q.map(|Query(v)| v)
         .map_err(|e| ApiError::bad_request("invalid_query", e.body_text()))
@@ -129,7 +138,7 @@ pub async fn customer_view(state: &AppState, id: &CustomerId) -> Result<Customer
     }
     view.version = match version {
         Some(v) => v,
-        // The views may lag behind the log: the log decides whether the customer exists.
+        // As in `known_to_the_log`.
         None => match state.customers.load(*id).await? {
             Some(loaded) => loaded.state.version,
             None => return Err(not_found(id)),
@@ -245,7 +254,7 @@ pub async fn lifecycle_history(
     let limit = page.limit.clamp(1, 1_000);
     wait_for_own_writes(&state, &id).await?;
     if lifecycle::get(&state.store, &id).await?.is_none() {
-        return Err(not_found(&id));
+        known_to_the_log(&state, &id).await?;
     }
     let items = lifecycle::history(&state.store, &id, page.after_version, limit).await?;
     let next = (items.len() as u32 == limit)
@@ -279,8 +288,23 @@ pub async fn trust_ledger(
     let page = query(page)?;
     let limit = page.limit.clamp(1, 1_000);
     wait_for_own_writes(&state, &id).await?;
-    let Some(account) = trust::get(&state.store, &id).await? else {
-        return Err(not_found(&id));
+    let account = match trust::get(&state.store, &id).await? {
+        Some(account) => account,
+        None => {
+            // Not priced yet: an empty account under the configured policy.
+            known_to_the_log(&state, &id).await?;
+            TrustView {
+                balance: 0,
+                basic: 0,
+                value_added: 0,
+                emotional: 0,
+                policy_version: state
+                    .rebuild
+                    .as_ref()
+                    .map(|r| r.policy.version.clone())
+                    .unwrap_or_default(),
+            }
+        }
     };
     // Pages end with a whole event, so a full page can hold more lines than `limit`.
     let entries = trust::ledger(&state.store, &id, page.after_sequence, limit).await?;
@@ -313,7 +337,7 @@ pub async fn customer_alerts(
     let id = super::customer_id(&raw_id)?;
     wait_for_own_writes(&state, &id).await?;
     if health::get(&state.store, &id).await?.is_none() {
-        return Err(not_found(&id));
+        known_to_the_log(&state, &id).await?;
     }
     let alerts = health::customer_alerts(&state.store, &id).await?;
     Ok(Json(CustomerAlerts {

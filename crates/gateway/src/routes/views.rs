@@ -101,6 +101,11 @@ pub struct RenewalsQuery {
     pub within_days: u32,
     /// The day to count from (`YYYY-MM-DD`); today when absent.
     pub as_of: Option<String>,
+    /// Also list contracts that ended within the window before `as_of` without renewal
+    /// (status `lapsed`, negative `days_left`).
+    #[serde(default = "default_include_lapsed")]
+    #[param(default = true)]
+    pub include_lapsed: bool,
     /// Rows to skip.
     #[serde(default)]
     pub offset: u32,
@@ -124,7 +129,12 @@ fn default_within() -> u32 {
     90
 }
 
-/// Contracts ending within the window (lapsed ones included), soonest first.
+fn default_include_lapsed() -> bool {
+    true
+}
+
+/// Contracts ending within `within_days` after `as_of`, and those that lapsed within
+/// `within_days` before it (unless `include_lapsed=false`), by end date.
 ///
 /// Role: reader.
 #[utoipa::path(
@@ -147,7 +157,15 @@ pub async fn renewals(
     };
     let within = i64::from(q.within_days.min(3_650));
     let limit = q.limit.clamp(1, 1_000);
-    let items = renewals::upcoming(&state.store, today, within, q.offset, limit).await?;
+    let items = renewals::upcoming(
+        &state.store,
+        today,
+        within,
+        q.include_lapsed,
+        q.offset,
+        limit,
+    )
+    .await?;
     let next = (items.len() as u32 == limit).then_some(q.offset + limit);
     Ok(Json(RenewalsPage {
         as_of: today.to_string(),
