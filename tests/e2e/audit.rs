@@ -235,6 +235,15 @@ async fn verify_names_the_first_break_in_altered_copies() {
         (one["ok"].as_bool(), one["events_checked"].as_u64()),
         (Some(true), Some(4))
     );
+    let ghost = uuid::Uuid::now_v7();
+    let (status, none) = app
+        .get(&format!("/v1/audit/verify?customer_id={ghost}"))
+        .await;
+    assert_eq!(
+        (status.as_u16(), none["error"]["code"].as_str()),
+        (404, Some("customer_not_found")),
+        "a customer without events is not a verified chain: {none}"
+    );
 
     let events = read_all(&app.parts.log).await;
     let checkpoints = vec![SignedHeads {

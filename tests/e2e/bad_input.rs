@@ -86,6 +86,27 @@ async fn each_bad_request_gets_its_code_and_writes_nothing() {
         (s.as_u16(), b["error"]["code"].as_str()),
         (404, Some("customer_not_found"))
     );
+    // A known route with another method: the JSON error shape too.
+    for (method, path) in [
+        (reqwest::Method::DELETE, format!("/v1/customers/{c}")),
+        (reqwest::Method::GET, format!("/v1/customers/{c}/commands")),
+        (reqwest::Method::PUT, "/v1/stages".to_owned()),
+    ] {
+        let resp = app
+            .http
+            .request(method.clone(), format!("{}{path}", app.base))
+            .bearer_auth(crm_e2e::KEY)
+            .send()
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let b: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(
+            (status, b["error"]["code"].as_str()),
+            (405, Some("method_not_allowed")),
+            "{method} {path}"
+        );
+    }
     let (s, b) = app.get("/v1/customers/not-a-uuid").await;
     assert_eq!(
         (s.as_u16(), b["error"]["code"].as_str()),

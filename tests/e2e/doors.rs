@@ -222,6 +222,57 @@ async fn nats_intake_speaks_the_http_contract() {
     let (s2, r2) = nats_command(&client, "record_care_touch", &key_headers, &body).await;
     assert_eq!((s1, s2), (201, 200));
     assert_eq!(r1, r2);
+    // Header names are case-insensitive, as over HTTP: the same key in lower case is the
+    // same key, and a lower-case `authorization` authenticates.
+    let lower = [
+        ("authorization", auth.as_str()),
+        ("idempotency-key", "nats-once"),
+    ];
+    let (s3, r3) = nats_command(&client, "record_care_touch", &lower, &body).await;
+    assert_eq!((s3, &r3), (200, &r1));
+    // The header and the body naming different customers is refused; the same customer
+    // in another spelling is not.
+    let (s, r) = nats_command(
+        &client,
+        "record_care_touch",
+        &[
+            ("Authorization", &auth),
+            ("Crm-Customer-Id", &h.to_string()),
+        ],
+        &json!({"customer_id": n, "kind": "birthday"}),
+    )
+    .await;
+    assert_eq!(
+        (s, r["error"]["code"].as_str()),
+        (400, Some("customer_id_mismatch"))
+    );
+    let (s, r) = nats_command(
+        &client,
+        "record_care_touch",
+        &[
+            ("Authorization", &auth),
+            ("Crm-Customer-Id", &n.to_string().to_uppercase()),
+        ],
+        &json!({"customer_id": n, "kind": "birthday"}),
+    )
+    .await;
+    assert_eq!(
+        (s, r["customer_id"].as_str()),
+        (201, Some(n.to_string().as_str()))
+    );
+    // Trace ids are kept on the event forever: bounded like an idempotency key.
+    let long = "x".repeat(256);
+    let (s, r) = nats_command(
+        &client,
+        "record_care_touch",
+        &[("Authorization", &auth), ("X-Correlation-Id", &long)],
+        &json!({"customer_id": n, "kind": "birthday"}),
+    )
+    .await;
+    assert_eq!(
+        (s, r["error"]["code"].as_str()),
+        (400, Some("invalid_header"))
+    );
     let (s, r) = nats_command(
         &client,
         "register_customer",

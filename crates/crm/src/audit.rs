@@ -186,7 +186,12 @@ pub async fn run(cfg: Config, command: AuditCommand) -> anyhow::Result<()> {
                 Some(c) => {
                     let id = CustomerId::parse(&c)
                         .with_context(|| format!("--customer {c:?} is not a UUID"))?;
-                    audit::verify_customer(&parts.log, &id).await?
+                    let report = audit::verify_customer(&parts.log, &id).await?;
+                    anyhow::ensure!(
+                        report.events_checked > 0,
+                        "customer {id} has no events in the log: nothing to verify"
+                    );
+                    report
                 }
                 None => {
                     let checkpoints: Vec<SignedHeads> = index::checkpoints(&parts.store)

@@ -98,12 +98,18 @@ pub fn router(state: AppState) -> Router {
     let (routes, _) = api_routes().split_for_parts();
     routes
         .fallback(health::not_found)
+        .method_not_allowed_fallback(health::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }
 
-/// Serves until `shutdown` is cancelled, then drains in-flight requests.
+/// How long a stopping gateway waits for requests in flight (an audit export streaming
+/// the whole log, a client that stopped reading) before it closes their connections.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Serves until `shutdown` is cancelled, then drains in-flight requests for at most
+/// [`SHUTDOWN_GRACE`].
 pub async fn serve(
     listener: TcpListener,
     state: AppState,
@@ -116,7 +122,33 @@ pub async fn serve(
             tracing::debug!(error = %e, "TCP_NODELAY on an accepted connection");
         }
     });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    let server = axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    within_grace("HTTP", server, &shutdown, Ok(())).await
+}
+
+/// Runs a server that drains its requests once `shutdown` is cancelled, but gives up on
+/// them [`SHUTDOWN_GRACE`] after it (answering `cut_off`): a request that never ends (a
+/// stalled upload, a stream nobody reads) must not keep the process from stopping.
+pub async fn within_grace<T>(
+    door: &str,
+    serving: impl std::future::Future<Output = T>,
+    shutdown: &CancellationToken,
+    cut_off: T,
+) -> T {
+    tokio::select! {
+        served = serving => served,
+        () = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } => {
+            tracing::warn!(
+                door,
+                grace = ?SHUTDOWN_GRACE,
+                "requests still in flight at shutdown were cut off"
+            );
+            cut_off
+        }
+    }
 }

@@ -106,6 +106,24 @@ pub fn idempotency_key(raw: Option<&str>) -> Result<Option<String>, ApiError> {
     }
 }
 
+/// Longest `X-Correlation-Id` / `X-Causation-Id` kept on an event.
+pub const MAX_TRACE_ID_LEN: usize = 255;
+
+/// Validates an `X-Correlation-Id` or `X-Causation-Id` value (`name` for the message): at
+/// most [`MAX_TRACE_ID_LEN`] printable characters, since it is kept on the event forever.
+pub fn trace_id(name: &str, raw: Option<&str>) -> Result<Option<String>, ApiError> {
+    match raw.map(str::trim) {
+        None | Some("") => Ok(None),
+        Some(v) if v.len() > MAX_TRACE_ID_LEN || v.chars().any(char::is_control) => {
+            Err(ApiError::bad_request(
+                "invalid_header",
+                format!("{name} must be at most {MAX_TRACE_ID_LEN} printable characters"),
+            ))
+        }
+        Some(v) => Ok(Some(v.to_owned())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,6 +17,8 @@ pub mod nats_intake;
 pub mod openapi;
 pub mod routes;
 
-pub use app::{AppState, GatewayConfig, RebuildContext, router, serve};
+pub use app::{
+    AppState, GatewayConfig, RebuildContext, SHUTDOWN_GRACE, router, serve, within_grace,
+};
 pub use auth::{ApiKeyConfig, Auth, Role};
 pub use error::ApiError;

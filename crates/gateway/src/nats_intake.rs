@@ -8,6 +8,7 @@
 use async_nats::HeaderMap;
 use futures::StreamExt;
 use serde_json::Value;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::AppState;
@@ -19,8 +20,18 @@ pub const SUBJECT_PREFIX: &str = "crm.commands";
 /// Queue group shared by all gateways.
 pub const QUEUE_GROUP: &str = "crm-gateway";
 
+/// The first value of header `name`, its name matched case-insensitively as over HTTP
+/// (async-nats compares header names exactly).
 fn header<'h>(headers: Option<&'h HeaderMap>, name: &str) -> Option<&'h str> {
-    headers.and_then(|h| h.get(name)).map(|v| v.as_str())
+    let headers = headers?;
+    if let Some(v) = headers.get(name) {
+        return Some(v.as_str());
+    }
+    headers
+        .iter()
+        .find(|(n, _)| AsRef::<str>::as_ref(n).eq_ignore_ascii_case(name))
+        .and_then(|(_, values)| values.first())
+        .map(|v| v.as_str())
 }
 
 /// Moves the subject's type and a body `customer_id` into place; returns the customer.
@@ -60,16 +71,35 @@ fn normalise(
             ));
         }
     };
-    let customer = header_customer
-        .map(str::to_owned)
-        .or(body_customer)
-        .ok_or_else(|| {
-            ApiError::bad_request(
+    let customer = match (header_customer, body_customer) {
+        (Some(h), Some(b)) if !same_customer(h, &b) => {
+            return Err(ApiError::bad_request(
+                "customer_id_mismatch",
+                "the Crm-Customer-Id header and the body's customer_id name different customers",
+            ));
+        }
+        (Some(h), _) => h.to_owned(),
+        (None, Some(b)) => b,
+        (None, None) => {
+            return Err(ApiError::bad_request(
                 "missing_customer_id",
                 "send Crm-Customer-Id or a customer_id field",
-            )
-        })?;
+            ));
+        }
+    };
     Ok((customer, serde_json::to_vec(&value).unwrap_or_default()))
+}
+
+/// Whether two customer ids name the same customer (in any UUID spelling; two strings
+/// that are not UUIDs only when equal, and the command path refuses them anyway).
+fn same_customer(a: &str, b: &str) -> bool {
+    match (
+        uuid::Uuid::parse_str(a.trim()),
+        uuid::Uuid::parse_str(b.trim()),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 async fn answer(state: &AppState, msg: &async_nats::Message) -> (u16, Vec<u8>) {
@@ -126,7 +156,10 @@ async fn answer(state: &AppState, msg: &async_nats::Message) -> (u16, Vec<u8>) {
     }
 }
 
-/// Serves command requests until `shutdown`, each request on its own task.
+/// Serves command requests until `shutdown`, each request on its own task. On shutdown it
+/// stops taking requests, answers those the server had already handed over, and waits
+/// (at most [`crate::app::SHUTDOWN_GRACE`]) for the ones in flight, so no accepted command
+/// goes unanswered.
 pub async fn serve(
     client: async_nats::Client,
     state: AppState,
@@ -135,33 +168,58 @@ pub async fn serve(
     let mut sub = client
         .queue_subscribe(format!("{SUBJECT_PREFIX}.*"), QUEUE_GROUP.to_owned())
         .await?;
+    let mut in_flight = JoinSet::new();
     loop {
-        let msg = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => break,
             msg = sub.next() => match msg {
-                Some(m) => m,
+                Some(msg) => spawn_answer(&mut in_flight, &client, &state, msg),
                 None => break,
             },
-        };
-        let Some(reply) = msg.reply.clone() else {
-            tracing::warn!(subject = %msg.subject, "command without a reply subject ignored");
-            continue;
-        };
-        let state = state.clone();
-        let client = client.clone();
-        tokio::spawn(async move {
-            let (status, body) = answer(&state, &msg).await;
-            let mut headers = HeaderMap::new();
-            headers.insert("Crm-Status", status.to_string().as_str());
-            headers.insert("Content-Type", "application/json");
-            if let Err(e) = client
-                .publish_with_headers(reply, headers, body.into())
-                .await
-            {
-                tracing::error!(error = %e, "replying to a command request failed");
-            }
-        });
+            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+        }
     }
-    let _ = sub.unsubscribe().await;
+    let finish = async {
+        // Drained, the subscription ends after the messages already on their way.
+        if let Err(e) = sub.drain().await {
+            tracing::warn!(error = %e, "draining the command subscription");
+        }
+        while let Some(msg) = sub.next().await {
+            spawn_answer(&mut in_flight, &client, &state, msg);
+        }
+        while in_flight.join_next().await.is_some() {}
+    };
+    if tokio::time::timeout(crate::app::SHUTDOWN_GRACE, finish)
+        .await
+        .is_err()
+    {
+        tracing::warn!("command requests still in flight at shutdown were abandoned");
+    }
     Ok(())
+}
+
+fn spawn_answer(
+    in_flight: &mut JoinSet<()>,
+    client: &async_nats::Client,
+    state: &AppState,
+    msg: async_nats::Message,
+) {
+    let Some(reply) = msg.reply.clone() else {
+        tracing::warn!(subject = %msg.subject, "command without a reply subject ignored");
+        return;
+    };
+    let state = state.clone();
+    let client = client.clone();
+    in_flight.spawn(async move {
+        let (status, body) = answer(&state, &msg).await;
+        let mut headers = HeaderMap::new();
+        headers.insert("Crm-Status", status.to_string().as_str());
+        headers.insert("Content-Type", "application/json");
+        if let Err(e) = client
+            .publish_with_headers(reply, headers, body.into())
+            .await
+        {
+            tracing::error!(error = %e, "replying to a command request failed");
+        }
+    });
 }

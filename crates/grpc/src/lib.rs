@@ -246,7 +246,6 @@ pub async fn serve(
         }
     };
     let incoming = tonic::transport::server::TcpIncoming::from(listener);
-    router
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await
+    let serving = router.serve_with_incoming_shutdown(incoming, shutdown.clone().cancelled_owned());
+    crm_gateway::within_grace("gRPC", serving, &shutdown, Ok(())).await
 }

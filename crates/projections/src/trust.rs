@@ -190,11 +190,33 @@ type LedgerRow = (
 
 /// The account of one customer.
 pub async fn get(store: &ReadStore, id: &CustomerId) -> Result<Option<TrustView>, ProjectionError> {
+    account(&mut *store.pool().acquire().await?, id).await
+}
+
+/// The account and one page of its ledger from one snapshot, so the page
+/// is never from a later batch than the balance beside it.
+pub async fn account_page(
+    store: &ReadStore,
+    id: &CustomerId,
+    after_sequence: u64,
+    limit: u32,
+) -> Result<(Option<TrustView>, Vec<LedgerLine>), ProjectionError> {
+    let mut tx = store.begin_read().await?;
+    let account = account(&mut tx, id).await?;
+    let lines = ledger(&mut tx, id, after_sequence, limit).await?;
+    tx.commit().await?;
+    Ok((account, lines))
+}
+
+async fn account(
+    conn: &mut AnyConnection,
+    id: &CustomerId,
+) -> Result<Option<TrustView>, ProjectionError> {
     let row: Option<(i64, i64, i64, i64, String)> = sqlx::query_as(
         "SELECT balance, basic, value_added, emotional, policy_version FROM trust_accounts WHERE customer_id = $1",
     )
     .bind(id.to_string())
-    .fetch_optional(store.pool())
+    .fetch_optional(&mut *conn)
     .await?;
     Ok(row.map(
         |(balance, basic, value_added, emotional, policy_version)| TrustView {
@@ -207,9 +229,10 @@ pub async fn get(store: &ReadStore, id: &CustomerId) -> Result<Option<TrustView>
     ))
 }
 
-/// Ledger lines after `after_sequence`, in log order, at most `limit`.
-pub async fn ledger(
-    store: &ReadStore,
+/// Ledger lines after `after_sequence`, in log order, at most `limit` (and the rest of the
+/// last line's event).
+async fn ledger(
+    conn: &mut AnyConnection,
     id: &CustomerId,
     after_sequence: u64,
     limit: u32,
@@ -231,7 +254,7 @@ pub async fn ledger(
     .bind(i64_of(after_sequence))
     .bind(i64::from(limit.max(1) - 1))
     .bind(i64::MAX)
-    .fetch_all(store.pool())
+    .fetch_all(&mut *conn)
     .await?;
     Ok(rows
         .into_iter()

@@ -87,14 +87,19 @@ fn signal(child: &Child, sig: &str) {
 }
 
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
-    for _ in 0..200 {
+    wait_exit_within(child, Duration::from_secs(10))
+}
+
+fn wait_exit_within(child: &mut Child, patience: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + patience;
+    while std::time::Instant::now() < deadline {
         if let Some(status) = child.try_wait().unwrap() {
             return status;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
-    panic!("process did not exit within 10s");
+    panic!("process did not exit within {patience:?}");
 }
 
 /// `writers` concurrent writers, each taking `per_writer` new customers through register,
@@ -204,8 +209,32 @@ async fn crm_dev_quickstart_and_restart() {
     assert_eq!(status, 200);
     assert_eq!(v["version"], 3);
     assert_eq!(v["lifecycle"]["stage"], "growth");
+
+    // A client that never finishes its request (a stalled upload, an export nobody reads)
+    // holds the stop up for the grace period at most.
+    let addr = again.http.trim_start_matches("http://").to_owned();
+    let mut stalled = std::net::TcpStream::connect(&addr).unwrap();
+    std::io::Write::write_all(
+        &mut stalled,
+        format!(
+            "POST /v1/customers/{c}/commands HTTP/1.1\r\nHost: {addr}\r\n\
+             Authorization: Bearer {}\r\nContent-Type: application/json\r\n\
+             Content-Length: 1000\r\n\r\n{{\"type\":",
+            again.key
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let asked = std::time::Instant::now();
     signal(&again.child, "TERM");
-    assert!(wait_exit(&mut again.child).success());
+    assert!(wait_exit_within(&mut again.child, Duration::from_secs(25)).success());
+    assert!(
+        asked.elapsed() >= Duration::from_secs(5),
+        "the stop did not wait for the request in flight: {:?}",
+        asked.elapsed()
+    );
+    drop(stalled);
 }
 
 /// `crm schedule` (one per deployment) signs chain-head checkpoints every
@@ -266,6 +295,16 @@ async fn the_scheduler_signs_chain_head_checkpoints() {
         out.status.success(),
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ghost = uuid::Uuid::now_v7().to_string();
+    let out = crm(&["audit", "verify", "--customer", &ghost])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a customer without events verified");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has no events in the log"),
+        "{}",
         String::from_utf8_lossy(&out.stderr)
     );
 }

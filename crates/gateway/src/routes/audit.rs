@@ -236,7 +236,12 @@ pub async fn verify(
             let id = CustomerId::parse(&c).map_err(|_| {
                 ApiError::bad_request("invalid_query", "customer_id must be a UUID")
             })?;
-            audit::verify_customer(log, &id).await?
+            let report = audit::verify_customer(log, &id).await?;
+            // No events is no chain to vouch for: an unknown customer, not a verified one.
+            if report.events_checked == 0 {
+                return Err(crate::routes::customers::not_found(&id));
+            }
+            report
         }
         None => {
             let checkpoints: Vec<SignedHeads> = index::checkpoints(&state.store)

@@ -60,8 +60,8 @@ pub async fn handle(state: &AppState, req: CommandRequest<'_>) -> Result<Submitt
         expected_version: if_match(req.if_match)?,
         meta: Metadata {
             actor: principal.name,
-            correlation_id: req.correlation_id.map(str::to_owned),
-            causation_id: req.causation_id.map(str::to_owned),
+            correlation_id: intake::trace_id("X-Correlation-Id", req.correlation_id)?,
+            causation_id: intake::trace_id("X-Causation-Id", req.causation_id)?,
             idempotency_key: intake::idempotency_key(req.idempotency_key)?,
         },
     };

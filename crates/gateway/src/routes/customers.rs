@@ -288,7 +288,9 @@ pub async fn trust_ledger(
     let page = query(page)?;
     let limit = page.limit.clamp(1, 1_000);
     wait_for_own_writes(&state, &id).await?;
-    let account = match trust::get(&state.store, &id).await? {
+    let (account, entries) =
+        trust::account_page(&state.store, &id, page.after_sequence, limit).await?;
+    let account = match account {
         Some(account) => account,
         None => {
             // Not priced yet: an empty account under the configured policy.
@@ -307,7 +309,6 @@ pub async fn trust_ledger(
         }
     };
     // Pages end with a whole event, so a full page can hold more lines than `limit`.
-    let entries = trust::ledger(&state.store, &id, page.after_sequence, limit).await?;
     let next = (entries.len() as u32 >= limit)
         .then(|| entries.last().map(|e| e.stream_sequence))
         .flatten();

@@ -74,6 +74,11 @@ pub async fn openapi() -> Response {
         .into_response()
 }
 
+/// A known route with a method it does not serve.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
 /// Any unknown route.
 pub async fn not_found() -> ApiError {
     ApiError::NotFound {
