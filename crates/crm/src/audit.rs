@@ -234,7 +234,9 @@ pub async fn run(cfg: Config, command: AuditCommand) -> anyhow::Result<()> {
                 .signing_key
                 .as_ref()
                 .context("no [audit] signing_key configured (CRM_AUDIT__SIGNING_KEY)")?;
-            match index::create_checkpoint(&parts.store, key.expose().as_bytes()).await? {
+            match index::create_checkpoint(&parts.store, &parts.log, key.expose().as_bytes())
+                .await?
+            {
                 Some(c) => writeln!(out, "{}", serde_json::to_string_pretty(&c)?)?,
                 None => anyhow::bail!("the audit index is empty: run the audit projector first"),
             }

@@ -248,6 +248,7 @@ pub fn spawn_audit_checkpoints(
         return;
     }
     let store = parts.store.clone();
+    let log = parts.log.clone();
     let token = shutdown.clone();
     tasks.spawn(async move {
         let mut timer = tokio::time::interval(Duration::from_secs(interval));
@@ -257,7 +258,9 @@ pub fn spawn_audit_checkpoints(
                 _ = token.cancelled() => return Ok(()),
                 _ = timer.tick() => {}
             }
-            match crm_projections::audit::create_checkpoint(&store, key.expose().as_bytes()).await {
+            match crm_projections::audit::create_checkpoint(&store, &log, key.expose().as_bytes())
+                .await
+            {
                 Ok(Some(c)) => tracing::info!(
                     head_sequence = c.head_sequence,
                     customers = c.customers,

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crm_domain::CustomerId;
-use crm_log::StoredEvent;
+use crm_log::{EventLog, StoredEvent};
 use futures::{StreamExt, TryStreamExt};
 use serde::Deserialize;
 use sqlx::AnyConnection;
@@ -87,8 +87,15 @@ impl Projection for AuditProjection {
 
 /// Signs the chain heads as of the audit projection's checkpoint and stores the result.
 /// Returns `None` when the projection has not indexed anything yet.
+///
+/// When the audit index runs partitioned, its checkpoint is the slowest partition's and the
+/// others may have stored heads past it. The head of such a customer as of the checkpoint is
+/// its last event at or before it: found in the index (complete up to the checkpoint in
+/// every partition) and read from the log; a customer whose first event is past it is left
+/// out. So the signed digest is the one `verify` recomputes from the log at that position.
 pub async fn create_checkpoint(
     store: &ReadStore,
+    log: &EventLog,
     key: &[u8],
 ) -> Result<Option<ChainCheckpoint>, ProjectionError> {
     // One read transaction: the heads and the checkpoint are consistent.
@@ -101,22 +108,54 @@ pub async fn create_checkpoint(
     let Some((head,)) = head else {
         return Ok(None);
     };
-    let rows: Vec<(String, i64, String)> =
-        sqlx::query_as("SELECT customer_id, version, hash FROM chain_heads")
+    let rows: Vec<(String, i64, String, i64)> =
+        sqlx::query_as("SELECT customer_id, version, hash, sequence FROM chain_heads")
             .fetch_all(&mut *tx)
             .await?;
+    let mut heads = Vec::with_capacity(rows.len());
+    let mut earlier = Vec::new();
+    for (c, v, h, seq) in rows {
+        if seq <= head {
+            heads.push((c, u64_of(v), h));
+            continue;
+        }
+        let before: Option<(Option<i64>,)> = sqlx::query_as(
+            "SELECT MAX(sequence) FROM audit_index WHERE customer_id = $1 AND sequence <= $2",
+        )
+        .bind(c.clone())
+        .bind(head)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if let Some((Some(seq),)) = before {
+            earlier.push((c, u64_of(seq)));
+        }
+    }
     tx.commit().await?;
-    let mut parsed = Vec::with_capacity(rows.len());
-    for (c, v, h) in &rows {
+    for (c, seq) in earlier {
+        let stored = log.get(seq).await?;
+        match stored {
+            Some(e) if e.envelope.customer_id.to_string() == c => {
+                heads.push((c, e.envelope.version, e.envelope.hash));
+            }
+            _ => {
+                return Err(ProjectionError::CorruptState {
+                    customer: c,
+                    reason: format!("the audit index names sequence {seq}, the log does not"),
+                });
+            }
+        }
+    }
+    let mut parsed = Vec::with_capacity(heads.len());
+    for (c, v, h) in &heads {
         let id = CustomerId::parse(c).map_err(|e| ProjectionError::CorruptState {
             customer: c.clone(),
             reason: e.to_string(),
         })?;
-        parsed.push((id, u64_of(*v), h.as_str()));
+        parsed.push((id, *v, h.as_str()));
     }
     let digest = crm_log::audit::heads_digest(parsed.into_iter());
     let head_sequence = u64_of(head);
-    let customers = rows.len() as u64;
+    let customers = heads.len() as u64;
     let checkpoint = ChainCheckpoint {
         head_sequence,
         created_at: rfc3339(OffsetDateTime::now_utc()),

@@ -276,7 +276,7 @@ pub async fn create_checkpoint(
             "no audit signing key is configured ([audit] signing_key)",
         ));
     };
-    match index::create_checkpoint(&state.store, &key).await? {
+    match index::create_checkpoint(&state.store, state.customers.log(), &key).await? {
         Some(c) => Ok((StatusCode::CREATED, Json(c)).into_response()),
         None => Err(ApiError::bad_request(
             "nothing_to_checkpoint",
