@@ -514,6 +514,32 @@ async fn renewals_list_contracts_with_window_status_and_days_left(db: Db) {
             (json!("later"), json!("active"))
         ]
     );
+    // Pages of one continue after the last contract listed.
+    let (_, p1) = app
+        .get("/v1/renewals?within_days=150&as_of=2025-09-01&limit=1")
+        .await;
+    assert_eq!(p1["renewals"][0]["contract_id"], "soon", "{p1}");
+    let after = p1["next_after"].as_str().unwrap().to_owned();
+    assert!(after.starts_with("2025-08-20/"), "{after}");
+    let (_, p2) = app
+        .get(&format!(
+            "/v1/renewals?within_days=150&as_of=2025-09-01&limit=1&after={after}"
+        ))
+        .await;
+    assert_eq!(p2["renewals"][0]["contract_id"], "later", "{p2}");
+    let after = p2["next_after"].as_str().unwrap().to_owned();
+    let (_, p3) = app
+        .get(&format!(
+            "/v1/renewals?within_days=150&as_of=2025-09-01&limit=1&after={after}"
+        ))
+        .await;
+    assert_eq!(p3["renewals"], json!([]), "{p3}");
+    assert_eq!(p3["next_after"], json!(null));
+    let (status, bad) = app.get("/v1/renewals?after=yesterday").await;
+    assert_eq!(
+        (status.as_u16(), bad["error"]["code"].as_str()),
+        (400, Some("invalid_query"))
+    );
     let (_, r) = app.get("/v1/renewals?within_days=5&as_of=2025-09-01").await;
     assert_eq!(
         r["renewals"],

@@ -207,15 +207,59 @@ fn view(r: RenewalRow, today: Date) -> Option<RenewalView> {
     })
 }
 
+/// Where a page of renewals ends: the last contract's end date, customer and contract.
+/// Pages continue after it whatever was renewed, signed or ended meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenewalCursor {
+    pub ends_on: Date,
+    pub customer_id: String,
+    pub contract_id: String,
+}
+
+impl RenewalCursor {
+    /// The cursor after `view`.
+    pub fn after(view: &RenewalView) -> Self {
+        Self {
+            ends_on: parse_date(&view.ends_on).unwrap_or(Date::MIN),
+            customer_id: view.customer_id.clone(),
+            contract_id: view.contract_id.clone(),
+        }
+    }
+
+    /// Parses `<ends_on>/<customer_id>/<contract_id>` (the contract id may hold `/`).
+    pub fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.splitn(3, '/');
+        let ends_on = parse_date(parts.next()?)?;
+        let customer_id = CustomerId::parse(parts.next()?).ok()?.to_string();
+        let contract_id = parts.next()?.to_owned();
+        Some(Self {
+            ends_on,
+            customer_id,
+            contract_id,
+        })
+    }
+}
+
+impl std::fmt::Display for RenewalCursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{}/{}/{}",
+            self.ends_on, self.customer_id, self.contract_id
+        )
+    }
+}
+
 /// Contracts not terminated that end within `within_days` after `today`, and, when
 /// `include_lapsed`, those that ended within `within_days` before it without renewal
-/// (status `lapsed`, negative days left); by end date, then customer and contract.
+/// (status `lapsed`, negative days left); by end date, then customer and contract, after
+/// `after`.
 pub async fn upcoming(
     store: &ReadStore,
     today: Date,
     within_days: i64,
     include_lapsed: bool,
-    offset: u32,
+    after: Option<&RenewalCursor>,
     limit: u32,
 ) -> Result<Vec<RenewalView>, ProjectionError> {
     let from = if include_lapsed {
@@ -224,17 +268,25 @@ pub async fn upcoming(
         today
     };
     let until = days_after(today, within_days);
-    let rows: Vec<RenewalRow> = sqlx::query_as(
+    let mut q = Sql::new(
         "SELECT customer_id, contract_id, starts_on, ends_on, notice_days, status, value_minor, currency \
-         FROM renewals WHERE status <> 'terminated' AND ends_on >= $1 AND ends_on <= $2 \
-         ORDER BY ends_on, customer_id, contract_id LIMIT $3 OFFSET $4",
-    )
-    .bind(from.to_string())
-    .bind(until.to_string())
-    .bind(i64::from(limit))
-    .bind(i64::from(offset))
-    .fetch_all(store.pool())
-    .await?;
+         FROM renewals WHERE status <> 'terminated' AND ends_on >= ",
+    );
+    q.bind(from.to_string())
+        .push(" AND ends_on <= ")
+        .bind(until.to_string());
+    if let Some(c) = after {
+        q.push(" AND (ends_on, customer_id, contract_id) > (")
+            .bind(c.ends_on.to_string())
+            .push(", ")
+            .bind(c.customer_id.clone())
+            .push(", ")
+            .bind(c.contract_id.clone())
+            .push(")");
+    }
+    q.push(" ORDER BY ends_on, customer_id, contract_id LIMIT ")
+        .bind(i64::from(limit));
+    let rows: Vec<RenewalRow> = q.fetch_all_from(store).await?;
     Ok(rows.into_iter().filter_map(|r| view(r, today)).collect())
 }
 

@@ -5,7 +5,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use crm_projections::health::AlertView;
-use crm_projections::renewals::RenewalView;
+use crm_projections::renewals::{RenewalCursor, RenewalView};
 use crm_projections::{health, renewals};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -106,9 +106,8 @@ pub struct RenewalsQuery {
     #[serde(default = "default_include_lapsed")]
     #[param(default = true)]
     pub include_lapsed: bool,
-    /// Rows to skip.
-    #[serde(default)]
-    pub offset: u32,
+    /// Continue after this contract: the `next_after` of the previous page.
+    pub after: Option<String>,
     /// Page size, 1..=1000.
     #[serde(default = "default_limit")]
     #[param(default = 100)]
@@ -121,8 +120,8 @@ pub struct RenewalsPage {
     pub as_of: String,
     pub within_days: i64,
     pub renewals: Vec<RenewalView>,
-    /// Pass as `offset` for the next page; absent on the last page.
-    pub next_offset: Option<u32>,
+    /// Pass as `after` (with the same `as_of`) for the next page; absent on the last page.
+    pub next_after: Option<String>,
 }
 
 fn default_within() -> u32 {
@@ -157,20 +156,31 @@ pub async fn renewals(
     };
     let within = i64::from(q.within_days.min(3_650));
     let limit = q.limit.clamp(1, 1_000);
+    let after = match q.after.as_deref() {
+        None => None,
+        Some(raw) => Some(RenewalCursor::parse(raw).ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_query",
+                "after must be the next_after of a previous page",
+            )
+        })?),
+    };
     let items = renewals::upcoming(
         &state.store,
         today,
         within,
         q.include_lapsed,
-        q.offset,
+        after.as_ref(),
         limit,
     )
     .await?;
-    let next = (items.len() as u32 == limit).then_some(q.offset + limit);
+    let next = (items.len() as u32 == limit)
+        .then(|| items.last().map(|r| RenewalCursor::after(r).to_string()))
+        .flatten();
     Ok(Json(RenewalsPage {
         as_of: today.to_string(),
         within_days: within,
         renewals: items,
-        next_offset: next,
+        next_after: next,
     }))
 }
