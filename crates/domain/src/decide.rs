@@ -63,7 +63,7 @@ pub fn decide(
         Command::LogIntervention(c) => care::intervention(c),
         Command::RecordPurchase(c) => usage::purchase(state, c),
         Command::RecordActivity(c) => usage::activity(c),
-        Command::FlagInactivity(c) => usage::inactivity(c),
+        Command::FlagInactivity(c) => usage::inactivity(state, c, occurred_at),
         Command::ChangeKeyContact(c) => usage::key_contact(c),
     }
 }
@@ -400,12 +400,25 @@ mod usage {
         }))
     }
 
-    pub(super) fn inactivity(c: &FlagInactivity) -> Result<Event, DomainError> {
+    /// An inactivity flag covers the days from its last activity (given, or `days_inactive`
+    /// before its business time) on: activity recorded after that day means the flag was
+    /// decided on stale views.
+    pub(super) fn inactivity(
+        state: &CustomerState,
+        c: &FlagInactivity,
+        occurred_at: OffsetDateTime,
+    ) -> Result<Event, DomainError> {
         if c.days_inactive == 0 {
             return Err(DomainError::OutOfRange {
                 field: "days_inactive",
                 detail: "at least 1",
             });
+        }
+        let since = c.last_activity_on.unwrap_or_else(|| {
+            crate::calendar::days_before(occurred_at.date(), i64::from(c.days_inactive))
+        });
+        if let Some(day) = state.last_activity_on.filter(|d| *d > since) {
+            return Err(DomainError::RecentlyActive { day });
         }
         Ok(Event::InactivityFlagged(InactivityFlagged {
             days_inactive: c.days_inactive,

@@ -53,6 +53,8 @@ pub enum DomainError {
     TermMismatch { contract_id: String },
     #[error("occurred_at is in the future")]
     OccurredInFuture,
+    #[error("the customer was active on {day}, inside the period flagged as inactive")]
+    RecentlyActive { day: time::Date },
 }
 
 impl DomainError {
@@ -89,6 +91,9 @@ impl DomainError {
             DomainError::RenewalAlreadyMarked { contract_id: c() },
             DomainError::TermMismatch { contract_id: c() },
             DomainError::OccurredInFuture,
+            DomainError::RecentlyActive {
+                day: time::macros::date!(2025 - 05 - 31),
+            },
         ]
     }
 
@@ -116,6 +121,7 @@ impl DomainError {
             DomainError::RenewalAlreadyMarked { .. } => "renewal_already_marked",
             DomainError::TermMismatch { .. } => "term_mismatch",
             DomainError::OccurredInFuture => "occurred_in_future",
+            DomainError::RecentlyActive { .. } => "recently_active",
         }
     }
 }
@@ -136,6 +142,6 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), codes.len(), "{codes:?}");
-        assert_eq!(codes.len(), 21, "a DomainError variant has no example");
+        assert_eq!(codes.len(), 22, "a DomainError variant has no example");
     }
 }

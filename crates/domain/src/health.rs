@@ -133,7 +133,7 @@ pub struct Health {
     pub key_contact_changes: Vec<(ContactRole, OffsetDateTime)>,
     pub delays: Vec<OffsetDateTime>,
     pub slow_responses: Vec<OffsetDateTime>,
-    /// Days inactive of the latest inactivity flag not yet followed by activity.
+    /// Days inactive of the longest inactivity flag not yet followed by activity.
     pub inactive_days: Option<u32>,
     pub last_activity_on: Option<Date>,
     /// Day the customer was registered (business time): the inactivity reference before
@@ -146,6 +146,10 @@ pub struct Health {
     pub trust: Balances,
     #[serde(with = "time::serde::rfc3339::option")]
     pub first_contract_at: Option<OffsetDateTime>,
+    /// Day the current relationship's first contract was signed (set again on a win-back):
+    /// there is no usage to miss before it.
+    #[serde(default)]
+    pub relationship_started_on: Option<Date>,
     pub active_contracts: BTreeSet<String>,
     pub assessment: Option<Assessment>,
     pub open_alert: Option<Alert>,
@@ -184,6 +188,9 @@ impl Health {
         match event {
             Event::CustomerRegistered(_) => self.registered_on = Some(day),
             Event::ContractSigned(e) => {
+                if self.active_contracts.is_empty() {
+                    self.relationship_started_on = Some(day);
+                }
                 self.active_contracts.insert(e.contract_id.clone());
                 self.first_contract_at.get_or_insert(occurred_at);
                 self.contract_revenue.push((day, e.value_minor));
@@ -211,7 +218,12 @@ impl Health {
                 self.last_activity_on = Some(self.last_activity_on.map_or(e.day, |d| d.max(e.day)));
             }
             Event::InactivityFlagged(e) => {
-                self.inactive_days = Some(e.days_inactive);
+                // Until activity is recorded the longest standing flag counts: a later,
+                // shorter one does not lift "no activity for 30 days".
+                self.inactive_days = Some(
+                    self.inactive_days
+                        .map_or(e.days_inactive, |d| d.max(e.days_inactive)),
+                );
                 self.inactivity_flagged_for = Some(self.activity_reference().unwrap_or(day));
             }
             Event::SurveyAnswered(e) => match e.kind {
@@ -243,9 +255,14 @@ impl Health {
         )
     }
 
-    /// The day inactivity is counted from: the last activity, else registration.
+    /// The day inactivity is counted from: the last activity or the start of the current
+    /// relationship (the first contract signed since the customer had none), whichever is
+    /// later; registration before either.
     pub fn activity_reference(&self) -> Option<Date> {
-        self.last_activity_on.or(self.registered_on)
+        match (self.last_activity_on, self.relationship_started_on) {
+            (Some(a), Some(r)) => Some(a.max(r)),
+            (a, r) => a.or(r).or(self.registered_on),
+        }
     }
 
     fn prune(&mut self, as_of: OffsetDateTime) {

@@ -83,6 +83,10 @@ pub struct Lifecycle {
     pub renewed_or_expanded: bool,
     pub inactive: bool,
     pub won_back: bool,
+    /// The latest business time seen: stages that depend on time (maturity by age) are
+    /// judged at it, so a back-filled event cannot move the stage back in time.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub as_of: Option<OffsetDateTime>,
 }
 
 impl Lifecycle {
@@ -124,7 +128,9 @@ impl Lifecycle {
             Event::ActivityRecorded(_) => self.inactive = false,
             _ => {}
         }
-        let next = self.derive_stage(occurred_at);
+        let as_of = self.as_of.map_or(occurred_at, |t| t.max(occurred_at));
+        self.as_of = Some(as_of);
+        let next = self.derive_stage(as_of);
         if Some(next) == self.stage {
             return None;
         }

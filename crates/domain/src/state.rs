@@ -49,6 +49,10 @@ pub struct CustomerState {
     pub orders: BTreeSet<String>,
     pub churned: bool,
     pub won_back: bool,
+    /// The latest day of recorded activity, so an inactivity flag decided on stale views
+    /// is refused.
+    #[serde(default)]
+    pub last_activity_on: Option<Date>,
 }
 
 impl CustomerState {
@@ -102,6 +106,9 @@ impl CustomerState {
             Event::PurchaseRecorded(e) => {
                 self.orders.insert(e.order_id.clone());
             }
+            Event::ActivityRecorded(e) => {
+                self.last_activity_on = Some(self.last_activity_on.map_or(e.day, |d| d.max(e.day)));
+            }
             Event::RenewalMarkedDue(e) => {
                 if let Some(c) = self.contracts.get_mut(&e.contract_id) {
                     c.renewal_due_for = Some(e.term_ends_on);
@@ -134,7 +141,6 @@ impl CustomerState {
             | Event::ValueAddDelivered(_)
             | Event::CareTouchRecorded(_)
             | Event::SurveyAnswered(_)
-            | Event::ActivityRecorded(_)
             | Event::KeyContactChanged(_)
             | Event::InactivityFlagged(_)
             | Event::InterventionLogged(_) => {}

@@ -83,6 +83,77 @@ mod tests {
         assert_eq!(assessment.tier, Tier::A, "{assessment:?}");
     }
 
+    /// "An inactivity_flagged event with 30 or more days, not followed by an
+    /// activity_recorded": a later, shorter flag does not lift it; activity does.
+    #[test]
+    fn a_shorter_flag_does_not_lift_a_standing_inactivity() {
+        use crm_domain::event::{ActivityRecorded, Event, InactivityFlagged};
+        use time::macros::{date, datetime};
+        let policy = default_policy();
+        let flag = |days| {
+            Event::InactivityFlagged(InactivityFlagged {
+                days_inactive: days,
+                last_activity_on: None,
+            })
+        };
+        let inactive = |h: &crm_domain::health::Health| {
+            h.assess(&policy)
+                .reasons
+                .iter()
+                .any(|r| r.code == "no_activity_30_days")
+        };
+        let mut h = crm_domain::health::Health::default();
+        let at = datetime!(2025-06-01 00:00 UTC);
+        h.apply(&flag(45), at, 1, &policy);
+        assert!(inactive(&h));
+        h.apply(&flag(10), at, 2, &policy);
+        assert!(inactive(&h), "a 10-day flag lifted the 45-day one");
+        let active = Event::ActivityRecorded(ActivityRecorded {
+            day: date!(2025 - 06 - 02),
+            logins: 1,
+            active_users: None,
+        });
+        h.apply(&active, at, 3, &policy);
+        assert!(!inactive(&h));
+    }
+
+    /// A customer who signs long after registering is not "inactive" for the months before
+    /// the contract: inactivity counts from the start of the relationship at the earliest.
+    #[test]
+    fn inactivity_counts_from_the_first_contract_not_from_registration() {
+        use crm_domain::event::{ActivityRecorded, ContractSigned, CustomerRegistered, Event};
+        use time::macros::{date, datetime};
+        let policy = default_policy();
+        let mut h = crm_domain::health::Health::default();
+        let registered = Event::CustomerRegistered(CustomerRegistered {
+            name: "Late".into(),
+            segment: None,
+            region: None,
+            account_manager: None,
+            acquisition_channel: None,
+        });
+        h.apply(&registered, datetime!(2024-01-01 09:00 UTC), 1, &policy);
+        assert_eq!(h.activity_reference(), Some(date!(2024 - 01 - 01)));
+        let signed = Event::ContractSigned(ContractSigned {
+            contract_id: "c1".into(),
+            value_minor: 100,
+            currency: "EUR".into(),
+            starts_on: date!(2025 - 06 - 01),
+            ends_on: date!(2026 - 05 - 31),
+            notice_days: 90,
+            win_back: false,
+        });
+        h.apply(&signed, datetime!(2025-06-01 09:00 UTC), 2, &policy);
+        assert_eq!(h.activity_reference(), Some(date!(2025 - 06 - 01)));
+        let active = Event::ActivityRecorded(ActivityRecorded {
+            day: date!(2025 - 07 - 01),
+            logins: 1,
+            active_users: None,
+        });
+        h.apply(&active, datetime!(2025-07-01 09:00 UTC), 3, &policy);
+        assert_eq!(h.activity_reference(), Some(date!(2025 - 07 - 01)));
+    }
+
     #[test]
     fn a_fingerprint_changes_with_any_rule_not_only_the_version_label() {
         let before = default_policy();

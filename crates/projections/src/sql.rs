@@ -235,9 +235,12 @@ pub(crate) fn decode(stored: &StoredEvent) -> Result<&Event, ProjectionError> {
     })
 }
 
-/// RFC 3339 text for a timestamp column.
+/// RFC 3339 text for a timestamp column, in UTC: text columns are ordered as text, and
+/// only one offset makes that the order of the instants.
 pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
+    t.to_offset(time::UtcOffset::UTC)
+        .format(&Rfc3339)
+        .unwrap_or_default()
 }
 
 /// A `u64` for an INTEGER column.
@@ -253,4 +256,19 @@ pub(crate) fn u64_of(v: i64) -> u64 {
 /// JSON text for a TEXT column. Serialising plain derived data cannot fail.
 pub(crate) fn json<T: serde::Serialize>(v: &T) -> String {
     serde_json::to_string(v).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use time::macros::datetime;
+
+    /// Stored as text in UTC, so the text order is the order of the instants whatever
+    /// offset the caller wrote.
+    #[test]
+    fn timestamps_are_stored_in_utc_and_sort_as_instants() {
+        let east = super::rfc3339(datetime!(2025-06-10 01:00 +08:00));
+        let west = super::rfc3339(datetime!(2025-06-09 20:00 UTC));
+        assert_eq!(east, "2025-06-09T17:00:00Z");
+        assert!(east < west);
+    }
 }

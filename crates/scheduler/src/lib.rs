@@ -159,7 +159,8 @@ impl Scheduler {
                 | DomainError::ContractNotActive(_)
                 | DomainError::ContractNotFound(_)
                 | DomainError::CustomerChurned
-                | DomainError::RenewalNotDue { .. },
+                | DomainError::RenewalNotDue { .. }
+                | DomainError::RecentlyActive { .. },
             )) => Ok(Outcome::Skipped),
             Err(e) if customer_only(&e) => {
                 tracing::warn!(

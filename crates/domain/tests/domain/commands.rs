@@ -7,8 +7,8 @@ use crm_domain::decide::{
 use crm_domain::event::*;
 use crm_domain::types::*;
 use crm_domain::{Command, DomainError, Event};
-use time::Duration;
 use time::macros::{date, datetime};
+use time::{Date, Duration};
 
 use crate::harness::*;
 
@@ -1122,6 +1122,43 @@ fn flag_inactivity() {
             ..
         }
     ));
+    // Activity recorded after the flag's last activity: the flag was decided on views that
+    // had not seen it (the scheduler reads views), and is refused.
+    let active_on = |day: Date| {
+        let mut events = active();
+        events.push(Event::ActivityRecorded(ActivityRecorded {
+            day,
+            logins: 3,
+            active_users: None,
+        }));
+        events
+    };
+    let err = given(active_on(date!(2025 - 05 - 20)))
+        .when(Command::FlagInactivity(FlagInactivity {
+            days_inactive: 30,
+            last_activity_on: Some(date!(2025 - 05 - 02)),
+        }))
+        .then_refused("recently_active");
+    assert_eq!(
+        err,
+        DomainError::RecentlyActive {
+            day: date!(2025 - 05 - 20)
+        }
+    );
+    // Without a last activity day, the flag covers `days_inactive` days before its time
+    // (AT is 2025-06-01): 45 days reach back to 2025-04-17.
+    given(active_on(date!(2025 - 05 - 20)))
+        .when(Command::FlagInactivity(inactivity(45)))
+        .then_refused("recently_active");
+    given(active_on(date!(2025 - 04 - 10)))
+        .when(Command::FlagInactivity(inactivity(45)))
+        .then_accepted();
+    given(active_on(date!(2025 - 05 - 02)))
+        .when(Command::FlagInactivity(FlagInactivity {
+            days_inactive: 30,
+            last_activity_on: Some(date!(2025 - 05 - 02)),
+        }))
+        .then_accepted();
     given(nothing())
         .when(Command::FlagInactivity(inactivity(30)))
         .then_refused("customer_not_registered");

@@ -157,8 +157,8 @@ fn events_before_the_first_contract_stay_in_acquisition() {
     w.step(Command::RegisterCustomer(register("Acme")), AT);
     for command in [
         Command::LogComplaint(log_complaint("k1")),
-        Command::RecordActivity(activity()),
         Command::FlagInactivity(inactivity(90)),
+        Command::RecordActivity(activity()),
         Command::RecordPurchase(purchase("o1")),
         Command::LogIntervention(intervention()),
     ] {
@@ -194,6 +194,28 @@ fn maturity_comes_with_a_year_of_relationship() {
             "activity_recorded"
         ))
     );
+}
+
+/// A back-filled event (business time before the latest seen) does not take a customer
+/// who has come of age back to growth: the stage is judged at the latest business time.
+#[test]
+fn a_back_filled_event_does_not_move_the_stage_back_in_time() {
+    let signed_at = datetime!(2025-01-10 09:00 UTC);
+    let mut w = Walk::default();
+    w.step(Command::RegisterCustomer(register("Acme")), signed_at);
+    w.step(Command::SignContract(sign("c1")), signed_at);
+    w.step(
+        Command::RecordActivity(activity()),
+        datetime!(2026-02-01 09:00 UTC),
+    );
+    assert_eq!(w.stage(), Some(Stage::Maturity));
+    let (_, none) = w.step(
+        Command::DeliverValueAdd(value_add()),
+        datetime!(2025-06-01 09:00 UTC),
+    );
+    assert_eq!(none, None, "a back-filled event made a transition");
+    assert_eq!(w.stage(), Some(Stage::Maturity));
+    assert_eq!(w.lifecycle.as_of, Some(datetime!(2026-02-01 09:00 UTC)));
 }
 
 #[test]

@@ -38,6 +38,7 @@ const CODES: &[&str] = &[
     "renewal_already_marked",
     "term_mismatch",
     "occurred_in_future",
+    "recently_active",
 ];
 
 const FIRST_DAY: OffsetDateTime = datetime!(2024-06-01 09:00 UTC);
