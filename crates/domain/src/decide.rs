@@ -401,8 +401,9 @@ mod usage {
     }
 
     /// An inactivity flag covers the days from its last activity (given, or `days_inactive`
-    /// before its business time) on: activity recorded after that day means the flag was
-    /// decided on stale views.
+    /// before its business time) to its business time: activity recorded inside that
+    /// period means the flag was decided on stale views. Activity after the flag's time
+    /// (history imported out of order) does not refute it.
     pub(super) fn inactivity(
         state: &CustomerState,
         c: &FlagInactivity,
@@ -417,7 +418,10 @@ mod usage {
         let since = c.last_activity_on.unwrap_or_else(|| {
             crate::calendar::days_before(occurred_at.date(), i64::from(c.days_inactive))
         });
-        if let Some(day) = state.last_activity_on.filter(|d| *d > since) {
+        if let Some(day) = state
+            .last_activity_on
+            .filter(|d| *d > since && *d <= occurred_at.date())
+        {
             return Err(DomainError::RecentlyActive { day });
         }
         Ok(Event::InactivityFlagged(InactivityFlagged {

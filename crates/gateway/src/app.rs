@@ -105,7 +105,8 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// How long a stopping gateway waits for requests in flight (an audit export streaming
-/// the whole log, a client that stopped reading) before it closes their connections.
+/// the whole log, a client that stopped reading) before it stops waiting for them and
+/// exits (the connections end with the process).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Serves until `shutdown` is cancelled, then drains in-flight requests for at most
@@ -128,9 +129,10 @@ pub async fn serve(
     within_grace("HTTP", server, &shutdown, Ok(())).await
 }
 
-/// Runs a server that drains its requests once `shutdown` is cancelled, but gives up on
-/// them [`SHUTDOWN_GRACE`] after it (answering `cut_off`): a request that never ends (a
-/// stalled upload, a stream nobody reads) must not keep the process from stopping.
+/// Runs a server that drains its requests once `shutdown` is cancelled, but stops waiting
+/// for them [`SHUTDOWN_GRACE`] after it (answering `cut_off`): a request that never ends (a
+/// stalled upload, a stream nobody reads) must not keep the process from stopping. Their
+/// connection tasks end when the runtime does.
 pub async fn within_grace<T>(
     door: &str,
     serving: impl std::future::Future<Output = T>,

@@ -128,7 +128,9 @@ pub fn request_hash(command: &Command, occurred_at: Option<OffsetDateTime>) -> S
     let mut value = serde_json::to_value(command).unwrap_or_default();
     strip_nulls(&mut value);
     if let (Some(at), Some(fields)) = (occurred_at, value.as_object_mut()) {
+        // The instant, whatever offset the caller wrote it with.
         let at = at
+            .to_offset(time::UtcOffset::UTC)
             .format(&time::format_description::well_known::Rfc3339)
             .unwrap_or_default();
         fields.insert("occurred_at".into(), at.into());
@@ -249,6 +251,17 @@ impl Slots {
     fn peek(&self, id: &CustomerId) -> Option<Slot> {
         self.lock().get(id).cloned()
     }
+
+    /// Drops the customer's slot if nobody holds it.
+    fn forget_idle(&self, id: &CustomerId) {
+        let mut cache = self.lock();
+        if cache
+            .peek(id)
+            .is_some_and(|slot| Arc::strong_count(slot) == 1)
+        {
+            cache.pop(id);
+        }
+    }
 }
 
 /// The customer repository over the log.
@@ -306,7 +319,15 @@ impl Customers {
             *guard = None;
             return Err(e);
         }
-        Ok((loaded.state.version > 0).then(|| loaded.clone()))
+        if loaded.state.version > 0 {
+            return Ok(Some(loaded.clone()));
+        }
+        // A customer the log does not know (a reader's typo, a probe) takes no place in
+        // the cache from the customers it holds.
+        drop(guard);
+        drop(slot);
+        self.slots.forget_idle(&id);
+        Ok(None)
     }
 
     /// The last stream sequence this process knows for the customer, without I/O.
@@ -474,6 +495,11 @@ mod tests {
         assert_ne!(h, request_hash(&holiday, None));
         assert_ne!(h, request_hash(&care, Some(at)));
         assert_eq!(request_hash(&care, Some(at)), request_hash(&care, Some(at)));
+        assert_eq!(
+            request_hash(&care, Some(at)),
+            request_hash(&care, Some(datetime_east(at))),
+            "the same instant with another offset"
+        );
 
         let receipt = Receipt {
             event_id: Uuid::nil(),
@@ -496,6 +522,10 @@ mod tests {
         };
         assert!(legacy.is_retry_of("care_touch_recorded", Some(&h)));
         assert!(!legacy.is_retry_of("activity_recorded", Some(&h)));
+    }
+
+    fn datetime_east(at: OffsetDateTime) -> OffsetDateTime {
+        at.to_offset(time::macros::offset!(+8))
     }
 
     fn ids(n: usize) -> Vec<CustomerId> {
@@ -531,5 +561,13 @@ mod tests {
         let _ = slots.get(c[5]);
         let cache = slots.lock();
         assert_eq!((cache.len(), cache.cap().get()), (2, 2));
+        drop(cache);
+
+        // An idle slot can be forgotten; a held one cannot.
+        let held = slots.get(c[0]);
+        slots.forget_idle(&c[0]);
+        slots.forget_idle(&c[5]);
+        assert!(Arc::ptr_eq(&slots.get(c[0]), &held));
+        assert!(slots.peek(&c[5]).is_none());
     }
 }

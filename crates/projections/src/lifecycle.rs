@@ -8,12 +8,10 @@ use crm_domain::lifecycle::{Lifecycle, Stage, Transition};
 use crm_log::StoredEvent;
 use serde::Serialize;
 use sqlx::AnyConnection;
-use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::error::ProjectionError;
 use crate::projector::Projection;
-use crate::sql::Sql;
+use crate::sql::{Sql, rfc3339};
 use crate::store::ReadStore;
 
 /// The projection's name.
@@ -24,10 +22,6 @@ const ROWS_PER_STATEMENT: usize = 500;
 /// The lifecycle projection.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct LifecycleProjection;
-
-fn rfc3339(t: OffsetDateTime) -> String {
-    t.format(&Rfc3339).unwrap_or_default()
-}
 
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)

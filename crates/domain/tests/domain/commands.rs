@@ -1153,6 +1153,14 @@ fn flag_inactivity() {
     given(active_on(date!(2025 - 04 - 10)))
         .when(Command::FlagInactivity(inactivity(45)))
         .then_accepted();
+    // A back-filled flag, its period long before the activity already recorded: accepted.
+    given(active_on(date!(2025 - 05 - 20)))
+        .at(datetime!(2025-03-01 09:00 UTC))
+        .when(Command::FlagInactivity(FlagInactivity {
+            days_inactive: 30,
+            last_activity_on: Some(date!(2025 - 01 - 30)),
+        }))
+        .then_accepted();
     given(active_on(date!(2025 - 05 - 02)))
         .when(Command::FlagInactivity(FlagInactivity {
             days_inactive: 30,
