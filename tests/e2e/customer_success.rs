@@ -501,12 +501,7 @@ async fn renewals_list_contracts_with_window_status_and_days_left(db: Db) {
     let (_, r) = app
         .get("/v1/renewals?within_days=150&as_of=2025-09-01")
         .await;
-    let order: Vec<_> = r["renewals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| (x["contract_id"].clone(), x["status"].clone()))
-        .collect();
+    let order = crm_e2e::renewal_statuses(&r);
     assert_eq!(
         order,
         vec![

@@ -143,12 +143,7 @@ async fn renewal_due_and_inactivity_exactly_once(db: Db) {
     let (_, r) = app
         .get("/v1/renewals?within_days=120&as_of=2025-07-02")
         .await;
-    let statuses: Vec<_> = r["renewals"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| (x["contract_id"].clone(), x["status"].clone()))
-        .collect();
+    let statuses = crm_e2e::renewal_statuses(&r);
     assert_eq!(
         statuses,
         vec![(json!("near"), json!("due")), (json!("far"), json!("due"))]

@@ -568,3 +568,15 @@ pub async fn dump_views(store: &crm_projections::ReadStore) -> Vec<String> {
     out.extend(alerts.iter().map(|a| format!("{a:?}")));
     out
 }
+
+/// `(contract_id, status)` of each contract on a `GET /v1/renewals` page, in page order.
+pub fn renewal_statuses(page: &Value) -> Vec<(Value, Value)> {
+    page["renewals"]
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|r| (r["contract_id"].clone(), r["status"].clone()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
