@@ -86,7 +86,9 @@ pub enum SubmitError {
         "gave up after {attempts} attempts: concurrent writers kept appending to this customer"
     )]
     Contention { attempts: u32 },
-    #[error("idempotency key was already used for a different request (a {original_type} command)")]
+    #[error(
+        "idempotency key was already used for a different request (it became a {original_type} event)"
+    )]
     IdempotencyKeyReused { original_type: String },
     #[error(transparent)]
     Log(#[from] LogError),
