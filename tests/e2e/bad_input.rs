@@ -107,11 +107,30 @@ async fn each_bad_request_gets_its_code_and_writes_nothing() {
             "{method} {path}"
         );
     }
-    let (s, b) = app.get("/v1/customers/not-a-uuid").await;
-    assert_eq!(
-        (s.as_u16(), b["error"]["code"].as_str()),
-        (400, Some("invalid_customer_id"))
-    );
+    // Not a UUID, or not even text: the same code, in the JSON shape.
+    for path in [
+        "/v1/customers/not-a-uuid",
+        "/v1/customers/%FF",
+        "/v1/customers/%FF/trust/ledger",
+    ] {
+        let (s, b) = app.get(path).await;
+        assert_eq!(
+            (s.as_u16(), b["error"]["code"].as_str()),
+            (400, Some("invalid_customer_id")),
+            "{path}"
+        );
+    }
+    let resp = app
+        .http
+        .post(format!("{}/v1/customers/%FF/commands", app.base))
+        .bearer_auth(crm_e2e::KEY)
+        .json(&json!({"type": "record_care_touch", "kind": "birthday"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    let b: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(b["error"]["code"], "invalid_customer_id");
 
     // If-Match with a stale version.
     let (s, b) = app

@@ -3,8 +3,8 @@
 
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use crm_log::{Metadata, Receipt, SubmitOptions, Submitted};
@@ -122,7 +122,7 @@ fn header_str<'h>(headers: &'h HeaderMap, name: &str) -> Result<Option<&'h str>,
 #[tracing::instrument(skip_all, fields(customer_id = %raw_id))]
 pub async fn submit(
     State(state): State<AppState>,
-    Path(raw_id): Path<String>,
+    super::CustomerPath(raw_id): super::CustomerPath,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use crm_domain::CustomerId;
 use crm_domain::health::Reason;
@@ -159,7 +159,7 @@ pub async fn customer_view(state: &AppState, id: &CustomerId) -> Result<Customer
 #[tracing::instrument(skip_all, fields(customer_id = %raw_id))]
 pub async fn get_customer(
     State(state): State<AppState>,
-    Path(raw_id): Path<String>,
+    super::CustomerPath(raw_id): super::CustomerPath,
     headers: HeaderMap,
 ) -> Result<Json<CustomerView>, ApiError> {
     state.auth.authorize(&headers, Role::Reader)?;
@@ -244,7 +244,7 @@ pub(crate) fn default_limit() -> u32 {
 )]
 pub async fn lifecycle_history(
     State(state): State<AppState>,
-    Path(raw_id): Path<String>,
+    super::CustomerPath(raw_id): super::CustomerPath,
     page: Result<Query<VersionPage>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<LifecycleHistory>, ApiError> {
@@ -279,7 +279,7 @@ pub async fn lifecycle_history(
 )]
 pub async fn trust_ledger(
     State(state): State<AppState>,
-    Path(raw_id): Path<String>,
+    super::CustomerPath(raw_id): super::CustomerPath,
     page: Result<Query<SequencePage>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Json<TrustLedger>, ApiError> {
@@ -331,7 +331,7 @@ pub async fn trust_ledger(
 )]
 pub async fn customer_alerts(
     State(state): State<AppState>,
-    Path(raw_id): Path<String>,
+    super::CustomerPath(raw_id): super::CustomerPath,
     headers: HeaderMap,
 ) -> Result<Json<CustomerAlerts>, ApiError> {
     state.auth.authorize(&headers, Role::Reader)?;

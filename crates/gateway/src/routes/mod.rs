@@ -7,9 +7,27 @@ pub mod customers;
 pub mod health;
 pub mod views;
 
+use axum::extract::{FromRequestParts, Path};
+use axum::http::request::Parts;
 use crm_domain::CustomerId;
 
 use crate::error::ApiError;
+
+/// The `{customer_id}` path segment as sent. A segment that is not even text (a
+/// percent-encoded byte that is not UTF-8) is refused as `invalid_customer_id` in the JSON
+/// error shape, where axum's own `Path` would answer in plain text.
+pub struct CustomerPath(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for CustomerPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(raw)| CustomerPath(raw))
+            .map_err(|_| ApiError::bad_request("invalid_customer_id", "customer_id must be a UUID"))
+    }
+}
 
 /// Parses the `{customer_id}` path segment.
 pub fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
