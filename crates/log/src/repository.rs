@@ -164,6 +164,19 @@ impl Loaded {
                 env.version, self.state.version
             )));
         }
+        // A new event is chained onto the last one folded here: a history whose links do
+        // not hold (an altered or foreign event) must not be built on.
+        let expected_prev = if self.state.version == 0 {
+            GENESIS_HASH
+        } else {
+            self.last_hash.as_str()
+        };
+        if env.prev_hash != expected_prev {
+            return Err(decode(format!(
+                "version {} does not link to the customer's previous event (prev_hash {})",
+                env.version, env.prev_hash
+            )));
+        }
         let event = env.event().map_err(|e| decode(e.to_string()))?;
         self.state = std::mem::take(&mut self.state).apply(&event);
         self.last_sequence = stored.sequence;
@@ -524,6 +537,55 @@ mod tests {
         };
         assert!(legacy.is_retry_of("care_touch_recorded", Some(&h)));
         assert!(!legacy.is_retry_of("activity_recorded", Some(&h)));
+    }
+
+    /// Folding checks the chain: each event must link to the previous one (the first to
+    /// the genesis hash), so the command path never builds on a broken history.
+    #[test]
+    fn a_history_whose_links_do_not_hold_is_not_folded() {
+        use crm_domain::Event;
+        use crm_domain::event::CustomerRegistered;
+        let id = CustomerId::new(Uuid::now_v7());
+        let at = time::macros::datetime!(2025-01-01 00:00 UTC);
+        let event = Event::CustomerRegistered(CustomerRegistered {
+            name: "Linked".into(),
+            segment: None,
+            region: None,
+            account_manager: None,
+            acquisition_channel: None,
+        });
+        let seal = |version: u64, prev: &str| {
+            Envelope::seal(
+                Uuid::now_v7(),
+                id,
+                version,
+                &event,
+                at,
+                at,
+                &crate::envelope::Metadata::default(),
+                None,
+                prev,
+            )
+        };
+        let first = seal(1, GENESIS_HASH);
+        let mut loaded = Loaded::default();
+        assert!(loaded.apply(&StoredEvent::new(1, first.clone())).is_ok());
+        let forged = seal(2, &"ab".repeat(32));
+        let err = loaded
+            .apply(&StoredEvent::new(2, forged))
+            .expect_err("a broken link was folded");
+        assert!(err.to_string().contains("does not link"), "{err}");
+        assert_eq!(
+            loaded.state.version, 1,
+            "the broken event changed the state"
+        );
+        let mut fresh = Loaded::default();
+        assert!(
+            fresh
+                .apply(&StoredEvent::new(1, seal(1, &first.hash)))
+                .is_err(),
+            "a first event must link to the genesis hash"
+        );
     }
 
     fn datetime_east(at: OffsetDateTime) -> OffsetDateTime {
