@@ -7,7 +7,7 @@ use crm_domain::event::{CareTouchRecorded, Event};
 use crm_domain::types::CareTouchKind;
 use crm_e2e::{App, Env, assert_chain, read_all, register};
 use crm_log::eventstore::JetStreamEventStore;
-use crm_log::{Customers, EventLog, LogError, StreamSettings};
+use crm_log::{Customers, EventLog, LogError, NatsConfig, StoredEvent, StreamSettings};
 use eventually_core::store::{AppendError, EventStore, Expected, Select};
 use futures::TryStreamExt;
 use std::sync::Arc;
@@ -301,9 +301,9 @@ async fn filled_log(customers: usize, per_customer: u32) -> (Env, EventLog, u64)
 #[tokio::test]
 async fn a_catch_up_read_returns_exactly_its_range_across_many_pulls() {
     use futures::StreamExt;
-    let (_env, log, head) = filled_log(10, 60).await;
+    let (env, lean_log, head) = filled_log(10, 60).await;
     assert_eq!(head, 600);
-    let subscribed: Vec<_> = log
+    let subscribed: Vec<_> = lean_log
         .subscribe(0)
         .await
         .unwrap()
@@ -311,6 +311,17 @@ async fn a_catch_up_read_returns_exactly_its_range_across_many_pulls() {
         .try_collect()
         .await
         .unwrap();
+    // On the read's own lean connection, and through async-nats.
+    for log in [lean_log, env.client_only_log().await] {
+        a_catch_up_read_returns_exactly_its_range(&log, head, &subscribed).await;
+    }
+}
+
+async fn a_catch_up_read_returns_exactly_its_range(
+    log: &EventLog,
+    head: u64,
+    subscribed: &[StoredEvent],
+) {
     for (after, until, pull) in [
         (0, 600, 64),
         (137, 462, 7),
@@ -358,9 +369,14 @@ async fn a_catch_up_read_returns_exactly_its_range_across_many_pulls() {
 /// again right after the last event it delivered: nothing is skipped, nothing repeated.
 #[tokio::test]
 async fn a_catch_up_read_survives_its_consumer_being_deleted() {
-    use futures::StreamExt;
-    let (_env, log, head) = filled_log(8, 50).await;
+    let (env, lean_log, head) = filled_log(8, 50).await;
     assert_eq!(head, 400);
+    a_catch_up_read_survives_a_deleted_consumer(&lean_log, head).await;
+    a_catch_up_read_survives_a_deleted_consumer(&env.client_only_log().await, head).await;
+}
+
+async fn a_catch_up_read_survives_a_deleted_consumer(log: &EventLog, head: u64) {
+    use futures::StreamExt;
     let mut read = std::pin::pin!(log.read_in_pulls(0, head, 20));
     let mut got = Vec::new();
     while got.len() < 150 {
@@ -381,4 +397,90 @@ async fn a_catch_up_read_survives_its_consumer_being_deleted() {
         "the read went on after its consumer was deleted"
     );
     assert_eq!(got, (1..=head).collect::<Vec<_>>());
+}
+
+/// Range reads run on a lean connection of their own ([`crm_log::wire`]) that logs in as
+/// the log's configuration says (a user and password, or a token), refuses wrong
+/// credentials, and reads the same events as async-nats does.
+#[tokio::test]
+async fn a_lean_connection_logs_in_as_the_log_does_and_reads_the_same_events() {
+    use crm_log::connect::Secret;
+    use crm_log::server::{NatsServer, ServerOptions};
+    use crm_log::wire::Dialer;
+    for (args, how) in [
+        (["--user", "crm", "--pass", "s3cret"], "user"),
+        (["--auth", "t0ken", "", ""], "token"),
+    ] {
+        let server = NatsServer::start_with(ServerOptions {
+            extra_args: args
+                .iter()
+                .filter(|a| !a.is_empty())
+                .map(ToString::to_string)
+                .collect(),
+            ..ServerOptions::default()
+        })
+        .await
+        .unwrap();
+        let port = server.port();
+        let mut config = NatsConfig::url(format!("nats://127.0.0.1:{port}"));
+        let mut wrong = config.clone();
+        match how {
+            "user" => {
+                config.user = Some("crm".into());
+                config.password = Some(Secret::new("s3cret"));
+                wrong.user = Some("crm".into());
+                wrong.password = Some(Secret::new("nope"));
+            }
+            _ => {
+                config.token = Some(Secret::new("t0ken"));
+                wrong.token = Some(Secret::new("nope"));
+            }
+        }
+        let dialer = Dialer::new(&config).expect("a plain configuration has a lean connection");
+        dialer
+            .connect()
+            .await
+            .unwrap_or_else(|e| panic!("{how}: the lean connection logs in: {e}"));
+        let refused = Dialer::new(&wrong)
+            .expect("a dialer")
+            .connect()
+            .await
+            .err()
+            .unwrap_or_else(|| panic!("{how}: wrong credentials are refused"));
+        assert!(refused.to_string().contains("refused"), "{how}: {refused}");
+
+        let log = EventLog::connect(&config, &StreamSettings::default())
+            .await
+            .unwrap();
+        assert!(log.lean_reads(), "{how}: the log reads on lean connections");
+        let mut store =
+            JetStreamEventStore::new(Arc::new(Customers::new(log.clone(), 100, 4)), "test");
+        for _ in 0..5 {
+            let id = CustomerId::new(Uuid::now_v7());
+            let events = (0..4)
+                .map(|_| {
+                    Event::CareTouchRecorded(CareTouchRecorded {
+                        kind: CareTouchKind::Holiday,
+                        note: None,
+                    })
+                })
+                .collect();
+            store.append(id, Expected::Exact(0), events).await.unwrap();
+        }
+        let head = log.head().await.unwrap();
+        assert_eq!(head, 20);
+        let lean: Vec<StoredEvent> = log.read_in_pulls(0, head, 3).try_collect().await.unwrap();
+        let client = crm_log::connect(&config).await.unwrap();
+        let through_client = EventLog::open(client, &StreamSettings::default())
+            .await
+            .unwrap();
+        assert!(!through_client.lean_reads());
+        let want: Vec<StoredEvent> = through_client.read(0, head).try_collect().await.unwrap();
+        assert_eq!(
+            lean.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            (1..=head).collect::<Vec<_>>(),
+            "{how}"
+        );
+        assert_eq!(lean, want, "{how}");
+    }
 }

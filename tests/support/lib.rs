@@ -246,6 +246,14 @@ impl Env {
 
     /// Opens the log with an independent connection.
     pub async fn log(&self) -> EventLog {
+        EventLog::connect(&crm_log::NatsConfig::url(self.nats.url()), &self.stream)
+            .await
+            .expect("open log")
+    }
+
+    /// Opens the log with an independent connection that reads everything through
+    /// async-nats (no lean connections for range reads).
+    pub async fn client_only_log(&self) -> EventLog {
         let client = crm_log::connect(&crm_log::NatsConfig::url(self.nats.url()))
             .await
             .expect("connect");

@@ -91,6 +91,10 @@ pub struct Args {
     /// Times each audit query is repeated for its latency percentiles.
     #[arg(long, default_value_t = 30)]
     pub audit_repeats: usize,
+    /// `project`, `rebuild`: read the log through async-nats only, without the lean
+    /// connections range reads use (to compare the two in alternating runs).
+    #[arg(long)]
+    pub client_reads: bool,
     /// Projector batch size (events per transaction).
     #[arg(long, default_value_t = 5_000)]
     pub batch_size: usize,

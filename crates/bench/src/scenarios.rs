@@ -122,6 +122,8 @@ pub(crate) struct Env {
     pub(crate) dir: tempfile::TempDir,
     pub(crate) cpu: CpuMeter,
     load_before: String,
+    /// [`Env::log`] reads through async-nats only (`--client-reads`).
+    client_reads: bool,
 }
 
 impl Env {
@@ -137,6 +139,7 @@ impl Env {
             dir: tempfile::tempdir().context("temporary directory")?,
             cpu,
             load_before: measure::load_average(),
+            client_reads: false,
         })
     }
 
@@ -152,7 +155,19 @@ impl Env {
         Ok(crm_log::connect(&cfg).await?)
     }
 
+    /// The log as the `crm` processes open it: range reads on lean connections of their
+    /// own, unless `--client-reads`.
     pub(crate) async fn log(&self) -> anyhow::Result<EventLog> {
+        if self.client_reads {
+            return self.client_log().await;
+        }
+        let mut cfg = NatsConfig::url(self.nats.url());
+        cfg.name = "crm-bench-log".into();
+        Ok(EventLog::connect(&cfg, &StreamSettings::default()).await?)
+    }
+
+    /// The log with every read through async-nats.
+    pub(crate) async fn client_log(&self) -> anyhow::Result<EventLog> {
         let client = self.connect("crm-bench-log").await?;
         Ok(EventLog::open(client, &StreamSettings::default()).await?)
     }
@@ -677,7 +692,7 @@ pub(crate) async fn preload(
     ))
 }
 
-/// Consumes `count` events through `EventLog::subscribe` (consume + decode envelopes).
+/// Consumes `count` events through `EventLog::read` (consume + decode envelopes).
 async fn decode_all(log: &EventLog, count: u64) -> anyhow::Result<Measured> {
     let t = Instant::now();
     let stream = log.read(0, count);
@@ -1013,7 +1028,8 @@ pub(crate) fn timed_row(
 /// `project`: each projection alone, then all together.
 async fn project(args: &Args) -> anyhow::Result<Table> {
     eprintln!("[project] starting nats-server");
-    let env = Env::start().await?;
+    let mut env = Env::start().await?;
+    env.client_reads = args.client_reads;
     let log = env.log().await?;
     let (pre, demo_customers, pre_rss) = preload(args, &env, &log, args.events).await?;
     let head = log.head().await?;
@@ -1057,14 +1073,28 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
     );
     let mark = env.cpu.mark();
     let decoded = decode_all(&log, head).await?.with_cpu(&mark);
-    table.rows.push(
-        Row::of(
-            "ref: EventLog::read (consume + decode envelopes, as a projector catches up)",
-            &decoded,
-            None,
-        )
-        .vs(RAW_CONSUME, raw_consume),
-    );
+    let read_row = if args.client_reads {
+        "ref: EventLog::read through async-nats (consume + decode envelopes, as a projector catches up)"
+    } else {
+        "ref: EventLog::read on a lean connection (consume + decode envelopes, as a projector catches up)"
+    };
+    table
+        .rows
+        .push(Row::of(read_row, &decoded, None).vs(RAW_CONSUME, raw_consume));
+    if !args.client_reads {
+        let mark = env.cpu.mark();
+        let through_client = decode_all(&env.client_log().await?, head)
+            .await?
+            .with_cpu(&mark);
+        table.rows.push(
+            Row::of(
+                "ref: EventLog::read through async-nats (the same, without the lean connection)",
+                &through_client,
+                None,
+            )
+            .vs(RAW_CONSUME, raw_consume),
+        );
+    }
     eprintln!("[project] a projector keeping no view");
     let row = no_views_row(&env, &log, args, head).await?;
     table.rows.push(row.vs(RAW_CONSUME, raw_consume));
@@ -1153,7 +1183,8 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
 /// `rebuild`: all four views from scratch over a larger log.
 async fn rebuild(args: &Args) -> anyhow::Result<Table> {
     eprintln!("[rebuild] starting nats-server");
-    let env = Env::start().await?;
+    let mut env = Env::start().await?;
+    env.client_reads = args.client_reads;
     let log = env.log().await?;
     let (pre, demo_customers, pre_rss) = preload(args, &env, &log, args.rebuild_events).await?;
     let head = log.head().await?;

@@ -120,8 +120,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if let Some(url) = nats_url {
                 cfg.nats.url = url;
             }
-            let client = crm_log::connect(&cfg.nats).await?;
-            let log = crm_log::EventLog::open(client, &cfg.stream).await?;
+            let log = crm_log::EventLog::connect(&cfg.nats, &cfg.stream).await?;
             let customers = std::sync::Arc::new(crm_log::Customers::new(
                 log,
                 args.customers as usize + 16,

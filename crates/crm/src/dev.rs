@@ -82,6 +82,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
                 store_dir: Some(data_dir.join("nats")),
                 binary: None,
                 log_file: Some(data_dir.join("nats-server.log")),
+                extra_args: Vec::new(),
             })
             .await?;
             cfg.nats.url = s.url();

@@ -27,8 +27,7 @@ pub struct Parts {
 
 /// Connects to NATS, opens the stream and the read store.
 pub async fn open(cfg: &Config) -> anyhow::Result<Parts> {
-    let client = crm_log::connect(&cfg.nats).await?;
-    let log = EventLog::open(client, &cfg.stream).await?;
+    let log = EventLog::connect(&cfg.nats, &cfg.stream).await?;
     let customers = Arc::new(Customers::new(
         log.clone(),
         cfg.gateway.cache_capacity,

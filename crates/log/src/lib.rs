@@ -6,6 +6,8 @@
 //! - [`subject`] maps a customer to its partitioned subject.
 //! - [`envelope`] is the JSON wire form of an event with its hash chain and schema version.
 //! - [`log`] is the raw log: conditional appends, per-customer reads, reading everything.
+//! - [`read`] reads a range of the log in large pulls, and [`wire`] is the lean connection
+//!   it reads on where the configuration allows.
 //! - [`repository`] loads customers (through a bounded cache), decides, appends, retries,
 //!   and keeps idempotency keys for as long as the log exists.
 //! - [`audit`] verifies hash chains and signed checkpoints of the chain heads.
@@ -25,6 +27,7 @@ pub mod repository;
 pub mod server;
 pub mod stream;
 pub mod subject;
+pub mod wire;
 
 pub use connect::{NatsConfig, connect};
 pub use envelope::{Envelope, Metadata};

@@ -8,10 +8,12 @@ use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
 use crm_domain::{CustomerId, Event};
 use futures::{Stream, TryStreamExt};
 
+use crate::connect::NatsConfig;
 use crate::envelope::{DecodeError, Envelope};
 use crate::error::LogError;
 use crate::stream::{StreamSettings, ensure_stream};
 use crate::subject::customer_subject;
+use crate::wire::Dialer;
 
 /// Header carrying the event type.
 pub const HEADER_EVENT_TYPE: &str = "Crm-Event-Type";
@@ -91,6 +93,9 @@ pub struct EventLog {
     stream: stream::Stream,
     name: String,
     partitions: u32,
+    /// Opens lean connections for range reads ([`crate::wire`]); `None` reads through the
+    /// client.
+    dialer: Option<Dialer>,
 }
 
 impl std::fmt::Debug for EventLog {
@@ -98,12 +103,30 @@ impl std::fmt::Debug for EventLog {
         f.debug_struct("EventLog")
             .field("stream", &self.name)
             .field("partitions", &self.partitions)
+            .field("lean_reads", &self.dialer.is_some())
             .finish()
     }
 }
 
 impl EventLog {
-    /// Opens the log on a connected client, creating or verifying the stream.
+    /// Connects with `config` ([`crate::connect()`]) and opens the log, creating or verifying
+    /// the stream. Range reads ([`EventLog::read`]) then read on lean connections of their
+    /// own where the configuration allows ([`crate::wire`]).
+    pub async fn connect(config: &NatsConfig, settings: &StreamSettings) -> Result<Self, LogError> {
+        let client = crate::connect::connect(config).await?;
+        let mut log = Self::open(client, settings).await?;
+        log.dialer = Dialer::new(config);
+        Ok(log)
+    }
+
+    /// Whether range reads run on lean connections of their own ([`EventLog::connect`] with
+    /// a configuration [`crate::wire::Dialer`] can speak).
+    pub fn lean_reads(&self) -> bool {
+        self.dialer.is_some()
+    }
+
+    /// Opens the log on a connected client, creating or verifying the stream. Every read
+    /// goes through `client`.
     pub async fn open(
         client: async_nats::Client,
         settings: &StreamSettings,
@@ -116,6 +139,7 @@ impl EventLog {
             stream,
             name: settings.name.clone(),
             partitions,
+            dialer: None,
         })
     }
 
@@ -303,7 +327,7 @@ impl EventLog {
         until: u64,
         pull: usize,
     ) -> impl Stream<Item = Result<StoredEvent, LogError>> + Send + use<> {
-        crate::read::range(self.stream.clone(), after, until, pull)
+        crate::read::range(self.stream.clone(), self.dialer.clone(), after, until, pull)
     }
 
     /// Deletes one message. The stream denies it; this exists so tests and `crm status` can

@@ -20,7 +20,10 @@ pub const PINNED_VERSION: &str = "2.12.8";
 pub struct NatsServer {
     child: Child,
     port: u16,
+    /// The server's name (`-n`), told apart from another server on the same port by it.
+    name: String,
     store_dir: PathBuf,
+    extra_args: Vec<String>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -35,6 +38,8 @@ pub struct ServerOptions {
     pub binary: Option<PathBuf>,
     /// Where the server writes its log; discarded when `None`.
     pub log_file: Option<PathBuf>,
+    /// More command-line arguments (`--user`, `--auth`, …).
+    pub extra_args: Vec<String>,
 }
 
 /// Finds the pinned `nats-server` binary: `$CRM_NATS_SERVER`, then `.tools/` in the current
@@ -83,15 +88,17 @@ impl NatsServer {
         Self::start_with(ServerOptions::default()).await
     }
 
-    /// Starts a server and waits until it accepts connections.
+    /// Starts a server and waits until it accepts connections. On a port chosen here, a
+    /// server that finds the port taken (another process bound it between the choice and the
+    /// start) is started again on another one.
     pub async fn start_with(opts: ServerOptions) -> Result<Self, LogError> {
         let binary = opts.binary.clone().or_else(find_binary).ok_or_else(|| {
             LogError::Server(
                 "nats-server not found: run scripts/setup-nats.sh or set CRM_NATS_SERVER".into(),
             )
         })?;
-        let (store_dir, temp) = match opts.store_dir {
-            Some(dir) => (dir, None),
+        let (store_dir, temp) = match &opts.store_dir {
+            Some(dir) => (dir.clone(), None),
             None => {
                 let t = tempfile::tempdir().map_err(|e| LogError::Server(e.to_string()))?;
                 (t.path().to_path_buf(), Some(t))
@@ -99,18 +106,47 @@ impl NatsServer {
         };
         std::fs::create_dir_all(&store_dir)
             .map_err(|e| LogError::Server(format!("{}: {e}", store_dir.display())))?;
-        let port = match opts.port {
-            Some(p) => p,
-            None => free_port().map_err(|e| LogError::Server(e.to_string()))?,
-        };
-        let mut cmd = Command::new(&binary);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let port = match opts.port {
+                Some(p) => p,
+                None => free_port().map_err(|e| LogError::Server(e.to_string()))?,
+            };
+            let mut server = Self::spawn(&binary, &opts, port, &store_dir)?;
+            match server.wait_ready().await {
+                Ok(()) => {
+                    server._temp = temp;
+                    return Ok(server);
+                }
+                Err(e) if opts.port.is_none() && attempt < 5 => {
+                    tracing::debug!(port, error = %e, "nats-server did not start; another port");
+                    server.kill().await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    fn spawn(
+        binary: &Path,
+        opts: &ServerOptions,
+        port: u16,
+        store_dir: &Path,
+    ) -> Result<Self, LogError> {
+        // A name of its own: readiness is this server answering on the port, not another.
+        let name = format!("crm-{}", uuid::Uuid::new_v4().simple());
+        let mut cmd = Command::new(binary);
         cmd.arg("-a")
             .arg("127.0.0.1")
             .arg("-p")
             .arg(port.to_string())
+            .arg("-n")
+            .arg(&name)
             .arg("-js")
             .arg("-sd")
-            .arg(&store_dir)
+            .arg(store_dir)
+            .args(&opts.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true);
@@ -125,16 +161,17 @@ impl NatsServer {
         let child = cmd
             .spawn()
             .map_err(|e| LogError::Server(format!("starting {}: {e}", binary.display())))?;
-        let mut server = NatsServer {
+        Ok(NatsServer {
             child,
             port,
-            store_dir,
-            _temp: temp,
-        };
-        server.wait_ready().await?;
-        Ok(server)
+            name,
+            store_dir: store_dir.to_path_buf(),
+            extra_args: opts.extra_args.clone(),
+            _temp: None,
+        })
     }
 
+    /// Waits until this server (by its name in the INFO it sends) accepts connections.
     async fn wait_ready(&mut self) -> Result<(), LogError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
@@ -148,11 +185,15 @@ impl NatsServer {
                     self.port
                 )));
             }
-            if tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .is_ok()
-            {
-                return Ok(());
+            match self.info_name().await {
+                Some(name) if name == self.name => return Ok(()),
+                Some(other) => {
+                    return Err(LogError::Server(format!(
+                        "port {} is another nats-server's ({other})",
+                        self.port
+                    )));
+                }
+                None => {}
             }
             if tokio::time::Instant::now() > deadline {
                 return Err(LogError::Server(
@@ -161,6 +202,28 @@ impl NatsServer {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The `server_name` of the INFO the server on the port greets with.
+    async fn info_name(&self) -> Option<String> {
+        use tokio::io::AsyncBufReadExt;
+        let read = async {
+            let socket = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+                .await
+                .ok()?;
+            let mut line = String::new();
+            tokio::io::BufReader::new(socket)
+                .read_line(&mut line)
+                .await
+                .ok()?;
+            let info: serde_json::Value =
+                serde_json::from_str(line.strip_prefix("INFO ")?.trim()).ok()?;
+            Some(info.get("server_name")?.as_str()?.to_owned())
+        };
+        tokio::time::timeout(Duration::from_secs(2), read)
+            .await
+            .ok()
+            .flatten()
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -211,6 +274,7 @@ impl NatsServer {
             store_dir: Some(self.store_dir.clone()),
             binary,
             log_file: None,
+            extra_args: self.extra_args.clone(),
         };
         let temp = self._temp.take();
         let mut fresh = NatsServer::start_with(opts).await?;
