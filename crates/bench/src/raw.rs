@@ -10,6 +10,7 @@ use anyhow::Context;
 use async_nats::jetstream::{self, consumer, stream};
 use async_nats::{HeaderMap, Subject};
 use bytes::Bytes;
+use crm_log::wire::{Dialer, Op};
 use futures::StreamExt;
 
 use crate::measure::{CpuMeter, Latency, Measured, micros};
@@ -45,6 +46,10 @@ pub struct Baselines {
     /// writes on every event.
     pub async_publish_headers: Measured,
     pub consume_headers: Measured,
+    /// Reference: the baseline's consume on the lean connection range reads use
+    /// (`crm_log::wire`), in pulls of `crm_log::read::PULL`: how much of the baseline is
+    /// async-nats's own cost per message.
+    pub consume_lean: Option<Measured>,
 }
 
 /// A new, empty file-backed stream `name` (an old one of that name is deleted) on
@@ -82,6 +87,7 @@ fn payload(size: usize) -> Bytes {
 /// Measures the three baselines on a fresh `BENCH_RAW` stream (deleted afterwards).
 pub async fn measure(
     client: &async_nats::Client,
+    dialer: Option<&Dialer>,
     plan: RawPlan,
     cpu: CpuMeter,
 ) -> anyhow::Result<Baselines> {
@@ -100,6 +106,21 @@ pub async fn measure(
     eprintln!("  baseline: ordered consume of {} messages", plan.count);
     let mark = cpu.mark();
     let consume = consume_ordered(&raw, plan.count).await?.with_cpu(&mark);
+    let consume_lean = match dialer {
+        Some(dialer) => {
+            eprintln!(
+                "  reference: consume of {} messages on a lean connection",
+                plan.count
+            );
+            let mark = cpu.mark();
+            Some(
+                consume_lean(&raw, dialer, plan.count)
+                    .await?
+                    .with_cpu(&mark),
+            )
+        }
+        None => None,
+    };
     let sync_count = plan.sync_count.min(plan.count).max(1);
     eprintln!("  baseline: publish-and-wait of {sync_count} messages");
     let mark = cpu.mark();
@@ -127,6 +148,7 @@ pub async fn measure(
         consume,
         async_publish_headers,
         consume_headers,
+        consume_lean,
     })
 }
 
@@ -295,6 +317,68 @@ pub async fn consume_ordered(stream: &stream::Stream, count: u64) -> anyhow::Res
     }
     std::hint::black_box(bytes);
     Ok(finished(count, start.elapsed(), Vec::new()))
+}
+
+/// Consumes `count` messages of `stream` from the start through a pull consumer without
+/// acks, on a lean connection (`crm_log::wire`), as `EventLog::read` does: pulls of
+/// `crm_log::read::PULL`, another when half has arrived.
+pub async fn consume_lean(
+    stream: &stream::Stream,
+    dialer: &Dialer,
+    count: u64,
+) -> anyhow::Result<Measured> {
+    let start = Instant::now();
+    let consumer = stream
+        .create_consumer(consumer::pull::Config {
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .context("creating a pull consumer")?;
+    let info = consumer.cached_info();
+    let next = format!(
+        "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+        info.stream_name, info.name
+    );
+    let mut wire = dialer.connect().await.context("lean connection")?;
+    let inbox = format!("_INBOX.{}", uuid::Uuid::new_v4().simple());
+    wire.subscribe(&inbox, 1).await?;
+    let pull = crm_log::read::PULL;
+    let request = format!(r#"{{"batch":{pull},"expires":30000000000}}"#);
+    wire.publish(&next, &inbox, request.as_bytes()).await?;
+    let mut outstanding = pull;
+    let mut n = 0u64;
+    let mut bytes = 0usize;
+    while n < count {
+        let op = tokio::time::timeout(Duration::from_secs(30), wire.next_op())
+            .await
+            .context("consume stalled for 30 s")??;
+        let mut ping = false;
+        match op {
+            Op::Msg(m) if m.status().is_none() => {
+                bytes += m.payload.len();
+                n += 1;
+                outstanding -= 1;
+            }
+            Op::Msg(m) => anyhow::bail!("pull ended: status {:?}", m.status()),
+            Op::Ping => ping = true,
+            Op::Err(e) => anyhow::bail!("server error: {e}"),
+            _ => {}
+        }
+        if ping {
+            wire.pong().await?;
+        }
+        if outstanding <= pull / 2 {
+            wire.publish(&next, &inbox, request.as_bytes()).await?;
+            outstanding += pull;
+        }
+    }
+    std::hint::black_box(bytes);
+    let elapsed = start.elapsed();
+    let _ = stream.delete_consumer(&consumer.cached_info().name).await;
+    Ok(finished(count, elapsed, Vec::new()))
 }
 
 fn finished(count: u64, elapsed: Duration, lat: Vec<u32>) -> Measured {

@@ -63,7 +63,7 @@ pub const RAW_CONSUME: &str = "raw ordered consume";
 
 /// The baseline rows themselves.
 pub fn baseline_rows(b: &Baselines) -> Vec<Row> {
-    vec![
+    let mut rows = vec![
         Row::of(
             format!("{RAW_ASYNC} ({} acks in flight)", b.plan.window),
             &b.async_publish,
@@ -83,7 +83,18 @@ pub fn baseline_rows(b: &Baselines) -> Vec<Row> {
             None,
         )
         .vs(RAW_CONSUME, b.consume.rate()),
-    ]
+    ];
+    if let Some(lean) = &b.consume_lean {
+        rows.push(
+            Row::of(
+                "ref: raw consume on a lean connection (crm_log::wire, pulls of 10,000)",
+                lean,
+                None,
+            )
+            .vs(RAW_CONSUME, b.consume.rate()),
+        );
+    }
+    rows
 }
 
 /// Everything printed for one scenario.

@@ -196,8 +196,10 @@ impl Env {
         count: u64,
     ) -> anyhow::Result<Baselines> {
         let client = self.connect("crm-bench-raw").await?;
+        let dialer = crm_log::wire::Dialer::new(&NatsConfig::url(self.nats.url()));
         raw::measure(
             &client,
+            dialer.as_ref(),
             RawPlan {
                 size,
                 count,

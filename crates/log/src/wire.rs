@@ -239,7 +239,7 @@ impl Wire {
         self.buf.advance(self.consumed);
         self.consumed = 0;
         loop {
-            if let Some((len, kind)) = self.frame()? {
+            if let Some((len, kind)) = frame(&self.buf)? {
                 self.consumed = len;
                 return Ok(op_of(&self.buf[..len], kind));
             }
@@ -254,26 +254,25 @@ impl Wire {
             }
         }
     }
+}
 
-    /// The length of the complete op at the front of the buffer, if it is all there.
-    fn frame(&self) -> io::Result<Option<(usize, Kind)>> {
-        let buf = &self.buf[..];
-        let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
-            if buf.len() > MAX_CONTROL_LINE {
-                return Err(protocol("control line too long"));
-            }
-            return Ok(None);
-        };
-        let line = &buf[..eol];
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let kind = Kind::of(line)?;
-        let body = match kind {
-            Kind::Msg { total, .. } => total + 2,
-            _ => 0,
-        };
-        let len = eol + 1 + body;
-        Ok((buf.len() >= len).then_some((len, kind)))
-    }
+/// The length and shape of the complete op at the front of `buf`, if it is all there.
+fn frame(buf: &[u8]) -> io::Result<Option<(usize, Kind)>> {
+    let Some(eol) = buf.iter().position(|&b| b == b'\n') else {
+        if buf.len() > MAX_CONTROL_LINE {
+            return Err(protocol("control line too long"));
+        }
+        return Ok(None);
+    };
+    let line = &buf[..eol];
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    let kind = Kind::of(line)?;
+    let body = match kind {
+        Kind::Msg { total, .. } => total + 2,
+        _ => 0,
+    };
+    let len = eol + 1 + body;
+    Ok((buf.len() >= len).then_some((len, kind)))
 }
 
 /// An op's shape, read off its control line.
@@ -430,22 +429,25 @@ pub fn ack_info(reply: &str) -> Option<AckInfo> {
 mod tests {
     use super::*;
 
-    fn frame(bytes: &[u8]) -> Option<(usize, Kind)> {
-        let eol = bytes.iter().position(|&b| b == b'\n')?;
-        let line = &bytes[..eol];
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let kind = Kind::of(line).ok()?;
-        let body = match kind {
-            Kind::Msg { total, .. } => total + 2,
-            _ => 0,
-        };
-        (bytes.len() >= eol + 1 + body).then_some((eol + 1 + body, kind))
+    fn whole(bytes: &[u8]) -> Option<(usize, Kind)> {
+        frame(bytes).expect("a valid frame")
+    }
+
+    #[test]
+    fn a_frame_cut_anywhere_waits_for_the_rest() {
+        let bytes = b"HMSG CRM_EVENTS.p.0.x 1 $JS.ACK.CRM.c.1.7.3.1700000000.9 12 17\r\nNATS/1.0\r\n\r\nhello\r\nPING\r\n";
+        let first = bytes.len() - b"PING\r\n".len();
+        for cut in 0..=bytes.len() {
+            let got = whole(&bytes[..cut]).map(|(len, _)| len);
+            let want = (cut >= first).then_some(first);
+            assert_eq!(got, want, "cut at {cut}");
+        }
     }
 
     #[test]
     fn parses_a_message_with_headers_and_reply() {
         let bytes = b"HMSG CRM_EVENTS.p.0.x 1 $JS.ACK.CRM.c.1.7.3.1700000000.9 12 17\r\nNATS/1.0\r\n\r\nhello\r\nPING\r\n";
-        let (len, kind) = frame(bytes).expect("a whole frame");
+        let (len, kind) = whole(bytes).expect("a whole frame");
         let Op::Msg(m) = op_of(&bytes[..len], kind) else {
             panic!("not a message")
         };
@@ -459,7 +461,7 @@ mod tests {
     #[test]
     fn a_partial_message_is_not_a_frame() {
         let bytes = b"HMSG s 1 r 12 17\r\nNATS/1.0\r\n\r\nhel";
-        assert!(frame(bytes).is_none());
+        assert!(whole(bytes).is_none());
     }
 
     #[test]
@@ -471,7 +473,7 @@ mod tests {
             headers.len()
         );
         let bytes = text.as_bytes();
-        let (len, kind) = frame(bytes).expect("a whole frame");
+        let (len, kind) = whole(bytes).expect("a whole frame");
         let Op::Msg(m) = op_of(&bytes[..len], kind) else {
             panic!("not a message")
         };
