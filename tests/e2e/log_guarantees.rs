@@ -484,3 +484,60 @@ async fn a_lean_connection_logs_in_as_the_log_does_and_reads_the_same_events() {
         assert_eq!(lean, want, "{how}");
     }
 }
+
+/// An event that cannot be decoded is an error item of a catch-up read, which then goes on
+/// with the next event, on both paths and even in pulls of one.
+#[tokio::test]
+async fn a_catch_up_read_reports_an_undecodable_event_and_goes_on() {
+    use futures::StreamExt;
+    let (env, lean_log, head) = filled_log(2, 3).await;
+    assert_eq!(head, 6);
+    let stranger = CustomerId::new(Uuid::now_v7());
+    let subject = crm_log::subject::customer_subject(&stranger, lean_log.partitions());
+    lean_log
+        .jetstream()
+        .publish(subject, "not an envelope".into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    // One more event after it.
+    let mut store =
+        JetStreamEventStore::new(Arc::new(Customers::new(lean_log.clone(), 100, 4)), "test");
+    let touch = Event::CareTouchRecorded(CareTouchRecorded {
+        kind: CareTouchKind::Holiday,
+        note: None,
+    });
+    store
+        .append(
+            CustomerId::new(Uuid::now_v7()),
+            Expected::Exact(0),
+            vec![touch],
+        )
+        .await
+        .unwrap();
+    let head = lean_log.head().await.unwrap();
+    assert_eq!(head, 8);
+    for log in [lean_log, env.client_only_log().await] {
+        for pull in [1, 64] {
+            let items: Vec<_> = tokio::time::timeout(
+                std::time::Duration::from_secs(20),
+                log.read_in_pulls(0, head, pull).collect::<Vec<_>>(),
+            )
+            .await
+            .expect("the read goes on after the undecodable event and ends after the last");
+            assert_eq!(items.len(), 8, "pulls of {pull}");
+            for (i, item) in items.iter().enumerate() {
+                match item {
+                    Ok(e) => assert_eq!(e.sequence, i as u64 + 1),
+                    Err(LogError::Decode { sequence, .. }) => assert_eq!(*sequence, 7),
+                    Err(e) => panic!("pulls of {pull}: {e}"),
+                }
+            }
+            assert!(
+                matches!(items[6], Err(LogError::Decode { sequence: 7, .. })),
+                "pulls of {pull}: the stranger's message is a decode error"
+            );
+        }
+    }
+}

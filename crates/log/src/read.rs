@@ -356,7 +356,9 @@ async fn wire_next(w: &mut WireSource, pull: usize, cursor: &mut Cursor) -> Resu
                         return Ok(Flow::Restart);
                     };
                     w.outstanding = w.outstanding.saturating_sub(1);
-                    Some(cursor.accept(&info, m.payload)?)
+                    // An undecodable event is returned after the top-up below, so a read
+                    // in pulls of one does not wait for an expiry.
+                    Some(cursor.accept(&info, m.payload))
                 }
                 // Idle heartbeat.
                 Some(100) => None,
@@ -393,15 +395,21 @@ async fn wire_next(w: &mut WireSource, pull: usize, cursor: &mut Cursor) -> Resu
             }
             Op::Pong | Op::Ok | Op::Info(_) => None,
         };
-        if w.outstanding <= pull / 2
+        // Ask for more unless the read is about to end or restart on this connection.
+        let going_on = matches!(
+            flow,
+            None | Some(Ok(Flow::Event(_) | Flow::Skip)) | Some(Err(_))
+        );
+        if going_on
+            && w.outstanding <= pull / 2
             && let Err(e) = w.ask(pull).await
         {
             // The event in hand is delivered; the broken connection fails the next read.
             tracing::debug!(error = %e, "a catch-up read could not ask for more; restarting it");
-            return Ok(flow.unwrap_or(Flow::Restart));
+            return flow.unwrap_or(Ok(Flow::Restart));
         }
         if let Some(flow) = flow {
-            return Ok(flow);
+            return flow;
         }
     }
 }

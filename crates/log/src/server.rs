@@ -15,6 +15,13 @@ use crate::error::LogError;
 /// The nats-server release the project pins (see `scripts/setup-nats.sh`).
 pub const PINNED_VERSION: &str = "2.12.8";
 
+/// Why a started server is not ready: the port may have been taken (worth another port), or
+/// anything else.
+enum NotReady {
+    PortTaken(LogError),
+    Failed(LogError),
+}
+
 /// A running `nats-server`.
 #[derive(Debug)]
 pub struct NatsServer {
@@ -119,11 +126,11 @@ impl NatsServer {
                     server._temp = temp;
                     return Ok(server);
                 }
-                Err(e) if opts.port.is_none() && attempt < 5 => {
+                Err(NotReady::PortTaken(e)) if opts.port.is_none() && attempt < 5 => {
                     tracing::debug!(port, error = %e, "nats-server did not start; another port");
                     server.kill().await;
                 }
-                Err(e) => return Err(e),
+                Err(NotReady::PortTaken(e) | NotReady::Failed(e)) => return Err(e),
             }
         }
     }
@@ -172,33 +179,33 @@ impl NatsServer {
     }
 
     /// Waits until this server (by its name in the INFO it sends) accepts connections.
-    async fn wait_ready(&mut self) -> Result<(), LogError> {
+    async fn wait_ready(&mut self) -> Result<(), NotReady> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(status) = self
                 .child
                 .try_wait()
-                .map_err(|e| LogError::Server(e.to_string()))?
+                .map_err(|e| NotReady::Failed(LogError::Server(e.to_string())))?
             {
-                return Err(LogError::Server(format!(
+                return Err(NotReady::PortTaken(LogError::Server(format!(
                     "nats-server exited during start-up ({status}); is port {} free?",
                     self.port
-                )));
+                ))));
             }
             match self.info_name().await {
                 Some(name) if name == self.name => return Ok(()),
                 Some(other) => {
-                    return Err(LogError::Server(format!(
+                    return Err(NotReady::PortTaken(LogError::Server(format!(
                         "port {} is another nats-server's ({other})",
                         self.port
-                    )));
+                    ))));
                 }
                 None => {}
             }
             if tokio::time::Instant::now() > deadline {
-                return Err(LogError::Server(
+                return Err(NotReady::Failed(LogError::Server(
                     "nats-server did not start within 15s".into(),
-                ));
+                )));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }

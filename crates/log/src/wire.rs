@@ -32,6 +32,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A control line longer than this is a protocol error (subjects are at most a few hundred
 /// bytes; INFO carries the server's URLs).
 const MAX_CONTROL_LINE: usize = 64 * 1024;
+/// The largest message body taken (nats-server's own limit on `max_payload` is 64 MiB).
+const MAX_MESSAGE: usize = 64 * 1024 * 1024;
 /// Bytes read from the socket at a time.
 const READ_CHUNK: usize = 256 * 1024;
 
@@ -339,6 +341,9 @@ impl Kind {
             if headers > total {
                 return Err(protocol("header size past the message"));
             }
+            if total > MAX_MESSAGE {
+                return Err(protocol("message larger than any server sends"));
+            }
             // The offsets count from the line start, which is the op's start.
             return Ok(Self::Msg {
                 reply,
@@ -504,6 +509,7 @@ mod tests {
     fn refuses_malformed_lines() {
         assert!(Kind::of(b"HMSG s 1 r x 17").is_err());
         assert!(Kind::of(b"HMSG s 1 20 17").is_err());
+        assert!(Kind::of(b"MSG s 1 18446744073709551615").is_err());
         assert!(Kind::of(b"WHAT").is_err());
         assert!(matches!(Kind::of(b"ping"), Ok(Kind::Ping)));
     }
