@@ -402,7 +402,7 @@ async fn as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuild
     assert_eq!(status, 409);
     assert_eq!(body["error"]["code"], "rebuild_running", "{body}");
     assert!(!env.shadow_exists("views.sqlite", "health").await);
-    drop(held);
+    held.release().await.unwrap();
 
     // Ops can start a rebuild over HTTP and watch it finish.
     let (status, _) = app.post("/v1/admin/projections/health/rebuild").await;

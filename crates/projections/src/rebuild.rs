@@ -155,6 +155,25 @@ impl RebuildClaim {
     pub fn live(&self) -> &Location {
         &self.live
     }
+
+    /// Gives the claim up, so that a claim taken after this returns succeeds. Dropping the
+    /// claim gives it up too, but on PostgreSQL the server releases the lock of a dropped
+    /// connection only when its backend notices the connection is gone, a moment later;
+    /// this unlocks explicitly first.
+    pub async fn release(self) -> Result<(), ProjectionError> {
+        let Self { live, _lock: lock } = self;
+        if let ClaimLock::Postgres(conn) = lock {
+            let mut conn = conn
+                .into_inner()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(lock_key("rebuild", &live))
+                .execute(&mut conn)
+                .await?;
+            sqlx::Connection::close(conn).await?;
+        }
+        Ok(())
+    }
 }
 
 fn lock_file(live_file: &Path) -> Result<std::fs::File, ProjectionError> {

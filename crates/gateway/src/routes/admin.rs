@@ -163,6 +163,11 @@ pub async fn rebuild(
             Ok(done) => tracing::info!(?done, "rebuild finished"),
             Err(e) => tracing::error!(projection = %which, error = %e, "rebuild failed"),
         }
+        // Given up explicitly, so a rebuild asked for right after this one is not refused
+        // while PostgreSQL has yet to notice a dropped connection.
+        if let Err(e) = claim.release().await {
+            tracing::warn!(error = %e, "giving up the rebuild claim failed; it ends with its connection");
+        }
     });
     Ok((
         axum::http::StatusCode::ACCEPTED,
