@@ -240,6 +240,20 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
             .unwrap();
     assert_eq!(versions.len(), 1, "{versions:?}");
     assert_eq!(versions[0].0, generous.version);
+    // The live projector (still under the default policy, and keeping in memory what it
+    // wrote while the demo was seeded) goes on from the swapped-in rows: a care touch adds
+    // the default policy's 3 points to the generous balance.
+    let (_, after) = app.get(&format!("/v1/customers/{}", ids[0])).await;
+    assert_eq!(after["trust"]["policy_version"], "2026-12-generous");
+    app.accept(ids[0], json!({"type": "record_care_touch", "kind": "birthday"}))
+        .await;
+    app.settle().await;
+    let (_, later) = app.get(&format!("/v1/customers/{}", ids[0])).await;
+    assert_eq!(
+        later["trust"]["emotional"].as_i64().unwrap(),
+        after["trust"]["emotional"].as_i64().unwrap() + 3,
+        "{later}"
+    );
     app.stop().await;
 }
 

@@ -76,7 +76,7 @@ pub async fn run(args: &Args) -> anyhow::Result<Table> {
         AuditProjection,
         store.clone(),
         log.clone(),
-        args.batch_size,
+        args.projector(),
         head,
     )
     .await?;

@@ -101,6 +101,10 @@ pub struct Args {
     /// Customers kept in the aggregate cache.
     #[arg(long, default_value_t = crm_log::repository::DEFAULT_CACHE_CAPACITY)]
     pub cache: usize,
+    /// Customers whose folded state each projection keeps between batches (as
+    /// `projector.state_cache`; 0 reloads every touched customer in every batch).
+    #[arg(long, default_value_t = crm_projections::cache::DEFAULT_CAPACITY)]
+    pub state_cache: usize,
     /// Run the four projectors inside the gateway process during `http` (as `crm dev`).
     #[arg(long)]
     pub with_projectors: bool,
@@ -118,6 +122,17 @@ pub struct Args {
     /// one per CPU, as the `crm` binary). The in-process paths run on this runtime.
     #[arg(long)]
     pub worker_threads: Option<usize>,
+}
+
+impl Args {
+    /// The projector options the bench's projectors run with.
+    pub fn projector(&self) -> crm_projections::ProjectorOptions {
+        crm_projections::ProjectorOptions {
+            batch_size: self.batch_size,
+            state_cache: self.state_cache,
+            ..crm_projections::ProjectorOptions::default()
+        }
+    }
 }
 
 /// The same allocator as the `crm` binary (the bench runs the same paths in process, and

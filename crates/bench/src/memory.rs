@@ -143,10 +143,11 @@ pub(crate) fn write_config_at(
          [gateway]\nhttp_addr = \"{http_addr}\"\ncache_capacity = {cache}\n\n\
          [[gateway.api_keys]]\nname = \"bench\"\nkey_sha256 = \"{hash}\"\n\
          roles = [\"publisher\", \"reader\", \"ops\", \"auditor\"]\n\n\
-         [projector]\nbatch_size = {batch}\n",
+         [projector]\nbatch_size = {batch}\nstate_cache = {state_cache}\n",
         url = env.nats_url(),
         cache = args.cache,
         batch = args.batch_size,
+        state_cache = args.state_cache,
     );
     let path = env.dir.path().join(format!("crm-{stem}.toml"));
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
@@ -176,14 +177,15 @@ fn free_port() -> anyhow::Result<u16> {
 pub async fn run(args: &Args) -> anyhow::Result<Table> {
     let mut table = Table {
         scenario: format!(
-            "memory: the gateway and `crm project all` each in a process of their own, at {} customers; aggregate cache {}, batch {}",
+            "memory: the gateway and `crm project all` each in a process of their own, at {} customers; aggregate cache {}, batch {}, projector state cache {} per view",
             args.memory_customers
                 .iter()
                 .map(u64::to_string)
                 .collect::<Vec<_>>()
                 .join(" and "),
             args.cache,
-            args.batch_size
+            args.batch_size,
+            args.state_cache
         ),
         ..Table::default()
     };

@@ -735,6 +735,7 @@ impl Projection for NoViews {
         &self,
         _tx: &mut sqlx::AnyConnection,
         events: &[crm_log::StoredEvent],
+        _cache: &mut crm_projections::cache::StateCache,
     ) -> Result<(), crm_projections::ProjectionError> {
         // The reader decoded every event ahead; a decoding error still fails the batch,
         // as in a real view.
@@ -753,7 +754,7 @@ async fn no_views_row(env: &Env, log: &EventLog, args: &Args, head: u64) -> anyh
     let store = ReadStore::open_file(&env.dir.path().join("no-views.sqlite")).await?;
     reset_peak_rss();
     let mark = env.cpu.mark();
-    let elapsed = project_one(NoViews, store, log.clone(), args.batch_size, head).await?;
+    let elapsed = project_one(NoViews, store, log.clone(), args.projector(), head).await?;
     Ok(timed_row(
         "ref: a projector keeping no view (read, decode envelopes and events, batch, commit checkpoints): the ceiling of the rows below".into(),
         head,
@@ -768,19 +769,11 @@ pub(crate) async fn project_one<P: Projection>(
     projection: P,
     store: ReadStore,
     log: EventLog,
-    batch_size: usize,
+    options: ProjectorOptions,
     head: u64,
 ) -> anyhow::Result<Duration> {
     let name = projection.name();
-    let projector = Projector::new(
-        projection,
-        store.clone(),
-        log,
-        ProjectorOptions {
-            batch_size,
-            ..ProjectorOptions::default()
-        },
-    );
+    let projector = Projector::new(projection, store.clone(), log, options);
     let t = Instant::now();
     projector.run_until(head).await?;
     let elapsed = t.elapsed();
@@ -817,7 +810,7 @@ impl View {
         self,
         store: ReadStore,
         log: EventLog,
-        batch: usize,
+        batch: ProjectorOptions,
         head: u64,
     ) -> anyhow::Result<Duration> {
         let policy = Arc::new(crm_projections::policy::default_policy());
@@ -862,8 +855,8 @@ async fn project_all(
     let mut set = JoinSet::new();
     for (v, store) in VIEWS.into_iter().zip(stores) {
         let log = log.clone();
-        let batch = args.batch_size;
-        set.spawn(async move { v.run(store, log, batch, head).await });
+        let options = args.projector();
+        set.spawn(async move { v.run(store, log, options, head).await });
     }
     while let Some(r) = set.join_next().await {
         r??;
@@ -954,15 +947,7 @@ async fn project_combined(
     for n in names {
         projections.push(AnyProjection::by_name(n, &policy)?);
     }
-    let projector = Projector::combined(
-        projections,
-        store.clone(),
-        log.clone(),
-        ProjectorOptions {
-            batch_size: args.batch_size,
-            ..ProjectorOptions::default()
-        },
-    );
+    let projector = Projector::combined(projections, store.clone(), log.clone(), args.projector());
     let t = Instant::now();
     projector.run_until(head).await?;
     let elapsed = t.elapsed();
@@ -1107,7 +1092,7 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
                 .await?;
         reset_peak_rss();
         let mark = env.cpu.mark();
-        let elapsed = v.run(store, log.clone(), args.batch_size, head).await?;
+        let elapsed = v.run(store, log.clone(), args.projector(), head).await?;
         table.rows.push(
             timed_row(
                 format!("project: {} alone", v.name()),

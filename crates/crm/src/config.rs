@@ -52,6 +52,9 @@ impl StoreConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ProjectorConfig {
     pub batch_size: usize,
+    /// Most customers whose folded state each projection keeps in memory between batches
+    /// (0: load every touched customer's state from the store in every batch).
+    pub state_cache: usize,
     /// Share the stream's partitions with the other projector processes of the same
     /// projections, through leases in a NATS KV bucket; a dead process's partitions move to
     /// the survivors after `lease_ttl_ms`.
@@ -64,6 +67,7 @@ impl Default for ProjectorConfig {
     fn default() -> Self {
         Self {
             batch_size: 5_000,
+            state_cache: crm_projections::cache::DEFAULT_CAPACITY,
             partitioned: false,
             lease_ttl_ms: 10_000,
         }

@@ -106,6 +106,7 @@ pub fn spawn_projectors(
     }
     let options = ProjectorOptions {
         batch_size: cfg.projector.batch_size,
+        state_cache: cfg.projector.state_cache,
         ..ProjectorOptions::default()
     };
     let (store, log) = (parts.store.clone(), parts.log.clone());

@@ -7,6 +7,7 @@ use crm_log::StoredEvent;
 use sqlx::AnyConnection;
 
 use crate::audit::AuditProjection;
+use crate::cache::StateCache;
 use crate::error::ProjectionError;
 use crate::health::HealthProjection;
 use crate::lifecycle::LifecycleProjection;
@@ -102,13 +103,14 @@ impl Projection for AnyProjection {
         &self,
         tx: &mut AnyConnection,
         events: &[StoredEvent],
+        cache: &mut StateCache,
     ) -> Result<(), ProjectionError> {
         match self {
-            Self::Audit(p) => p.apply_batch(tx, events).await,
-            Self::Lifecycle(p) => p.apply_batch(tx, events).await,
-            Self::Trust(p) => p.apply_batch(tx, events).await,
-            Self::Health(p) => p.apply_batch(tx, events).await,
-            Self::Renewals(p) => p.apply_batch(tx, events).await,
+            Self::Audit(p) => p.apply_batch(tx, events, cache).await,
+            Self::Lifecycle(p) => p.apply_batch(tx, events, cache).await,
+            Self::Trust(p) => p.apply_batch(tx, events, cache).await,
+            Self::Health(p) => p.apply_batch(tx, events, cache).await,
+            Self::Renewals(p) => p.apply_batch(tx, events, cache).await,
         }
     }
 }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use sqlx::AnyConnection;
 use time::OffsetDateTime;
 
+use crate::cache::StateCache;
 use crate::error::ProjectionError;
 use crate::projector::Projection;
 use crate::sql::{ROWS_PER_STATEMENT, Sql, i64_of, rfc3339, u64_of};
@@ -41,6 +42,7 @@ impl Projection for AuditProjection {
         &self,
         tx: &mut AnyConnection,
         events: &[StoredEvent],
+        _cache: &mut StateCache,
     ) -> Result<(), ProjectionError> {
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
             let mut q = Sql::new(

@@ -13,11 +13,10 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::AnyConnection;
 
+use crate::cache::StateCache;
 use crate::error::ProjectionError;
 use crate::projector::Projection;
-use crate::sql::{
-    ROWS_PER_STATEMENT, Sql, decode, i64_of, json, load_states, rfc3339, touched, u64_of,
-};
+use crate::sql::{ROWS_PER_STATEMENT, Sql, decode, i64_of, json, rfc3339, touched, u64_of};
 use crate::store::ReadStore;
 
 /// The projection's name.
@@ -59,9 +58,11 @@ impl Projection for HealthProjection {
         &self,
         tx: &mut AnyConnection,
         events: &[StoredEvent],
+        cache: &mut StateCache,
     ) -> Result<(), ProjectionError> {
-        let mut rows: HashMap<CustomerId, Row> =
-            load_states(tx, "customer_health", &touched(events)).await?;
+        let mut rows: HashMap<CustomerId, Row> = cache
+            .take_or_load(tx, "customer_health", &touched(events))
+            .await?;
         // Final state of every alert touched in this batch.
         let mut alerts: HashMap<(CustomerId, String), Alert> = HashMap::new();
         for stored in events {
@@ -151,6 +152,7 @@ impl Projection for HealthProjection {
             );
             q.execute(&mut *tx).await?;
         }
+        cache.keep(rows);
         Ok(())
     }
 }

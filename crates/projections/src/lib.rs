@@ -13,6 +13,7 @@
 
 pub mod any;
 pub mod audit;
+pub mod cache;
 pub mod error;
 pub mod health;
 pub mod lifecycle;

@@ -9,9 +9,10 @@ use crm_log::StoredEvent;
 use serde::Serialize;
 use sqlx::AnyConnection;
 
+use crate::cache::StateCache;
 use crate::error::ProjectionError;
 use crate::projector::Projection;
-use crate::sql::{Sql, rfc3339};
+use crate::sql::{Sql, rfc3339, touched};
 use crate::store::ReadStore;
 
 /// The projection's name.
@@ -40,13 +41,11 @@ impl Projection for LifecycleProjection {
         &self,
         tx: &mut AnyConnection,
         events: &[StoredEvent],
+        cache: &mut StateCache,
     ) -> Result<(), ProjectionError> {
-        // Load every touched customer once.
-        let mut ids: Vec<CustomerId> = events.iter().map(|e| e.envelope.customer_id).collect();
-        ids.sort_unstable();
-        ids.dedup();
-        let mut states: HashMap<CustomerId, (Lifecycle, u64)> = HashMap::with_capacity(ids.len());
-        for chunk in ids.chunks(ROWS_PER_STATEMENT) {
+        // Every touched customer once: kept from the previous batches, or loaded.
+        let (mut states, missing) = cache.take::<(Lifecycle, u64)>(&touched(events));
+        for chunk in missing.chunks(ROWS_PER_STATEMENT) {
             let mut q = Sql::new(
                 "SELECT customer_id, state, last_sequence FROM lifecycle_customers WHERE customer_id IN ",
             );
@@ -117,6 +116,9 @@ impl Projection for LifecycleProjection {
             q.push(" ON CONFLICT (customer_id, version) DO NOTHING");
             q.execute(&mut *tx).await?;
         }
+        // Only customers with a row (a stage) are kept: one without is loaded as no row.
+        states.retain(|_, (lc, _)| lc.stage.is_some());
+        cache.keep(states);
         Ok(())
     }
 }

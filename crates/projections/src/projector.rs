@@ -19,6 +19,7 @@ use sqlx::AnyConnection;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::cache::StateCache;
 use crate::error::ProjectionError;
 use crate::store::ReadStore;
 
@@ -47,10 +48,16 @@ pub trait Projection: Send + Sync + 'static {
     /// Applies a batch of events (in log order, all newer than the checkpoint) inside the
     /// projector's transaction. Must write each touched row once, in bulk, and must be
     /// idempotent per event (re-applying an event already reflected changes nothing).
+    ///
+    /// `cache` is this projection's memory of the previous batches of the pass: a
+    /// projection that folds per-customer state takes it from there
+    /// ([`StateCache::take_or_load`]) and keeps what it wrote ([`StateCache::keep`]); the
+    /// projector forgets it whenever it might no longer match the rows (see [`crate::cache`]).
     fn apply_batch(
         &self,
         tx: &mut AnyConnection,
         events: &[StoredEvent],
+        cache: &mut StateCache,
     ) -> impl Future<Output = Result<(), ProjectionError>> + Send;
 }
 
@@ -69,6 +76,10 @@ pub struct ProjectorOptions {
     /// Apply only these partitions of the stream (a partitioned projector holding leases);
     /// `None` applies everything.
     pub share: Option<PartitionShare>,
+    /// Most customers whose folded state each projection keeps in memory between batches
+    /// ([`crate::cache`]); 0 loads every touched customer's state from the store in every
+    /// batch. Not used by a partitioned projector.
+    pub state_cache: usize,
 }
 
 impl Default for ProjectorOptions {
@@ -78,6 +89,7 @@ impl Default for ProjectorOptions {
             crash_before_commit_of_batch: None,
             stall_after_batch: None,
             share: None,
+            state_cache: crate::cache::DEFAULT_CAPACITY,
         }
     }
 }
@@ -413,6 +425,21 @@ impl<P: Projection> Projector<P> {
         }));
         let mut batch_no = 0u64;
         let mut rate = ApplyRate::new();
+        // Each projection's memory of this pass's batches: empty at the start of every pass,
+        // so nothing of a batch that failed or was dropped before its commit survives.
+        let capacity = if self.options.share.is_some() {
+            0
+        } else {
+            self.options.state_cache
+        };
+        let mut kept: Vec<Kept> = self
+            .projections
+            .iter()
+            .map(|_| Kept {
+                cache: StateCache::new(capacity),
+                stamp: None,
+            })
+            .collect();
         // How many more events the log held when the latest applied one was read (unknown,
         // so taken as none, until the first batch).
         let mut behind = 0u64;
@@ -462,7 +489,7 @@ impl<P: Projection> Projector<P> {
             };
             batch_no += 1;
             let apply_rate = rate.record(events.len() as u64);
-            self.commit_batch(&events, &marks, last, apply_rate, batch_no)
+            self.commit_batch(&events, &marks, &mut kept, last, apply_rate, batch_no)
                 .await?;
             marks.iter_mut().for_each(|m| m.advance(last));
             checkpoint = last;
@@ -486,6 +513,7 @@ impl<P: Projection> Projector<P> {
         &self,
         events: &[StoredEvent],
         marks: &[Mark],
+        kept: &mut [Kept],
         last: u64,
         apply_rate: f64,
         batch_no: u64,
@@ -498,7 +526,8 @@ impl<P: Projection> Projector<P> {
             check_fences(&mut tx, share).await?;
         }
         let now = now_text();
-        for (projection, mark) in self.projections.iter().zip(marks) {
+        let mut stamped = Vec::with_capacity(kept.len());
+        for ((projection, mark), kept) in self.projections.iter().zip(marks).zip(kept.iter_mut()) {
             let name = projection.name();
             match mark {
                 Mark::Whole(done) => {
@@ -507,8 +536,17 @@ impl<P: Projection> Projector<P> {
                         continue;
                     }
                     let t = Instant::now();
-                    projection.apply_batch(&mut tx, fresh).await?;
+                    if kept.cache.is_warm()
+                        && !wrote_last(&mut tx, name, kept.stamp.as_deref()).await?
+                    {
+                        // Someone else wrote this projection since our latest commit.
+                        kept.cache.clear();
+                    }
+                    projection
+                        .apply_batch(&mut tx, fresh, &mut kept.cache)
+                        .await?;
                     write_checkpoint(&mut tx, name, last, &now, apply_rate).await?;
+                    stamped.push(name);
                     spent.push((name, t.elapsed()));
                 }
                 Mark::Parts(parts) => {
@@ -519,7 +557,12 @@ impl<P: Projection> Projector<P> {
                         .cloned()
                         .collect();
                     if !fresh.is_empty() {
-                        projection.apply_batch(&mut tx, &fresh).await?;
+                        // A partitioned projector keeps nothing between batches: its
+                        // partitions may move to another process and back.
+                        kept.cache.clear();
+                        projection
+                            .apply_batch(&mut tx, &fresh, &mut kept.cache)
+                            .await?;
                     }
                     for &pp in parts.keys() {
                         let key = partition_checkpoint(name, pp);
@@ -536,6 +579,11 @@ impl<P: Projection> Projector<P> {
         let t = Instant::now();
         tx.commit().await?;
         spent.push(("commit", t.elapsed()));
+        for (projection, kept) in self.projections.iter().zip(kept.iter_mut()) {
+            if stamped.contains(&projection.name()) {
+                kept.stamp = Some(now.clone());
+            }
+        }
         tracing::debug!(
             events = events.len(),
             spent = ?spent,
@@ -544,6 +592,32 @@ impl<P: Projection> Projector<P> {
         );
         Ok(())
     }
+}
+
+/// A projection's memory of a pass and the `updated_at` its latest commit wrote to the
+/// projection's checkpoint row.
+struct Kept {
+    cache: StateCache,
+    stamp: Option<String>,
+}
+
+/// Whether the checkpoint row of `name` is still the one written with `stamp` (by this
+/// projector's latest commit): if not, a rebuild swapped the projection's tables in or
+/// another process applied it meanwhile, and what this projector keeps may be stale.
+async fn wrote_last(
+    tx: &mut AnyConnection,
+    name: &str,
+    stamp: Option<&str>,
+) -> Result<bool, ProjectionError> {
+    let Some(stamp) = stamp else {
+        return Ok(false);
+    };
+    let row: Option<(String,)> =
+        sqlx::query_as("SELECT updated_at FROM projection_checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+    Ok(row.is_some_and(|(at,)| at == stamp))
 }
 
 async fn write_checkpoint(

@@ -13,9 +13,10 @@ use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 use time::Date;
 
+use crate::cache::StateCache;
 use crate::error::ProjectionError;
 use crate::projector::Projection;
-use crate::sql::{ROWS_PER_STATEMENT, Sql, decode, i64_of, json, load_states, touched};
+use crate::sql::{ROWS_PER_STATEMENT, Sql, decode, i64_of, json, touched};
 use crate::store::ReadStore;
 
 /// The projection's name.
@@ -55,9 +56,11 @@ impl Projection for RenewalsProjection {
         &self,
         tx: &mut AnyConnection,
         events: &[StoredEvent],
+        cache: &mut StateCache,
     ) -> Result<(), ProjectionError> {
-        let mut customers: HashMap<CustomerId, Customer> =
-            load_states(tx, "renewal_customers", &touched(events)).await?;
+        let mut customers: HashMap<CustomerId, Customer> = cache
+            .take_or_load(tx, "renewal_customers", &touched(events))
+            .await?;
         let mut dirty: HashMap<(CustomerId, String), ()> = HashMap::new();
         for stored in events {
             let env = &stored.envelope;
@@ -156,6 +159,7 @@ impl Projection for RenewalsProjection {
             );
             q.execute(&mut *tx).await?;
         }
+        cache.keep(customers);
         Ok(())
     }
 }

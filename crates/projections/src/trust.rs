@@ -11,11 +11,10 @@ use crm_log::StoredEvent;
 use serde::{Deserialize, Serialize};
 use sqlx::AnyConnection;
 
+use crate::cache::StateCache;
 use crate::error::ProjectionError;
 use crate::projector::Projection;
-use crate::sql::{
-    ROWS_PER_STATEMENT, Sql, decode, i64_of, json, load_states, rfc3339, touched, u64_of,
-};
+use crate::sql::{ROWS_PER_STATEMENT, Sql, decode, i64_of, json, rfc3339, touched, u64_of};
 use crate::store::ReadStore;
 
 /// The projection's name.
@@ -69,9 +68,11 @@ impl Projection for TrustProjection {
         &self,
         tx: &mut AnyConnection,
         events: &[StoredEvent],
+        cache: &mut StateCache,
     ) -> Result<(), ProjectionError> {
-        let mut accounts: HashMap<CustomerId, Account> =
-            load_states(tx, "trust_accounts", &touched(events)).await?;
+        let mut accounts: HashMap<CustomerId, Account> = cache
+            .take_or_load(tx, "trust_accounts", &touched(events))
+            .await?;
         let mut ledger = Vec::new();
         for stored in events {
             let env = &stored.envelope;
@@ -146,6 +147,7 @@ impl Projection for TrustProjection {
             q.push(" ON CONFLICT (customer_id, sequence, entry_no) DO NOTHING");
             q.execute(&mut *tx).await?;
         }
+        cache.keep(accounts);
         Ok(())
     }
 }
