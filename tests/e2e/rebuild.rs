@@ -245,8 +245,11 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
     // the default policy's 3 points to the generous balance.
     let (_, after) = app.get(&format!("/v1/customers/{}", ids[0])).await;
     assert_eq!(after["trust"]["policy_version"], "2026-12-generous");
-    app.accept(ids[0], json!({"type": "record_care_touch", "kind": "birthday"}))
-        .await;
+    app.accept(
+        ids[0],
+        json!({"type": "record_care_touch", "kind": "birthday"}),
+    )
+    .await;
     app.settle().await;
     let (_, later) = app.get(&format!("/v1/customers/{}", ids[0])).await;
     assert_eq!(

@@ -145,7 +145,8 @@ mod tests {
     use super::*;
 
     fn id(n: u8) -> CustomerId {
-        CustomerId::parse(&format!("00000000-0000-4000-8000-0000000000{n:02x}")).unwrap()
+        CustomerId::parse(&format!("00000000-0000-4000-8000-0000000000{n:02x}"))
+            .expect("a valid UUID")
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The lifecycle-stage projection: stage, since, won-back flag and transition history per
 //! customer, plus counts per stage.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use crm_domain::CustomerId;
 use crm_domain::lifecycle::{Lifecycle, Stage, Transition};
