@@ -15,6 +15,14 @@ use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn killing_a_node_loses_no_acknowledged_command() {
+    // Every step below is bounded; this bounds their sum, so a stuck step fails the test
+    // instead of holding up the whole suite.
+    tokio::time::timeout(Duration::from_secs(480), kill_a_node_under_load())
+        .await
+        .expect("the fail-over test did not finish within 8 minutes");
+}
+
+async fn kill_a_node_under_load() {
     let mut cluster = NatsCluster::start(3).await.unwrap();
     let settings = StreamSettings {
         replicas: 3,
@@ -54,19 +62,26 @@ async fn killing_a_node_loses_no_acknowledged_command() {
                 json!({"type": "register_customer", "name": format!("W{w}")}),
             )
             .unwrap();
-            loop {
-                match app
-                    .parts
-                    .customers
-                    .submit(c, &register, &SubmitOptions::now("cluster-test"))
-                    .await
-                {
+            // The registration carries a key too: one written but not acknowledged when the
+            // node died replays on the retry instead of being refused as a second one.
+            let mut opts = SubmitOptions::now("cluster-test");
+            opts.meta.idempotency_key = Some(format!("w{w}-register"));
+            let mut last = None;
+            for _attempt in 0..50 {
+                match app.parts.customers.submit(c, &register, &opts).await {
                     Ok(s) => {
                         acked.push(s.receipt);
+                        last = None;
                         break;
                     }
-                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                    Err(e) => {
+                        last = Some(e.to_string());
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
                 }
+            }
+            if let Some(e) = last {
+                panic!("writer {w} could not register its customer: {e}");
             }
             for i in 0..80 {
                 let cmd: crm_domain::Command =

@@ -458,36 +458,38 @@ pub async fn wait_for_checkpoint_within(
 }
 
 /// Every event of every customer in the log, read with an independent consumer.
+///
+/// A range read (`EventLog::read`), not a live subscription: it restarts a pull that went
+/// quiet and ends with an error instead of waiting for ever, which matters after a cluster
+/// node died (a subscription may then stop delivering). A read that fails is retried from
+/// the start, for up to a minute.
 pub async fn read_all(log: &EventLog) -> Vec<StoredEvent> {
-    use futures::StreamExt;
+    use futures::TryStreamExt;
     let head = log.head().await.expect("head");
     if head == 0 {
         return Vec::new();
     }
-    // After a cluster node dies, consumer creation waits for a new meta leader: retry.
-    let mut tries = 0;
-    let stream = loop {
-        match log.subscribe(0).await {
-            Ok(s) => break s,
-            Err(e) if tries < 60 => {
-                tries += 1;
-                let _ = e;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match log.read(0, head).try_collect::<Vec<_>>().await {
+            Ok(events) => {
+                assert_eq!(
+                    events.last().map(|e| e.sequence),
+                    Some(head),
+                    "the read ended before the head"
+                );
+                return events;
+            }
+            Err(e @ crm_log::LogError::Decode { .. }) => panic!("event: {e}"),
+            Err(e) => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the log could not be read within a minute: {e}"
+                );
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(e) => panic!("subscribe: {e}"),
-        }
-    };
-    let mut stream = std::pin::pin!(stream);
-    let mut out = Vec::new();
-    while let Some(item) = stream.next().await {
-        let e = item.expect("event");
-        let done = e.sequence >= head;
-        out.push(e);
-        if done {
-            break;
         }
     }
-    out
 }
 
 /// Checks one customer's chain: versions 1..n, prev_hash links, valid hashes.
