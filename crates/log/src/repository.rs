@@ -152,12 +152,21 @@ fn strip_nulls(value: &mut serde_json::Value) {
 }
 
 impl Loaded {
-    fn apply(&mut self, stored: &StoredEvent) -> Result<(), LogError> {
+    /// Folds `stored`, the next event read from customer `id`'s subject.
+    fn apply(&mut self, id: &CustomerId, stored: &StoredEvent) -> Result<(), LogError> {
         let env = &stored.envelope;
         let decode = |reason: String| LogError::Decode {
             sequence: stored.sequence,
             reason,
         };
+        // The subject names the customer; an envelope naming another is not this
+        // customer's history, whatever its links say.
+        if env.customer_id != *id {
+            return Err(decode(format!(
+                "an event of customer {} on the subject of customer {id}",
+                env.customer_id
+            )));
+        }
         if env.version != self.state.version + 1 {
             return Err(decode(format!(
                 "version {} follows version {}",
@@ -319,7 +328,7 @@ impl Customers {
     /// Brings a cached (or empty) customer up to date with the log.
     async fn catch_up(&self, id: &CustomerId, loaded: &mut Loaded) -> Result<(), LogError> {
         for stored in self.log.read_customer(id, loaded.last_sequence).await? {
-            loaded.apply(&stored)?;
+            loaded.apply(id, &stored)?;
         }
         Ok(())
     }
@@ -456,7 +465,7 @@ impl Customers {
             {
                 Ok(appended) if !appended.duplicate => {
                     let stored = StoredEvent::new(appended.sequence, envelope);
-                    loaded.apply(&stored)?;
+                    loaded.apply(&id, &stored)?;
                     return Ok(Submitted {
                         receipt: receipt(&stored),
                         replayed: false,
@@ -540,7 +549,8 @@ mod tests {
     }
 
     /// Folding checks the chain: each event must link to the previous one (the first to
-    /// the genesis hash), so the command path never builds on a broken history.
+    /// the genesis hash) and belong to the customer whose subject it was read from, so
+    /// the command path never builds on a broken or foreign history.
     #[test]
     fn a_history_whose_links_do_not_hold_is_not_folded() {
         use crm_domain::Event;
@@ -569,10 +579,14 @@ mod tests {
         };
         let first = seal(1, GENESIS_HASH);
         let mut loaded = Loaded::default();
-        assert!(loaded.apply(&StoredEvent::new(1, first.clone())).is_ok());
+        assert!(
+            loaded
+                .apply(&id, &StoredEvent::new(1, first.clone()))
+                .is_ok()
+        );
         let forged = seal(2, &"ab".repeat(32));
         let err = loaded
-            .apply(&StoredEvent::new(2, forged))
+            .apply(&id, &StoredEvent::new(2, forged))
             .expect_err("a broken link was folded");
         assert!(err.to_string().contains("does not link"), "{err}");
         assert_eq!(
@@ -582,10 +596,31 @@ mod tests {
         let mut fresh = Loaded::default();
         assert!(
             fresh
-                .apply(&StoredEvent::new(1, seal(1, &first.hash)))
+                .apply(&id, &StoredEvent::new(1, seal(1, &first.hash)))
                 .is_err(),
             "a first event must link to the genesis hash"
         );
+        // A well-linked event of another customer, found on this customer's subject.
+        let other = CustomerId::new(Uuid::now_v7());
+        let foreign = Envelope::seal(
+            Uuid::now_v7(),
+            other,
+            2,
+            &event,
+            at,
+            at,
+            &crate::envelope::Metadata::default(),
+            None,
+            &first.hash,
+        );
+        let err = loaded
+            .apply(&id, &StoredEvent::new(3, foreign))
+            .expect_err("another customer's event was folded");
+        assert!(
+            err.to_string().contains("on the subject of customer"),
+            "{err}"
+        );
+        assert_eq!(loaded.state.version, 1);
     }
 
     fn datetime_east(at: OffsetDateTime) -> OffsetDateTime {
