@@ -321,7 +321,7 @@ async fn verify_names_the_first_break_in_altered_copies() {
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            let mut env = e.envelope.clone();
+            let mut env = (*e.envelope).clone();
             if i == 4 {
                 let mut payload = env.payload.to_value();
                 payload["severity"] = json!("minor");

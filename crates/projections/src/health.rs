@@ -2,6 +2,7 @@
 //! customer; alerts with their reasons, recommended action, raise/escalate/resolve times and
 //! the interventions logged against them.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -92,10 +93,10 @@ impl Projection for HealthProjection {
             );
             q.values(chunk, |b, (id, row)| {
                 let h = &row.health;
-                let a = h
-                    .assessment
-                    .clone()
-                    .unwrap_or_else(|| h.assess(&self.policy));
+                let a = match &h.assessment {
+                    Some(a) => Cow::Borrowed(a),
+                    None => Cow::Owned(h.assess(&self.policy)),
+                };
                 b.bind(id.to_string())
                     .bind(i64::from(a.score))
                     .bind(a.color.as_str())

@@ -425,6 +425,8 @@ impl<P: Projection> Projector<P> {
         }));
         let mut batch_no = 0u64;
         let mut rate = ApplyRate::new();
+        // One connection for every batch of the pass (see `ReadStore::begin_write`).
+        let mut conn = self.store.pool().acquire().await?;
         // Each projection's memory of this pass's batches: empty at the start of every pass,
         // so nothing of a batch that failed or was dropped before its commit survives.
         let capacity = if self.options.share.is_some() {
@@ -489,7 +491,7 @@ impl<P: Projection> Projector<P> {
             };
             batch_no += 1;
             let apply_rate = rate.record(events.len() as u64);
-            self.commit_batch(&events, &marks, &mut kept, last, apply_rate, batch_no)
+            self.commit_batch(&mut conn, &events, &marks, &mut kept, apply_rate, batch_no)
                 .await?;
             marks.iter_mut().for_each(|m| m.advance(last));
             checkpoint = last;
@@ -511,15 +513,16 @@ impl<P: Projection> Projector<P> {
     /// checkpoint, and moves every checkpoint to `last`, in one transaction.
     async fn commit_batch(
         &self,
+        conn: &mut AnyConnection,
         events: &[StoredEvent],
         marks: &[Mark],
         kept: &mut [Kept],
-        last: u64,
         apply_rate: f64,
         batch_no: u64,
     ) -> Result<(), ProjectionError> {
+        let last = events.last().map_or(0, |e| e.sequence);
         let started = Instant::now();
-        let mut tx = self.store.begin_write().await?;
+        let mut tx = self.store.begin_write(conn).await?;
         let mut spent = Vec::with_capacity(self.projections.len() + 2);
         spent.push(("begin", started.elapsed()));
         if let Some(share) = &self.options.share {

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
-use sqlx::{Any, AnyPool, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, Connection, Transaction};
 
 use crate::error::ProjectionError;
 
@@ -154,16 +154,22 @@ impl ReadStore {
         &self.pool
     }
 
-    /// Begins a projector's write transaction: on SQLite it takes the write lock up front
-    /// (BEGIN IMMEDIATE), so concurrent projectors wait on the busy timeout instead of
-    /// failing when a read transaction tries to upgrade; on PostgreSQL it takes the shared
-    /// side of the store's swap lock, so a rebuild's swap waits for running batches and
-    /// batches wait for the swap.
-    pub async fn begin_write(&self) -> Result<Transaction<'static, Any>, ProjectionError> {
+    /// Begins a projector's write transaction on `conn` (a connection of this store's pool
+    /// that the projector keeps for its whole pass: SQLite drops a connection's page cache
+    /// whenever another connection wrote the file since its last transaction, so batch
+    /// after batch on the same connection finds the pages of the previous one still
+    /// cached). On SQLite it takes the write lock up front (BEGIN IMMEDIATE), so concurrent
+    /// projectors wait on the busy timeout instead of failing when a read transaction tries
+    /// to upgrade; on PostgreSQL it takes the shared side of the store's swap lock, so a
+    /// rebuild's swap waits for running batches and batches wait for the swap.
+    pub async fn begin_write<'c>(
+        &self,
+        conn: &'c mut AnyConnection,
+    ) -> Result<Transaction<'c, Any>, ProjectionError> {
         match self.dialect() {
-            Dialect::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Dialect::Sqlite => Ok(conn.begin_with("BEGIN IMMEDIATE").await?),
             Dialect::Postgres => {
-                let mut tx = self.pool.begin().await?;
+                let mut tx = conn.begin().await?;
                 sqlx::query("SELECT pg_advisory_xact_lock_shared($1)")
                     .bind(self.swap_lock_key())
                     .execute(&mut *tx)
@@ -305,7 +311,6 @@ async fn connect(location: &Location) -> Result<AnyPool, ProjectionError> {
                 // One plain connection first: an unreachable server or a refused login is
                 // reported as such at once (a pool would retry until its acquire timeout
                 // and report only that it timed out).
-                use sqlx::Connection;
                 let mut conn = sqlx::AnyConnection::connect(url).await?;
                 let create = format!("CREATE SCHEMA IF NOT EXISTS {schema}");
                 sqlx::raw_sql(sqlx::AssertSqlSafe(create))

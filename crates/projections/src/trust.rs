@@ -126,19 +126,21 @@ impl Projection for TrustProjection {
             );
             q.execute(&mut *tx).await?;
         }
-        for chunk in ledger.chunks(ROWS_PER_STATEMENT) {
+        // The rows are moved into the statements, not cloned: a batch can price thousands.
+        let mut ledger = ledger.into_iter().peekable();
+        while ledger.peek().is_some() {
             let mut q = Sql::new(
                 "INSERT INTO trust_ledger (customer_id, sequence, entry_no, event_id, event_type, \
                  version, occurred_at, tier, points, rule, policy_version) ",
             );
-            q.values(chunk, |b, r| {
+            q.values(ledger.by_ref().take(ROWS_PER_STATEMENT), |b, r| {
                 b.bind(r.customer.to_string())
                     .bind(i64_of(r.sequence))
                     .bind(r.entry_no)
-                    .bind(r.event_id.clone())
-                    .bind(r.event_type.clone())
+                    .bind(r.event_id)
+                    .bind(r.event_type)
                     .bind(i64_of(r.version))
-                    .bind(r.occurred_at.clone())
+                    .bind(r.occurred_at)
                     .bind(r.entry.tier.as_str())
                     .bind(r.entry.points)
                     .bind(r.entry.rule)
