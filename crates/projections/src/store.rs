@@ -351,8 +351,13 @@ const SQLITE_PRAGMAS: &str = "\
     -- back all over the file and syncs; with the audit index's secondary indexes, the
     -- default made bulk inserts 1.4x slower (measured on this machine with a Python sqlite3
     -- loop, 1,000,000 audit-index rows in transactions of 5,000: 14,800 rows/s -> 21,000
-    -- rows/s).
-    PRAGMA wal_autocheckpoint = 16384;
+    -- rows/s). Every 256 MiB rather than 64: a projector's batches rewrite the same hot
+    -- pages (its latest customers' rows, the ends of its ledgers), and one checkpoint copies
+    -- each page once however many batches rewrote it; 500,000-event rebuilds spent 20 %
+    -- less time committing (0.77-0.84 s against 0.94-1.02 s) and ran 3-6 % faster in three
+    -- alternated pairs. The log file then takes up to ~256 MiB on disk, and the WAL index in
+    -- shared memory ~0.5 MiB.
+    PRAGMA wal_autocheckpoint = 65536;
     -- Statement journals in memory: every multi-row upsert inside a projector's
     -- transaction keeps one (to undo just that statement), and past 64 KiB SQLite spills it
     -- to a temporary file, so each batch wrote its pages through the kernel a second time
@@ -490,7 +495,7 @@ mod pragma_tests {
             let (pages,): (i64,) = sqlx::query_as("PRAGMA wal_autocheckpoint")
                 .fetch_one(&mut **conn)
                 .await?;
-            assert_eq!(pages, 16384);
+            assert_eq!(pages, 65536);
         }
         Ok(())
     }
