@@ -509,8 +509,9 @@ impl<P: Projection> Projector<P> {
         }
     }
 
-    /// Applies `events` (ascending, ending at `last`) to every projection past its own
-    /// checkpoint, and moves every checkpoint to `last`, in one transaction.
+    /// Applies `events` (ascending, not empty) to every projection past its own checkpoint,
+    /// and moves every checkpoint to the last event's sequence, in one transaction on
+    /// `conn` (the pass's connection).
     async fn commit_batch(
         &self,
         conn: &mut AnyConnection,
