@@ -95,8 +95,14 @@ pub struct Args {
     /// connections range reads use (to compare the two in alternating runs).
     #[arg(long)]
     pub client_reads: bool,
+    /// `project`, `rebuild`: measure the combined projector's row this many times, each
+    /// right after the raw ordered consume of the same count on the same server, and show
+    /// the pair with the median ratio (every pair's ratio is in the notes). On a machine
+    /// whose speed drifts, a baseline measured beside its row gives the steadier ratio.
+    #[arg(long, default_value_t = 3)]
+    pub pairs: usize,
     /// Projector batch size (events per transaction).
-    #[arg(long, default_value_t = 5_000)]
+    #[arg(long, default_value_t = crm_projections::projector::DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
     /// Customers kept in the aggregate cache.
     #[arg(long, default_value_t = crm_log::repository::DEFAULT_CACHE_CAPACITY)]

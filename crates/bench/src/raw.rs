@@ -84,7 +84,7 @@ fn payload(size: usize) -> Bytes {
     Bytes::from(v)
 }
 
-/// Measures the three baselines on a fresh `BENCH_RAW` stream (deleted afterwards).
+/// Measures the three baselines on a fresh `BENCH_RAW` stream (kept for [`consume_again`]).
 pub async fn measure(
     client: &async_nats::Client,
     dialer: Option<&Dialer>,
@@ -127,7 +127,8 @@ pub async fn measure(
     let sync_publish = sync_publish(&js, &subjects, &body, sync_count)
         .await?
         .with_cpu(&mark);
-    let _ = js.delete_stream(RAW_STREAM).await;
+    // The stream stays for `consume_again` (the scenario's nats-server and its temporary
+    // store go at the end of the scenario).
 
     eprintln!("  reference: async publish and consume with the two Crm-* headers");
     let (with_headers, subjects) = fresh_stream(&js, RAW_HEADERS_STREAM, "benchh").await?;
@@ -150,6 +151,23 @@ pub async fn measure(
         consume_headers,
         consume_lean,
     })
+}
+
+/// The raw ordered consume baseline again, on the stream [`measure`] published (which holds
+/// `count` messages of the baseline's size, and the publish-and-wait ones after them): for a
+/// ratio against a baseline measured right beside the row it is compared with.
+pub async fn consume_again(
+    client: &async_nats::Client,
+    count: u64,
+    cpu: CpuMeter,
+) -> anyhow::Result<Measured> {
+    let js = jetstream::new(client.clone());
+    let raw = js
+        .get_stream(RAW_STREAM)
+        .await
+        .context("the raw baseline's stream")?;
+    let mark = cpu.mark();
+    Ok(consume_ordered(&raw, count).await?.with_cpu(&mark))
 }
 
 async fn publish_windowed(

@@ -60,6 +60,8 @@ impl Row {
 pub const RAW_ASYNC: &str = "raw async publish";
 pub const RAW_SYNC: &str = "raw publish-and-wait";
 pub const RAW_CONSUME: &str = "raw ordered consume";
+/// The raw ordered consume measured again right before the row compared with it.
+pub const RAW_CONSUME_BESIDE: &str = "raw ordered consume, just before";
 
 /// The baseline rows themselves.
 pub fn baseline_rows(b: &Baselines) -> Vec<Row> {

@@ -66,7 +66,7 @@ pub struct ProjectorConfig {
 impl Default for ProjectorConfig {
     fn default() -> Self {
         Self {
-            batch_size: 5_000,
+            batch_size: crm_projections::projector::DEFAULT_BATCH_SIZE,
             state_cache: crm_projections::cache::DEFAULT_CAPACITY,
             partitioned: false,
             lease_ttl_ms: 10_000,
@@ -158,7 +158,7 @@ mod tests {
         let cfg = load(Some(&path)).expect("example config");
         assert_eq!(cfg.stream.replicas, 3);
         assert_eq!(cfg.gateway.api_keys.len(), 1);
-        assert_eq!(cfg.projector.batch_size, 5000);
+        assert_eq!(cfg.projector.batch_size, 20_000);
     }
 
     #[test]
