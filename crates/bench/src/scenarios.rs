@@ -968,17 +968,41 @@ const FOUR_VIEWS: [&str; 4] = [
     crm_projections::renewals::NAME,
 ];
 
+/// What a combined projector's row runs over: the scenario's server and log, its
+/// arguments, and the head to project up to.
+#[derive(Clone, Copy)]
+struct Over<'a> {
+    env: &'a Env,
+    log: &'a EventLog,
+    args: &'a Args,
+    head: u64,
+}
+
+impl<'a> Over<'a> {
+    fn of(env: &'a Env, log: &'a EventLog, args: &'a Args, head: u64) -> Self {
+        Self {
+            env,
+            log,
+            args,
+            head,
+        }
+    }
+}
+
 /// One row: `names` through one combined projector into a fresh SQLite file called `tag`,
 /// from checkpoint 0 to `head`, timed, with the process's CPU share and peak RSS.
 async fn combined_sqlite_row(
-    env: &Env,
-    log: &EventLog,
-    args: &Args,
-    head: u64,
+    over: Over<'_>,
     tag: &str,
     names: &[&str],
     row_name: &str,
 ) -> anyhow::Result<Row> {
+    let Over {
+        env,
+        log,
+        args,
+        head,
+    } = over;
     reset_peak_rss();
     let mark = env.cpu.mark();
     let at = fresh_location(env, tag, None);
@@ -995,24 +1019,23 @@ async fn combined_sqlite_row(
 /// [`combined_sqlite_row`] measured `args.pairs` times, each right after the raw ordered
 /// consume of the same count on the same server (each into a fresh file). The row is the
 /// pair with the median ratio, compared with its own baseline; the note lists every pair.
-#[allow(clippy::too_many_arguments)]
 async fn paired_combined_row(
-    env: &Env,
-    log: &EventLog,
-    args: &Args,
-    head: u64,
+    over: Over<'_>,
     tag: &str,
     names: &[&str],
     row_name: &str,
     up_front: f64,
 ) -> anyhow::Result<(Row, String)> {
+    let Over {
+        env, args, head, ..
+    } = over;
     let client = env.connect("crm-bench-raw-pairs").await?;
     let n = args.pairs.max(1);
     let mut pairs = Vec::with_capacity(n);
     for i in 1..=n {
         eprintln!("  pair {i}/{n}: raw ordered consume, then the row");
         let consume = raw::consume_again(&client, head, env.cpu).await?;
-        let row = combined_sqlite_row(env, log, args, head, &format!("{tag}-{i}"), names, row_name)
+        let row = combined_sqlite_row(over, &format!("{tag}-{i}"), names, row_name)
             .await?
             .vs(RAW_CONSUME_BESIDE, consume.rate());
         pairs.push(row);
@@ -1162,10 +1185,7 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
     }
     eprintln!("[project] all four, one combined projector");
     let (row, paired) = paired_combined_row(
-        &env,
-        &log,
-        args,
-        head,
+        Over::of(&env, &log, args, head),
         "project-combined",
         &FOUR_VIEWS,
         "project: all four, one combined projector, one SQLite file (as deployed)",
@@ -1272,10 +1292,7 @@ async fn rebuild(args: &Args) -> anyhow::Result<Table> {
     table.rows.push(row.vs(RAW_CONSUME, raw_consume));
     eprintln!("[rebuild] all four views, one combined projector");
     let (row, paired) = paired_combined_row(
-        &env,
-        &log,
-        args,
-        head,
+        Over::of(&env, &log, args, head),
         "rebuild-combined",
         &FOUR_VIEWS,
         "rebuild: lifecycle + trust + health + renewals, one combined projector, one SQLite file (as `crm replay all` runs)",
@@ -1289,10 +1306,7 @@ async fn rebuild(args: &Args) -> anyhow::Result<Table> {
         let mut five = vec![crm_projections::audit::NAME];
         five.extend(FOUR_VIEWS);
         let row = combined_sqlite_row(
-            &env,
-            &log,
-            args,
-            head,
+            Over::of(&env, &log, args, head),
             "rebuild5-combined",
             &five,
             "rebuild: all four views and the audit index, one combined projector",
