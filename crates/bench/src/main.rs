@@ -98,8 +98,8 @@ pub struct Args {
     /// `project`, `rebuild`: measure the combined projector's row this many times, each
     /// right after the raw ordered consume of the same count on the same server, and show
     /// the pair with the median ratio (for an even N the upper of the middle two; every
-    /// pair's ratio is in the notes). On a machine
-    /// whose speed drifts, a baseline measured beside its row gives the steadier ratio.
+    /// pair's ratio is in the notes). On a machine whose speed drifts, a baseline measured
+    /// beside its row gives the steadier ratio.
     #[arg(long, default_value_t = 3)]
     pub pairs: usize,
     /// Projector batch size (events per transaction).
