@@ -1040,25 +1040,7 @@ async fn paired_combined_row(
             .vs(RAW_CONSUME_BESIDE, consume.rate());
         pairs.push(row);
     }
-    let ratio = |r: &Row| {
-        r.baseline
-            .as_ref()
-            .map_or(0.0, |(_, b)| r.rate / b.max(1e-9))
-    };
-    let listed = pairs
-        .iter()
-        .map(|r| {
-            format!(
-                "{:.0}/s against {:.0}/s = {:.1} %",
-                r.rate,
-                r.baseline.as_ref().map_or(0.0, |(_, b)| *b),
-                100.0 * ratio(r)
-            )
-        })
-        .collect::<Vec<_>>()
-        .join("; ");
-    pairs.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
-    let row = pairs.swap_remove(n / 2);
+    let (row, listed) = median_pair(pairs);
     let note = format!(
         "`{row_name}`: {n} pairs, each the raw ordered consume of the same {head} messages and then the row, \
          in run order: {listed}; the row shows the pair with the median ratio. Against the raw ordered \
@@ -1067,6 +1049,29 @@ async fn paired_combined_row(
         100.0 * row.rate / up_front.max(1e-9)
     );
     Ok((row, note))
+}
+
+/// Of rows each compared with its own baseline, the one with the median ratio (for an even
+/// count the upper of the middle two), and every row's rate, baseline and ratio in the
+/// order given.
+fn median_pair(mut rows: Vec<Row>) -> (Row, String) {
+    let baseline = |r: &Row| r.baseline.as_ref().map_or(0.0, |(_, b)| *b);
+    let ratio = |r: &Row| r.rate / baseline(r).max(1e-9);
+    let listed = rows
+        .iter()
+        .map(|r| {
+            format!(
+                "{:.0}/s against {:.0}/s = {:.1} %",
+                r.rate,
+                baseline(r),
+                100.0 * ratio(r)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    rows.sort_by(|a, b| ratio(a).total_cmp(&ratio(b)));
+    let middle = rows.len() / 2;
+    (rows.swap_remove(middle), listed)
 }
 
 pub(crate) fn timed_row(
@@ -1377,6 +1382,36 @@ mod tests {
     use clap::Parser;
 
     use super::*;
+
+    /// The paired row is the one with the median ratio to its own baseline, whatever its
+    /// own rate, and the note lists every pair in run order.
+    #[test]
+    fn the_paired_row_is_the_one_with_the_median_ratio() {
+        let row = |rate: f64, base: f64| {
+            timed_row(
+                format!("{rate}"),
+                1_000,
+                Duration::from_secs_f64(1_000.0 / rate),
+                None,
+                None,
+            )
+            .vs(RAW_CONSUME_BESIDE, base)
+        };
+        // Ratios 50 %, 25 %, 40 %: the median is the third row, not the middle rate.
+        let (picked, listed) =
+            median_pair(vec![row(100.0, 200.0), row(50.0, 200.0), row(80.0, 200.0)]);
+        assert_eq!(picked.name, "80");
+        assert_eq!(
+            listed,
+            "100/s against 200/s = 50.0 %; 50/s against 200/s = 25.0 %; 80/s against 200/s = 40.0 %"
+        );
+        // Two pairs: the upper of the two.
+        let (picked, _) = median_pair(vec![row(90.0, 100.0), row(60.0, 100.0)]);
+        assert_eq!(picked.name, "90");
+        // One pair: itself.
+        let (picked, _) = median_pair(vec![row(70.0, 140.0)]);
+        assert_eq!(picked.name, "70");
+    }
 
     /// The ceiling row reads and decodes the whole log, commits only its checkpoint, and
     /// fails like any projector on an event it cannot decode.
