@@ -170,11 +170,24 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(scenarios::run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+    // On SIGINT or SIGTERM the scenario is dropped rather than left to the process's exit:
+    // dropping it kills the nats-server and `crm` processes it started (`kill_on_drop`)
+    // and removes its temporary files, which an exit in the middle would leave behind.
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            result = scenarios::run(args) => Some(result),
+            () = crm_cli::services::shutdown_signal() => None,
+        }
+    });
+    match outcome {
+        Some(Ok(())) => ExitCode::SUCCESS,
+        Some(Err(e)) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+        None => {
+            eprintln!("interrupted: the servers this run started are stopped");
+            ExitCode::from(130)
         }
     }
 }

@@ -248,20 +248,23 @@ async fn sync_publish(
 pub const RAW_PACED_STREAM: &str = "BENCH_RAW_PACED";
 
 /// Publish-and-wait of `count` messages of `size` bytes from `workers` concurrent
-/// publishers, the k-th scheduled at `k / rate` seconds: the latency floor of one appended
-/// event at that rate, measured like the paced scenarios (from the scheduled start).
+/// publishers. With a `rate`, the k-th is scheduled at `k / rate` seconds: the latency floor
+/// of one appended event at that rate, measured like the paced scenarios (from the
+/// scheduled start). Without one, each publisher sends its next message when the previous
+/// one is acknowledged (a closed loop, as the `append` submitters run): the most a pipeline
+/// of that many appends in flight can carry on this server.
 ///
 /// With `conditional`, each message is sent as `EventLog::append` sends it: the two
 /// `Crm-*` headers and `Nats-Expected-Last-Subject-Sequence`, the subject's last sequence
 /// as the publisher knows it from its previous ack on that subject (round robin over the
 /// subjects, so no two publishes of one subject are ever in flight together): the floor of
 /// a conditional append, with the server's check in it and no CRM code.
-pub async fn paced_publish(
+pub async fn publish_and_wait(
     client: &async_nats::Client,
     size: usize,
     count: u64,
     workers: usize,
-    rate: f64,
+    rate: Option<f64>,
     conditional: bool,
     cpu: CpuMeter,
 ) -> anyhow::Result<Measured> {
@@ -274,13 +277,17 @@ pub async fn paced_publish(
     let subjects = Arc::new(subjects);
     let body = payload(size);
     eprintln!(
-        "  {}: {}publish-and-wait of {count} messages, {workers} publishers paced at {rate:.0}/s",
+        "  {}: {}publish-and-wait of {count} messages, {workers} publishers {}",
         if conditional { "reference" } else { "baseline" },
         if conditional { "conditional " } else { "" },
+        match rate {
+            Some(rate) => format!("paced at {rate:.0}/s"),
+            None => "in a closed loop".into(),
+        },
     );
     let mark = cpu.mark();
     let op_js = js.clone();
-    let measured = crate::measure::drive(count, workers, Some(rate), move |k, _| {
+    let measured = crate::measure::drive(count, workers, rate, move |k, _| {
         let (js, body, last) = (op_js.clone(), body.clone(), last.clone());
         let i = (k as usize) % subjects.len();
         let subject = subjects[i].clone();

@@ -129,6 +129,49 @@ pub(crate) struct Env {
 }
 
 impl Env {
+    /// Raw publish-and-wait and the conditional publish (`raw::publish_and_wait`) from
+    /// `--concurrency` publishers of `--commands` messages each, paced at `rate` or in a
+    /// closed loop: (row name, measured), unconditional first.
+    async fn publish_and_wait_refs(
+        &self,
+        args: &Args,
+        size: usize,
+        rate: Option<f64>,
+    ) -> anyhow::Result<Vec<(String, Measured)>> {
+        let client = self.connect("crm-bench-raw-wait").await?;
+        let (how, floor) = match rate {
+            Some(rate) => (format!("paced at {rate:.0}/s"), " (latency floor)"),
+            None => ("in a closed loop".to_string(), ""),
+        };
+        let mut out = Vec::new();
+        for (conditional, name) in [
+            (
+                false,
+                format!("{RAW_SYNC}, {} publishers {how}{floor}", args.concurrency),
+            ),
+            (
+                true,
+                format!(
+                    "ref: conditional publish-and-wait (+ Crm-* headers, expected last subject sequence), {} publishers {how}",
+                    args.concurrency
+                ),
+            ),
+        ] {
+            let m = raw::publish_and_wait(
+                &client,
+                size,
+                args.commands,
+                args.concurrency,
+                rate,
+                conditional,
+                self.cpu,
+            )
+            .await?;
+            out.push((name, m));
+        }
+        Ok(out)
+    }
+
     pub(crate) async fn start() -> anyhow::Result<Self> {
         let nats = NatsServer::start()
             .await
@@ -237,34 +280,8 @@ impl Env {
             Ok(())
         })
         .await;
-        let client = self.connect("crm-bench-raw-paced").await?;
         let mut rows = Vec::new();
-        for (conditional, name) in [
-            (
-                false,
-                format!(
-                    "{RAW_SYNC}, {} publishers paced at {rate:.0}/s (latency floor)",
-                    args.concurrency
-                ),
-            ),
-            (
-                true,
-                format!(
-                    "ref: conditional publish-and-wait (+ Crm-* headers, expected last subject sequence), {} publishers paced at {rate:.0}/s",
-                    args.concurrency
-                ),
-            ),
-        ] {
-            let m = raw::paced_publish(
-                &client,
-                size,
-                args.commands,
-                args.concurrency,
-                rate,
-                conditional,
-                self.cpu,
-            )
-            .await?;
+        for (name, m) in self.publish_and_wait_refs(args, size, Some(rate)).await? {
             rows.extend(Row::paced(&name, &m, None));
         }
         rows.extend(Row::paced(
@@ -446,6 +463,9 @@ async fn append(args: &Args) -> anyhow::Result<Table> {
     let size = raw::mean_payload(log.jetstream(), log.stream_name(), first, last, 2_000).await?;
     eprintln!("[append] baselines");
     let b = env.baselines(args, size, args.commands).await?;
+    // What the same number of appends in flight carries without any CRM code: the
+    // server's ceiling for conditional appends at this concurrency.
+    let closed = env.publish_and_wait_refs(args, size, None).await?;
     let floor = env
         .paced_floor(args, size, paced.as_ref().map(|p| p.0))
         .await?;
@@ -474,6 +494,11 @@ async fn append(args: &Args) -> anyhow::Result<Table> {
         );
     }
     table.rows.extend(baseline_rows(&b));
+    table.rows.extend(
+        closed
+            .iter()
+            .map(|(name, m)| Row::of(name.as_str(), m, None).vs(RAW_ASYNC, raw_async)),
+    );
     table.rows.extend(floor);
     table.notes = common_notes(args, size, &b);
     table.notes.extend(first_error("register", &reg));
