@@ -309,6 +309,44 @@ async fn the_scheduler_signs_chain_head_checkpoints() {
     );
 }
 
+/// Logs written to a pipe (a file, a collector) carry no terminal colour codes.
+#[tokio::test]
+async fn logs_written_to_a_pipe_carry_no_colour_codes() {
+    let env = crm_e2e::Env::on(crm_e2e::Db::Sqlite).await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_crm"))
+        .args(["project", "lifecycle"])
+        .env("CRM_NATS__URL", env.nats.url())
+        .envs(env.store_env("logs.sqlite"))
+        .env_remove("NO_COLOR")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map(Reaped)
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut logged = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        let info = line.contains("INFO");
+        logged.push(line);
+        if info {
+            break;
+        }
+    }
+    // Stopped once it has logged, and read to the end: the shutdown's lines count too.
+    signal(&child, "TERM");
+    logged.extend(lines.map(Result::unwrap));
+    let status = wait_exit(&mut child);
+    let logged = logged.join("\n");
+    assert!(status.success(), "{status}: {logged}");
+    assert!(logged.contains("INFO"), "no info line was logged: {logged}");
+    assert!(
+        !logged.contains('\u{1b}'),
+        "escape codes in piped logs: {logged:?}"
+    );
+}
+
 crm_e2e::on_both_stores!(
     projector_process_killed_mid_stream_resumes_to_the_rebuilt_view,
     partitioned_projectors_share_the_partitions_and_fail_over_when_one_is_killed,
