@@ -129,9 +129,9 @@ pub(crate) struct Env {
 }
 
 impl Env {
-    /// Raw publish-and-wait and the conditional publish (`raw::publish_and_wait`) from
-    /// `--concurrency` publishers of `--commands` messages each, paced at `rate` or in a
-    /// closed loop: (row name, measured), unconditional first.
+    /// Raw publish-and-wait and the conditional publish (`raw::publish_and_wait`) of
+    /// `--commands` messages in all from `--concurrency` publishers, paced at `rate` or in
+    /// a closed loop: (row name, measured), unconditional first.
     async fn publish_and_wait_refs(
         &self,
         args: &Args,
