@@ -334,10 +334,11 @@ async fn logs_written_to_a_pipe_carry_no_colour_codes() {
             break;
         }
     }
-    // Stopped once it has logged, and read to the end: the shutdown's lines count too.
+    // Stopped once it has logged, then read to the end (the shutdown's lines count too)
+    // only after it exited, so a process that does not stop fails the test, not hangs it.
     signal(&child, "TERM");
-    logged.extend(lines.map(Result::unwrap));
     let status = wait_exit(&mut child);
+    logged.extend(lines.map(Result::unwrap));
     let logged = logged.join("\n");
     assert!(status.success(), "{status}: {logged}");
     assert!(logged.contains("INFO"), "no info line was logged: {logged}");
