@@ -67,6 +67,7 @@ async fn demo_data_covers_every_scenario() {
                     "{v}"
                 );
                 assert_ne!(v["health"]["color"], "green");
+                assert_eq!(v["lifecycle"]["stage"], "decline", "{v}");
             }
             "decision_maker_changed" => {
                 assert!(reasons.iter().any(|r| r == "decision_maker_changed"), "{v}");

@@ -7,6 +7,7 @@ use uuid::Uuid;
 crm_e2e::on_both_stores!(
     acquisition_growth_maturity_churned_and_win_back,
     views_and_log_survive_a_restart,
+    red_health_is_a_decline_until_it_recovers,
 );
 
 async fn acquisition_growth_maturity_churned_and_win_back(db: Db) {
@@ -140,4 +141,65 @@ async fn views_and_log_survive_a_restart(db: Db) {
         .await;
     assert_eq!(r["version"], 3);
     app.stop().await;
+}
+
+/// Decline while red (domain brief): the lifecycle projection scores health under the
+/// configured policy, the same score the health view shows.
+async fn red_health_is_a_decline_until_it_recovers(db: Db) {
+    let env = Env::on(db).await;
+    let app = App::start(&env).await;
+    let c = Uuid::now_v7();
+    app.accept(c, register("Acme")).await;
+    app.accept(c, sign("c1")).await;
+    for command in [
+        json!({"type": "change_key_contact", "role": "decision_maker", "new_contact": "Jane"}),
+        json!({"type": "log_complaint", "complaint_id": "k1", "severity": "major"}),
+        json!({"type": "record_survey", "kind": "nps", "score": 3}),
+    ] {
+        app.accept(c, command).await;
+    }
+    let (_, v) = app.get(&format!("/v1/customers/{c}")).await;
+    assert_eq!(v["health"]["color"], "yellow", "{v}");
+    assert_eq!(v["lifecycle"]["stage"], "growth", "{v}");
+
+    app.accept(
+        c,
+        json!({"type": "record_survey", "kind": "csat", "score": 1}),
+    )
+    .await;
+    let (_, v) = app.get(&format!("/v1/customers/{c}")).await;
+    assert_eq!(v["health"]["color"], "red", "{v}");
+    assert_eq!(v["lifecycle"]["stage"], "decline", "{v}");
+
+    app.accept(
+        c,
+        json!({"type": "record_survey", "kind": "csat", "score": 5}),
+    )
+    .await;
+    let (_, v) = app.get(&format!("/v1/customers/{c}")).await;
+    assert_eq!(v["health"]["color"], "yellow", "{v}");
+    assert_eq!(v["lifecycle"]["stage"], "growth", "{v}");
+
+    let (_, h) = app
+        .get(&format!("/v1/customers/{c}/lifecycle/history"))
+        .await;
+    let steps: Vec<(String, String)> = h["transitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            (
+                t["to"].as_str().unwrap().to_owned(),
+                t["event_type"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    let expected = [
+        ("acquisition", "customer_registered"),
+        ("growth", "contract_signed"),
+        ("decline", "survey_answered"),
+        ("growth", "survey_answered"),
+    ]
+    .map(|(a, b)| (a.to_owned(), b.to_owned()));
+    assert_eq!(steps, expected, "{h}");
 }

@@ -160,7 +160,13 @@ async fn crash_inside_and_between_batches_equals_rebuild_for_every_projection(db
     let events = read_all(&app.parts.log).await;
     assert!(events.len() > 150);
     let policy = Arc::new(crm_projections::policy::default_policy());
-    check(LifecycleProjection, &app, &env, &events).await;
+    check(
+        LifecycleProjection::new(policy.clone()),
+        &app,
+        &env,
+        &events,
+    )
+    .await;
     check(TrustProjection::new(policy.clone()), &app, &env, &events).await;
     check(HealthProjection::new(policy), &app, &env, &events).await;
     check(RenewalsProjection, &app, &env, &events).await;
@@ -181,7 +187,7 @@ async fn run_until_resubscribes_after_a_subscription_stops_delivering() {
     assert!(head > 60, "head {head}");
     let run = |store: &ReadStore, stall: Option<u64>| {
         Projector::new(
-            LifecycleProjection,
+            LifecycleProjection::new(Arc::new(crm_projections::policy::default_policy())),
             store.clone(),
             app.parts.log.clone(),
             ProjectorOptions {

@@ -170,14 +170,26 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
     // and policy resumes from it, and the live view was never touched in between.
     let head = app.parts.log.head().await.unwrap();
     let claim = rebuild::RebuildClaim::take(&app.parts.store).await.unwrap();
-    let (shadow, start) = interrupted_rebuild(&app, &claim, LifecycleProjection, head).await;
+    let (shadow, start) = interrupted_rebuild(
+        &app,
+        &claim,
+        LifecycleProjection::new(Arc::new(crm_projections::policy::default_policy())),
+        head,
+    )
+    .await;
     assert_eq!(start, rebuild::ShadowStart::Fresh);
     let half = shadow.checkpoint("lifecycle").await.unwrap();
     assert!(half > 0 && half < head);
     shadow.pool().close().await;
-    let (shadow, start) = rebuild::open_shadow(&claim, &app.parts.store, &[LifecycleProjection])
-        .await
-        .unwrap();
+    let (shadow, start) = rebuild::open_shadow(
+        &claim,
+        &app.parts.store,
+        &[LifecycleProjection::new(Arc::new(
+            crm_projections::policy::default_policy(),
+        ))],
+    )
+    .await
+    .unwrap();
     assert_eq!(start, rebuild::ShadowStart::Resumed { at: half });
     shadow.pool().close().await;
     let live_before = crm_projections::lifecycle::dump(&app.parts.store)

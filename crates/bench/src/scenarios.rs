@@ -842,7 +842,9 @@ impl View {
     ) -> anyhow::Result<Duration> {
         let policy = Arc::new(crm_projections::policy::default_policy());
         match self {
-            View::Lifecycle => project_one(LifecycleProjection, store, log, batch, head).await,
+            View::Lifecycle => {
+                project_one(LifecycleProjection::new(policy), store, log, batch, head).await
+            }
             View::Trust => project_one(TrustProjection::new(policy), store, log, batch, head).await,
             View::Health => {
                 project_one(HealthProjection::new(policy), store, log, batch, head).await

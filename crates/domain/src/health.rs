@@ -57,6 +57,21 @@ pub struct Reason {
     pub message: String,
 }
 
+/// The reason code for order value down against the previous window.
+pub const ORDER_VALUE_DOWN: &str = "order_value_down_20";
+/// The reason code for purchases falling three calendar months in a row.
+pub const PURCHASES_DOWN_3_MONTHS: &str = "purchases_down_3_months";
+
+impl Assessment {
+    /// Purchases are falling: calendar-month totals fell three months in a row. A single
+    /// 90-day drop in order value is not a trend; it counts towards red instead.
+    pub fn purchases_falling(&self) -> bool {
+        self.reasons
+            .iter()
+            .any(|r| r.code == PURCHASES_DOWN_3_MONTHS)
+    }
+}
+
 fn reason(code: &str, message: String) -> Reason {
     Reason {
         code: code.to_owned(),
@@ -348,7 +363,7 @@ impl Health {
         if order_down {
             penalty += p.order_value_down;
             reasons.push(reason(
-                "order_value_down_20",
+                ORDER_VALUE_DOWN,
                 format!(
                     "order value down {}% against the previous {} days",
                     drop.unwrap_or(0),
@@ -379,7 +394,7 @@ impl Health {
             penalty += p.purchases_down_3_months;
             floor = floor.max(Color::Yellow);
             reasons.push(reason(
-                "purchases_down_3_months",
+                PURCHASES_DOWN_3_MONTHS,
                 "purchase volume fell three months in a row".to_owned(),
             ));
         }

@@ -4,6 +4,12 @@
 //! Pure: the lifecycle projection folds each customer's events through
 //! [`Lifecycle::apply`] and stores the result. Only business time (`occurred_at`) is used,
 //! so a replay always gives the same stages.
+//!
+//! The stage follows the domain brief: acquisition until the first contract; growth during
+//! the first term; maturity after a renewal or expansion, or after 12 months in good health
+//! (green); decline while red, flagged inactive, or with purchases falling; churned when no
+//! contract is active. Health is scored by the same rules and policy as the health view, so
+//! the lifecycle view also depends on the policy it was built under.
 
 use std::collections::BTreeSet;
 
@@ -11,6 +17,8 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::event::Event;
+use crate::health::{Color, Health};
+use crate::policy::Policy;
 
 /// A lifecycle stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -50,7 +58,7 @@ impl Stage {
     }
 }
 
-/// Days of good health in the first term after which a customer counts as mature.
+/// Days of the relationship after which a customer in good health (green) counts as mature.
 pub const MATURITY_AFTER_DAYS: i64 = 365;
 /// An inactivity flag of at least this many days puts a customer in decline.
 pub const DECLINE_INACTIVE_DAYS: u32 = 30;
@@ -81,27 +89,39 @@ pub struct Lifecycle {
     pub relationship_started_at: Option<OffsetDateTime>,
     /// A renewal or expansion happened in the current relationship.
     pub renewed_or_expanded: bool,
+    /// The current relationship reached [`MATURITY_AFTER_DAYS`] while the customer was in
+    /// good health (green). Like a renewal, it lasts until the relationship ends.
+    #[serde(default)]
+    pub matured_in_good_health: bool,
     pub inactive: bool,
     pub won_back: bool,
     /// The latest business time seen: stages that depend on time (maturity by age) are
     /// judged at it, so a back-filled event cannot move the stage back in time.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub as_of: Option<OffsetDateTime>,
+    /// The health facts and score the stage depends on (red, purchases falling, good
+    /// health), folded under the projection's policy.
+    #[serde(default)]
+    pub health: Health,
 }
 
 impl Lifecycle {
-    /// Folds one event. Returns the transition if the stage changed. Events at or below the
-    /// stored version are ignored, which makes re-delivery harmless.
+    /// Folds one event, scoring health under `policy`. Returns the transition if the stage
+    /// changed. Events at or below the stored version are ignored, which makes re-delivery
+    /// harmless.
     pub fn apply(
         &mut self,
         event: &Event,
         occurred_at: OffsetDateTime,
         version: u64,
+        policy: &Policy,
     ) -> Option<Transition> {
         if version <= self.version {
             return None;
         }
         self.version = version;
+        // The alert changes are the health view's business; only the score is used here.
+        let _ = self.health.apply(event, occurred_at, version, policy);
         match event {
             Event::ContractSigned(e) => {
                 if self.active_contracts.is_empty() {
@@ -112,6 +132,7 @@ impl Lifecycle {
                     {
                         self.relationship_started_at = Some(occurred_at);
                         self.renewed_or_expanded = false;
+                        self.matured_in_good_health = false;
                     }
                 }
                 self.active_contracts.insert(e.contract_id.clone());
@@ -130,7 +151,14 @@ impl Lifecycle {
         }
         let as_of = self.as_of.map_or(occurred_at, |t| t.max(occurred_at));
         self.as_of = Some(as_of);
-        let next = self.derive_stage(as_of);
+        if let Some(started) = self.relationship_started_at
+            && !self.active_contracts.is_empty()
+            && (as_of - started).whole_days() >= MATURITY_AFTER_DAYS
+            && self.color() == Color::Green
+        {
+            self.matured_in_good_health = true;
+        }
+        let next = self.derive_stage();
         if Some(next) == self.stage {
             return None;
         }
@@ -146,18 +174,34 @@ impl Lifecycle {
         })
     }
 
-    fn derive_stage(&self, at: OffsetDateTime) -> Stage {
-        let Some(started) = self.relationship_started_at else {
+    /// The health colour as of the latest event (green before any).
+    pub fn color(&self) -> Color {
+        self.health
+            .assessment
+            .as_ref()
+            .map_or(Color::Green, |a| a.color)
+    }
+
+    /// Purchases are falling as of the latest event (monthly totals down three months in a
+    /// row).
+    pub fn purchases_falling(&self) -> bool {
+        self.health
+            .assessment
+            .as_ref()
+            .is_some_and(|a| a.purchases_falling())
+    }
+
+    fn derive_stage(&self) -> Stage {
+        if self.relationship_started_at.is_none() {
             return Stage::Acquisition;
-        };
+        }
         if self.active_contracts.is_empty() {
             return Stage::Churned;
         }
-        if self.inactive {
+        if self.inactive || self.color() == Color::Red || self.purchases_falling() {
             return Stage::Decline;
         }
-        let mature_by_age = (at - started).whole_days() >= MATURITY_AFTER_DAYS;
-        if self.renewed_or_expanded || mature_by_age {
+        if self.renewed_or_expanded || self.matured_in_good_health {
             Stage::Maturity
         } else {
             Stage::Growth

@@ -40,7 +40,7 @@ impl AnyProjection {
     pub fn by_name(name: &str, policy: &Arc<Policy>) -> Result<Self, ProjectionError> {
         Ok(match name {
             audit::NAME => Self::Audit(AuditProjection),
-            lifecycle::NAME => Self::Lifecycle(LifecycleProjection),
+            lifecycle::NAME => Self::Lifecycle(LifecycleProjection::new(policy.clone())),
             trust::NAME => Self::Trust(TrustProjection::new(policy.clone())),
             health::NAME => Self::Health(HealthProjection::new(policy.clone())),
             renewals::NAME => Self::Renewals(RenewalsProjection),

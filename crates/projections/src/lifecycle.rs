@@ -2,9 +2,11 @@
 //! customer, plus counts per stage.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crm_domain::CustomerId;
 use crm_domain::lifecycle::{Lifecycle, Stage, Transition};
+use crm_domain::policy::Policy;
 use crm_log::StoredEvent;
 use serde::Serialize;
 use sqlx::AnyConnection;
@@ -20,9 +22,19 @@ pub const NAME: &str = "lifecycle";
 /// Rows per multi-row statement (7 bound values each, well under SQLite's limit).
 const ROWS_PER_STATEMENT: usize = 500;
 
-/// The lifecycle projection.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LifecycleProjection;
+/// The lifecycle projection under one policy: decline while red or with purchases falling,
+/// and maturity after 12 months in good health, are judged by the policy's health rules.
+#[derive(Debug, Clone)]
+pub struct LifecycleProjection {
+    policy: Arc<Policy>,
+}
+
+impl LifecycleProjection {
+    /// Judges health with `policy`.
+    pub fn new(policy: Arc<Policy>) -> Self {
+        Self { policy }
+    }
+}
 
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
@@ -31,6 +43,10 @@ fn i64_of(v: u64) -> i64 {
 impl Projection for LifecycleProjection {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn fingerprint(&self) -> String {
+        crate::policy::fingerprint(NAME, &self.policy)
     }
 
     fn tables(&self) -> &'static [&'static str] {
@@ -69,7 +85,7 @@ impl Projection for LifecycleProjection {
             let env = &stored.envelope;
             let event = crate::sql::decode(stored)?;
             let (lc, seq) = states.entry(env.customer_id).or_default();
-            if let Some(t) = lc.apply(event, env.occurred_at, env.version) {
+            if let Some(t) = lc.apply(event, env.occurred_at, env.version, &self.policy) {
                 transitions.push((env.customer_id, t, stored.sequence));
             }
             *seq = (*seq).max(stored.sequence);

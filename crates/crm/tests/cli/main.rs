@@ -449,7 +449,7 @@ async fn projector_process_killed_mid_stream_resumes_to_the_rebuilt_view(db: crm
 
     let fresh = env.open_store("fresh.sqlite").await;
     Projector::new(
-        LifecycleProjection,
+        LifecycleProjection::new(Arc::new(crm_projections::policy::default_policy())),
         fresh.clone(),
         log.clone(),
         ProjectorOptions::default(),
@@ -610,7 +610,7 @@ async fn a_commit_with_a_stale_lease_fence_is_refused(db: crm_e2e::Db) {
     let total = log.partitions();
     let projector = |fence: u64| {
         Projector::new(
-            LifecycleProjection,
+            LifecycleProjection::new(Arc::new(crm_projections::policy::default_policy())),
             store.clone(),
             log.clone(),
             ProjectorOptions {

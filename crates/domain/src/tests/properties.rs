@@ -114,7 +114,7 @@ proptest! {
             let mut transitions = Vec::new();
             for (i, (e, at)) in accepted.iter().enumerate() {
                 let v = i as u64 + 1;
-                if let Some(t) = lc.apply(e, *at, v) {
+                if let Some(t) = lc.apply(e, *at, v, &policy) {
                     transitions.push(t);
                 }
                 health.apply(e, *at, v, &policy);
@@ -123,7 +123,7 @@ proptest! {
                 }
                 // Re-delivering an applied version changes nothing.
                 let (lc_before, health_before) = (lc.clone(), health.clone());
-                prop_assert!(lc.apply(e, *at, v).is_none());
+                prop_assert!(lc.apply(e, *at, v, &policy).is_none());
                 prop_assert!(health.apply(e, *at, v, &policy).is_none());
                 prop_assert_eq!(&lc, &lc_before);
                 prop_assert_eq!(&health, &health_before);

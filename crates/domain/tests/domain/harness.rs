@@ -17,6 +17,11 @@ pub const AT: OffsetDateTime = datetime!(2025-06-01 12:00 UTC);
 /// Recording time: a few seconds after the business time.
 pub const NOW: OffsetDateTime = datetime!(2025-06-01 12:00:05 UTC);
 
+/// The shipped default policy (`policy/default.toml`).
+pub fn policy() -> crm_domain::policy::Policy {
+    toml::from_str(crm_domain::policy::DEFAULT_POLICY_TOML).expect("the shipped policy parses")
+}
+
 /// The state folded from `events`, before a command is tried.
 pub struct Given {
     state: CustomerState,

@@ -28,7 +28,9 @@ impl Walk {
         let event = decide(&self.state, &command, at, at + Duration::seconds(1))
             .unwrap_or_else(|e| panic!("{command:?} refused: {} ({e})", e.code()));
         self.state = self.state.clone().apply(&event);
-        let transition = self.lifecycle.apply(&event, at, self.state.version);
+        let transition = self
+            .lifecycle
+            .apply(&event, at, self.state.version, &policy());
         if let Some(t) = &transition {
             self.transitions.push(t.clone());
         }
@@ -279,17 +281,20 @@ fn terminating_one_of_two_contracts_keeps_the_stage() {
 #[test]
 fn redelivered_and_stale_versions_are_ignored() {
     let mut lc = Lifecycle::default();
-    assert!(lc.apply(&registered(), AT, 1).is_some());
-    assert!(lc.apply(&signed("c1"), AT, 2).is_some());
+    assert!(lc.apply(&registered(), AT, 1, &policy()).is_some());
+    assert!(lc.apply(&signed("c1"), AT, 2, &policy()).is_some());
     let before = lc.clone();
     // The same version again, an older one, and version 0.
-    assert_eq!(lc.apply(&signed("c1"), AT, 2), None);
-    assert_eq!(lc.apply(&terminated("c1", true), AT, 2), None);
-    assert_eq!(lc.apply(&terminated("c1", true), AT, 1), None);
-    assert_eq!(lc.apply(&terminated("c1", true), AT, 0), None);
+    assert_eq!(lc.apply(&signed("c1"), AT, 2, &policy()), None);
+    assert_eq!(lc.apply(&terminated("c1", true), AT, 2, &policy()), None);
+    assert_eq!(lc.apply(&terminated("c1", true), AT, 1, &policy()), None);
+    assert_eq!(lc.apply(&terminated("c1", true), AT, 0, &policy()), None);
     assert_eq!(lc, before);
     // A gap (a version this customer's projection skipped) is still applied.
-    assert!(lc.apply(&terminated("c1", true), AT, 5).is_some());
+    assert!(
+        lc.apply(&terminated("c1", true), AT, 5, &policy())
+            .is_some()
+    );
     assert_eq!(lc.version, 5);
     assert_eq!(lc.stage, Some(Stage::Churned));
 }
@@ -344,4 +349,140 @@ fn transitions_and_lifecycles_serialise_with_rfc3339_times() {
     let fresh = serde_json::to_value(Lifecycle::default()).expect("serialises");
     assert_eq!(fresh["stage"], json!(null));
     assert_eq!(fresh["since"], json!(null));
+}
+
+/// A purchase of `amount` on `day`, at noon that day.
+fn purchase_on(w: &mut Walk, order: &str, day: time::Date, amount: i64) {
+    w.step(
+        Command::RecordPurchase(RecordPurchase {
+            amount_minor: amount,
+            ordered_on: day,
+            ..purchase(order)
+        }),
+        day.with_hms(12, 0, 0).unwrap().assume_utc(),
+    );
+}
+
+#[test]
+fn red_health_puts_a_customer_in_decline_until_it_recovers() {
+    use crm_domain::health::Color;
+    use crm_domain::types::SurveyKind;
+    let mut w = Walk::default();
+    w.step(Command::RegisterCustomer(register("Acme")), AT);
+    w.step(Command::SignContract(sign("c1")), AT);
+    w.step(Command::ExpandContract(expand("c1", 5)), AT);
+    assert_eq!(w.stage(), Some(Stage::Maturity));
+
+    // A decision-maker change: at least yellow, which is not a decline.
+    w.step(Command::ChangeKeyContact(key_contact()), AT);
+    assert_eq!(w.lifecycle.color(), Color::Yellow);
+    assert_eq!(w.stage(), Some(Stage::Maturity));
+    // A major complaint (on record, and trust 10 − 20 below zero) and an NPS detractor:
+    // still yellow (100 − 20 − 15 − 10 − 15 = 40).
+    w.step(Command::LogComplaint(log_complaint("k1")), AT);
+    w.step(Command::RecordSurvey(survey(SurveyKind::Nps, 3)), AT);
+    assert_eq!(w.lifecycle.color(), Color::Yellow);
+    assert_eq!(w.stage(), Some(Stage::Maturity));
+    // A low CSAT takes the score below 40: red is a decline.
+    let (_, transition) = w.step(Command::RecordSurvey(survey(SurveyKind::Csat, 1)), AT);
+    assert_eq!(w.lifecycle.color(), Color::Red);
+    assert_eq!(
+        transition,
+        Some(t(
+            Some(Stage::Maturity),
+            Stage::Decline,
+            AT,
+            7,
+            "survey_answered"
+        ))
+    );
+    // A good CSAT lifts it out of red, and the customer is mature again.
+    let (_, transition) = w.step(Command::RecordSurvey(survey(SurveyKind::Csat, 5)), AT);
+    assert_eq!(w.lifecycle.color(), Color::Yellow);
+    assert_eq!(transition.map(|t| t.to), Some(Stage::Maturity));
+}
+
+#[test]
+fn falling_purchases_put_a_customer_in_decline() {
+    let start = datetime!(2025-01-02 09:00 UTC);
+    let mut w = Walk::default();
+    w.step(Command::RegisterCustomer(register("Acme")), start);
+    w.step(
+        Command::SignContract(SignContract {
+            starts_on: date!(2025 - 01 - 02),
+            ends_on: date!(2027 - 01 - 01),
+            ..sign("c1")
+        }),
+        start,
+    );
+    // Monthly totals 4,000 > 3,000 > 2,000: not yet three falls in a row, and the 90
+    // days before each purchase hold no earlier window to fall from.
+    purchase_on(&mut w, "o1", date!(2025 - 01 - 15), 4000);
+    purchase_on(&mut w, "o2", date!(2025 - 02 - 15), 3000);
+    purchase_on(&mut w, "o3", date!(2025 - 03 - 15), 2000);
+    assert!(!w.lifecycle.purchases_falling());
+    assert_eq!(w.stage(), Some(Stage::Growth));
+    // 1,000 in April: January > February > March > April.
+    purchase_on(&mut w, "o4", date!(2025 - 04 - 15), 1000);
+    assert!(w.lifecycle.purchases_falling());
+    assert_eq!(w.stage(), Some(Stage::Decline));
+    assert_eq!(
+        w.transitions.last().map(|t| (t.to, t.event_type.as_str())),
+        Some((Stage::Decline, "purchase_recorded"))
+    );
+    // A bigger May: while April is the latest complete month, its three falls still count.
+    purchase_on(&mut w, "o5", date!(2025 - 05 - 15), 9000);
+    assert!(w.lifecycle.purchases_falling());
+    assert_eq!(w.stage(), Some(Stage::Decline));
+    // In June, May is the latest complete month and ended the falls. The decline ends.
+    let (_, transition) = w.step(
+        Command::RecordActivity(activity()),
+        datetime!(2025-06-01 09:00 UTC),
+    );
+    assert!(!w.lifecycle.purchases_falling());
+    assert_eq!(transition.map(|t| t.to), Some(Stage::Growth));
+}
+
+#[test]
+fn a_year_makes_a_customer_mature_only_in_good_health() {
+    use crm_domain::health::Color;
+    let signed_at = datetime!(2025-01-01 00:00 UTC);
+    let mut w = Walk::default();
+    w.step(Command::RegisterCustomer(register("Acme")), signed_at);
+    w.step(Command::SignContract(sign("c1")), signed_at);
+    // A decision-maker change ten months in keeps the customer yellow for 90 days.
+    w.step(
+        Command::ChangeKeyContact(key_contact()),
+        signed_at + Duration::days(300),
+    );
+    let a_year_on = signed_at + Duration::days(365);
+    w.step(Command::RecordActivity(activity()), a_year_on);
+    assert_eq!(w.lifecycle.color(), Color::Yellow);
+    assert_eq!(
+        w.stage(),
+        Some(Stage::Growth),
+        "a year, but not in good health"
+    );
+    // Once the change is out of the window the customer is green, and mature.
+    let green_again = signed_at + Duration::days(391);
+    let (_, transition) = w.step(Command::RecordActivity(activity()), green_again);
+    assert_eq!(w.lifecycle.color(), Color::Green);
+    assert_eq!(
+        transition,
+        Some(t(
+            Some(Stage::Growth),
+            Stage::Maturity,
+            green_again,
+            5,
+            "activity_recorded"
+        ))
+    );
+    assert!(w.lifecycle.matured_in_good_health);
+    // Maturity, once reached, lasts through a later yellow spell.
+    w.step(
+        Command::ChangeKeyContact(key_contact()),
+        signed_at + Duration::days(400),
+    );
+    assert_eq!(w.lifecycle.color(), Color::Yellow);
+    assert_eq!(w.stage(), Some(Stage::Maturity));
 }

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeSet;
 
+use crate::harness::policy;
 use crm_domain::aggregate::Customer;
 use crm_domain::command::*;
 use crm_domain::lifecycle::{Lifecycle, Stage, Transition};
@@ -387,12 +388,13 @@ proptest! {
     #[test]
     fn the_lifecycle_view_agrees_with_the_aggregate(steps in steps()) {
         let Run { accepted, .. } = run(&steps)?;
+        let policy = policy();
         let mut lc = Lifecycle::default();
         let mut transitions: Vec<Transition> = Vec::new();
         let mut signed_any = false;
         for (i, a) in accepted.iter().enumerate() {
             let version = i as u64 + 1;
-            if let Some(t) = lc.apply(&a.event, a.at, version) {
+            if let Some(t) = lc.apply(&a.event, a.at, version, &policy) {
                 prop_assert_eq!(t.version, version);
                 prop_assert_eq!(t.at, a.at);
                 prop_assert_eq!(t.event_type.as_str(), a.event.event_type());
@@ -405,8 +407,8 @@ proptest! {
 
             // Re-delivery of this version, or of an older one, is harmless.
             let before = lc.clone();
-            prop_assert_eq!(lc.apply(&a.event, a.at, version), None);
-            prop_assert_eq!(lc.apply(&a.event, a.at, version / 2), None);
+            prop_assert_eq!(lc.apply(&a.event, a.at, version, &policy), None);
+            prop_assert_eq!(lc.apply(&a.event, a.at, version / 2, &policy), None);
             prop_assert_eq!(&lc, &before);
 
             let state = &a.after;
@@ -441,7 +443,7 @@ proptest! {
         let mut again = Lifecycle::default();
         let mut transitions_again = Vec::new();
         for (i, a) in accepted.iter().enumerate() {
-            transitions_again.extend(again.apply(&a.event, a.at, i as u64 + 1));
+            transitions_again.extend(again.apply(&a.event, a.at, i as u64 + 1, &policy));
         }
         prop_assert_eq!(again, lc);
         prop_assert_eq!(transitions_again, transitions);
