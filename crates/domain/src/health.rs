@@ -14,10 +14,13 @@ use crate::trust::{self, Balances};
 use crate::types::{ContactRole, SurveyKind};
 
 /// Warning colour.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
+)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Color {
+    #[default]
     Green,
     Yellow,
     Red,
@@ -62,14 +65,13 @@ pub const ORDER_VALUE_DOWN: &str = "order_value_down_20";
 /// The reason code for purchases falling three calendar months in a row.
 pub const PURCHASES_DOWN_3_MONTHS: &str = "purchases_down_3_months";
 
-impl Assessment {
-    /// Purchases are falling: calendar-month totals fell three months in a row. A single
-    /// 90-day drop in order value is not a trend; it counts towards red instead.
-    pub fn purchases_falling(&self) -> bool {
-        self.reasons
-            .iter()
-            .any(|r| r.code == PURCHASES_DOWN_3_MONTHS)
-    }
+/// The colour and the purchase trend without the reasons' messages ([`Health::verdict`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    pub color: Color,
+    /// Calendar-month purchase totals fell three months in a row. A single 90-day drop in
+    /// order value is not a trend; it counts towards red instead.
+    pub purchases_falling: bool,
 }
 
 fn reason(code: &str, message: String) -> Reason {
@@ -189,8 +191,30 @@ impl Health {
         version: u64,
         policy: &Policy,
     ) -> Option<AlertChange> {
-        if version <= self.version {
+        if !self.observe(event, occurred_at, version, policy) {
             return None;
+        }
+        let assessment = self.assess(policy);
+        self.assessment = Some(assessment.clone());
+        self.update_alert(
+            &assessment,
+            occurred_at,
+            version,
+            matches!(event, Event::InterventionLogged(_)),
+        )
+    }
+
+    /// Folds one event into the facts only (no scoring): `false` for an event at or below
+    /// the stored version, which is ignored.
+    pub fn observe(
+        &mut self,
+        event: &Event,
+        occurred_at: OffsetDateTime,
+        version: u64,
+        policy: &Policy,
+    ) -> bool {
+        if version <= self.version {
+            return false;
         }
         self.version = version;
         // Business time only moves forward for the rules, even for back-filled events.
@@ -260,14 +284,7 @@ impl Health {
             _ => {}
         }
         self.prune(as_of);
-        let assessment = self.assess(policy);
-        self.assessment = Some(assessment.clone());
-        self.update_alert(
-            &assessment,
-            occurred_at,
-            version,
-            matches!(event, Event::InterventionLogged(_)),
-        )
+        true
     }
 
     /// The day inactivity is counted from: the last activity or the start of the current
@@ -336,7 +353,6 @@ impl Health {
 
     /// Scores the customer as of its latest event.
     pub fn assess(&self, policy: &Policy) -> Assessment {
-        let p = &policy.health;
         let Some(as_of) = self.as_of else {
             return Assessment {
                 score: 100,
@@ -345,31 +361,66 @@ impl Health {
                 tier: Tier::C,
             };
         };
-        let window_start = instant_days_before(as_of, p.window_days);
         let mut reasons = Vec::new();
+        let (score, color) = self.judge(as_of, policy, &mut |code, message| {
+            reasons.push(reason(code, message()));
+        });
+        Assessment {
+            score,
+            color,
+            reasons,
+            tier: self.tier(as_of, policy),
+        }
+    }
+
+    /// The colour as of the latest event and whether purchases are falling, by the same
+    /// rules as [`Health::assess`] but without writing the reasons' messages or cutting the
+    /// tier: what the lifecycle stage needs, for every event.
+    pub fn verdict(&self, policy: &Policy) -> Verdict {
+        let Some(as_of) = self.as_of else {
+            return Verdict::default();
+        };
+        let mut purchases_falling = false;
+        let (_, color) = self.judge(as_of, policy, &mut |code, _| {
+            purchases_falling |= code == PURCHASES_DOWN_3_MONTHS;
+        });
+        Verdict {
+            color,
+            purchases_falling,
+        }
+    }
+
+    /// Applies every rule as of `as_of`: returns the score and colour, and calls `note` with
+    /// each reason's code and a way to write its message.
+    fn judge(
+        &self,
+        as_of: OffsetDateTime,
+        policy: &Policy,
+        note: &mut dyn FnMut(&'static str, &dyn Fn() -> String),
+    ) -> (u32, Color) {
+        let p = &policy.health;
+        let window_start = instant_days_before(as_of, p.window_days);
         let mut penalty = 0u32;
         let mut floor = Color::Green;
 
         let inactive = self.inactive_days.filter(|d| *d >= p.no_activity_days);
         if let Some(days) = inactive {
             penalty += p.no_activity;
-            reasons.push(reason(
-                "no_activity_30_days",
-                format!("no login or usage for {days} days"),
-            ));
+            note("no_activity_30_days", &|| {
+                format!("no login or usage for {days} days")
+            });
         }
         let drop = self.order_value_drop(as_of, p.window_days);
         let order_down = drop.is_some_and(|pct| pct >= i64::from(p.order_value_drop_percent));
         if order_down {
             penalty += p.order_value_down;
-            reasons.push(reason(
-                ORDER_VALUE_DOWN,
+            note(ORDER_VALUE_DOWN, &|| {
                 format!(
                     "order value down {}% against the previous {} days",
                     drop.unwrap_or(0),
                     p.window_days
-                ),
-            ));
+                )
+            });
         }
         let complaints = self
             .complaints
@@ -378,13 +429,12 @@ impl Health {
             .count();
         if complaints > 0 {
             penalty += p.complaint_on_record;
-            reasons.push(reason(
-                "complaint_on_record",
+            note("complaint_on_record", &|| {
                 format!(
                     "{complaints} complaint(s) in the last {} days",
                     p.window_days
-                ),
-            ));
+                )
+            });
         }
         if inactive.is_some() && order_down && complaints > 0 {
             // Seed 003: together these mean about 85 % churn risk within two months.
@@ -393,60 +443,50 @@ impl Health {
         if self.purchases_down_three_months(as_of) {
             penalty += p.purchases_down_3_months;
             floor = floor.max(Color::Yellow);
-            reasons.push(reason(
-                PURCHASES_DOWN_3_MONTHS,
-                "purchase volume fell three months in a row".to_owned(),
-            ));
+            note(PURCHASES_DOWN_3_MONTHS, &|| {
+                "purchase volume fell three months in a row".to_owned()
+            });
         }
-        let changes: Vec<_> = self
-            .key_contact_changes
-            .iter()
-            .filter(|(_, t)| *t > window_start)
-            .collect();
-        if !changes.is_empty() {
-            floor = floor.max(Color::Yellow);
-            let dm = changes
+        let changes = || {
+            self.key_contact_changes
                 .iter()
-                .any(|(r, _)| *r == ContactRole::DecisionMaker);
+                .filter(|(_, t)| *t > window_start)
+        };
+        if changes().next().is_some() {
+            floor = floor.max(Color::Yellow);
+            let dm = changes().any(|(r, _)| *r == ContactRole::DecisionMaker);
             penalty += if dm {
                 p.decision_maker_changed
             } else {
                 p.key_contact_changed
             };
-            let roles: BTreeSet<&str> = changes.iter().map(|(r, _)| r.as_str()).collect();
-            reasons.push(reason(
-                if dm {
-                    "decision_maker_changed"
-                } else {
-                    "key_contact_changed"
-                },
+            let code = if dm {
+                "decision_maker_changed"
+            } else {
+                "key_contact_changed"
+            };
+            note(code, &|| {
+                let roles: BTreeSet<&str> = changes().map(|(r, _)| r.as_str()).collect();
                 format!(
                     "key contact changed ({})",
                     roles.into_iter().collect::<Vec<_>>().join(", ")
-                ),
-            ));
+                )
+            });
         }
         if let Some(nps) = self.latest_nps.filter(|s| *s <= 6) {
             penalty += p.nps_detractor;
-            reasons.push(reason(
-                "nps_detractor",
-                format!("NPS detractor (score {nps})"),
-            ));
+            note("nps_detractor", &|| format!("NPS detractor (score {nps})"));
         }
         if let Some(csat) = self.latest_csat.filter(|s| *s <= 2) {
             penalty += p.low_csat;
-            reasons.push(reason(
-                "low_csat",
-                format!("low satisfaction (CSAT {csat})"),
-            ));
+            note("low_csat", &|| format!("low satisfaction (CSAT {csat})"));
         }
         let delays = self.delays.iter().filter(|t| **t > window_start).count();
         if delays >= 2 {
             penalty += p.repeated_delays;
-            reasons.push(reason(
-                "repeated_delays",
-                format!("{delays} service delays in the last {} days", p.window_days),
-            ));
+            note("repeated_delays", &|| {
+                format!("{delays} service delays in the last {} days", p.window_days)
+            });
         }
         let slow = self
             .slow_responses
@@ -455,18 +495,16 @@ impl Health {
             .count();
         if slow >= 2 {
             penalty += p.slow_responses;
-            reasons.push(reason(
-                "slow_responses",
-                format!("{slow} first responses slower than the SLA"),
-            ));
+            note("slow_responses", &|| {
+                format!("{slow} first responses slower than the SLA")
+            });
         }
         let balance = self.trust.total();
         if balance < p.low_trust_threshold {
             penalty += p.low_trust_balance;
-            reasons.push(reason(
-                "low_trust_balance",
-                format!("trust balance is {balance}"),
-            ));
+            note("low_trust_balance", &|| {
+                format!("trust balance is {balance}")
+            });
         }
         let score = 100u32.saturating_sub(penalty);
         let by_score = if score >= p.green_min {
@@ -476,12 +514,7 @@ impl Health {
         } else {
             Color::Red
         };
-        Assessment {
-            score,
-            color: by_score.max(floor),
-            reasons,
-            tier: self.tier(as_of, policy),
-        }
+        (score, by_score.max(floor))
     }
 
     /// Percentage drop of purchases in the window before `as_of` against the window before

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use crate::event::Event;
-use crate::health::{Color, Health};
+use crate::health::{Color, Health, Verdict};
 use crate::policy::Policy;
 
 /// A lifecycle stage.
@@ -99,10 +99,13 @@ pub struct Lifecycle {
     /// judged at it, so a back-filled event cannot move the stage back in time.
     #[serde(default, with = "time::serde::rfc3339::option")]
     pub as_of: Option<OffsetDateTime>,
-    /// The health facts and score the stage depends on (red, purchases falling, good
-    /// health), folded under the projection's policy.
+    /// The health facts the stage depends on, folded under the projection's policy (the
+    /// lifecycle keeps no assessment or alerts in it).
     #[serde(default)]
     pub health: Health,
+    /// Health's colour and purchase trend as of the latest event.
+    #[serde(default)]
+    pub verdict: Verdict,
 }
 
 impl Lifecycle {
@@ -120,8 +123,10 @@ impl Lifecycle {
             return None;
         }
         self.version = version;
-        // The alert changes are the health view's business; only the score is used here.
-        let _ = self.health.apply(event, occurred_at, version, policy);
+        // Only the colour and the purchase trend are needed here: the reasons, tier and
+        // alerts are the health view's business.
+        self.health.observe(event, occurred_at, version, policy);
+        self.verdict = self.health.verdict(policy);
         match event {
             Event::ContractSigned(e) => {
                 if self.active_contracts.is_empty() {
@@ -176,19 +181,13 @@ impl Lifecycle {
 
     /// The health colour as of the latest event (green before any).
     pub fn color(&self) -> Color {
-        self.health
-            .assessment
-            .as_ref()
-            .map_or(Color::Green, |a| a.color)
+        self.verdict.color
     }
 
     /// Purchases are falling as of the latest event (monthly totals down three months in a
     /// row).
     pub fn purchases_falling(&self) -> bool {
-        self.health
-            .assessment
-            .as_ref()
-            .is_some_and(|a| a.purchases_falling())
+        self.verdict.purchases_falling
     }
 
     fn derive_stage(&self) -> Stage {

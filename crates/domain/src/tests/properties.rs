@@ -118,6 +118,14 @@ proptest! {
                     transitions.push(t);
                 }
                 health.apply(e, *at, v, &policy);
+                // The lifecycle's verdict agrees with the health view's assessment.
+                let verdict = health.verdict(&policy);
+                let assessment = health.assessment.clone().unwrap_or_else(|| health.assess(&policy));
+                prop_assert_eq!(verdict.color, assessment.color);
+                prop_assert_eq!(
+                    verdict.purchases_falling,
+                    assessment.reasons.iter().any(|r| r.code == crate::health::PURCHASES_DOWN_3_MONTHS)
+                );
                 for entry in trust::price(e, &policy.trust) {
                     trust.add(&entry);
                 }
