@@ -60,8 +60,6 @@ impl Stage {
 
 /// Days of the relationship after which a customer in good health (green) counts as mature.
 pub const MATURITY_AFTER_DAYS: i64 = 365;
-/// An inactivity flag of at least this many days puts a customer in decline.
-pub const DECLINE_INACTIVE_DAYS: u32 = 30;
 
 /// A change of stage, caused by one event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +91,7 @@ pub struct Lifecycle {
     /// good health (green). Like a renewal, it lasts until the relationship ends.
     #[serde(default)]
     pub matured_in_good_health: bool,
+    /// Flagged inactive for at least the policy's `no_activity_days`, and no activity since.
     pub inactive: bool,
     pub won_back: bool,
     /// The latest business time seen: stages that depend on time (maturity by age) are
@@ -148,7 +147,8 @@ impl Lifecycle {
             Event::ContractTerminated(e) => {
                 self.active_contracts.remove(&e.contract_id);
             }
-            Event::InactivityFlagged(e) if e.days_inactive >= DECLINE_INACTIVE_DAYS => {
+            // The health rule's threshold ("no activity for 30 days" in the shipped policy).
+            Event::InactivityFlagged(e) if e.days_inactive >= policy.health.no_activity_days => {
                 self.inactive = true;
             }
             Event::ActivityRecorded(_) => self.inactive = false,

@@ -2,9 +2,7 @@
 
 use crm_domain::command::*;
 use crm_domain::event::*;
-use crm_domain::lifecycle::{
-    DECLINE_INACTIVE_DAYS, Lifecycle, MATURITY_AFTER_DAYS, Stage, Transition,
-};
+use crm_domain::lifecycle::{Lifecycle, MATURITY_AFTER_DAYS, Stage, Transition};
 use crm_domain::{Command, CustomerState, Event, decide};
 use serde_json::json;
 use time::macros::{date, datetime};
@@ -111,14 +109,14 @@ fn a_customer_walks_through_every_stage_and_is_won_back() {
 
     let t7 = datetime!(2026-04-01 09:00 UTC);
     let (_, none) = w.step(
-        Command::FlagInactivity(inactivity(DECLINE_INACTIVE_DAYS - 1)),
+        Command::FlagInactivity(inactivity(policy().health.no_activity_days - 1)),
         t7,
     );
     assert_eq!(none, None, "29 days are not yet a decline");
 
     let t8 = datetime!(2026-04-02 09:00 UTC);
     w.step(
-        Command::FlagInactivity(inactivity(DECLINE_INACTIVE_DAYS)),
+        Command::FlagInactivity(inactivity(policy().health.no_activity_days)),
         t8,
     );
     assert_eq!(w.stage(), Some(Stage::Decline));
@@ -485,4 +483,23 @@ fn a_year_makes_a_customer_mature_only_in_good_health() {
     );
     assert_eq!(w.lifecycle.color(), Color::Yellow);
     assert_eq!(w.stage(), Some(Stage::Maturity));
+}
+
+#[test]
+fn the_inactivity_threshold_comes_from_the_policy() {
+    let mut policy = policy();
+    policy.health.no_activity_days = 45;
+    let mut lc = Lifecycle::default();
+    lc.apply(&registered(), AT, 1, &policy);
+    lc.apply(&signed("c1"), AT, 2, &policy);
+    let flag = |days| {
+        Event::InactivityFlagged(InactivityFlagged {
+            days_inactive: days,
+            last_activity_on: None,
+        })
+    };
+    assert_eq!(lc.apply(&flag(30), AT, 3, &policy), None);
+    assert_eq!(lc.stage, Some(Stage::Growth), "30 days are not 45");
+    let t = lc.apply(&flag(45), AT, 4, &policy);
+    assert_eq!(t.map(|t| t.to), Some(Stage::Decline));
 }
