@@ -88,7 +88,8 @@ pub struct Lifecycle {
     /// A renewal or expansion happened in the current relationship.
     pub renewed_or_expanded: bool,
     /// The current relationship reached [`MATURITY_AFTER_DAYS`] while the customer was in
-    /// good health (green). Like a renewal, it lasts until the relationship ends.
+    /// good health (green and not flagged inactive). Like a renewal, it lasts until the
+    /// relationship ends.
     #[serde(default)]
     pub matured_in_good_health: bool,
     /// Flagged inactive for at least the policy's `no_activity_days`, and no activity since.
@@ -160,6 +161,7 @@ impl Lifecycle {
             && !self.active_contracts.is_empty()
             && (as_of - started).whole_days() >= MATURITY_AFTER_DAYS
             && self.color() == Color::Green
+            && !self.inactive
         {
             self.matured_in_good_health = true;
         }

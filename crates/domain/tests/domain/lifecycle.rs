@@ -503,3 +503,60 @@ fn the_inactivity_threshold_comes_from_the_policy() {
     let t = lc.apply(&flag(45), AT, 4, &policy);
     assert_eq!(t.map(|t| t.to), Some(Stage::Decline));
 }
+
+#[test]
+fn a_year_spent_inactive_does_not_make_a_customer_mature() {
+    use crm_domain::types::ContactRole;
+    let policy = policy();
+    let signed_at = datetime!(2025-01-01 00:00 UTC);
+    let day = |n: i64| signed_at + Duration::days(n);
+    let flag = |days| {
+        Event::InactivityFlagged(InactivityFlagged {
+            days_inactive: days,
+            last_activity_on: None,
+        })
+    };
+    let mut lc = Lifecycle::default();
+    lc.apply(&registered(), signed_at, 1, &policy);
+    lc.apply(&signed("c1"), signed_at, 2, &policy);
+    lc.apply(&flag(60), day(360), 3, &policy);
+    assert_eq!(lc.stage, Some(Stage::Decline));
+    // Past the year, inactive but green by score (inactivity alone costs 25 points).
+    lc.apply(&flag(66), day(366), 4, &policy);
+    assert_eq!(lc.color(), crm_domain::health::Color::Green);
+    assert!(!lc.matured_in_good_health, "inactive is not good health");
+    // A key-contact change (yellow), then activity: back to growth, not to maturity.
+    let change = Event::KeyContactChanged(KeyContactChanged {
+        role: ContactRole::Influencer,
+        previous_contact: None,
+        new_contact: "Jo".into(),
+    });
+    lc.apply(&change, day(367), 5, &policy);
+    let activity = Event::ActivityRecorded(ActivityRecorded {
+        day: day(370).date(),
+        logins: 3,
+        active_users: None,
+    });
+    let t = lc.apply(&activity, day(370), 6, &policy);
+    assert_eq!(t.map(|t| t.to), Some(Stage::Growth));
+}
+
+/// A row written by a build whose lifecycle did not judge health still reads: the new
+/// facts start empty.
+#[test]
+fn a_lifecycle_stored_before_it_judged_health_still_reads() {
+    let mut w = Walk::default();
+    w.step(Command::RegisterCustomer(register("Acme")), AT);
+    w.step(Command::SignContract(sign("c1")), AT);
+    let mut old = serde_json::to_value(&w.lifecycle).expect("serialises");
+    let fields = old.as_object_mut().expect("an object");
+    for key in ["health", "verdict", "matured_in_good_health"] {
+        assert!(fields.remove(key).is_some(), "{key} is stored");
+    }
+    let back: Lifecycle = serde_json::from_value(old).expect("an old row parses");
+    assert_eq!(back.stage, Some(Stage::Growth));
+    assert_eq!(back.version, 2);
+    assert_eq!(back.active_contracts, w.lifecycle.active_contracts);
+    assert_eq!(back.health, Default::default());
+    assert!(!back.matured_in_good_health);
+}
