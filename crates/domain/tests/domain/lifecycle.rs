@@ -35,6 +35,14 @@ impl Walk {
         (event, transition)
     }
 
+    /// A customer registered and signed to contract `c1` at `at`: in growth.
+    fn signed(at: OffsetDateTime) -> Self {
+        let mut w = Walk::default();
+        w.step(Command::RegisterCustomer(register("Acme")), at);
+        w.step(Command::SignContract(sign("c1")), at);
+        w
+    }
+
     fn stage(&self) -> Option<Stage> {
         self.lifecycle.stage
     }
@@ -173,9 +181,7 @@ fn events_before_the_first_contract_stay_in_acquisition() {
 fn maturity_comes_with_a_year_of_relationship() {
     assert_eq!(MATURITY_AFTER_DAYS, 365);
     let signed_at = datetime!(2025-01-01 00:00 UTC);
-    let mut w = Walk::default();
-    w.step(Command::RegisterCustomer(register("Acme")), signed_at);
-    w.step(Command::SignContract(sign("c1")), signed_at);
+    let mut w = Walk::signed(signed_at);
     let (_, none) = w.step(
         Command::RecordActivity(activity()),
         signed_at + Duration::days(365) - Duration::seconds(1),
@@ -201,9 +207,7 @@ fn maturity_comes_with_a_year_of_relationship() {
 #[test]
 fn a_back_filled_event_does_not_move_the_stage_back_in_time() {
     let signed_at = datetime!(2025-01-10 09:00 UTC);
-    let mut w = Walk::default();
-    w.step(Command::RegisterCustomer(register("Acme")), signed_at);
-    w.step(Command::SignContract(sign("c1")), signed_at);
+    let mut w = Walk::signed(signed_at);
     w.step(
         Command::RecordActivity(activity()),
         datetime!(2026-02-01 09:00 UTC),
@@ -220,9 +224,7 @@ fn a_back_filled_event_does_not_move_the_stage_back_in_time() {
 
 #[test]
 fn inactivity_turns_maturity_into_decline_and_activity_turns_it_back() {
-    let mut w = Walk::default();
-    w.step(Command::RegisterCustomer(register("Acme")), AT);
-    w.step(Command::SignContract(sign("c1")), AT);
+    let mut w = Walk::signed(AT);
     w.step(Command::ExpandContract(expand("c1", 5)), AT);
     assert_eq!(w.stage(), Some(Stage::Maturity));
     w.step(Command::FlagInactivity(inactivity(45)), AT);
@@ -237,9 +239,7 @@ fn inactivity_turns_maturity_into_decline_and_activity_turns_it_back() {
 
 #[test]
 fn churn_outranks_decline() {
-    let mut w = Walk::default();
-    w.step(Command::RegisterCustomer(register("Acme")), AT);
-    w.step(Command::SignContract(sign("c1")), AT);
+    let mut w = Walk::signed(AT);
     w.step(Command::FlagInactivity(inactivity(60)), AT);
     assert_eq!(w.stage(), Some(Stage::Decline));
     w.step(Command::TerminateContract(terminate("c1")), AT);
@@ -251,9 +251,7 @@ fn inactivity_flagged_before_churn_still_counts_after_a_win_back() {
     // The brief defines "no activity for 30 days" as a flag not followed by
     // activity_recorded; a churned customer cannot record activity, so the flag carries
     // over the win-back until activity is recorded.
-    let mut w = Walk::default();
-    w.step(Command::RegisterCustomer(register("Acme")), AT);
-    w.step(Command::SignContract(sign("c1")), AT);
+    let mut w = Walk::signed(AT);
     w.step(Command::FlagInactivity(inactivity(60)), AT);
     w.step(Command::TerminateContract(terminate("c1")), AT);
     w.step(Command::SignContract(sign("c2")), AT);
@@ -265,9 +263,7 @@ fn inactivity_flagged_before_churn_still_counts_after_a_win_back() {
 
 #[test]
 fn terminating_one_of_two_contracts_keeps_the_stage() {
-    let mut w = Walk::default();
-    w.step(Command::RegisterCustomer(register("Acme")), AT);
-    w.step(Command::SignContract(sign("c1")), AT);
+    let mut w = Walk::signed(AT);
     w.step(Command::SignContract(sign("c2")), AT);
     let (_, none) = w.step(Command::TerminateContract(terminate("c1")), AT);
     assert_eq!(none, None);
@@ -338,15 +334,21 @@ fn transitions_and_lifecycles_serialise_with_rfc3339_times() {
     let back: Transition = serde_json::from_value(value).expect("parses");
     assert_eq!(back, transition);
 
-    let mut w = Walk::default();
-    w.step(Command::RegisterCustomer(register("Acme")), AT);
-    w.step(Command::SignContract(sign("c1")), AT);
+    let mut w = Walk::signed(AT);
     let text = serde_json::to_string(&w.lifecycle).expect("serialises");
     let back: Lifecycle = serde_json::from_str(&text).expect("parses");
     assert_eq!(back, w.lifecycle);
     let fresh = serde_json::to_value(Lifecycle::default()).expect("serialises");
     assert_eq!(fresh["stage"], json!(null));
     assert_eq!(fresh["since"], json!(null));
+}
+
+/// An inactivity flag of `days`, as the scheduler raises it.
+fn flagged(days: u32) -> Event {
+    Event::InactivityFlagged(InactivityFlagged {
+        days_inactive: days,
+        last_activity_on: None,
+    })
 }
 
 /// A purchase of `amount` on `day`, at noon that day.
@@ -365,9 +367,7 @@ fn purchase_on(w: &mut Walk, order: &str, day: time::Date, amount: i64) {
 fn red_health_puts_a_customer_in_decline_until_it_recovers() {
     use crm_domain::health::Color;
     use crm_domain::types::SurveyKind;
-    let mut w = Walk::default();
-    w.step(Command::RegisterCustomer(register("Acme")), AT);
-    w.step(Command::SignContract(sign("c1")), AT);
+    let mut w = Walk::signed(AT);
     w.step(Command::ExpandContract(expand("c1", 5)), AT);
     assert_eq!(w.stage(), Some(Stage::Maturity));
 
@@ -445,9 +445,7 @@ fn falling_purchases_put_a_customer_in_decline() {
 fn a_year_makes_a_customer_mature_only_in_good_health() {
     use crm_domain::health::Color;
     let signed_at = datetime!(2025-01-01 00:00 UTC);
-    let mut w = Walk::default();
-    w.step(Command::RegisterCustomer(register("Acme")), signed_at);
-    w.step(Command::SignContract(sign("c1")), signed_at);
+    let mut w = Walk::signed(signed_at);
     // A decision-maker change ten months in keeps the customer yellow for 90 days.
     w.step(
         Command::ChangeKeyContact(key_contact()),
@@ -492,15 +490,9 @@ fn the_inactivity_threshold_comes_from_the_policy() {
     let mut lc = Lifecycle::default();
     lc.apply(&registered(), AT, 1, &policy);
     lc.apply(&signed("c1"), AT, 2, &policy);
-    let flag = |days| {
-        Event::InactivityFlagged(InactivityFlagged {
-            days_inactive: days,
-            last_activity_on: None,
-        })
-    };
-    assert_eq!(lc.apply(&flag(30), AT, 3, &policy), None);
+    assert_eq!(lc.apply(&flagged(30), AT, 3, &policy), None);
     assert_eq!(lc.stage, Some(Stage::Growth), "30 days are not 45");
-    let t = lc.apply(&flag(45), AT, 4, &policy);
+    let t = lc.apply(&flagged(45), AT, 4, &policy);
     assert_eq!(t.map(|t| t.to), Some(Stage::Decline));
 }
 
@@ -510,19 +502,13 @@ fn a_year_spent_inactive_does_not_make_a_customer_mature() {
     let policy = policy();
     let signed_at = datetime!(2025-01-01 00:00 UTC);
     let day = |n: i64| signed_at + Duration::days(n);
-    let flag = |days| {
-        Event::InactivityFlagged(InactivityFlagged {
-            days_inactive: days,
-            last_activity_on: None,
-        })
-    };
     let mut lc = Lifecycle::default();
     lc.apply(&registered(), signed_at, 1, &policy);
     lc.apply(&signed("c1"), signed_at, 2, &policy);
-    lc.apply(&flag(60), day(360), 3, &policy);
+    lc.apply(&flagged(60), day(360), 3, &policy);
     assert_eq!(lc.stage, Some(Stage::Decline));
     // Past the year, inactive but green by score (inactivity alone costs 25 points).
-    lc.apply(&flag(66), day(366), 4, &policy);
+    lc.apply(&flagged(66), day(366), 4, &policy);
     assert_eq!(lc.color(), crm_domain::health::Color::Green);
     assert!(!lc.matured_in_good_health, "inactive is not good health");
     // A key-contact change (yellow), then activity: back to growth, not to maturity.
@@ -545,9 +531,7 @@ fn a_year_spent_inactive_does_not_make_a_customer_mature() {
 /// facts start empty.
 #[test]
 fn a_lifecycle_stored_before_it_judged_health_still_reads() {
-    let mut w = Walk::default();
-    w.step(Command::RegisterCustomer(register("Acme")), AT);
-    w.step(Command::SignContract(sign("c1")), AT);
+    let mut w = Walk::signed(AT);
     let mut old = serde_json::to_value(&w.lifecycle).expect("serialises");
     let fields = old.as_object_mut().expect("an object");
     for key in ["health", "verdict", "matured_in_good_health"] {
