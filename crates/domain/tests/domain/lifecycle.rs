@@ -334,7 +334,7 @@ fn transitions_and_lifecycles_serialise_with_rfc3339_times() {
     let back: Transition = serde_json::from_value(value).expect("parses");
     assert_eq!(back, transition);
 
-    let mut w = Walk::signed(AT);
+    let w = Walk::signed(AT);
     let text = serde_json::to_string(&w.lifecycle).expect("serialises");
     let back: Lifecycle = serde_json::from_str(&text).expect("parses");
     assert_eq!(back, w.lifecycle);
@@ -531,7 +531,7 @@ fn a_year_spent_inactive_does_not_make_a_customer_mature() {
 /// facts start empty.
 #[test]
 fn a_lifecycle_stored_before_it_judged_health_still_reads() {
-    let mut w = Walk::signed(AT);
+    let w = Walk::signed(AT);
     let mut old = serde_json::to_value(&w.lifecycle).expect("serialises");
     let fields = old.as_object_mut().expect("an object");
     for key in ["health", "verdict", "matured_in_good_health"] {
