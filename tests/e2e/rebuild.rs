@@ -136,6 +136,7 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
     app.settle().await;
     let (_, before) = app.get(&format!("/v1/customers/{}", ids[0])).await;
     assert_eq!(before["trust"]["policy_version"], "2026-11-default");
+    assert_eq!(before["lifecycle"]["policy_version"], "2026-11-default");
 
     let mut policy = crm_projections::policy::default_policy();
     policy.version = "2026-12-generous".into();
@@ -257,6 +258,19 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
     // the default policy's 3 points to the generous balance.
     let (_, after) = app.get(&format!("/v1/customers/{}", ids[0])).await;
     assert_eq!(after["trust"]["policy_version"], "2026-12-generous");
+    // The lifecycle records the policy its health rules came from, and a rebuild under
+    // another policy rewrites it for every customer.
+    assert_eq!(after["lifecycle"]["policy_version"], "2026-11-default");
+    rebuild_under(&app, &claim, "lifecycle", generous.clone(), 10).await;
+    let versions: Vec<(Option<String>, i64)> = sqlx::query_as(
+        "SELECT policy_version, COUNT(*) FROM lifecycle_customers GROUP BY policy_version",
+    )
+    .fetch_all(app.parts.store.pool())
+    .await
+    .unwrap();
+    assert_eq!(versions, vec![(Some(generous.version.clone()), 8)]);
+    let (_, after) = app.get(&format!("/v1/customers/{}", ids[0])).await;
+    assert_eq!(after["lifecycle"]["policy_version"], "2026-12-generous");
     app.accept(
         ids[0],
         json!({"type": "record_care_touch", "kind": "birthday"}),

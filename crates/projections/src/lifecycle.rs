@@ -19,7 +19,7 @@ use crate::store::ReadStore;
 
 /// The projection's name.
 pub const NAME: &str = "lifecycle";
-/// Rows per multi-row statement (7 bound values each, well under SQLite's limit).
+/// Rows per multi-row statement (8 bound values each, well under SQLite's limit).
 const ROWS_PER_STATEMENT: usize = 500;
 
 /// The lifecycle projection under one policy: decline while red or with purchases falling,
@@ -98,7 +98,7 @@ impl Projection for LifecycleProjection {
             .collect();
         for chunk in rows.chunks(ROWS_PER_STATEMENT) {
             let mut q = Sql::new(
-                "INSERT INTO lifecycle_customers (customer_id, stage, since, version, last_sequence, won_back, state) ",
+                "INSERT INTO lifecycle_customers (customer_id, stage, since, version, last_sequence, won_back, state, policy_version) ",
             );
             q.values(chunk, |b, (id, lc, stage, seq)| {
                 b.bind(id.to_string())
@@ -107,12 +107,14 @@ impl Projection for LifecycleProjection {
                     .bind(i64_of(lc.version))
                     .bind(i64_of(*seq))
                     .bind(i64::from(lc.won_back))
-                    .bind(serde_json::to_string(lc).unwrap_or_default());
+                    .bind(serde_json::to_string(lc).unwrap_or_default())
+                    .bind(self.policy.version.as_str());
             });
             q.push(
                 " ON CONFLICT (customer_id) DO UPDATE SET stage = excluded.stage, since = excluded.since, \
                  version = excluded.version, last_sequence = excluded.last_sequence, \
-                 won_back = excluded.won_back, state = excluded.state",
+                 won_back = excluded.won_back, state = excluded.state, \
+                 policy_version = excluded.policy_version",
             );
             q.execute(&mut *tx).await?;
         }
@@ -147,6 +149,9 @@ pub struct LifecycleView {
     pub since: String,
     pub version: u64,
     pub won_back: bool,
+    /// The policy whose health rules judged the stage; `None` for a row folded before
+    /// the lifecycle recorded it (`crm replay lifecycle` fills it in).
+    pub policy_version: Option<String>,
     #[serde(skip)]
     pub last_sequence: u64,
 }
@@ -168,21 +173,22 @@ pub async fn get(
     store: &ReadStore,
     id: &CustomerId,
 ) -> Result<Option<LifecycleView>, ProjectionError> {
-    let row: Option<(String, String, i64, i64, i64)> = sqlx::query_as(
-        "SELECT stage, since, version, won_back, last_sequence FROM lifecycle_customers WHERE customer_id = $1",
+    let row: Option<(String, String, i64, i64, Option<String>, i64)> = sqlx::query_as(
+        "SELECT stage, since, version, won_back, policy_version, last_sequence FROM lifecycle_customers WHERE customer_id = $1",
     )
     .bind(id.to_string())
     .fetch_optional(store.pool())
     .await?;
-    Ok(
-        row.map(|(stage, since, version, won_back, seq)| LifecycleView {
+    Ok(row.map(
+        |(stage, since, version, won_back, policy_version, seq)| LifecycleView {
             stage,
             since,
             version: u64::try_from(version).unwrap_or(0),
             won_back: won_back != 0,
+            policy_version,
             last_sequence: u64::try_from(seq).unwrap_or(0),
-        }),
-    )
+        },
+    ))
 }
 
 /// A customer's stage changes in order, after `after_version`, at most `limit`.
@@ -230,12 +236,14 @@ pub async fn stage_counts(store: &ReadStore) -> Result<BTreeMap<String, u64>, Pr
     Ok(counts)
 }
 
+/// A row of the view as [`dump`] returns it: customer, stage, since, version, won back,
+/// state, policy version.
+pub type DumpRow = (String, String, String, i64, i64, String, Option<String>);
+
 /// Every row of the view, for comparing two copies (tests, rebuild checks).
-pub async fn dump(
-    store: &ReadStore,
-) -> Result<Vec<(String, String, String, i64, i64, String)>, ProjectionError> {
+pub async fn dump(store: &ReadStore) -> Result<Vec<DumpRow>, ProjectionError> {
     Ok(sqlx::query_as(
-        "SELECT customer_id, stage, since, version, won_back, state FROM lifecycle_customers ORDER BY customer_id",
+        "SELECT customer_id, stage, since, version, won_back, state, policy_version FROM lifecycle_customers ORDER BY customer_id",
     )
     .fetch_all(store.pool())
     .await?)
@@ -250,4 +258,46 @@ pub async fn dump_transitions(
     )
     .fetch_all(store.pool())
     .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row folded before the lifecycle recorded its policy survives the migration that
+    /// adds the column, and reads with no policy version rather than failing.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_row_from_before_the_policy_column_reads_without_one() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("old.sqlite");
+        sqlx::any::install_default_drivers();
+        let old = sqlx::AnyPool::connect(&format!("sqlite://{}?mode=rwc", path.display())).await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run_to(8, &old)
+            .await?;
+        let id = CustomerId::parse("0193a1f0-0000-7000-8000-000000000001")?;
+        sqlx::query(
+            "INSERT INTO lifecycle_customers (customer_id, stage, since, version, last_sequence, won_back, state) \
+             VALUES ($1, 'growth', '2025-01-01T00:00:00Z', 2, 7, 0, '{}')",
+        )
+        .bind(id.to_string())
+        .execute(&old)
+        .await?;
+        old.close().await;
+
+        let store = ReadStore::open_file(&path).await?;
+        let view = get(&store, &id).await?.expect("the old row is still there");
+        assert_eq!(
+            view,
+            LifecycleView {
+                stage: "growth".into(),
+                since: "2025-01-01T00:00:00Z".into(),
+                version: 2,
+                won_back: false,
+                policy_version: None,
+                last_sequence: 7,
+            }
+        );
+        Ok(())
+    }
 }

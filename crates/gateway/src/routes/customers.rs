@@ -91,6 +91,10 @@ pub struct LifecycleSection {
     pub stage: String,
     pub since: String,
     pub won_back: bool,
+    /// The policy whose health rules judged the stage (decline on red, maturity in good
+    /// health); null for a stage folded before the lifecycle recorded it, until
+    /// `crm replay lifecycle`.
+    pub policy_version: Option<String>,
 }
 
 /// The health section of a customer.
@@ -124,6 +128,7 @@ pub async fn customer_view(state: &AppState, id: &CustomerId) -> Result<Customer
             stage: l.stage,
             since: l.since,
             won_back: l.won_back,
+            policy_version: l.policy_version,
         });
     }
     if let Some(h) = health::get(&state.store, id).await? {
