@@ -169,6 +169,16 @@ async fn each_bad_request_gets_its_code_and_writes_nothing() {
     assert_eq!(reader.status(), 403);
     let err: serde_json::Value = reader.json().await.unwrap();
     assert_eq!(err["error"]["code"], "forbidden");
+    // Auth is answered before the body: an oversized body from no key is 401, from a
+    // reader 403, never 413.
+    let oversized = vec![b'a'; 70_000];
+    for (key, status) in [(None, 401), (Some(READER_KEY), 403)] {
+        let mut req = app.http.post(&url).body(oversized.clone());
+        if let Some(key) = key {
+            req = req.bearer_auth(key);
+        }
+        assert_eq!(req.send().await.unwrap().status(), status, "{key:?}");
+    }
     // The scheme is case-insensitive; a scheme other than Bearer, or no token, is not a key.
     for (value, status) in [
         (format!("BEARER {}", crm_e2e::KEY), 200),

@@ -210,3 +210,69 @@ async fn a_customer_whose_command_fails_does_not_hold_up_the_others(db: Db) {
     );
     app.stop().await;
 }
+
+/// The scheduler flags at the threshold it is given (the policy's `no_activity_days`), and
+/// a shorter flag sent by hand before it does not keep the scheduler from flagging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inactivity_is_flagged_at_the_threshold_even_after_a_shorter_flag() {
+    let env = Env::new().await;
+    let app = App::start(&env).await;
+    let (quiet, hand_flagged) = (Uuid::now_v7(), Uuid::now_v7());
+    for c in [quiet, hand_flagged] {
+        for mut body in [
+            json!({"type": "register_customer", "name": "Quiet"}),
+            json!({"type": "sign_contract", "contract_id": "c1", "value_minor": 100,
+                "currency": "EUR", "starts_on": "2025-04-01", "ends_on": "2027-03-31"}),
+        ] {
+            body["occurred_at"] = json!("2025-04-01T09:00:00Z");
+            app.accept(c, body).await;
+        }
+    }
+    app.accept(
+        hand_flagged,
+        json!({"type": "flag_inactivity", "days_inactive": 5,
+            "occurred_at": "2025-04-06T09:00:00Z"}),
+    )
+    .await;
+    app.settle().await;
+
+    let clock = Arc::new(ManualClock::new(datetime!(2025-05-02 08:00 UTC)));
+    let scheduler = Scheduler::new(
+        app.parts.customers.clone(),
+        app.parts.store.clone(),
+        clock.clone(),
+    )
+    .flag_inactivity_after(45);
+    // 31 days: not yet.
+    assert_eq!(scheduler.tick().await.unwrap().inactivity_flagged, 0);
+    // 45 days: both, the hand-flagged one too.
+    clock.set(datetime!(2025-05-16 08:00 UTC));
+    assert_eq!(scheduler.tick().await.unwrap().inactivity_flagged, 2);
+    app.settle().await;
+    for c in [quiet, hand_flagged] {
+        let (_, v) = app.get(&format!("/v1/customers/{c}")).await;
+        assert_eq!(v["lifecycle"]["stage"], "decline", "{v}");
+        assert!(
+            v["health"]["reasons"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["code"] == "no_activity_30_days"),
+            "{v}"
+        );
+    }
+    let flags: Vec<u64> = read_all(&env.log().await)
+        .await
+        .iter()
+        .filter(|e| e.envelope.event_type == "inactivity_flagged")
+        .map(|e| {
+            e.envelope.payload.to_value()["days_inactive"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(flags, vec![5, 45, 45]);
+    // Once flagged, not again.
+    assert_eq!(scheduler.tick().await.unwrap().inactivity_flagged, 0);
+    app.stop().await;
+}

@@ -127,7 +127,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         std::sync::Arc::new(crm_scheduler::SystemClock),
         &mut tasks,
         &shutdown,
-    );
+    )?;
     services::spawn_gateway(
         state,
         parts.log.client().clone(),

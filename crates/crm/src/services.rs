@@ -213,22 +213,25 @@ async fn run_partitioned(
     result
 }
 
-/// Spawns the scheduler with `clock` into `tasks`.
+/// Spawns the scheduler with `clock` into `tasks`; it flags inactivity at the configured
+/// policy's threshold.
 pub fn spawn_scheduler(
     cfg: &Config,
     parts: &Parts,
     clock: Arc<dyn crm_scheduler::Clock>,
     tasks: &mut JoinSet<anyhow::Result<()>>,
     shutdown: &CancellationToken,
-) {
+) -> anyhow::Result<()> {
     let scheduler =
-        crm_scheduler::Scheduler::new(parts.customers.clone(), parts.store.clone(), clock);
+        crm_scheduler::Scheduler::new(parts.customers.clone(), parts.store.clone(), clock)
+            .flag_inactivity_after(policy(cfg)?.health.no_activity_days);
     let interval = Duration::from_secs(cfg.scheduler.interval_secs.max(1));
     let token = shutdown.clone();
     tasks.spawn(async move {
         scheduler.run(interval, token).await;
         Ok(())
     });
+    Ok(())
 }
 
 /// Spawns periodic signed checkpoints of the chain heads, if a key and an interval are set.
@@ -284,7 +287,7 @@ pub async fn run_scheduler(cfg: Config) -> anyhow::Result<()> {
         Arc::new(crm_scheduler::SystemClock),
         &mut tasks,
         &shutdown,
-    );
+    )?;
     // Deployments run exactly one scheduler, so it is the process that signs the periodic
     // chain-head checkpoints (`audit.checkpoint_interval_secs`, with a signing key).
     spawn_audit_checkpoints(&cfg, &parts, &mut tasks, &shutdown);

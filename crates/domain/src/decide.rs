@@ -187,7 +187,9 @@ mod contracts {
         }
         let window_opens =
             crate::calendar::days_before(contract.ends_on, i64::from(contract.notice_days));
-        if occurred_at.date() < window_opens {
+        // The window runs from `notice_days` before the term's end to its last day: a
+        // term that has ended (the contract lapsed) is no longer due for renewal.
+        if occurred_at.date() < window_opens || occurred_at.date() > contract.ends_on {
             return Err(DomainError::RenewalNotDue {
                 contract_id: contract_id.clone(),
             });

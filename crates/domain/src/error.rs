@@ -45,7 +45,9 @@ pub enum DomainError {
     EmptyField { field: &'static str },
     #[error("{field} is longer than {max} characters")]
     FieldTooLong { field: &'static str, max: usize },
-    #[error("contract {contract_id} is not inside its notice window yet")]
+    #[error(
+        "contract {contract_id} is not inside its renewal notice window (not yet open, or the term has ended)"
+    )]
     RenewalNotDue { contract_id: String },
     #[error("renewal of contract {contract_id} is already marked due for this term")]
     RenewalAlreadyMarked { contract_id: String },

@@ -156,11 +156,14 @@ pub struct Health {
     /// Day the customer was registered (business time): the inactivity reference before
     /// any activity.
     pub registered_on: Option<Date>,
-    /// The activity reference day the last inactivity flag was raised for.
+    /// The activity reference day the last inactivity flag of at least the policy's
+    /// `no_activity_days` was raised for.
     pub inactivity_flagged_for: Option<Date>,
     pub latest_csat: Option<u8>,
     pub latest_nps: Option<u8>,
     pub trust: Balances,
+    /// When the current relationship's first contract was signed (set again on a
+    /// win-back): loyalty counts from it.
     #[serde(with = "time::serde::rfc3339::option")]
     pub first_contract_at: Option<OffsetDateTime>,
     /// Day the current relationship's first contract was signed (set again on a win-back):
@@ -228,10 +231,14 @@ impl Health {
             Event::CustomerRegistered(_) => self.registered_on = Some(day),
             Event::ContractSigned(e) => {
                 if self.active_contracts.is_empty() {
+                    // A relationship starts (the first, or a win-back): loyalty counts
+                    // from here, and no usage was missed before it, so an inactivity flag
+                    // of the relationship before does not stand.
                     self.relationship_started_on = Some(day);
+                    self.first_contract_at = Some(occurred_at);
+                    self.inactive_days = None;
                 }
                 self.active_contracts.insert(e.contract_id.clone());
-                self.first_contract_at.get_or_insert(occurred_at);
                 self.contract_revenue.push((day, e.value_minor));
             }
             Event::ContractRenewed(e) => {
@@ -253,7 +260,11 @@ impl Health {
                 self.slow_responses.push(occurred_at);
             }
             Event::ActivityRecorded(e) => {
-                self.inactive_days = None;
+                // Only activity after the day the flag counted from follows it: a day
+                // back-filled from before that does not lift "no activity for 30 days".
+                if self.inactivity_flagged_for.is_none_or(|from| e.day > from) {
+                    self.inactive_days = None;
+                }
                 self.last_activity_on = Some(self.last_activity_on.map_or(e.day, |d| d.max(e.day)));
             }
             Event::InactivityFlagged(e) => {
@@ -263,7 +274,12 @@ impl Health {
                     self.inactive_days
                         .map_or(e.days_inactive, |d| d.max(e.days_inactive)),
                 );
-                self.inactivity_flagged_for = Some(self.activity_reference().unwrap_or(day));
+                // Only a flag the rule counts settles the reference for the scheduler: after
+                // a shorter one (sent by hand, or under a policy with a lower threshold) it
+                // still flags the customer once the threshold is reached.
+                if e.days_inactive >= policy.health.no_activity_days {
+                    self.inactivity_flagged_for = Some(self.activity_reference().unwrap_or(day));
+                }
             }
             Event::SurveyAnswered(e) => match e.kind {
                 SurveyKind::Csat => self.latest_csat = Some(e.score),

@@ -148,13 +148,15 @@ impl Lifecycle {
             Event::ContractTerminated(e) => {
                 self.active_contracts.remove(&e.contract_id);
             }
-            // The health rule's threshold ("no activity for 30 days" in the shipped policy).
-            Event::InactivityFlagged(e) if e.days_inactive >= policy.health.no_activity_days => {
-                self.inactive = true;
-            }
-            Event::ActivityRecorded(_) => self.inactive = false,
             _ => {}
         }
+        // Inactive as the health rule has it ("no activity for 30 days" in the shipped
+        // policy): a flag at the threshold, not followed by later activity, in this
+        // relationship.
+        self.inactive = self
+            .health
+            .inactive_days
+            .is_some_and(|d| d >= policy.health.no_activity_days);
         let as_of = self.as_of.map_or(occurred_at, |t| t.max(occurred_at));
         self.as_of = Some(as_of);
         if let Some(started) = self.relationship_started_at

@@ -14,7 +14,7 @@ use sqlx::AnyConnection;
 use crate::cache::StateCache;
 use crate::error::ProjectionError;
 use crate::projector::Projection;
-use crate::sql::{Sql, rfc3339, touched};
+use crate::sql::{Sql, i64_of, rfc3339, touched};
 use crate::store::ReadStore;
 
 /// The projection's name.
@@ -34,10 +34,6 @@ impl LifecycleProjection {
     pub fn new(policy: Arc<Policy>) -> Self {
         Self { policy }
     }
-}
-
-fn i64_of(v: u64) -> i64 {
-    i64::try_from(v).unwrap_or(i64::MAX)
 }
 
 impl Projection for LifecycleProjection {

@@ -61,7 +61,8 @@ impl Clock for ManualClock {
     }
 }
 
-/// Days without activity after which a customer is flagged.
+/// Days without activity after which a customer is flagged, unless the scheduler is told
+/// the policy's own ([`Scheduler::flag_inactivity_after`]).
 pub const INACTIVITY_DAYS: i64 = 30;
 
 /// What one tick did.
@@ -94,6 +95,7 @@ pub struct Scheduler {
     customers: Arc<Customers>,
     store: ReadStore,
     clock: Arc<dyn Clock>,
+    inactivity_days: i64,
 }
 
 enum Outcome {
@@ -122,7 +124,17 @@ impl Scheduler {
             customers,
             store,
             clock,
+            inactivity_days: INACTIVITY_DAYS,
         }
+    }
+
+    /// Flags a customer once `days` have passed without activity: the policy's
+    /// `health.no_activity_days`, so the flag is one the health rule counts (a flag below
+    /// it would be ignored by the views, and the customer not flagged again for the same
+    /// activity).
+    pub fn flag_inactivity_after(mut self, days: u32) -> Self {
+        self.inactivity_days = i64::from(days.max(1));
+        self
     }
 
     async fn send(
@@ -203,7 +215,7 @@ impl Scheduler {
                 Outcome::Failed => report.failed += 1,
             }
         }
-        let cutoff = today - time::Duration::days(INACTIVITY_DAYS);
+        let cutoff = today - time::Duration::days(self.inactivity_days);
         for c in health::inactivity_candidates(&self.store, cutoff).await? {
             let days = (today - c.activity_reference).whole_days();
             let key = format!("inactivity:{}", c.activity_reference);

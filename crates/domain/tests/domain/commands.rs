@@ -1196,9 +1196,10 @@ fn mark_renewal_due_inside_the_notice_window() {
         state.contracts["c1"].renewal_due_for,
         Some(date!(2025 - 12 - 31))
     );
-    // Late is fine too: the scheduler may catch up after an outage.
+    // Late in the window is fine too (the scheduler may catch up after an outage), up to
+    // the term's last day; after it the contract has lapsed (next test).
     given(active())
-        .at(datetime!(2026-02-01 00:00 UTC))
+        .at(datetime!(2025-12-31 12:00 UTC))
         .when(Command::MarkRenewalDue(mark_due(
             "c1",
             date!(2025 - 12 - 31),
@@ -1244,6 +1245,31 @@ fn mark_renewal_due_before_the_window_is_refused() {
             term_ends_on: date!(2025 - 12 - 31),
             notice_days: 30,
         }));
+}
+
+#[test]
+fn mark_renewal_due_after_the_term_ended_is_refused() {
+    // The window's last day is the term's last day.
+    given(vec![registered(), signed("c1")])
+        .at(datetime!(2025-12-31 23:59:59 UTC))
+        .when(Command::MarkRenewalDue(mark_due(
+            "c1",
+            date!(2025 - 12 - 31),
+        )))
+        .then_accepted();
+    let err = given(vec![registered(), signed("c1")])
+        .at(datetime!(2026-01-01 00:00 UTC))
+        .when(Command::MarkRenewalDue(mark_due(
+            "c1",
+            date!(2025 - 12 - 31),
+        )))
+        .then_refused("renewal_not_due");
+    assert_eq!(
+        err,
+        DomainError::RenewalNotDue {
+            contract_id: "c1".into()
+        }
+    );
 }
 
 #[test]
@@ -1370,10 +1396,20 @@ fn mark_renewal_due_near_the_smallest_date_is_decided_not_a_panic() {
     let mut events = prospect();
     events.push(signed);
     let state = given(events).state().clone();
+    let at_the_end = datetime!(-9999-01-02 12:00 UTC);
+    let outcome =
+        std::panic::catch_unwind(|| crm_domain::decide(&state, &mark, at_the_end, at_the_end))
+            .expect("decide must not panic");
+    // The notice window opened before the smallest date there is, so the renewal is due.
+    assert!(outcome.is_ok(), "{outcome:?}");
+    // In 2025 the term is long over.
     let outcome = std::panic::catch_unwind(|| crm_domain::decide(&state, &mark, AT, NOW))
         .expect("decide must not panic");
-    // The notice window opened long before 2025, so the renewal is due.
-    assert!(outcome.is_ok(), "{outcome:?}");
+    assert_eq!(
+        outcome.map_err(|e| e.code()),
+        Err("renewal_not_due"),
+        "{state:?}"
+    );
 }
 
 // ---------------------------------------------------------------------------------------

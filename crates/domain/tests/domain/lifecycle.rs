@@ -130,7 +130,7 @@ fn a_customer_walks_through_every_stage_and_is_won_back() {
     assert_eq!(w.stage(), Some(Stage::Decline));
 
     let t9 = datetime!(2026-04-03 09:00 UTC);
-    w.step(Command::RecordActivity(activity()), t9);
+    w.step(Command::RecordActivity(activity_on(t9.date())), t9);
     assert_eq!(w.stage(), Some(Stage::Growth), "activity ends the decline");
 
     let t10 = datetime!(2026-05-01 09:00 UTC);
@@ -233,8 +233,57 @@ fn inactivity_turns_maturity_into_decline_and_activity_turns_it_back() {
     let (_, none) = w.step(Command::FlagInactivity(inactivity(3)), AT);
     assert_eq!(none, None);
     assert_eq!(w.stage(), Some(Stage::Decline));
-    w.step(Command::RecordActivity(activity()), AT);
+    // Activity on a day after the one the flag counted from (the relationship's start).
+    let next_day = AT + Duration::days(1);
+    w.step(
+        Command::RecordActivity(activity_on(next_day.date())),
+        next_day,
+    );
     assert_eq!(w.stage(), Some(Stage::Maturity));
+}
+
+/// Activity recorded for `day`.
+fn activity_on(day: time::Date) -> RecordActivity {
+    RecordActivity { day, ..activity() }
+}
+
+#[test]
+fn back_filled_activity_from_before_the_flag_does_not_lift_it() {
+    // "No activity for 30 days: an inactivity_flagged event with 30 or more days, not
+    // followed by an activity_recorded" (business time throughout).
+    let mut w = Walk::signed(datetime!(2025-01-01 09:00 UTC));
+    w.step(
+        Command::RecordActivity(activity_on(date!(2025 - 01 - 10))),
+        datetime!(2025-01-10 18:00 UTC),
+    );
+    w.step(
+        Command::FlagInactivity(FlagInactivity {
+            days_inactive: 30,
+            last_activity_on: Some(date!(2025 - 01 - 10)),
+        }),
+        datetime!(2025-02-09 06:00 UTC),
+    );
+    assert_eq!(w.stage(), Some(Stage::Decline));
+    // Analytics back-fills a day before the one the flag counted from: still inactive.
+    let (_, none) = w.step(
+        Command::RecordActivity(activity_on(date!(2025 - 01 - 05))),
+        datetime!(2025-01-05 18:00 UTC),
+    );
+    assert_eq!(none, None);
+    assert_eq!(w.stage(), Some(Stage::Decline));
+    assert_eq!(w.lifecycle.health.inactive_days, Some(30));
+    // The same day again is not later activity either; the day after is.
+    w.step(
+        Command::RecordActivity(activity_on(date!(2025 - 01 - 10))),
+        datetime!(2025-02-10 08:00 UTC),
+    );
+    assert_eq!(w.stage(), Some(Stage::Decline));
+    w.step(
+        Command::RecordActivity(activity_on(date!(2025 - 02 - 10))),
+        datetime!(2025-02-10 18:00 UTC),
+    );
+    assert_eq!(w.stage(), Some(Stage::Growth));
+    assert_eq!(w.lifecycle.health.inactive_days, None);
 }
 
 #[test]
@@ -247,18 +296,30 @@ fn churn_outranks_decline() {
 }
 
 #[test]
-fn inactivity_flagged_before_churn_still_counts_after_a_win_back() {
-    // The brief defines "no activity for 30 days" as a flag not followed by
-    // activity_recorded; a churned customer cannot record activity, so the flag carries
-    // over the win-back until activity is recorded.
+fn a_win_back_starts_without_the_old_relationships_inactivity_flag() {
+    // A churned customer cannot record activity, so a flag of the old relationship would
+    // otherwise put every won-back customer in decline from the day they sign again. The
+    // new relationship's inactivity counts from its first contract, as the health view's
+    // activity reference does.
     let mut w = Walk::signed(AT);
     w.step(Command::FlagInactivity(inactivity(60)), AT);
-    w.step(Command::TerminateContract(terminate("c1")), AT);
-    w.step(Command::SignContract(sign("c2")), AT);
     assert_eq!(w.stage(), Some(Stage::Decline));
-    assert!(w.lifecycle.won_back);
-    w.step(Command::RecordActivity(activity()), AT);
+    let later = AT + Duration::days(30);
+    w.step(Command::TerminateContract(terminate("c1")), later);
+    assert_eq!(w.stage(), Some(Stage::Churned));
+    let won_back_at = AT + Duration::days(300);
+    w.step(Command::SignContract(sign("c2")), won_back_at);
     assert_eq!(w.stage(), Some(Stage::Growth));
+    assert!(w.lifecycle.won_back);
+    assert_eq!(w.lifecycle.health.inactive_days, None);
+    assert_eq!(
+        w.lifecycle.health.activity_reference(),
+        Some(won_back_at.date())
+    );
+    // A flag raised in the new relationship counts as ever.
+    let flag_at = won_back_at + Duration::days(31);
+    w.step(Command::FlagInactivity(inactivity(31)), flag_at);
+    assert_eq!(w.stage(), Some(Stage::Decline));
 }
 
 #[test]

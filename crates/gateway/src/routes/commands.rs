@@ -11,7 +11,7 @@ use crm_log::{Metadata, Receipt, SubmitOptions, Submitted};
 use time::OffsetDateTime;
 
 use crate::app::AppState;
-use crate::auth::Role;
+use crate::auth::{Principal, Role};
 use crate::error::ApiError;
 use crate::intake::{self, MAX_BODY_BYTES};
 use crate::openapi::CommandBody;
@@ -47,6 +47,16 @@ pub async fn handle(state: &AppState, req: CommandRequest<'_>) -> Result<Submitt
     let principal = state
         .auth
         .authorize_value(req.authorization, Role::Publisher)?;
+    handle_as(state, principal, req).await
+}
+
+/// [`handle`] for a caller already authenticated as `principal`, a publisher
+/// (`req.authorization` is not looked at again).
+async fn handle_as(
+    state: &AppState,
+    principal: Principal,
+    req: CommandRequest<'_>,
+) -> Result<Submitted, ApiError> {
     let id = super::customer_id(req.customer_id)?;
     if req.body.len() > MAX_BODY_BYTES {
         return Err(ApiError::PayloadTooLarge {
@@ -126,8 +136,9 @@ pub async fn submit(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    // Authenticate before reading what an anonymous caller sent.
-    state.auth.authorize(&headers, Role::Publisher)?;
+    // An anonymous caller hears 401 whatever it sent (an oversized or unreadable body
+    // included).
+    let principal = state.auth.authorize(&headers, Role::Publisher)?;
     let body = body.map_err(|rejection| {
         if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::PayloadTooLarge {
@@ -137,8 +148,9 @@ pub async fn submit(
             ApiError::bad_request("unreadable_body", rejection.body_text())
         }
     })?;
-    let submitted = handle(
+    let submitted = handle_as(
         &state,
+        principal,
         CommandRequest {
             authorization: header_str(&headers, "authorization")?,
             customer_id: &raw_id,
