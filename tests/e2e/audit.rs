@@ -177,6 +177,22 @@ async fn queries_filter_by_customer_type_actor_and_time_and_stream_ndjson(db: Db
     assert_eq!(v["events"].as_array().unwrap().len(), 1, "{v}");
     let (_, v) = app.get("/v1/audit/events?actor=nobody").await;
     assert!(v["events"].as_array().unwrap().is_empty());
+    // The interface's template with every value left empty filters nothing, as an empty
+    // field does over gRPC.
+    let (_, all) = app.get("/v1/audit/events").await;
+    assert_eq!(all["events"].as_array().unwrap().len(), 7);
+    let (status, v) = app
+        .get("/v1/audit/events?customer_id=&type=&actor=&from=&to=&after_sequence=&limit=")
+        .await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["events"], all["events"]);
+    let (status, v) = app.get("/v1/audit/verify?customer_id=").await;
+    assert_eq!((status.as_u16(), &v["ok"]), (200, &json!(true)), "{v}");
+    let (status, v) = app.get("/v1/audit/events?limit=ten").await;
+    assert_eq!(
+        (status.as_u16(), v["error"]["code"].as_str()),
+        (400, Some("invalid_query"))
+    );
 
     // Paging by sequence walks everything once.
     let (_, p1) = app.get("/v1/audit/events?limit=3").await;

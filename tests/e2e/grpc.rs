@@ -202,6 +202,26 @@ async fn grpc_matches_http() {
         seen.push(env["version"].as_u64().unwrap());
     }
     assert_eq!(seen, vec![1, 2, 3, 4]);
+    // A customer id that is not a UUID: the code HTTP answers for the same query.
+    let bad = audit
+        .query_events(with_key(
+            pb::AuditQuery {
+                customer_id: "nope".into(),
+                ..Default::default()
+            },
+            Some(KEY),
+        ))
+        .await
+        .expect_err("not a UUID");
+    assert_eq!(
+        code(&bad),
+        (tonic::Code::InvalidArgument, "invalid_query".into())
+    );
+    let (status, http) = app.get("/v1/audit/events?customer_id=nope").await;
+    assert_eq!(
+        (status.as_u16(), http["error"]["code"].as_str()),
+        (400, Some("invalid_query"))
+    );
 
     // Roles on the gRPC door.
     for (role, key) in ROLE_KEYS {

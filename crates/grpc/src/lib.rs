@@ -159,7 +159,7 @@ impl AuditService for Services {
             .map_err(status)?;
         let q = req.into_inner();
         if let Some(c) = opt(&q.customer_id) {
-            crm_gateway::routes::customer_id(c).map_err(status)?;
+            crm_gateway::routes::audit::customer_param(c).map_err(status)?;
         }
         let filter = AuditFilter {
             customer_id: opt(&q.customer_id).map(str::to_owned),

@@ -20,6 +20,7 @@ use super::customers::query;
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::error::ApiError;
+use crate::routes::empty_is_absent;
 
 /// Query of `GET /v1/audit/events`.
 #[derive(Debug, Deserialize, IntoParams)]
@@ -27,25 +28,38 @@ use crate::error::ApiError;
 #[serde(deny_unknown_fields)]
 pub struct EventsQuery {
     /// One customer's events (UUID).
+    #[serde(default, deserialize_with = "empty_is_absent")]
     pub customer_id: Option<String>,
     /// Event type, e.g. `contract_signed`.
-    #[serde(rename = "type")]
+    #[serde(rename = "type", default, deserialize_with = "empty_is_absent")]
     pub event_type: Option<String>,
     /// The principal that sent the command.
+    #[serde(default, deserialize_with = "empty_is_absent")]
     pub actor: Option<String>,
     /// Business time (`occurred_at`) from, RFC 3339, inclusive.
+    #[serde(default, deserialize_with = "empty_is_absent")]
     pub from: Option<String>,
     /// Business time up to, RFC 3339, inclusive.
+    #[serde(default, deserialize_with = "empty_is_absent")]
     pub to: Option<String>,
     /// Recording time from, RFC 3339, inclusive.
+    #[serde(default, deserialize_with = "empty_is_absent")]
     pub recorded_from: Option<String>,
     /// Recording time up to, RFC 3339, inclusive.
+    #[serde(default, deserialize_with = "empty_is_absent")]
     pub recorded_to: Option<String>,
     /// Return events after this stream sequence.
-    #[serde(default)]
-    pub after_sequence: u64,
+    #[serde(default, deserialize_with = "empty_is_absent")]
+    pub after_sequence: Option<u64>,
     /// Page size, 1..=1000 (default 100); with NDJSON, the total to stream (all when absent).
+    #[serde(default, deserialize_with = "empty_is_absent")]
     pub limit: Option<u32>,
+}
+
+/// The `customer_id` parameter of an audit query (every door answers a bad one alike).
+pub fn customer_param(raw: &str) -> Result<CustomerId, ApiError> {
+    CustomerId::parse(raw)
+        .map_err(|_| ApiError::bad_request("invalid_query", "customer_id must be a UUID"))
 }
 
 fn time_param(name: &str, v: &Option<String>) -> Result<Option<OffsetDateTime>, ApiError> {
@@ -64,9 +78,7 @@ fn time_param(name: &str, v: &Option<String>) -> Result<Option<OffsetDateTime>, 
 impl EventsQuery {
     fn filter(&self) -> Result<AuditFilter, ApiError> {
         if let Some(c) = &self.customer_id {
-            CustomerId::parse(c).map_err(|_| {
-                ApiError::bad_request("invalid_query", "customer_id must be a UUID")
-            })?;
+            customer_param(c)?;
         }
         Ok(AuditFilter {
             customer_id: self.customer_id.clone(),
@@ -144,7 +156,7 @@ pub async fn events(
         .is_some_and(|a| a.contains("application/x-ndjson"));
     if !ndjson {
         let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
-        let items = page(&state, &filter, q.after_sequence, limit).await?;
+        let items = page(&state, &filter, q.after_sequence.unwrap_or(0), limit).await?;
         let next = (items.len() as u32 == limit)
             .then(|| items.last().map(|e| e.sequence))
             .flatten();
@@ -158,7 +170,7 @@ pub async fn events(
     // NDJSON: stream page after page, so a large result never sits in memory.
     let total = q.limit.map(u64::from);
     let stream = futures::stream::unfold(
-        (state, filter, q.after_sequence, 0u64, false),
+        (state, filter, q.after_sequence.unwrap_or(0), 0u64, false),
         move |(state, filter, after, sent, done)| async move {
             if done || total.is_some_and(|t| sent >= t) {
                 return None;
@@ -208,7 +220,8 @@ pub async fn events(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct VerifyQuery {
-    /// Verify one customer's chain only (UUID); the whole log when absent.
+    /// Verify one customer's chain only (UUID); the whole log when absent or empty.
+    #[serde(default, deserialize_with = "empty_is_absent")]
     pub customer_id: Option<String>,
 }
 
@@ -233,9 +246,7 @@ pub async fn verify(
     let log = state.customers.log();
     let report = match q.customer_id {
         Some(c) => {
-            let id = CustomerId::parse(&c).map_err(|_| {
-                ApiError::bad_request("invalid_query", "customer_id must be a UUID")
-            })?;
+            let id = customer_param(&c)?;
             let report = audit::verify_customer(log, &id).await?;
             // No events is no chain to vouch for: an unknown customer, not a verified one.
             if report.events_checked == 0 {

@@ -34,3 +34,19 @@ pub fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
     CustomerId::parse(raw)
         .map_err(|_| ApiError::bad_request("invalid_customer_id", "customer_id must be a UUID"))
 }
+
+/// Deserialises an optional query parameter, taking an empty value (`?type=`) for an absent
+/// one, as the gRPC doors take an empty field: a template such as
+/// `/v1/audit/events?customer_id=&type=` filled in part means "no filter" for the rest.
+pub(crate) fn empty_is_absent<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: std::fmt::Display,
+{
+    let raw: Option<String> = serde::Deserialize::deserialize(d)?;
+    match raw.as_deref() {
+        None | Some("") => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(serde::de::Error::custom),
+    }
+}
