@@ -1,6 +1,6 @@
 //! The invariants: a pure function from state and command to exactly one event.
 
-use time::{Duration, OffsetDateTime};
+use time::{Date, Duration, OffsetDateTime};
 
 use crate::command::*;
 use crate::error::DomainError;
@@ -61,8 +61,8 @@ pub fn decide(
         Command::RecordCareTouch(c) => care::care_touch(c),
         Command::RecordSurvey(c) => care::survey(c),
         Command::LogIntervention(c) => care::intervention(c),
-        Command::RecordPurchase(c) => usage::purchase(state, c),
-        Command::RecordActivity(c) => usage::activity(c),
+        Command::RecordPurchase(c) => usage::purchase(state, c, occurred_at),
+        Command::RecordActivity(c) => usage::activity(c, occurred_at),
         Command::FlagInactivity(c) => usage::inactivity(state, c, occurred_at),
         Command::ChangeKeyContact(c) => usage::key_contact(c),
     }
@@ -377,15 +377,29 @@ mod care {
 mod usage {
     use super::*;
 
+    /// Whether `day`, a day the command reports as past (an order, a day of usage), is at
+    /// most one day after the command's business time (the day may be a local one, up to
+    /// a day ahead of UTC). A later one would sit in the rules' future: an activity day
+    /// there would hold off inactivity flags until it came, an order outside every window.
+    fn not_after_business_time(day: Date, occurred_at: OffsetDateTime) -> bool {
+        day <= occurred_at.date().next_day().unwrap_or(Date::MAX)
+    }
+
     pub(super) fn purchase(
         state: &CustomerState,
         c: &RecordPurchase,
+        occurred_at: OffsetDateTime,
     ) -> Result<Event, DomainError> {
         let order_id = id("order_id", &c.order_id)?;
         if state.orders.contains(&order_id) {
             return Err(DomainError::DuplicateOrder(order_id));
         }
         positive("amount_minor", c.amount_minor)?;
+        if !not_after_business_time(c.ordered_on, occurred_at) {
+            return Err(DomainError::InvalidDates(
+                "ordered_on must not be after the command's occurred_at",
+            ));
+        }
         Ok(Event::PurchaseRecorded(PurchaseRecorded {
             order_id,
             amount_minor: c.amount_minor,
@@ -394,7 +408,15 @@ mod usage {
         }))
     }
 
-    pub(super) fn activity(c: &RecordActivity) -> Result<Event, DomainError> {
+    pub(super) fn activity(
+        c: &RecordActivity,
+        occurred_at: OffsetDateTime,
+    ) -> Result<Event, DomainError> {
+        if !not_after_business_time(c.day, occurred_at) {
+            return Err(DomainError::InvalidDates(
+                "day must not be after the command's occurred_at",
+            ));
+        }
         Ok(Event::ActivityRecorded(ActivityRecorded {
             day: c.day,
             logins: c.logins,

@@ -1007,6 +1007,34 @@ fn record_purchase_refusals() {
 }
 
 #[test]
+fn usage_days_after_the_business_time_are_refused() {
+    // AT is 2025-06-01 12:00 UTC: its day, and the next (a local day ahead of UTC), are
+    // accepted; a day after that is in the future of the command.
+    for (day, accepted) in [
+        (date!(2025 - 06 - 01), true),
+        (date!(2025 - 06 - 02), true),
+        (date!(2025 - 06 - 03), false),
+        (date!(2026 - 06 - 01), false),
+    ] {
+        let commands = [
+            Command::RecordActivity(RecordActivity { day, ..activity() }),
+            Command::RecordPurchase(RecordPurchase {
+                ordered_on: day,
+                ..purchase("o9")
+            }),
+        ];
+        for command in commands {
+            let then = given(active()).at(AT).when(command);
+            if accepted {
+                then.then_accepted();
+            } else {
+                then.then_refused("invalid_dates");
+            }
+        }
+    }
+}
+
+#[test]
 fn record_activity() {
     given(active())
         .when(Command::RecordActivity(RecordActivity {

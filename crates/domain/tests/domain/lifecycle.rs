@@ -72,7 +72,7 @@ fn a_customer_walks_through_every_stage_and_is_won_back() {
     assert_eq!(w.stage(), Some(Stage::Growth));
 
     let t3 = datetime!(2025-02-01 09:00 UTC);
-    let (_, none) = w.step(Command::RecordActivity(activity()), t3);
+    let (_, none) = w.step(Command::RecordActivity(activity_on(t3.date())), t3);
     assert_eq!(none, None, "activity in growth changes nothing");
 
     let t4 = datetime!(2025-11-01 09:00 UTC);
