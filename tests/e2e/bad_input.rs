@@ -145,6 +145,26 @@ async fn each_bad_request_gets_its_code_and_writes_nothing() {
         (409, Some("version_conflict"))
     );
 
+    // A query parameter left empty is absent, on every endpoint that takes one; a value
+    // that does not parse is 400.
+    for path in [
+        format!("/v1/customers/{c}/lifecycle/history?after_version=&limit="),
+        format!("/v1/customers/{c}/trust/ledger?after_sequence=&limit="),
+        "/v1/alerts?color=&after=&limit=".to_owned(),
+        "/v1/renewals?within_days=&as_of=&include_lapsed=&after=&limit=".to_owned(),
+    ] {
+        let (s, b) = app.get(&path).await;
+        assert_eq!(s.as_u16(), 200, "{path}: {b}");
+        let bare = path.split('?').next().unwrap();
+        let (_, without) = app.get(bare).await;
+        assert_eq!(b, without, "{path}");
+    }
+    let (s, b) = app.get("/v1/renewals?within_days=soon").await;
+    assert_eq!(
+        (s.as_u16(), b["error"]["code"].as_str()),
+        (400, Some("invalid_query"))
+    );
+
     // Auth: no key, wrong key, a reader trying to publish.
     let body = json!({"type": "record_care_touch", "kind": "birthday"});
     let no_key = app.http.post(&url).json(&body).send().await.unwrap();

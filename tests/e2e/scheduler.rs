@@ -212,7 +212,8 @@ async fn a_customer_whose_command_fails_does_not_hold_up_the_others(db: Db) {
 }
 
 /// The scheduler flags at the threshold it is given (the policy's `no_activity_days`), and
-/// a shorter flag sent by hand before it does not keep the scheduler from flagging.
+/// a shorter flag sent before it (by hand, or by a scheduler under another policy) does not
+/// keep the scheduler from flagging.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inactivity_is_flagged_at_the_threshold_even_after_a_shorter_flag() {
     let env = Env::new().await;
@@ -228,12 +229,17 @@ async fn inactivity_is_flagged_at_the_threshold_even_after_a_shorter_flag() {
             app.accept(c, body).await;
         }
     }
-    app.accept(
-        hand_flagged,
-        json!({"type": "flag_inactivity", "days_inactive": 5,
-            "occurred_at": "2025-04-06T09:00:00Z"}),
-    )
-    .await;
+    // Sent with the key a scheduler flagging after 5 days would have used: a scheduler
+    // with another threshold does not take its own flag for a replay of it.
+    let (status, body) = app
+        .command_with(
+            hand_flagged,
+            &json!({"type": "flag_inactivity", "days_inactive": 5,
+                "occurred_at": "2025-04-06T09:00:00Z"}),
+            &[("idempotency-key", "inactivity:2025-04-01")],
+        )
+        .await;
+    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
     app.settle().await;
 
     let clock = Arc::new(ManualClock::new(datetime!(2025-05-02 08:00 UTC)));

@@ -152,6 +152,14 @@ pub struct Health {
     pub slow_responses: Vec<OffsetDateTime>,
     /// Days inactive of the longest inactivity flag not yet followed by activity.
     pub inactive_days: Option<u32>,
+    /// The first day without activity the standing flags claim (a flag's
+    /// `last_activity_on`, or `days_inactive` before its day): only activity on a later
+    /// day follows them. `None` in state folded before it was kept.
+    #[serde(default)]
+    pub inactive_since: Option<Date>,
+    /// The business day of the latest standing flag.
+    #[serde(default)]
+    pub inactive_flagged_on: Option<Date>,
     pub last_activity_on: Option<Date>,
     /// Day the customer was registered (business time): the inactivity reference before
     /// any activity.
@@ -233,10 +241,13 @@ impl Health {
                 if self.active_contracts.is_empty() {
                     // A relationship starts (the first, or a win-back): loyalty counts
                     // from here, and no usage was missed before it, so an inactivity flag
-                    // of the relationship before does not stand.
+                    // raised before it (of the relationship before) does not stand. A
+                    // contract back-filled to before the flag leaves the flag standing.
                     self.relationship_started_on = Some(day);
                     self.first_contract_at = Some(occurred_at);
-                    self.inactive_days = None;
+                    if self.inactive_flagged_on.is_none_or(|on| on < day) {
+                        self.clear_inactivity();
+                    }
                 }
                 self.active_contracts.insert(e.contract_id.clone());
                 self.contract_revenue.push((day, e.value_minor));
@@ -260,16 +271,23 @@ impl Health {
                 self.slow_responses.push(occurred_at);
             }
             Event::ActivityRecorded(e) => {
-                // Only activity after the day the flag counted from follows it: a day
-                // back-filled from before that does not lift "no activity for 30 days".
-                if self.inactivity_flagged_for.is_none_or(|from| e.day > from) {
-                    self.inactive_days = None;
+                // Only activity after the first day the flags claim without activity
+                // follows them: a day back-filled from before that does not lift "no
+                // activity for 30 days".
+                if self.inactive_since.is_none_or(|since| e.day > since) {
+                    self.clear_inactivity();
                 }
                 self.last_activity_on = Some(self.last_activity_on.map_or(e.day, |d| d.max(e.day)));
             }
             Event::InactivityFlagged(e) => {
                 // Until activity is recorded the longest standing flag counts: a later,
                 // shorter one does not lift "no activity for 30 days".
+                let since = e.last_activity_on.unwrap_or_else(|| {
+                    crate::calendar::days_before(day, i64::from(e.days_inactive))
+                });
+                self.inactive_since = Some(self.inactive_since.map_or(since, |s| s.min(since)));
+                self.inactive_flagged_on =
+                    Some(self.inactive_flagged_on.map_or(day, |on| on.max(day)));
                 self.inactive_days = Some(
                     self.inactive_days
                         .map_or(e.days_inactive, |d| d.max(e.days_inactive)),
@@ -301,6 +319,13 @@ impl Health {
         }
         self.prune(as_of);
         true
+    }
+
+    /// No inactivity flag stands any more.
+    fn clear_inactivity(&mut self) {
+        self.inactive_days = None;
+        self.inactive_since = None;
+        self.inactive_flagged_on = None;
     }
 
     /// The day inactivity is counted from: the last activity or the start of the current

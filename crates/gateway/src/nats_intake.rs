@@ -112,7 +112,7 @@ async fn answer(state: &AppState, msg: &async_nats::Message) -> (u16, Vec<u8>) {
     let headers = msg.headers.as_ref();
     let result = async {
         // Authenticate before looking at the body.
-        state.auth.authorize_value(
+        let principal = state.auth.authorize_value(
             header(headers, "Authorization"),
             crate::auth::Role::Publisher,
         )?;
@@ -126,8 +126,9 @@ async fn answer(state: &AppState, msg: &async_nats::Message) -> (u16, Vec<u8>) {
             &msg.payload,
             header(headers, "Crm-Customer-Id"),
         )?;
-        commands::handle(
+        commands::handle_as(
             state,
+            principal,
             CommandRequest {
                 authorization: header(headers, "Authorization"),
                 customer_id: &customer,

@@ -1,9 +1,10 @@
 //! The scheduler: the passing of time enters the log only through commands.
 //!
 //! On each tick it reads the views for contracts whose renewal window has opened and for
-//! customers without activity for 30 days, and sends `mark_renewal_due` and
-//! `flag_inactivity` through the normal command path. Every command carries a deterministic
-//! idempotency key (`renewal-due:<contract>:<term end>`, `inactivity:<reference day>`), so
+//! customers without activity for the policy's `no_activity_days` (30), and sends
+//! `mark_renewal_due` and `flag_inactivity` through the normal command path. Every command
+//! carries a deterministic idempotency key (`renewal-due:<contract>:<term end>`,
+//! `inactivity:<reference day>`, with `:<days>` after it for a threshold other than 30), so
 //! a restart, a lagging view or two schedulers ticking at once never produce a duplicate.
 //! The clock is injectable so tests can move time.
 
@@ -218,7 +219,16 @@ impl Scheduler {
         let cutoff = today - time::Duration::days(self.inactivity_days);
         for c in health::inactivity_candidates(&self.store, cutoff).await? {
             let days = (today - c.activity_reference).whole_days();
-            let key = format!("inactivity:{}", c.activity_reference);
+            // The threshold is part of the key: a flag sent under another threshold (a
+            // policy changed since) does not make this one a replay of it.
+            let key = if self.inactivity_days == INACTIVITY_DAYS {
+                format!("inactivity:{}", c.activity_reference)
+            } else {
+                format!(
+                    "inactivity:{}:{}",
+                    c.activity_reference, self.inactivity_days
+                )
+            };
             let cmd = Command::FlagInactivity(FlagInactivity {
                 days_inactive: u32::try_from(days).unwrap_or(u32::MAX),
                 last_activity_on: Some(c.activity_reference),

@@ -296,6 +296,53 @@ fn churn_outranks_decline() {
 }
 
 #[test]
+fn a_flag_without_a_last_activity_day_claims_its_days_before_it() {
+    // Activity on Jan 10; a 30-day flag on Mar 31 claims Mar 1 to Mar 31 without activity.
+    let mut w = Walk::signed(datetime!(2025-01-01 09:00 UTC));
+    w.step(
+        Command::RecordActivity(activity_on(date!(2025 - 01 - 10))),
+        datetime!(2025-01-10 18:00 UTC),
+    );
+    w.step(
+        Command::FlagInactivity(inactivity(30)),
+        datetime!(2025-03-31 06:00 UTC),
+    );
+    assert_eq!(w.stage(), Some(Stage::Decline));
+    // Feb 15, back-filled, is before what the flag claims: it stands.
+    w.step(
+        Command::RecordActivity(activity_on(date!(2025 - 02 - 15))),
+        datetime!(2025-04-01 08:00 UTC),
+    );
+    assert_eq!(w.stage(), Some(Stage::Decline));
+    // Mar 15 is inside it: the flag was wrong, and is lifted.
+    w.step(
+        Command::RecordActivity(activity_on(date!(2025 - 03 - 15))),
+        datetime!(2025-04-01 09:00 UTC),
+    );
+    assert_eq!(w.stage(), Some(Stage::Growth));
+}
+
+#[test]
+fn a_first_contract_back_filled_to_before_a_flag_leaves_the_flag_standing() {
+    let mut w = Walk::default();
+    w.step(
+        Command::RegisterCustomer(register("Prospect")),
+        datetime!(2025-01-01 09:00 UTC),
+    );
+    w.step(
+        Command::FlagInactivity(inactivity(59)),
+        datetime!(2025-03-01 09:00 UTC),
+    );
+    assert_eq!(w.stage(), Some(Stage::Acquisition));
+    w.step(
+        Command::SignContract(sign("c1")),
+        datetime!(2025-01-02 09:00 UTC),
+    );
+    assert_eq!(w.stage(), Some(Stage::Decline));
+    assert_eq!(w.lifecycle.health.inactive_days, Some(59));
+}
+
+#[test]
 fn a_win_back_starts_without_the_old_relationships_inactivity_flag() {
     // A churned customer cannot record activity, so a flag of the old relationship would
     // otherwise put every won-back customer in decline from the day they sign again. The

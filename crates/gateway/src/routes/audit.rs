@@ -155,7 +155,10 @@ pub async fn events(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|a| a.contains("application/x-ndjson"));
     if !ndjson {
-        let limit = q.limit.unwrap_or(100).clamp(1, 1_000);
+        let limit = q
+            .limit
+            .unwrap_or(super::customers::DEFAULT_LIMIT)
+            .clamp(1, 1_000);
         let items = page(&state, &filter, q.after_sequence.unwrap_or(0), limit).await?;
         let next = (items.len() as u32 == limit)
             .then(|| items.last().map(|e| e.sequence))

@@ -52,7 +52,7 @@ pub async fn handle(state: &AppState, req: CommandRequest<'_>) -> Result<Submitt
 
 /// [`handle`] for a caller already authenticated as `principal`, a publisher
 /// (`req.authorization` is not looked at again).
-async fn handle_as(
+pub(crate) async fn handle_as(
     state: &AppState,
     principal: Principal,
     req: CommandRequest<'_>,

@@ -178,12 +178,12 @@ pub async fn get_customer(
 #[serde(deny_unknown_fields)]
 pub struct VersionPage {
     /// Return transitions after this customer version.
-    #[serde(default)]
-    pub after_version: u64,
+    #[serde(default, deserialize_with = "crate::routes::empty_is_absent")]
+    pub after_version: Option<u64>,
     /// Page size, 1..=1000.
-    #[serde(default = "default_limit")]
+    #[serde(default, deserialize_with = "crate::routes::empty_is_absent")]
     #[param(default = 100)]
-    pub limit: u32,
+    pub limit: Option<u32>,
 }
 
 /// Paging by stream sequence.
@@ -192,13 +192,13 @@ pub struct VersionPage {
 #[serde(deny_unknown_fields)]
 pub struct SequencePage {
     /// Return entries after this stream sequence.
-    #[serde(default)]
-    pub after_sequence: u64,
+    #[serde(default, deserialize_with = "crate::routes::empty_is_absent")]
+    pub after_sequence: Option<u64>,
     /// Page size, 1..=1000 (a ledger page ends with a whole event, so it can hold a line
     /// more).
-    #[serde(default = "default_limit")]
+    #[serde(default, deserialize_with = "crate::routes::empty_is_absent")]
     #[param(default = 100)]
-    pub limit: u32,
+    pub limit: Option<u32>,
 }
 
 /// A page of a customer's stage changes.
@@ -234,9 +234,8 @@ pub struct StageCounts {
     pub total: u64,
 }
 
-pub(crate) fn default_limit() -> u32 {
-    100
-}
+/// A page's size when the query names none.
+pub(crate) const DEFAULT_LIMIT: u32 = 100;
 
 /// A customer's lifecycle stage changes, oldest first.
 ///
@@ -256,12 +255,13 @@ pub async fn lifecycle_history(
     state.auth.authorize(&headers, Role::Reader)?;
     let id = super::customer_id(&raw_id)?;
     let page = query(page)?;
-    let limit = page.limit.clamp(1, 1_000);
+    let limit = page.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, 1_000);
     wait_for_own_writes(&state, &id).await?;
     if lifecycle::get(&state.store, &id).await?.is_none() {
         known_to_the_log(&state, &id).await?;
     }
-    let items = lifecycle::history(&state.store, &id, page.after_version, limit).await?;
+    let items =
+        lifecycle::history(&state.store, &id, page.after_version.unwrap_or(0), limit).await?;
     let next = (items.len() as u32 == limit)
         .then(|| items.last().map(|t| t.version))
         .flatten();
@@ -291,10 +291,10 @@ pub async fn trust_ledger(
     state.auth.authorize(&headers, Role::Reader)?;
     let id = super::customer_id(&raw_id)?;
     let page = query(page)?;
-    let limit = page.limit.clamp(1, 1_000);
+    let limit = page.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, 1_000);
     wait_for_own_writes(&state, &id).await?;
     let (account, entries) =
-        trust::account_page(&state.store, &id, page.after_sequence, limit).await?;
+        trust::account_page(&state.store, &id, page.after_sequence.unwrap_or(0), limit).await?;
     let account = match account {
         Some(account) => account,
         None => {

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use utoipa::{IntoParams, ToSchema};
 
-use super::customers::{default_limit, query};
+use super::customers::{DEFAULT_LIMIT, query};
 use crate::app::AppState;
 use crate::auth::Role;
 use crate::error::ApiError;
@@ -22,13 +22,15 @@ use crate::error::ApiError;
 #[serde(deny_unknown_fields)]
 pub struct AlertsQuery {
     /// `red` or `yellow`; both when absent.
+    #[serde(default, deserialize_with = "crate::routes::empty_is_absent")]
     pub color: Option<String>,
     /// Cursor from the previous page's `next_after`.
+    #[serde(default, deserialize_with = "crate::routes::empty_is_absent")]
     pub after: Option<String>,
     /// Page size, 1..=1000.
-    #[serde(default = "default_limit")]
+    #[serde(default, deserialize_with = "crate::routes::empty_is_absent")]
     #[param(default = 100)]
-    pub limit: u32,
+    pub limit: Option<u32>,
 }
 
 /// A page of open alerts.
@@ -75,7 +77,7 @@ pub async fn alerts(
                 })?,
         ),
     };
-    let limit = q.limit.clamp(1, 1_000);
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, 1_000);
     let items = health::open_alerts(&state.store, q.color.as_deref(), after, limit).await?;
     let next = (items.len() as u32 == limit)
         .then(|| {
@@ -96,22 +98,24 @@ pub async fn alerts(
 #[serde(deny_unknown_fields)]
 pub struct RenewalsQuery {
     /// Contracts ending within this many days (at most 3650).
-    #[serde(default = "default_within")]
+    #[serde(default, deserialize_with = "crate::routes::empty_is_absent")]
     #[param(default = 90)]
-    pub within_days: u32,
+    pub within_days: Option<u32>,
     /// The day to count from (`YYYY-MM-DD`); today when absent.
+    #[serde(default, deserialize_with = "crate::routes::empty_is_absent")]
     pub as_of: Option<String>,
     /// Also list contracts that ended within the window before `as_of` without renewal
     /// (status `lapsed`, negative `days_left`).
-    #[serde(default = "default_include_lapsed")]
+    #[serde(default, deserialize_with = "crate::routes::empty_is_absent")]
     #[param(default = true)]
-    pub include_lapsed: bool,
+    pub include_lapsed: Option<bool>,
     /// Continue after this contract: the `next_after` of the previous page.
+    #[serde(default, deserialize_with = "crate::routes::empty_is_absent")]
     pub after: Option<String>,
     /// Page size, 1..=1000.
-    #[serde(default = "default_limit")]
+    #[serde(default, deserialize_with = "crate::routes::empty_is_absent")]
     #[param(default = 100)]
-    pub limit: u32,
+    pub limit: Option<u32>,
 }
 
 /// A page of upcoming renewals.
@@ -124,13 +128,8 @@ pub struct RenewalsPage {
     pub next_after: Option<String>,
 }
 
-fn default_within() -> u32 {
-    90
-}
-
-fn default_include_lapsed() -> bool {
-    true
-}
+/// The renewals window when the query names none.
+const DEFAULT_WITHIN_DAYS: u32 = 90;
 
 /// Contracts ending within `within_days` after `as_of`, and those that lapsed within
 /// `within_days` before it (unless `include_lapsed=false`), by end date.
@@ -154,8 +153,8 @@ pub async fn renewals(
         Some(s) => time::Date::parse(s, &time::format_description::well_known::Iso8601::DATE)
             .map_err(|_| ApiError::bad_request("invalid_query", "as_of must be YYYY-MM-DD"))?,
     };
-    let within = i64::from(q.within_days.min(3_650));
-    let limit = q.limit.clamp(1, 1_000);
+    let within = i64::from(q.within_days.unwrap_or(DEFAULT_WITHIN_DAYS).min(3_650));
+    let limit = q.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, 1_000);
     let after = match q.after.as_deref() {
         None => None,
         Some(raw) => Some(RenewalCursor::parse(raw).ok_or_else(|| {
@@ -169,7 +168,7 @@ pub async fn renewals(
         &state.store,
         today,
         within,
-        q.include_lapsed,
+        q.include_lapsed.unwrap_or(true),
         after.as_ref(),
         limit,
     )
