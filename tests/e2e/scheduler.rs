@@ -15,18 +15,28 @@ crm_e2e::on_both_stores!(
     a_customer_whose_command_fails_does_not_hold_up_the_others,
 );
 
-/// Registers a customer on 2025-04-01 with a contract ending 2025-08-20 (inside the
-/// renewal window on 2025-06-01).
-async fn customer_near_renewal(app: &App, c: Uuid) {
-    for body in [
+/// Registers customer `c` and signs `contract` (a `sign_contract` body), both on
+/// 2025-04-01.
+async fn registered_and_signed(app: &App, c: Uuid, contract: serde_json::Value) {
+    for mut body in [
         json!({"type": "register_customer", "name": "Clockwork"}),
-        json!({"type": "sign_contract", "contract_id": "near", "value_minor": 100,
-            "currency": "EUR", "starts_on": "2024-08-20", "ends_on": "2025-08-20"}),
+        contract,
     ] {
-        let mut body = body;
         body["occurred_at"] = json!("2025-04-01T09:00:00Z");
         app.accept(c, body).await;
     }
+}
+
+/// Registers a customer on 2025-04-01 with a contract ending 2025-08-20 (inside the
+/// renewal window on 2025-06-01).
+async fn customer_near_renewal(app: &App, c: Uuid) {
+    registered_and_signed(
+        app,
+        c,
+        json!({"type": "sign_contract", "contract_id": "near", "value_minor": 100,
+            "currency": "EUR", "starts_on": "2024-08-20", "ends_on": "2025-08-20"}),
+    )
+    .await;
 }
 
 async fn renewal_due_and_inactivity_exactly_once(db: Db) {
@@ -160,15 +170,13 @@ async fn a_customer_whose_command_fails_does_not_hold_up_the_others(db: Db) {
     }
     // The middle customer already used the key the scheduler's mark_renewal_due will
     // carry, for another command: that command is refused for this customer alone.
-    let (status, body) = app
-        .command_with(
-            customers[1],
-            &json!({"type": "record_activity", "day": "2025-04-01", "logins": 1,
-                "occurred_at": "2025-04-01T10:00:00Z"}),
-            &[("idempotency-key", "renewal-due:near:2025-08-20")],
-        )
-        .await;
-    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    app.accept_with(
+        customers[1],
+        json!({"type": "record_activity", "day": "2025-04-01", "logins": 1,
+            "occurred_at": "2025-04-01T10:00:00Z"}),
+        &[("idempotency-key", "renewal-due:near:2025-08-20")],
+    )
+    .await;
     app.settle().await;
 
     let clock = Arc::new(ManualClock::new(datetime!(2025-06-01 08:00 UTC)));
@@ -220,26 +228,23 @@ async fn inactivity_is_flagged_at_the_threshold_even_after_a_shorter_flag() {
     let app = App::start(&env).await;
     let (quiet, hand_flagged) = (Uuid::now_v7(), Uuid::now_v7());
     for c in [quiet, hand_flagged] {
-        for mut body in [
-            json!({"type": "register_customer", "name": "Quiet"}),
+        registered_and_signed(
+            &app,
+            c,
             json!({"type": "sign_contract", "contract_id": "c1", "value_minor": 100,
                 "currency": "EUR", "starts_on": "2025-04-01", "ends_on": "2027-03-31"}),
-        ] {
-            body["occurred_at"] = json!("2025-04-01T09:00:00Z");
-            app.accept(c, body).await;
-        }
+        )
+        .await;
     }
     // Sent with the key a scheduler flagging after 5 days would have used: a scheduler
     // with another threshold does not take its own flag for a replay of it.
-    let (status, body) = app
-        .command_with(
-            hand_flagged,
-            &json!({"type": "flag_inactivity", "days_inactive": 5,
-                "occurred_at": "2025-04-06T09:00:00Z"}),
-            &[("idempotency-key", "inactivity:2025-04-01")],
-        )
-        .await;
-    assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+    app.accept_with(
+        hand_flagged,
+        json!({"type": "flag_inactivity", "days_inactive": 5,
+            "occurred_at": "2025-04-06T09:00:00Z"}),
+        &[("idempotency-key", "inactivity:2025-04-01")],
+    )
+    .await;
     app.settle().await;
 
     let clock = Arc::new(ManualClock::new(datetime!(2025-05-02 08:00 UTC)));

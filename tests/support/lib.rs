@@ -394,7 +394,17 @@ impl App {
 
     /// POSTs a command that must be accepted; returns the receipt.
     pub async fn accept(&self, customer: Uuid, body: Value) -> Value {
-        let (status, json) = self.command(customer, body.clone()).await;
+        self.accept_with(customer, body, &[]).await
+    }
+
+    /// POSTs a command with `headers` that must be accepted; returns the receipt.
+    pub async fn accept_with(
+        &self,
+        customer: Uuid,
+        body: Value,
+        headers: &[(&str, &str)],
+    ) -> Value {
+        let (status, json) = self.command_with(customer, &body, headers).await;
         assert_eq!(status, StatusCode::CREATED, "{body} -> {json}");
         json
     }

@@ -145,8 +145,9 @@ pub struct LifecycleView {
     pub since: String,
     pub version: u64,
     pub won_back: bool,
-    /// The policy whose health rules judged the stage; `None` for a row folded before
-    /// the lifecycle recorded it (`crm replay lifecycle` fills it in).
+    /// The policy the health rules ran under when the projector last wrote this row;
+    /// `None` for a row written by a build that did not record it (the customer's next
+    /// event or `crm replay lifecycle` fills it in).
     pub policy_version: Option<String>,
     #[serde(skip)]
     pub last_sequence: u64,

@@ -154,51 +154,6 @@ mod tests {
         assert_eq!(h.activity_reference(), Some(date!(2025 - 07 - 01)));
     }
 
-    /// Loyalty ("a year since the first contract") counts from the current relationship:
-    /// a customer won back yesterday is not loyal for a contract that ended years ago.
-    #[test]
-    fn a_win_back_starts_loyalty_again() {
-        use crm_domain::event::{ContractSigned, ContractTerminated, Event};
-        use crm_domain::health::{Health, Tier};
-        use time::macros::{date, datetime};
-        let policy = default_policy();
-        let signed = |id: &str| {
-            Event::ContractSigned(ContractSigned {
-                contract_id: id.into(),
-                value_minor: 12_000_000,
-                currency: "EUR".into(),
-                starts_on: date!(2021 - 01 - 01),
-                ends_on: date!(2031 - 12 - 31),
-                notice_days: 90,
-                win_back: false,
-            })
-        };
-        let tier = |h: &Health| h.assess(&policy).tier;
-        let mut loyal = Health::default();
-        loyal.apply(&signed("c1"), datetime!(2021-01-01 09:00 UTC), 1, &policy);
-        loyal.apply(&signed("c2"), datetime!(2025-06-01 09:00 UTC), 2, &policy);
-        assert_eq!(tier(&loyal), Tier::A, "revenue and four years of loyalty");
-
-        let mut won_back = Health::default();
-        won_back.apply(&signed("c1"), datetime!(2021-01-01 09:00 UTC), 1, &policy);
-        let ended = Event::ContractTerminated(ContractTerminated {
-            contract_id: "c1".into(),
-            reason: None,
-            churned: true,
-        });
-        won_back.apply(&ended, datetime!(2022-01-01 09:00 UTC), 2, &policy);
-        won_back.apply(&signed("c2"), datetime!(2025-06-01 09:00 UTC), 3, &policy);
-        assert_eq!(
-            won_back.first_contract_at,
-            Some(datetime!(2025-06-01 09:00 UTC))
-        );
-        assert_eq!(
-            tier(&won_back),
-            Tier::B,
-            "the same revenue, loyal for a day"
-        );
-    }
-
     #[test]
     fn a_fingerprint_changes_with_any_rule_not_only_the_version_label() {
         let before = default_policy();

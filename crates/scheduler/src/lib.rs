@@ -130,9 +130,8 @@ impl Scheduler {
     }
 
     /// Flags a customer once `days` have passed without activity: the policy's
-    /// `health.no_activity_days`, so the flag is one the health rule counts (a flag below
-    /// it would be ignored by the views, and the customer not flagged again for the same
-    /// activity).
+    /// `health.no_activity_days`, so the flag is one the health rule counts (the views
+    /// ignore a shorter one).
     pub fn flag_inactivity_after(mut self, days: u32) -> Self {
         self.inactivity_days = i64::from(days.max(1));
         self

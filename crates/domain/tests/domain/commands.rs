@@ -1235,21 +1235,35 @@ fn mark_renewal_due_inside_the_notice_window() {
         .then_accepted();
 }
 
+/// `mark_renewal_due` for `c1`'s term ending 2025-12-31.
+fn mark_c1_due() -> Command {
+    Command::MarkRenewalDue(mark_due("c1", date!(2025 - 12 - 31)))
+}
+
 #[test]
-fn mark_renewal_due_before_the_window_is_refused() {
-    let err = given(active())
-        .at(datetime!(2025-10-01 23:59:59 UTC))
-        .when(Command::MarkRenewalDue(mark_due(
-            "c1",
-            date!(2025 - 12 - 31),
-        )))
-        .then_refused("renewal_not_due");
-    assert_eq!(
-        err,
-        DomainError::RenewalNotDue {
-            contract_id: "c1".into()
-        }
-    );
+fn mark_renewal_due_outside_the_window_is_refused() {
+    // c1 ends 2025-12-31 with 90 days' notice: refused the second before the window opens
+    // (2025-10-02) and from the day after the term's last day.
+    for at in [
+        datetime!(2025-10-01 23:59:59 UTC),
+        datetime!(2026-01-01 00:00 UTC),
+    ] {
+        let err = given(active())
+            .at(at)
+            .when(mark_c1_due())
+            .then_refused("renewal_not_due");
+        assert_eq!(
+            err,
+            DomainError::RenewalNotDue {
+                contract_id: "c1".into()
+            }
+        );
+    }
+    // The window's last day is the term's last day.
+    given(active())
+        .at(datetime!(2025-12-31 23:59:59 UTC))
+        .when(mark_c1_due())
+        .then_accepted();
     // The window follows the contract's own notice period.
     let short_notice = Event::ContractSigned(ContractSigned {
         notice_days: 30,
@@ -1257,47 +1271,16 @@ fn mark_renewal_due_before_the_window_is_refused() {
     });
     given(vec![registered(), short_notice.clone()])
         .at(datetime!(2025-11-30 12:00 UTC))
-        .when(Command::MarkRenewalDue(mark_due(
-            "c1",
-            date!(2025 - 12 - 31),
-        )))
+        .when(mark_c1_due())
         .then_refused("renewal_not_due");
     given(vec![registered(), short_notice])
         .at(datetime!(2025-12-01 12:00 UTC))
-        .when(Command::MarkRenewalDue(mark_due(
-            "c1",
-            date!(2025 - 12 - 31),
-        )))
+        .when(mark_c1_due())
         .then_event(Event::RenewalMarkedDue(RenewalMarkedDue {
             contract_id: "c1".into(),
             term_ends_on: date!(2025 - 12 - 31),
             notice_days: 30,
         }));
-}
-
-#[test]
-fn mark_renewal_due_after_the_term_ended_is_refused() {
-    // The window's last day is the term's last day.
-    given(vec![registered(), signed("c1")])
-        .at(datetime!(2025-12-31 23:59:59 UTC))
-        .when(Command::MarkRenewalDue(mark_due(
-            "c1",
-            date!(2025 - 12 - 31),
-        )))
-        .then_accepted();
-    let err = given(vec![registered(), signed("c1")])
-        .at(datetime!(2026-01-01 00:00 UTC))
-        .when(Command::MarkRenewalDue(mark_due(
-            "c1",
-            date!(2025 - 12 - 31),
-        )))
-        .then_refused("renewal_not_due");
-    assert_eq!(
-        err,
-        DomainError::RenewalNotDue {
-            contract_id: "c1".into()
-        }
-    );
 }
 
 #[test]

@@ -2,6 +2,7 @@
 
 use crm_domain::command::*;
 use crm_domain::event::*;
+use crm_domain::health::Tier;
 use crm_domain::lifecycle::{Lifecycle, MATURITY_AFTER_DAYS, Stage, Transition};
 use crm_domain::{Command, CustomerState, Event, decide};
 use serde_json::json;
@@ -367,6 +368,42 @@ fn a_win_back_starts_without_the_old_relationships_inactivity_flag() {
     let flag_at = won_back_at + Duration::days(31);
     w.step(Command::FlagInactivity(inactivity(31)), flag_at);
     assert_eq!(w.stage(), Some(Stage::Decline));
+}
+
+/// Loyalty ("a year since the first contract") counts from the current relationship: a
+/// customer won back yesterday is not loyal for a contract that ended years ago.
+#[test]
+fn a_win_back_starts_loyalty_for_the_value_tier_again() {
+    let large = |id: &str| {
+        Command::SignContract(SignContract {
+            value_minor: 12_000_000,
+            ..sign(id)
+        })
+    };
+    let tier = |w: &Walk| w.lifecycle.health.assess(&policy()).tier;
+    let first = datetime!(2021-01-01 09:00 UTC);
+    let now = datetime!(2025-06-01 09:00 UTC);
+
+    let mut loyal = Walk::default();
+    loyal.step(Command::RegisterCustomer(register("Acme")), first);
+    loyal.step(large("c1"), first);
+    loyal.step(large("c2"), now);
+    assert_eq!(tier(&loyal), Tier::A, "revenue and four years of loyalty");
+
+    let mut won_back = Walk::default();
+    won_back.step(Command::RegisterCustomer(register("Acme")), first);
+    won_back.step(large("c1"), first);
+    won_back.step(
+        Command::TerminateContract(terminate("c1")),
+        datetime!(2022-01-01 09:00 UTC),
+    );
+    won_back.step(large("c2"), now);
+    assert_eq!(won_back.lifecycle.health.first_contract_at, Some(now));
+    assert_eq!(
+        tier(&won_back),
+        Tier::B,
+        "the same revenue, loyal for a day"
+    );
 }
 
 #[test]

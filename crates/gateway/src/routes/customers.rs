@@ -91,9 +91,9 @@ pub struct LifecycleSection {
     pub stage: String,
     pub since: String,
     pub won_back: bool,
-    /// The policy whose health rules judged the stage (decline on red, maturity in good
-    /// health); null for a stage folded before the lifecycle recorded it, until
-    /// `crm replay lifecycle`.
+    /// The policy the health rules (decline on red, maturity in good health) ran under when
+    /// the projector last wrote this customer; null for a stage written by a build that
+    /// did not record it, until the customer's next event or `crm replay lifecycle`.
     pub policy_version: Option<String>,
 }
 
