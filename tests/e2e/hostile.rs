@@ -123,3 +123,66 @@ async fn hostile_input_never_breaks_a_door() {
     assert_eq!(status, 200, "{v}");
     app.stop().await;
 }
+
+/// A request whose reply subject lies inside the event log (or a server API) is never
+/// answered: the gateway's answer would otherwise be stored as an event of the customer
+/// that subject names, and the log could never be rid of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_subject_inside_the_log_is_never_answered() {
+    let env = Env::new().await;
+    let app = App::start(&env).await;
+    let c = Uuid::now_v7();
+    app.accept(c, register("Target")).await;
+    let log = env.log().await;
+    let subject = log.subject(&crm_domain::CustomerId::new(c));
+    let head_before = log.head().await.unwrap();
+    let client = async_nats::connect(env.nats.url()).await.unwrap();
+    let touch = json!({"type": "record_care_touch", "kind": "birthday", "customer_id": c,
+                       "occurred_at": "2025-03-01T10:00:00Z"});
+    for (auth, reply) in [
+        (None, subject.as_str()),
+        (Some(KEY), subject.as_str()),
+        (Some(KEY), "$JS.API.STREAM.DELETE.CRM_EVENTS"),
+        (Some(KEY), "crm.commands.record_care_touch"),
+    ] {
+        let mut h = async_nats::HeaderMap::new();
+        if let Some(key) = auth {
+            h.insert("Authorization", format!("Bearer {key}").as_str());
+        }
+        client
+            .publish_with_reply_and_headers(
+                "crm.commands.record_care_touch",
+                reply.to_owned(),
+                h,
+                touch.to_string().into(),
+            )
+            .await
+            .unwrap();
+    }
+    // A request with an ordinary inbox after them is answered; by then the gateway has
+    // taken the ones before (one subscription, in order).
+    let mut h = async_nats::HeaderMap::new();
+    h.insert("Authorization", format!("Bearer {KEY}").as_str());
+    let mut body = touch.clone();
+    body["occurred_at"] = json!("2025-03-02T10:00:00Z");
+    let reply = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request_with_headers("crm.commands.record_care_touch", h, body.to_string().into()),
+    )
+    .await
+    .expect("reply in time")
+    .expect("request");
+    let status = reply.headers.as_ref().and_then(|h| h.get("Crm-Status"));
+    assert_eq!(status.map(|s| s.as_str()), Some("201"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Only the answered command was stored, and the customer's history still reads.
+    assert_eq!(log.head().await.unwrap(), head_before + 1);
+    let history = log
+        .read_customer(&crm_domain::CustomerId::new(c), 0)
+        .await
+        .expect("the customer's history decodes");
+    assert_eq!(history.len(), 2);
+    assert!(log.jetstream().get_stream(log.stream_name()).await.is_ok());
+    app.stop().await;
+}

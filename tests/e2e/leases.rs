@@ -133,3 +133,34 @@ async fn a_bucket_made_again_gives_larger_fences() {
     m.stop.cancel();
     m.leases.left().await;
 }
+
+/// A member configured with another lease time than the bucket was made with is refused
+/// with a message naming both, instead of losing its leases between renewals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_time_other_than_the_bucket_s_is_refused() {
+    let env = Env::new().await;
+    let settings = LeaseSettings {
+        ttl: Duration::from_secs(2),
+        ..LeaseSettings::default()
+    };
+    let first = join(&env, &settings, "a").await;
+    let log = env.log().await;
+    let longer = LeaseSettings {
+        ttl: Duration::from_secs(6),
+        ..settings.clone()
+    };
+    let err = PartitionLeases::join(
+        log.jetstream(),
+        &longer,
+        "b".into(),
+        PARTITIONS,
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("2s") && err.contains("6s"), "{err}");
+    // The same lease time joins.
+    let second = join(&env, &settings, "c").await;
+    settle(&[first, second], &[8, 8]).await;
+}

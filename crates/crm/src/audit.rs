@@ -128,7 +128,7 @@ fn ndjson_line(e: &crm_log::StoredEvent) -> String {
 
 /// Runs an audit command.
 pub async fn run(cfg: Config, command: AuditCommand) -> anyhow::Result<()> {
-    let parts = services::open(&cfg).await?;
+    let parts = services::open_existing(&cfg).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match command {
         AuditCommand::Query { filter, limit } => {

@@ -66,6 +66,17 @@ fn secret_file(path: &Path) -> anyhow::Result<String> {
 
 /// Runs everything until Ctrl-C.
 pub async fn run(args: DevArgs) -> anyhow::Result<()> {
+    // Signals are taken over before anything starts: Ctrl-C while the embedded server
+    // starts or demo data is written stops what has started, the server last, instead of
+    // ending the process there and leaving the server behind.
+    let signalled = CancellationToken::new();
+    tokio::spawn({
+        let signalled = signalled.clone();
+        async move {
+            services::shutdown_signal().await;
+            signalled.cancel();
+        }
+    });
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
@@ -106,6 +117,35 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         }
     }
 
+    let started = start(cfg, &args, &data_dir, &key);
+    let result = tokio::select! {
+        started = started => match started {
+            Ok((tasks, shutdown)) => {
+                services::supervise_until(tasks, shutdown, signalled.cancelled()).await
+            }
+            Err(e) => Err(e),
+        },
+        _ = signalled.cancelled() => {
+            // Whatever had started is dropped with its tasks: a projector's open batch
+            // rolls back, as after a crash.
+            tracing::info!("stopping");
+            Ok(())
+        }
+    };
+    if let Some(mut s) = server {
+        s.stop().await;
+    }
+    result
+}
+
+/// Starts every service on `cfg` (its NATS URL set) and prints the addresses: the running
+/// services and the token that stops them.
+async fn start(
+    cfg: config::Config,
+    args: &DevArgs,
+    data_dir: &Path,
+    key: &str,
+) -> anyhow::Result<(JoinSet<anyhow::Result<()>>, CancellationToken)> {
     let parts = services::open(&cfg).await?;
     let state = services::app_state(&cfg, &parts)?;
     let listener = TcpListener::bind(cfg.gateway.http_addr)
@@ -159,9 +199,5 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         out.flush()?;
     }
 
-    let result = services::supervise(tasks, shutdown).await;
-    if let Some(mut s) = server {
-        s.stop().await;
-    }
-    result
+    Ok((tasks, shutdown))
 }

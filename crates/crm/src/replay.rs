@@ -18,6 +18,7 @@ use crate::services;
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
     /// audit, lifecycle, trust, health, renewals or all.
+    #[arg(value_parser = ["all", "audit", "lifecycle", "trust", "health", "renewals"])]
     pub projection: String,
     /// Build the view as it stood at this stream sequence or RFC 3339 recording time,
     /// into `--into` instead of swapping it live.
@@ -59,7 +60,7 @@ fn into_location(cfg: &Config, into: &str) -> anyhow::Result<Location> {
 
 /// Runs a replay.
 pub async fn run(cfg: Config, args: ReplayArgs) -> anyhow::Result<()> {
-    let parts = services::open(&cfg).await?;
+    let parts = services::open_existing(&cfg).await?;
     let policy = services::policy(&cfg)?;
     if let Some(as_of) = &args.as_of {
         let at = match as_of.parse::<u64>() {
@@ -73,6 +74,11 @@ pub async fn run(cfg: Config, args: ReplayArgs) -> anyhow::Result<()> {
         };
         let into = args.into.context("--as-of needs --into FILE")?;
         let into = into_location(&cfg, &into)?;
+        // Refused before the target is made, so a mistyped sequence leaves no empty file.
+        let head = parts.log.head().await?;
+        if at > head {
+            return Err(crm_projections::ProjectionError::AsOfPastHead { at, head }.into());
+        }
         let target = ReadStore::open_at(&into).await?;
         let started = Instant::now();
         rebuild::as_of(

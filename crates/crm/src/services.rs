@@ -28,6 +28,21 @@ pub struct Parts {
 /// Connects to NATS, opens the stream and the read store.
 pub async fn open(cfg: &Config) -> anyhow::Result<Parts> {
     let log = EventLog::connect(&cfg.nats, &cfg.stream).await?;
+    with_log(cfg, log).await
+}
+
+/// Like [`open`], but refuses a NATS server without the stream instead of creating it:
+/// for the tools that read, verify or replay the log (`crm audit`, `crm status`,
+/// `crm replay`), which must not leave a new stream on a server they were pointed at by
+/// mistake.
+pub async fn open_existing(cfg: &Config) -> anyhow::Result<Parts> {
+    let log = EventLog::connect_existing(&cfg.nats, &cfg.stream)
+        .await
+        .with_context(|| format!("opening the event log at {}", cfg.nats.url))?;
+    with_log(cfg, log).await
+}
+
+async fn with_log(cfg: &Config, log: EventLog) -> anyhow::Result<Parts> {
     let customers = Arc::new(Customers::new(
         log.clone(),
         cfg.gateway.cache_capacity,
@@ -325,12 +340,22 @@ pub async fn shutdown_signal() {
 
 /// Waits for a signal, cancels `shutdown`, then waits for every task to drain.
 pub async fn supervise(
+    tasks: JoinSet<anyhow::Result<()>>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    supervise_until(tasks, shutdown, shutdown_signal()).await
+}
+
+/// Waits for `stop` (or a task's end), cancels `shutdown`, then waits for every task to
+/// drain.
+pub async fn supervise_until(
     mut tasks: JoinSet<anyhow::Result<()>>,
     shutdown: CancellationToken,
+    stop: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let mut result = Ok(());
     tokio::select! {
-        _ = shutdown_signal() => tracing::info!("stopping"),
+        _ = stop => tracing::info!("stopping"),
         Some(done) = tasks.join_next() => {
             result = flatten(done);
             if result.is_err() {

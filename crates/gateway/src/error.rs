@@ -86,6 +86,7 @@ fn log_status(e: &LogError) -> (StatusCode, &'static str) {
         }
         LogError::ServerTooOld { .. }
         | LogError::StreamMisconfigured { .. }
+        | LogError::StreamMissing { .. }
         | LogError::Decode { .. }
         | LogError::Immutable(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
     }

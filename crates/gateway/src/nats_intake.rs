@@ -20,6 +20,24 @@ pub const SUBJECT_PREFIX: &str = "crm.commands";
 /// Queue group shared by all gateways.
 pub const QUEUE_GROUP: &str = "crm-gateway";
 
+/// Whether a request's reply subject may be answered. The gateway's connection may publish
+/// to the event log, so a reply must never go there (the stream would store the reply as
+/// an event of the customer the subject names, for ever), nor to the JetStream, key-value,
+/// object-store or system APIs, nor back into the command subjects. Anyone who may send a
+/// command request could otherwise name any of them.
+pub fn reply_allowed(reply: &str) -> bool {
+    const FORBIDDEN: [&str; 5] = ["$JS.", "$KV.", "$O.", "$SYS.", "$NRG."];
+    let inside = |prefix: &str| {
+        reply == prefix
+            || reply
+                .strip_prefix(prefix)
+                .is_some_and(|rest| rest.starts_with('.'))
+    };
+    !inside(crm_log::subject::EVENTS_PREFIX)
+        && !inside(SUBJECT_PREFIX)
+        && !FORBIDDEN.iter().any(|p| reply.starts_with(p))
+}
+
 /// The first value of header `name`, its name matched case-insensitively as over HTTP
 /// (async-nats compares header names exactly).
 fn header<'h>(headers: Option<&'h HeaderMap>, name: &str) -> Option<&'h str> {
@@ -209,6 +227,12 @@ fn spawn_answer(
         tracing::warn!(subject = %msg.subject, "command without a reply subject ignored");
         return;
     };
+    if !reply_allowed(&reply) {
+        // Not even decided: an answer could not be delivered, and a command whose outcome
+        // its sender cannot learn is better not taken.
+        tracing::warn!(subject = %msg.subject, reply = %reply, "command with a reply subject inside the log or a server API ignored");
+        return;
+    }
     let state = state.clone();
     let client = client.clone();
     in_flight.spawn(async move {
@@ -223,4 +247,35 @@ fn spawn_answer(
             tracing::error!(error = %e, "replying to a command request failed");
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reply_allowed;
+
+    #[test]
+    fn replies_never_go_into_the_log_or_a_server_api() {
+        for ok in [
+            "_INBOX.abc.1",
+            "my.inbox.7",
+            "crm.eventsx.1",
+            "crm.commandsx",
+            "JS.API",
+        ] {
+            assert!(reply_allowed(ok), "{ok}");
+        }
+        for refused in [
+            "crm.events.07.0191e4c2-7a3b-7cde-8f00-123456789abc",
+            "crm.events",
+            "crm.commands.register_customer",
+            "$JS.API.STREAM.DELETE.CRM_EVENTS",
+            "$JS.ACK.CRM_EVENTS.x.1.1.1.1.0",
+            "$KV.crm_leases_all.k",
+            "$O.bucket.x",
+            "$SYS.REQ.SERVER.PING",
+            "$NRG.x",
+        ] {
+            assert!(!reply_allowed(refused), "{refused}");
+        }
+    }
 }

@@ -17,6 +17,10 @@ pub enum LogError {
     },
     #[error("stream {stream} is misconfigured: {reason}")]
     StreamMisconfigured { stream: String, reason: String },
+    #[error(
+        "no stream {stream} on the NATS server: nothing was ever written to this log, or the NATS URL names another server"
+    )]
+    StreamMissing { stream: String },
     #[error("cannot connect to NATS at {url}: {reason}")]
     Connect { url: String, reason: String },
     #[error("nats-server process: {0}")]

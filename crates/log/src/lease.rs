@@ -143,7 +143,29 @@ pub async fn open_bucket(
     settings: &LeaseSettings,
 ) -> Result<kv::Store, LogError> {
     match js.get_key_value(&settings.bucket).await {
-        Ok(store) => Ok(store),
+        Ok(store) => {
+            // Members renew at a third of the configured lease time, but keys expire at
+            // the bucket's: a bucket made under another lease time would take leases away
+            // between renewals (or keep a dead member's for longer than configured).
+            let status = store
+                .status()
+                .await
+                .map_err(|e| LogError::Nats(format!("reading lease bucket: {e}")))?;
+            let kept = status.info.config.max_age;
+            if kept != settings.ttl {
+                return Err(LogError::StreamMisconfigured {
+                    stream: format!("KV_{}", settings.bucket),
+                    reason: format!(
+                        "the lease bucket keeps leases for {kept:?} but the lease time is \
+                         configured as {:?} (projector.lease_ttl_ms): configure {kept:?} \
+                         again, or delete the bucket while no projector runs so the next \
+                         one makes it anew",
+                        settings.ttl
+                    ),
+                });
+            }
+            Ok(store)
+        }
         Err(_) => js
             .create_key_value(kv::Config {
                 bucket: settings.bucket.clone(),

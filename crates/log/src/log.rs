@@ -11,7 +11,7 @@ use futures::{Stream, TryStreamExt};
 use crate::connect::NatsConfig;
 use crate::envelope::{DecodeError, Envelope};
 use crate::error::LogError;
-use crate::stream::{StreamSettings, ensure_stream};
+use crate::stream::{StreamSettings, ensure_stream, existing_stream};
 use crate::subject::customer_subject;
 use crate::wire::Dialer;
 
@@ -113,6 +113,22 @@ impl std::fmt::Debug for EventLog {
     }
 }
 
+/// Whether a replicated stream refused a publish without storing it because another
+/// write to the same subject (10164, "wrong last sequence" without a number) or with the
+/// same message id (10158) is still in flight. Nothing was stored: like a conflict, it is
+/// answered by catching up and deciding again (async-nats gives these the kind `Other`).
+fn in_flight_refusal(e: &jetstream::context::PublishError) -> bool {
+    std::error::Error::source(e)
+        .and_then(|s| s.downcast_ref::<jetstream::Error>())
+        .is_some_and(|je| {
+            matches!(
+                je.error_code(),
+                jetstream::ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+                    | jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
+            )
+        })
+}
+
 impl EventLog {
     /// Connects with `config` ([`crate::connect()`]) and opens the log, creating or verifying
     /// the stream. Range reads ([`EventLog::read`]) then read on lean connections of their
@@ -122,6 +138,25 @@ impl EventLog {
         let mut log = Self::open(client, settings).await?;
         log.dialer = Dialer::new(config);
         Ok(log)
+    }
+
+    /// Like [`EventLog::connect`], but a missing stream is [`LogError::StreamMissing`]
+    /// instead of being created (for tools that only read or verify the log).
+    pub async fn connect_existing(
+        config: &NatsConfig,
+        settings: &StreamSettings,
+    ) -> Result<Self, LogError> {
+        let client = crate::connect::connect(config).await?;
+        let js = jetstream::new(client.clone());
+        let (stream, partitions) = existing_stream(&js, settings).await?;
+        Ok(Self {
+            client,
+            js,
+            stream,
+            name: settings.name.clone(),
+            partitions,
+            dialer: Dialer::new(config),
+        })
     }
 
     /// Whether range reads run on lean connections of their own ([`EventLog::connect`] with
@@ -192,11 +227,14 @@ impl EventLog {
         headers.insert(HEADER_EVENT_TYPE, envelope.event_type.as_str());
         headers.insert(HEADER_EVENT_ID, envelope.event_id.to_string().as_str());
         let subject = self.subject(&envelope.customer_id);
-        let map = |e: jetstream::context::PublishError| match e.kind() {
-            PublishErrorKind::WrongLastSequence => LogError::Conflict {
-                expected: expected_last_sequence,
-            },
-            _ => LogError::nats(e),
+        let map = |e: jetstream::context::PublishError| {
+            if e.kind() == PublishErrorKind::WrongLastSequence || in_flight_refusal(&e) {
+                LogError::Conflict {
+                    expected: expected_last_sequence,
+                }
+            } else {
+                LogError::nats(e)
+            }
         };
         let ack = self
             .js
@@ -360,5 +398,31 @@ impl EventLog {
             .await
             .map_err(|_| LogError::Nats("flush timed out".into()))?
             .map_err(LogError::nats)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(kind: PublishErrorKind, err_code: u64) -> jetstream::context::PublishError {
+        let source: jetstream::Error = serde_json::from_value(serde_json::json!({
+            "code": 400, "err_code": err_code, "description": "refused"
+        }))
+        .expect("a JetStream API error");
+        jetstream::context::PublishError::with_source(kind, source)
+    }
+
+    /// A replicated stream's refusals of a write while another to the subject (or with the
+    /// message id) is in flight store nothing, so they are conflicts to retry; any other
+    /// refusal is not.
+    #[test]
+    fn in_flight_refusals_are_retried_like_conflicts() {
+        assert!(in_flight_refusal(&refused(PublishErrorKind::Other, 10164)));
+        assert!(in_flight_refusal(&refused(PublishErrorKind::Other, 10158)));
+        assert!(!in_flight_refusal(&refused(PublishErrorKind::Other, 10077)));
+        assert!(!in_flight_refusal(&jetstream::context::PublishError::new(
+            PublishErrorKind::TimedOut
+        )));
     }
 }

@@ -157,6 +157,11 @@ impl NatsServer {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .kill_on_drop(true);
+        // A process group of its own: Ctrl-C in a terminal signals the whole foreground
+        // group, and the server must outlive the services still draining on it (the owner
+        // stops it last).
+        #[cfg(unix)]
+        cmd.process_group(0);
         match &opts.log_file {
             Some(f) => {
                 cmd.arg("-l").arg(f).stderr(Stdio::null());

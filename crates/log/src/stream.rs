@@ -55,6 +55,24 @@ pub async fn ensure_stream(
     js: &jetstream::Context,
     settings: &StreamSettings,
 ) -> Result<(stream::Stream, u32), LogError> {
+    open_stream(js, settings, true).await
+}
+
+/// Verifies the stream and returns it with its partition count; a missing stream is
+/// [`LogError::StreamMissing`] (for tools that only read the log, which must not create
+/// one on whatever server they were pointed at).
+pub async fn existing_stream(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> Result<(stream::Stream, u32), LogError> {
+    open_stream(js, settings, false).await
+}
+
+async fn open_stream(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+    create: bool,
+) -> Result<(stream::Stream, u32), LogError> {
     if !(1..=100).contains(&settings.partitions) {
         return Err(LogError::StreamMisconfigured {
             stream: settings.name.clone(),
@@ -74,6 +92,11 @@ pub async fn ensure_stream(
                     if je.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND
             ) =>
         {
+            if !create {
+                return Err(LogError::StreamMissing {
+                    stream: settings.name.clone(),
+                });
+            }
             let config = stream::Config {
                 name: settings.name.clone(),
                 subjects: vec![stream_subjects()],

@@ -536,6 +536,20 @@ impl<P: Projection> Projector<P> {
         if let Some(share) = &self.options.share {
             check_fences(&mut tx, share).await?;
         }
+        // Whole projections: one writer at a time per projection, in one order (by name),
+        // so two projectors never fold from state the other is about to replace, and never
+        // wait on each other in a cycle. (A partitioned projection's fences do this for it.)
+        let mut whole: Vec<&str> = self
+            .projections
+            .iter()
+            .zip(marks)
+            .filter(|(_, m)| matches!(m, Mark::Whole(_)))
+            .map(|(p, _)| p.name())
+            .collect();
+        whole.sort_unstable();
+        for name in whole {
+            self.store.lock_projection(&mut tx, name).await?;
+        }
         let now = now_text();
         let mut stamped = Vec::with_capacity(kept.len());
         for ((projection, mark), kept) in self.projections.iter().zip(marks).zip(kept.iter_mut()) {

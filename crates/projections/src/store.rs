@@ -179,6 +179,26 @@ impl ReadStore {
         }
     }
 
+    /// On PostgreSQL, takes projection `name`'s write lock until the end of `tx` (a
+    /// transaction from [`ReadStore::begin_write`]), before the batch reads any of its
+    /// state: two projectors applying the same projection to this store then apply their
+    /// batches one after the other, and the later one sees what the earlier one wrote
+    /// (otherwise it would fold the state it read before and write it over the newer
+    /// rows). SQLite's write lock, taken by `begin_write`, already does this.
+    pub async fn lock_projection(
+        &self,
+        tx: &mut AnyConnection,
+        name: &str,
+    ) -> Result<(), ProjectionError> {
+        if self.dialect() == Dialect::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(lock_key(&format!("projection-{name}"), &self.location))
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Begins a read transaction that sees one snapshot for all its statements.
     pub async fn begin_read(&self) -> Result<Transaction<'static, Any>, ProjectionError> {
         match self.dialect() {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -17,10 +18,12 @@ struct Dev {
     nats: String,
 }
 
+/// Starts `crm dev` in a process group of its own, as a shell starts a foreground job.
 fn start_dev(data_dir: &std::path::Path) -> Dev {
     let mut child = Command::new(env!("CARGO_BIN_EXE_crm"))
         .args(["dev", "--http-addr", "127.0.0.1:0", "--data-dir"])
         .arg(data_dir)
+        .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -227,7 +230,21 @@ async fn crm_dev_quickstart_and_restart() {
     .unwrap();
     std::thread::sleep(Duration::from_millis(300));
     let asked = std::time::Instant::now();
-    signal(&again.child, "TERM");
+    // Ctrl-C in a terminal: SIGINT to the whole foreground process group.
+    let status = Command::new("kill")
+        .args(["-INT", "--", &format!("-{}", again.child.id())])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The embedded nats-server is not in that group: it keeps serving the services that
+    // are still draining, and is stopped last.
+    std::thread::sleep(Duration::from_millis(1_000));
+    let client = async_nats::connect(again.nats.as_str()).await.unwrap();
+    client
+        .flush()
+        .await
+        .expect("nats-server still up while crm drains");
+    drop(client);
     assert!(wait_exit_within(&mut again.child, Duration::from_secs(25)).success());
     assert!(
         asked.elapsed() >= Duration::from_secs(5),
@@ -235,6 +252,11 @@ async fn crm_dev_quickstart_and_restart() {
         asked.elapsed()
     );
     drop(stalled);
+    let nats_addr = again.nats.trim_start_matches("nats://").to_owned();
+    assert!(
+        std::net::TcpStream::connect(&nats_addr).is_err(),
+        "nats-server left running after crm dev stopped"
+    );
 }
 
 /// `crm schedule` (one per deployment) signs chain-head checkpoints every
@@ -306,6 +328,40 @@ async fn the_scheduler_signs_chain_head_checkpoints() {
         String::from_utf8_lossy(&out.stderr).contains("has no events in the log"),
         "{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The tools that only read the log (`crm audit`, `crm status`, `crm replay`) pointed at a
+/// NATS server without the stream (another team's server, a forgotten `CRM_NATS__URL`)
+/// refuse with a clear message and leave no stream behind; `crm audit verify` must not
+/// report an empty log as verified.
+#[tokio::test]
+async fn read_only_tools_refuse_a_server_without_the_stream() {
+    let env = crm_e2e::Env::new().await;
+    for args in [
+        &["audit", "verify"][..],
+        &["audit", "query"],
+        &["status"],
+        &["replay", "lifecycle"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_crm"))
+            .args(args)
+            .env("CRM_NATS__URL", env.nats.url())
+            .envs(env.store_env("views.sqlite"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded: {stderr}");
+        assert!(
+            stderr.contains("no stream CRM_EVENTS on the NATS server"),
+            "{args:?}: {stderr}"
+        );
+    }
+    let client = async_nats::connect(env.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    assert!(
+        js.get_stream("CRM_EVENTS").await.is_err(),
+        "a read-only tool created the stream"
     );
 }
 
