@@ -222,6 +222,21 @@ async fn queries_filter_by_customer_type_actor_and_time_and_stream_ndjson(db: Db
         .collect();
     assert_eq!(lines.len(), 7);
     assert_eq!(lines[6]["stream_sequence"], 7);
+    // A limit caps the stream; 0 is no limit, as over gRPC.
+    for (limit, expected) in [(2, 2), (0, 7)] {
+        let text = app
+            .http
+            .get(format!("{}/v1/audit/events?limit={limit}", app.base))
+            .bearer_auth(crm_e2e::KEY)
+            .header("accept", "application/x-ndjson")
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert_eq!(text.lines().count(), expected, "limit={limit}");
+    }
 
     let (status, bad) = app.get("/v1/audit/events?from=yesterday").await;
     assert_eq!(

@@ -202,6 +202,57 @@ async fn grpc_matches_http() {
         seen.push(env["version"].as_u64().unwrap());
     }
     assert_eq!(seen, vec![1, 2, 3, 4]);
+    // Recording time, as over HTTP: every event was stored before now and none after.
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    for (from, to, expected) in [
+        (now.clone(), String::new(), 0),
+        (String::new(), now.clone(), 4),
+    ] {
+        let mut stream = audit
+            .query_events(with_key(
+                pb::AuditQuery {
+                    customer_id: g.to_string(),
+                    recorded_from: from.clone(),
+                    recorded_to: to.clone(),
+                    ..Default::default()
+                },
+                Some(KEY),
+            ))
+            .await
+            .unwrap()
+            .into_inner();
+        let mut n = 0;
+        while stream.message().await.unwrap().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, expected, "recorded_from {from:?}, recorded_to {to:?}");
+        let (_, http) = app
+            .get(&format!(
+                "/v1/audit/events?customer_id={g}&recorded_from={from}&recorded_to={to}"
+            ))
+            .await;
+        assert_eq!(
+            http["events"].as_array().map(Vec::len),
+            Some(expected),
+            "{http}"
+        );
+    }
+    let bad = audit
+        .query_events(with_key(
+            pb::AuditQuery {
+                recorded_from: "yesterday".into(),
+                ..Default::default()
+            },
+            Some(KEY),
+        ))
+        .await
+        .expect_err("not RFC 3339");
+    assert_eq!(
+        code(&bad),
+        (tonic::Code::InvalidArgument, "invalid_query".into())
+    );
     // A customer id that is not a UUID: the code HTTP answers for the same query.
     let bad = audit
         .query_events(with_key(

@@ -56,6 +56,12 @@ pub struct FilterArgs {
     /// Business time to (RFC 3339).
     #[arg(long)]
     pub to: Option<String>,
+    /// Recording time from (RFC 3339): when the log stored the event.
+    #[arg(long)]
+    pub recorded_from: Option<String>,
+    /// Recording time to (RFC 3339).
+    #[arg(long)]
+    pub recorded_to: Option<String>,
     /// Only events after this stream sequence.
     #[arg(long, default_value_t = 0)]
     pub after_sequence: u64,
@@ -80,8 +86,8 @@ impl FilterArgs {
             actor: self.actor.clone(),
             from: t(&self.from, "from")?,
             to: t(&self.to, "to")?,
-            recorded_from: None,
-            recorded_to: None,
+            recorded_from: t(&self.recorded_from, "recorded-from")?,
+            recorded_to: t(&self.recorded_to, "recorded-to")?,
         })
     }
 }

@@ -167,8 +167,8 @@ impl AuditService for Services {
             actor: opt(&q.actor).map(str::to_owned),
             from: time_arg("from", &q.from)?,
             to: time_arg("to", &q.to)?,
-            recorded_from: None,
-            recorded_to: None,
+            recorded_from: time_arg("recorded_from", &q.recorded_from)?,
+            recorded_to: time_arg("recorded_to", &q.recorded_to)?,
         };
         let total = (q.limit > 0).then_some(q.limit);
         let state = self.state.clone();

@@ -30,7 +30,12 @@ mod secs {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_secs_f64(f64::deserialize(d)?))
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "{secs} is not a duration in seconds (a finite number, 0 or more)"
+            ))
+        })
     }
 }
 
@@ -97,24 +102,7 @@ async fn open_stream(
                     stream: settings.name.clone(),
                 });
             }
-            let config = stream::Config {
-                name: settings.name.clone(),
-                subjects: vec![stream_subjects()],
-                storage: stream::StorageType::File,
-                retention: stream::RetentionPolicy::Limits,
-                num_replicas: settings.replicas,
-                duplicate_window: settings.duplicate_window,
-                deny_delete: true,
-                deny_purge: true,
-                allow_direct: true,
-                allow_rollup: false,
-                description: Some("Customer lifecycle events: the immutable log".into()),
-                metadata: HashMap::from([(
-                    PARTITIONS_KEY.to_owned(),
-                    settings.partitions.to_string(),
-                )]),
-                ..Default::default()
-            };
+            let config = config_for(settings);
             let created = js
                 .get_or_create_stream(config)
                 .await
@@ -126,6 +114,25 @@ async fn open_stream(
             Ok((created, partitions))
         }
         Err(e) => Err(LogError::nats(e)),
+    }
+}
+
+/// The configuration the stream is created with.
+fn config_for(settings: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: settings.name.clone(),
+        subjects: vec![stream_subjects()],
+        storage: stream::StorageType::File,
+        retention: stream::RetentionPolicy::Limits,
+        num_replicas: settings.replicas,
+        duplicate_window: settings.duplicate_window,
+        deny_delete: true,
+        deny_purge: true,
+        allow_direct: true,
+        allow_rollup: false,
+        description: Some("Customer lifecycle events: the immutable log".into()),
+        metadata: HashMap::from([(PARTITIONS_KEY.to_owned(), settings.partitions.to_string())]),
+        ..Default::default()
     }
 }
 
@@ -158,6 +165,26 @@ pub fn verify(config: &stream::Config) -> Result<u32, LogError> {
             "no max age, size or message limits are allowed: events would be dropped",
         ));
     }
+    if config.allow_message_ttl || config.subject_delete_marker_ttl.is_some() {
+        return Err(bad(
+            "per-message TTLs must be off: events would expire from the log",
+        ));
+    }
+    if config.sealed || config.no_ack {
+        return Err(bad(
+            "the stream must take acknowledged appends (not sealed, no_ack off)",
+        ));
+    }
+    if config.mirror.is_some() || config.sources.as_ref().is_some_and(|s| !s.is_empty()) {
+        return Err(bad(
+            "the stream must not mirror or source other streams: every event is appended by the command path",
+        ));
+    }
+    if config.allow_message_counter || config.allow_message_schedules {
+        return Err(bad(
+            "counters and message schedules must be off: the server would write events itself",
+        ));
+    }
     if !config.allow_direct {
         return Err(bad(
             "allow_direct must be on: customers are loaded with direct gets",
@@ -172,4 +199,67 @@ pub fn verify(config: &stream::Config) -> Result<u32, LogError> {
         .and_then(|p| p.parse::<u32>().ok())
         .filter(|p| (1..=100).contains(p))
         .ok_or_else(|| bad(&format!("metadata {PARTITIONS_KEY} is missing or invalid")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The stream as created passes; every setting under which the server could drop,
+    /// expire or write events itself, or refuse appends, is refused.
+    #[test]
+    fn verify_refuses_every_setting_that_could_lose_events() {
+        let good = config_for(&StreamSettings::default());
+        assert_eq!(verify(&good).unwrap(), DEFAULT_PARTITIONS);
+        let source = stream::Source {
+            name: "ELSEWHERE".into(),
+            ..Default::default()
+        };
+        let bad: Vec<(&str, Box<dyn Fn(&mut stream::Config)>)> = vec![
+            ("deny_delete", Box::new(|c| c.deny_delete = false)),
+            ("rollup", Box::new(|c| c.allow_rollup = true)),
+            ("max_age", Box::new(|c| c.max_age = Duration::from_secs(60))),
+            ("ttl", Box::new(|c| c.allow_message_ttl = true)),
+            (
+                "marker",
+                Box::new(|c| c.subject_delete_marker_ttl = Some(Duration::from_secs(60))),
+            ),
+            ("sealed", Box::new(|c| c.sealed = true)),
+            ("no_ack", Box::new(|c| c.no_ack = true)),
+            ("mirror", Box::new(move |c| c.mirror = Some(source.clone()))),
+            (
+                "sources",
+                Box::new(|c| {
+                    c.sources = Some(vec![stream::Source {
+                        name: "OTHER".into(),
+                        ..Default::default()
+                    }])
+                }),
+            ),
+            ("counter", Box::new(|c| c.allow_message_counter = true)),
+            ("schedules", Box::new(|c| c.allow_message_schedules = true)),
+            ("direct", Box::new(|c| c.allow_direct = false)),
+        ];
+        for (what, change) in bad {
+            let mut c = good.clone();
+            change(&mut c);
+            assert!(
+                matches!(verify(&c), Err(LogError::StreamMisconfigured { .. })),
+                "{what} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn a_negative_or_infinite_duplicate_window_is_a_config_error() {
+        #[derive(Debug, Deserialize)]
+        struct W {
+            #[serde(with = "secs")]
+            #[allow(dead_code)]
+            w: Duration,
+        }
+        assert!(serde_json::from_str::<W>(r#"{"w": 1.5}"#).is_ok());
+        let err = serde_json::from_str::<W>(r#"{"w": -1}"#).unwrap_err();
+        assert!(err.to_string().contains("not a duration"), "{err}");
+    }
 }

@@ -82,14 +82,21 @@ pub async fn rebuild_status(
 }
 
 /// Runs `projector` until `target`, reporting progress.
+/// How often a pass records its progress in the live store's rebuild rows (the status
+/// API counts a rebuild whose row was not written for 60 s as over).
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 async fn run_with_progress<P: Projection>(
     projector: &Projector<P>,
     target: u64,
     on_progress: &(dyn Fn(u64, u64) + Send + Sync),
+    live: &ReadStore,
+    names: &[&str],
 ) -> Result<(), ProjectionError> {
     let mut rx = projector.status();
     let run = projector.run_until(target);
     let mut run = std::pin::pin!(run);
+    let mut recorded = std::time::Instant::now();
     loop {
         tokio::select! {
             r = &mut run => return r,
@@ -97,6 +104,13 @@ async fn run_with_progress<P: Projection>(
                 if changed.is_ok() {
                     let cp = rx.borrow().checkpoint;
                     on_progress(cp, target);
+                    if recorded.elapsed() >= PROGRESS_EVERY {
+                        recorded = std::time::Instant::now();
+                        // Best effort: the pass goes on if the live store is busy.
+                        if let Err(e) = progress_all(live, names, "rebuilding", cp, target).await {
+                            tracing::debug!(error = %e, "recording rebuild progress");
+                        }
+                    }
                 }
             }
         }
@@ -256,7 +270,7 @@ pub async fn rebuild<P: Projection + Clone>(
                     break;
                 }
                 progress_all(live, &names, "rebuilding", done, target).await?;
-                run_with_progress(&projector, target, on_progress).await?;
+                run_with_progress(&projector, target, on_progress, live, &names).await?;
                 let done = shadow.min_checkpoint(&names).await?;
                 progress_all(live, &names, "rebuilding", done, target).await?;
             }
@@ -276,7 +290,11 @@ pub async fn rebuild<P: Projection + Clone>(
     shadow.pool().close().await;
     match &result {
         Ok(at) => {
-            progress_all(live, &names, "done", *at, *at).await?;
+            // The swap has committed: the rebuild succeeded whatever happens to its status
+            // row, so a failure to record "done" is logged, not returned.
+            if let Err(e) = progress_all(live, &names, "done", *at, *at).await {
+                tracing::warn!(error = %e, "recording a finished rebuild's status");
+            }
             drop_shadow(live, &shadow_at).await;
         }
         Err(e) => mark_failed(live, &names, e).await,

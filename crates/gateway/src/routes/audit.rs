@@ -170,8 +170,9 @@ pub async fn events(
         })
         .into_response());
     }
-    // NDJSON: stream page after page, so a large result never sits in memory.
-    let total = q.limit.map(u64::from);
+    // NDJSON: stream page after page, so a large result never sits in memory. No limit,
+    // or 0, streams every match (as over gRPC, whose 0 is every match).
+    let total = q.limit.filter(|&l| l > 0).map(u64::from);
     let stream = futures::stream::unfold(
         (state, filter, q.after_sequence.unwrap_or(0), 0u64, false),
         move |(state, filter, after, sent, done)| async move {
