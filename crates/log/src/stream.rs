@@ -210,12 +210,16 @@ mod tests {
     #[test]
     fn verify_refuses_every_setting_that_could_lose_events() {
         let good = config_for(&StreamSettings::default());
-        assert_eq!(verify(&good).unwrap(), DEFAULT_PARTITIONS);
+        assert_eq!(
+            verify(&good).expect("the stream as created"),
+            DEFAULT_PARTITIONS
+        );
         let source = stream::Source {
             name: "ELSEWHERE".into(),
             ..Default::default()
         };
-        let bad: Vec<(&str, Box<dyn Fn(&mut stream::Config)>)> = vec![
+        type Change = Box<dyn Fn(&mut stream::Config)>;
+        let bad: Vec<(&str, Change)> = vec![
             ("deny_delete", Box::new(|c| c.deny_delete = false)),
             ("rollup", Box::new(|c| c.allow_rollup = true)),
             ("max_age", Box::new(|c| c.max_age = Duration::from_secs(60))),
@@ -259,7 +263,7 @@ mod tests {
             w: Duration,
         }
         assert!(serde_json::from_str::<W>(r#"{"w": 1.5}"#).is_ok());
-        let err = serde_json::from_str::<W>(r#"{"w": -1}"#).unwrap_err();
+        let err = serde_json::from_str::<W>(r#"{"w": -1}"#).expect_err("negative");
         assert!(err.to_string().contains("not a duration"), "{err}");
     }
 }
