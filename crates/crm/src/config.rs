@@ -139,12 +139,40 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
             .filter(|k| k.as_str().contains("__"))
             .split("__"),
     );
-    figment.extract().with_context(|| match path {
+    extract(&figment).with_context(|| match path {
         Some(p) => format!(
             "invalid configuration in {} or CRM_* environment",
             p.display()
         ),
         None => "invalid configuration in CRM_* environment".to_owned(),
+    })
+}
+
+/// The configuration in `figment`. An environment value of digits alone
+/// (`CRM_NATS__PASSWORD=123456`) reaches a text setting as a number; taking it back as text
+/// could change it (`007` is read as 7), so it is refused with the way to quote it.
+fn extract(figment: &Figment) -> anyhow::Result<Config> {
+    figment.extract::<Config>().map_err(|e| {
+        let numbers = e.clone().into_iter().any(|e| {
+            matches!(
+                &e.kind,
+                figment::error::Kind::InvalidType(
+                    figment::error::Actual::Unsigned(_)
+                        | figment::error::Actual::Signed(_)
+                        | figment::error::Actual::Float(_),
+                    expected
+                ) if expected.contains("string")
+            )
+        });
+        let e = anyhow::Error::new(e);
+        if numbers {
+            e.context(
+                "a text setting was given a number: an environment value of digits alone is \
+                 read as one, so quote it (CRM_NATS__PASSWORD='\"123456\"')",
+            )
+        } else {
+            e
+        }
     })
 }
 
@@ -159,6 +187,25 @@ mod tests {
         assert_eq!(cfg.stream.replicas, 3);
         assert_eq!(cfg.gateway.api_keys.len(), 1);
         assert_eq!(cfg.projector.batch_size, 20_000);
+    }
+
+    #[test]
+    fn a_number_for_a_text_setting_says_how_to_quote_it() {
+        let numbers = Figment::new().merge(Toml::string("[nats]\npassword = 123456"));
+        let err = format!(
+            "{:#}",
+            extract(&numbers).expect_err("a number for a password")
+        );
+        assert!(err.contains("quote it"), "{err}");
+        let quoted = Figment::new().merge(Toml::string("[nats]\npassword = \"007\""));
+        let cfg = extract(&quoted).expect("a quoted password");
+        assert_eq!(
+            cfg.nats.password.map(|p| p.expose().to_owned()).as_deref(),
+            Some("007")
+        );
+        let other = Figment::new().merge(Toml::string("[gateway]\nmax_attempts = \"many\""));
+        let err = format!("{:#}", extract(&other).expect_err("text for a number"));
+        assert!(!err.contains("quote it"), "{err}");
     }
 
     #[test]
