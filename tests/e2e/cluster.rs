@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crm_e2e::{App, Env, read_all};
@@ -51,13 +52,15 @@ async fn kill_a_node_under_load() {
     cfg.stream = settings.clone();
     let app = Arc::new(App::start_with(cfg, true).await);
 
+    // Acknowledged commands so far, across the writers.
+    let acks = Arc::new(AtomicUsize::new(0));
     let mut writers = Vec::new();
     for w in 0..6 {
         let app = app.clone();
+        let acks = acks.clone();
         writers.push(tokio::spawn(async move {
             let c = crm_domain::CustomerId::new(Uuid::now_v7());
             let mut acked = Vec::new();
-            let mut failures = 0;
             let register: crm_domain::Command = serde_json::from_value(
                 json!({"type": "register_customer", "name": format!("W{w}")}),
             )
@@ -71,6 +74,7 @@ async fn kill_a_node_under_load() {
                 match app.parts.customers.submit(c, &register, &opts).await {
                     Ok(s) => {
                         acked.push(s.receipt);
+                        acks.fetch_add(1, Ordering::Relaxed);
                         last = None;
                         break;
                     }
@@ -91,42 +95,77 @@ async fn kill_a_node_under_load() {
                 let mut opts = SubmitOptions::now("cluster-test");
                 // A retried command must not be written twice, whatever the server saw.
                 opts.meta.idempotency_key = Some(format!("w{w}-r{i}"));
+                let mut last = None;
                 for _attempt in 0..50 {
                     match app.parts.customers.submit(c, &cmd, &opts).await {
                         Ok(s) => {
                             acked.push(s.receipt);
+                            acks.fetch_add(1, Ordering::Relaxed);
+                            last = None;
                             break;
                         }
-                        Err(_) => {
-                            failures += 1;
+                        Err(e) => {
+                            // Retried with the same key while the cluster fails over.
+                            last = Some(e.to_string());
                             tokio::time::sleep(Duration::from_millis(100)).await;
                         }
                     }
                 }
+                if let Some(e) = last {
+                    panic!("writer {w}: command r{i} never acknowledged: {e}");
+                }
             }
-            (acked, failures)
+            acked
         }));
     }
-    // Kill a node in the middle of the load.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    cluster.kill(1).await;
+    // Kill the stream's leader in the middle of the load: once a fifth of the commands
+    // are acknowledged.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while acks.load(Ordering::Relaxed) < 100 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the load never got going"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let leader = app
+        .parts
+        .log
+        .jetstream()
+        .get_stream(&settings.name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .cluster
+        .as_ref()
+        .and_then(|c| c.leader.clone())
+        .expect("a replicated stream has a leader");
+    let killed: usize = leader
+        .strip_prefix("crm-node-")
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("leader {leader:?} is not one of the nodes"));
+    cluster.kill(killed).await;
+    let at_kill = acks.load(Ordering::Relaxed);
 
     let mut acked = Vec::new();
     for w in writers {
-        let (a, _failures) = w.await.unwrap();
-        acked.extend(a);
+        acked.extend(w.await.unwrap());
     }
+    // Every command acknowledged (none given up), many of them after the fail-over.
+    assert_eq!(acked.len(), 6 * 81);
     assert!(
-        acked.len() > 6 * 60,
-        "too few commands went through: {}",
-        acked.len()
+        at_kill < 6 * 81 - 100,
+        "the load was nearly over when the leader died ({at_kill} acknowledged)"
     );
+    let survivor = (killed + 1) % 3;
 
     // A new JetStream meta leader may still be being elected: retry the stream lookup.
     let mut tries = 0;
     let log = loop {
         let attempt = async {
-            let client = crm_log::connect(&NatsConfig::url(cluster.url(0))).await?;
+            let client = crm_log::connect(&NatsConfig::url(cluster.url(survivor))).await?;
             EventLog::open(client, &settings).await
         };
         match attempt.await {

@@ -82,3 +82,106 @@ async fn sixteen_writers_fifty_commands_each_on_one_customer() {
     a.stop().await;
     b.stop().await;
 }
+
+/// Sends `body` to customer `c` from `writers` concurrent clients, alternating between the
+/// two gateways; returns each answer's (status, error code).
+async fn race(
+    bases: [&str; 2],
+    c: Uuid,
+    writers: usize,
+    body: serde_json::Value,
+) -> Vec<(u16, Option<String>)> {
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(writers));
+    let mut handles = Vec::new();
+    for w in 0..writers {
+        let url = format!("{}/v1/customers/{c}/commands", bases[w % 2]);
+        let (body, start) = (body.clone(), start.clone());
+        handles.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            start.wait().await;
+            let resp = http
+                .post(url)
+                .bearer_auth(crm_e2e::KEY)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let v: serde_json::Value = resp.json().await.unwrap();
+            (status, v["error"]["code"].as_str().map(str::to_owned))
+        }));
+    }
+    let mut out = Vec::new();
+    for h in handles {
+        out.push(h.await.unwrap());
+    }
+    out
+}
+
+/// Conflicting commands on one customer at once, through two gateways: each conflict is
+/// decided again on the state the winner left, so exactly one of each is accepted and the
+/// others get the refusal the winner's event makes true (never a second event).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn conflicting_commands_at_once_are_accepted_exactly_once() {
+    let env = Env::new().await;
+    let a = App::start(&env).await;
+    let b = App::start_with(env.config("views-b.sqlite"), false).await;
+    let bases = [a.base.as_str(), b.base.as_str()];
+    let c = Uuid::now_v7();
+    let cases = [
+        (register("Contested"), "customer_already_registered"),
+        (crm_e2e::sign("c1"), "contract_already_exists"),
+        (
+            json!({"type": "log_complaint", "complaint_id": "k1", "severity": "major"}),
+            "complaint_already_exists",
+        ),
+        (
+            json!({"type": "resolve_complaint", "complaint_id": "k1", "resolution_hours": 5}),
+            "complaint_not_open",
+        ),
+        (
+            // The last contract: the winner churns the customer.
+            json!({"type": "terminate_contract", "contract_id": "c1"}),
+            "customer_churned",
+        ),
+    ];
+    for (body, refusal) in cases {
+        let answers = race(bases, c, 12, body.clone()).await;
+        let accepted = answers.iter().filter(|(s, _)| *s == 201).count();
+        assert_eq!(accepted, 1, "{body}: {answers:?}");
+        for (status, code) in &answers {
+            match status {
+                201 => {}
+                // Refused on the state the winner left.
+                422 => assert_eq!(code.as_deref(), Some(refusal), "{body}"),
+                // Out of retries against the other writers: nothing written.
+                409 => assert_eq!(code.as_deref(), Some("concurrent_modification"), "{body}"),
+                other => panic!("{body}: unexpected {other} {code:?}"),
+            }
+        }
+    }
+    let events: Vec<_> = read_all(&env.log().await)
+        .await
+        .into_iter()
+        .filter(|e| e.envelope.customer_id.as_uuid() == &c)
+        .collect();
+    let types: Vec<&str> = events
+        .iter()
+        .map(|e| e.envelope.event_type.as_str())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "customer_registered",
+            "contract_signed",
+            "complaint_logged",
+            "complaint_resolved",
+            "contract_terminated",
+        ]
+    );
+    // The last contract ended: churned once, by the one termination.
+    assert_eq!(events[4].envelope.payload.to_value()["churned"], true);
+    assert_chain(&events);
+    a.stop().await;
+    b.stop().await;
+}
