@@ -169,6 +169,13 @@ pub struct Health {
     pub inactivity_flagged_for: Option<Date>,
     pub latest_csat: Option<u8>,
     pub latest_nps: Option<u8>,
+    /// Business time of the survey `latest_csat` came from: a survey back-filled from
+    /// before it does not replace it.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub latest_csat_at: Option<OffsetDateTime>,
+    /// Business time of the survey `latest_nps` came from.
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    pub latest_nps_at: Option<OffsetDateTime>,
     pub trust: Balances,
     /// When the current relationship's first contract was signed (set again on a
     /// win-back): loyalty counts from it.
@@ -207,9 +214,12 @@ impl Health {
         }
         let assessment = self.assess(policy);
         self.assessment = Some(assessment.clone());
+        // An alert changes when the change is learnt: at the latest business time seen, so
+        // a back-filled event never dates a resolution before its alert was raised.
+        let at = self.as_of.unwrap_or(occurred_at);
         self.update_alert(
             &assessment,
-            occurred_at,
+            at,
             version,
             matches!(event, Event::InterventionLogged(_)),
         )
@@ -299,10 +309,17 @@ impl Health {
                     self.inactivity_flagged_for = Some(self.activity_reference().unwrap_or(day));
                 }
             }
-            Event::SurveyAnswered(e) => match e.kind {
-                SurveyKind::Csat => self.latest_csat = Some(e.score),
-                SurveyKind::Nps => self.latest_nps = Some(e.score),
-            },
+            Event::SurveyAnswered(e) => {
+                // The latest answer by business time counts, not the latest to arrive.
+                let (score, at) = match e.kind {
+                    SurveyKind::Csat => (&mut self.latest_csat, &mut self.latest_csat_at),
+                    SurveyKind::Nps => (&mut self.latest_nps, &mut self.latest_nps_at),
+                };
+                if at.is_none_or(|t| occurred_at >= t) {
+                    *score = Some(e.score);
+                    *at = Some(occurred_at);
+                }
+            }
             Event::InterventionLogged(e) => {
                 if let Some(alert) = &mut self.open_alert
                     && e.alert_id.as_ref().is_none_or(|id| id == &alert.alert_id)

@@ -6,6 +6,7 @@
 mod aggregate;
 mod commands;
 mod harness;
+mod health;
 mod lifecycle;
 mod properties;
 mod wire;
