@@ -200,10 +200,13 @@ async fn queries_filter_by_customer_type_actor_and_time_and_stream_ndjson(db: Db
     let (_, p2) = app
         .get(&format!("/v1/audit/events?after_sequence={next}&limit=100"))
         .await;
-    assert_eq!(
-        p1["events"].as_array().unwrap().len() + p2["events"].as_array().unwrap().len(),
-        7
-    );
+    let sequences: Vec<u64> = [&p1, &p2]
+        .iter()
+        .flat_map(|p| p["events"].as_array().unwrap().iter())
+        .map(|e| e["stream_sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sequences, (1..=7).collect::<Vec<u64>>());
+    assert_eq!(next, 3);
 
     // NDJSON streams one event per line.
     let resp = app

@@ -518,7 +518,6 @@ mod tests {
         assert_eq!(h, request_hash(&care_null, None));
         assert_ne!(h, request_hash(&holiday, None));
         assert_ne!(h, request_hash(&care, Some(at)));
-        assert_eq!(request_hash(&care, Some(at)), request_hash(&care, Some(at)));
         assert_eq!(
             request_hash(&care, Some(at)),
             request_hash(&care, Some(datetime_east(at))),
