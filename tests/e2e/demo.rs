@@ -35,8 +35,11 @@ async fn demo_data_covers_every_scenario() {
     }
 
     let until = time::macros::date!(2025 - 12 - 15);
+    let mut seen = std::collections::BTreeSet::new();
+    let mut due = Vec::new();
     for i in 0..14 {
         let (id, scenario, _) = demo::story(i, 7, until);
+        seen.insert(scenario);
         let (status, v) = app.get(&format!("/v1/customers/{id}")).await;
         assert_eq!(status, 200, "{scenario}: {v}");
         let reasons = codes(&v);
@@ -81,7 +84,7 @@ async fn demo_data_covers_every_scenario() {
                 assert_eq!(v["lifecycle"]["won_back"], true, "{v}");
                 assert_eq!(v["lifecycle"]["stage"], "growth", "{v}");
             }
-            "renewal_coming_due" => {}
+            "renewal_coming_due" => due.push(id.to_string()),
             other => panic!("unknown scenario {other}"),
         }
     }
@@ -94,7 +97,16 @@ async fn demo_data_covers_every_scenario() {
         .iter()
         .filter(|r| r["contract_id"] == "c2")
         .collect();
-    assert!(coming.len() >= 2, "{renewals}");
+    // Every scenario is among the 14 customers, and every renewal_coming_due customer's
+    // second contract is in the 90-day window.
+    assert_eq!(seen.len(), 7, "{seen:?}");
+    assert!(!due.is_empty());
+    for id in &due {
+        assert!(
+            coming.iter().any(|r| r["customer_id"] == id.as_str()),
+            "{id} not coming due: {renewals}"
+        );
+    }
     let (_, red) = app.get("/v1/alerts?color=red").await;
     assert!(red["alerts"].as_array().unwrap().len() >= 2);
     let (_, stages) = app.get("/v1/stages").await;
