@@ -75,6 +75,11 @@ async fn role_by_endpoint_matrix_over_http_and_nats() {
         ("GET", "/v1/audit/checkpoints".into(), Role::Auditor),
         ("POST", "/v1/audit/checkpoints".into(), Role::Auditor),
         ("GET", "/v1/admin/projections".into(), Role::Ops),
+        (
+            "POST",
+            "/v1/admin/projections/renewals/rebuild".into(),
+            Role::Ops,
+        ),
     ];
     let body = json!({"type": "record_care_touch", "kind": "other"});
     for (method, path, needed) in &endpoints {
@@ -122,6 +127,17 @@ async fn role_by_endpoint_matrix_over_http_and_nats() {
                 );
             }
         }
+    }
+
+    // Probes, metrics and the API document answer without a key.
+    for path in ["/healthz", "/readyz", "/metrics", "/openapi.json"] {
+        let resp = app
+            .http
+            .get(format!("{}{path}", app.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 200, "{path} without a key");
     }
 
     // The NATS door: only publishers may send commands.
