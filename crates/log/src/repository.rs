@@ -354,10 +354,13 @@ impl Customers {
         Ok(None)
     }
 
-    /// The last stream sequence this process knows for the customer, without I/O.
-    pub fn known_sequence(&self, id: &CustomerId) -> Option<u64> {
+    /// The last stream sequence this process knows for the customer, without I/O of its
+    /// own: while a command of the customer is being decided or appended it waits for
+    /// that one (so the answer includes it). `None` for a customer this process does not
+    /// hold.
+    pub async fn known_sequence(&self, id: &CustomerId) -> Option<u64> {
         let slot = self.slots.peek(id)?;
-        let guard = slot.try_lock().ok()?;
+        let guard = slot.lock().await;
         guard.as_ref().map(|l| l.last_sequence)
     }
 

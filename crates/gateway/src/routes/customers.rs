@@ -32,10 +32,13 @@ pub const VIEWS: [&str; 4] = [
 /// Waits (bounded by `read_wait`) until every view has applied this process's own latest
 /// write to the customer, so a client reads what it just wrote.
 pub(crate) async fn wait_for_own_writes(state: &AppState, id: &CustomerId) -> Result<(), ApiError> {
-    let Some(wanted) = state.customers.known_sequence(id) else {
+    let deadline = tokio::time::Instant::now() + state.read_wait;
+    // A command of the customer in flight (this client's next one, the scheduler's) is
+    // waited for, within the same bound, rather than taken as nothing to wait for.
+    let known = tokio::time::timeout(state.read_wait, state.customers.known_sequence(id));
+    let Some(wanted) = known.await.ok().flatten() else {
         return Ok(());
     };
-    let deadline = tokio::time::Instant::now() + state.read_wait;
     while state.store.min_checkpoint(&VIEWS).await? < wanted {
         if tokio::time::Instant::now() >= deadline {
             break;
