@@ -147,16 +147,9 @@ impl EventLog {
         settings: &StreamSettings,
     ) -> Result<Self, LogError> {
         let client = crate::connect::connect(config).await?;
-        let js = jetstream::new(client.clone());
-        let (stream, partitions) = existing_stream(&js, settings).await?;
-        Ok(Self {
-            client,
-            js,
-            stream,
-            name: settings.name.clone(),
-            partitions,
-            dialer: Dialer::new(config),
-        })
+        let mut log = Self::open_with(client, settings, false).await?;
+        log.dialer = Dialer::new(config);
+        Ok(log)
     }
 
     /// Whether range reads run on lean connections of their own ([`EventLog::connect`] with
@@ -171,8 +164,21 @@ impl EventLog {
         client: async_nats::Client,
         settings: &StreamSettings,
     ) -> Result<Self, LogError> {
+        Self::open_with(client, settings, true).await
+    }
+
+    /// Opens the log on `client`: the stream made if missing and `create`, else required.
+    async fn open_with(
+        client: async_nats::Client,
+        settings: &StreamSettings,
+        create: bool,
+    ) -> Result<Self, LogError> {
         let js = jetstream::new(client.clone());
-        let (stream, partitions) = ensure_stream(&js, settings).await?;
+        let (stream, partitions) = if create {
+            ensure_stream(&js, settings).await?
+        } else {
+            existing_stream(&js, settings).await?
+        };
         Ok(Self {
             client,
             js,
