@@ -16,9 +16,10 @@ use crate::{config, services};
 /// Arguments of `crm dev`.
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
-    /// Address of the HTTP gateway.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub http_addr: SocketAddr,
+    /// Address of the HTTP gateway (default: `gateway.http_addr` of the config file or
+    /// `CRM_GATEWAY__HTTP_ADDR`, else 127.0.0.1:8080).
+    #[arg(long)]
+    pub http_addr: Option<SocketAddr>,
     /// Address of the gRPC door (a free port by default).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub grpc_addr: SocketAddr,
@@ -35,7 +36,7 @@ pub struct DevArgs {
     #[arg(long)]
     pub demo: Option<u32>,
     /// Optional config file layered under the dev defaults.
-    #[arg(long)]
+    #[arg(long, env = "CRM_CONFIG")]
     pub config: Option<PathBuf>,
 }
 
@@ -82,7 +83,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.canonicalize()?;
     let mut cfg = config::load(args.config.as_deref())?;
     cfg.store.sqlite_path = data_dir.join("views.sqlite");
-    cfg.gateway.http_addr = args.http_addr;
+    if let Some(addr) = args.http_addr {
+        cfg.gateway.http_addr = addr;
+    }
 
     let mut server = None;
     match &args.nats_url {

@@ -20,9 +20,17 @@ struct Dev {
 
 /// Starts `crm dev` in a process group of its own, as a shell starts a foreground job.
 fn start_dev(data_dir: &std::path::Path) -> Dev {
+    start_dev_with(data_dir, &["--http-addr", "127.0.0.1:0"], &[])
+}
+
+/// `crm dev --data-dir <data_dir> <args>` with `envs` set.
+fn start_dev_with(data_dir: &std::path::Path, args: &[&str], envs: &[(&str, &str)]) -> Dev {
     let mut child = Command::new(env!("CARGO_BIN_EXE_crm"))
-        .args(["dev", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg("dev")
+        .args(args)
+        .arg("--data-dir")
         .arg(data_dir)
+        .envs(envs.iter().copied())
         .process_group(0)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -257,6 +265,41 @@ async fn crm_dev_quickstart_and_restart() {
         std::net::TcpStream::connect(&nats_addr).is_err(),
         "nats-server left running after crm dev stopped"
     );
+}
+
+/// Without `--http-addr`, `crm dev` listens where the configuration says (here
+/// `CRM_GATEWAY__HTTP_ADDR`), like `crm gateway`; the flag wins over it.
+#[tokio::test]
+async fn crm_dev_takes_its_http_address_from_the_environment_unless_flagged() {
+    let free = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .to_string()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let from_env = free();
+    let mut dev = start_dev_with(
+        dir.path(),
+        &[],
+        &[("CRM_GATEWAY__HTTP_ADDR", from_env.as_str())],
+    );
+    assert_eq!(dev.http, format!("http://{from_env}"));
+    let (status, _) = get(&dev, "/readyz").await;
+    assert_eq!(status, 200);
+    signal(&dev.child, "INT");
+    assert!(wait_exit(&mut dev.child).success());
+
+    let flagged = free();
+    let mut dev = start_dev_with(
+        dir.path(),
+        &["--http-addr", flagged.as_str()],
+        &[("CRM_GATEWAY__HTTP_ADDR", from_env.as_str())],
+    );
+    assert_eq!(dev.http, format!("http://{flagged}"));
+    signal(&dev.child, "INT");
+    assert!(wait_exit(&mut dev.child).success());
 }
 
 /// `crm schedule` (one per deployment) signs chain-head checkpoints every
