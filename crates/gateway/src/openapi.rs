@@ -118,6 +118,8 @@ enum Scope {
     Checkpoints,
     /// `POST /v1/admin/projections/{name}/rebuild`.
     Rebuild,
+    /// `GET /v1/audit/verify` (its `customer_id` is a query parameter).
+    Verify,
 }
 
 impl Scope {
@@ -138,6 +140,7 @@ impl Scope {
             Scope::Log => has_security || path == "/readyz",
             Scope::Checkpoints => method == "post" && path == "/v1/audit/checkpoints",
             Scope::Rebuild => path.ends_with("/rebuild"),
+            Scope::Verify => path == "/v1/audit/verify",
         }
     }
 }
@@ -181,6 +184,13 @@ fn error_catalog() -> Vec<(Scope, ApiError)> {
         (
             Scope::Query,
             ApiError::bad_request("invalid_query", "unknown field `colour`"),
+        ),
+        (
+            Scope::Verify,
+            ApiError::NotFound {
+                code: "customer_not_found",
+                what: "customer 0192f1d2-7a3b-7c4d-8e5f-6a7b8c9d0e1f".into(),
+            },
         ),
         (
             Scope::Log,
@@ -592,6 +602,9 @@ mod document_tests {
         assert_eq!(example_codes(customer, "400"), ["invalid_customer_id"]);
         let alerts = &doc["paths"]["/v1/alerts"]["get"];
         assert_eq!(example_codes(alerts, "400"), ["invalid_query"]);
+        // A customer the log does not know, named in verify's query.
+        let verify = &doc["paths"]["/v1/audit/verify"]["get"];
+        assert_eq!(example_codes(verify, "404"), ["customer_not_found"]);
         let health = &doc["paths"]["/healthz"]["get"];
         assert!(health.get("security").is_none());
         assert!(health["responses"].get("401").is_none());
