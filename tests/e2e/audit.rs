@@ -419,6 +419,35 @@ async fn verify_names_the_first_break_in_altered_copies() {
         .await
         .unwrap();
     assert_eq!(r.first_break.unwrap().kind, BreakKind::Undecodable);
+
+    // A well-formed event of one customer stored on another customer's subject: it links
+    // into the first customer's chain, but it is not the second customer's history. Both
+    // the full verify and the second customer's verify name it.
+    let (_t5, copy) = copy_stream(&events, |_, e| Some(e.clone())).await;
+    let other = crm_domain::CustomerId::new(Uuid::now_v7());
+    let stray = events.last().unwrap().envelope.clone();
+    let mut next = (*stray).clone();
+    next.version += 1;
+    next.event_id = Uuid::now_v7();
+    next.prev_hash = stray.hash.clone();
+    next.hash = next.compute_hash();
+    jetstream::new(copy.client().clone())
+        .publish(copy.subject(&other), next.to_bytes().into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let r = audit::verify_all(&copy, &[], None, |_, _| {})
+        .await
+        .unwrap();
+    let brk = r.first_break.expect("a stray event is a break");
+    assert_eq!(
+        (brk.kind, brk.sequence),
+        (BreakKind::Undecodable, events.len() as u64 + 1)
+    );
+    assert!(brk.found.contains("stored on subject"), "{brk:?}");
+    let r = audit::verify_customer(&copy, &other).await.unwrap();
+    assert_eq!(r.first_break.map(|b| b.kind), Some(BreakKind::Undecodable));
     let _ = StreamSettings::default();
     app.stop().await;
 }

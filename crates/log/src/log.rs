@@ -12,7 +12,7 @@ use crate::connect::NatsConfig;
 use crate::envelope::{DecodeError, Envelope};
 use crate::error::LogError;
 use crate::stream::{StreamSettings, ensure_stream, existing_stream};
-use crate::subject::customer_subject;
+use crate::subject::{customer_from_subject, customer_subject};
 use crate::wire::Dialer;
 
 /// Header carrying the event type.
@@ -127,6 +127,30 @@ fn in_flight_refusal(e: &jetstream::context::PublishError) -> bool {
                     | jetstream::ErrorCode::STREAM_DUPLICATE_MESSAGE_CONFLICT
             )
         })
+}
+
+/// Decodes the envelope stored at `sequence` on `subject`. An envelope naming another
+/// customer than the subject it was stored on is undecodable there: a customer's history
+/// is its subject, whatever the envelope's links say.
+pub(crate) fn decode_stored(
+    sequence: u64,
+    subject: &str,
+    payload: &[u8],
+) -> Result<Envelope, LogError> {
+    let envelope = Envelope::from_bytes(payload).map_err(|e| LogError::Decode {
+        sequence,
+        reason: e.to_string(),
+    })?;
+    if customer_from_subject(subject) != Some(envelope.customer_id) {
+        return Err(LogError::Decode {
+            sequence,
+            reason: format!(
+                "an event of customer {} stored on subject {subject}",
+                envelope.customer_id
+            ),
+        });
+    }
+    Ok(envelope)
 }
 
 impl EventLog {
@@ -287,12 +311,8 @@ impl EventLog {
                 Ok(msg) => {
                     next = msg.sequence + 1;
                     out.push(
-                        Envelope::from_bytes(&msg.payload)
-                            .map(|envelope| StoredEvent::new(msg.sequence, envelope))
-                            .map_err(|e| LogError::Decode {
-                                sequence: msg.sequence,
-                                reason: e.to_string(),
-                            }),
+                        decode_stored(msg.sequence, &msg.subject, &msg.payload)
+                            .map(|envelope| StoredEvent::new(msg.sequence, envelope)),
                     );
                 }
                 Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(out),
@@ -305,11 +325,7 @@ impl EventLog {
     pub async fn get(&self, sequence: u64) -> Result<Option<StoredEvent>, LogError> {
         match self.stream.direct_get(sequence).await {
             Ok(msg) => {
-                let envelope =
-                    Envelope::from_bytes(&msg.payload).map_err(|e| LogError::Decode {
-                        sequence,
-                        reason: e.to_string(),
-                    })?;
+                let envelope = decode_stored(sequence, &msg.subject, &msg.payload)?;
                 Ok(Some(StoredEvent::new(sequence, envelope)))
             }
             Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
@@ -345,10 +361,7 @@ impl EventLog {
         Ok(messages.map_err(LogError::nats).and_then(|msg| async move {
             let info = msg.info().map_err(LogError::nats)?;
             let sequence = info.stream_sequence;
-            let envelope = Envelope::from_bytes(&msg.payload).map_err(|e| LogError::Decode {
-                sequence,
-                reason: e.to_string(),
-            })?;
+            let envelope = decode_stored(sequence, &msg.subject, &msg.payload)?;
             let mut stored = StoredEvent::new(sequence, envelope);
             stored.behind = info.pending;
             Ok(stored)

@@ -28,7 +28,6 @@ use async_nats::jetstream::consumer::{self, pull};
 use async_nats::jetstream::stream;
 use futures::{Stream, StreamExt};
 
-use crate::envelope::Envelope;
 use crate::error::LogError;
 use crate::log::StoredEvent;
 use crate::wire::{self, AckInfo, Dialer, Op, Wire};
@@ -129,7 +128,7 @@ enum Flow {
 
 impl Cursor {
     /// Checks a message's place in the delivery and the range, and decodes it.
-    fn accept(&mut self, info: &AckInfo, payload: &[u8]) -> Result<Flow, LogError> {
+    fn accept(&mut self, info: &AckInfo, subject: &str, payload: &[u8]) -> Result<Flow, LogError> {
         if info.consumer_sequence != self.next_delivery {
             tracing::debug!(
                 expected = self.next_delivery,
@@ -150,10 +149,7 @@ impl Cursor {
         }
         self.last = sequence;
         self.restarts = 0;
-        let envelope = Envelope::from_bytes(payload).map_err(|e| LogError::Decode {
-            sequence,
-            reason: e.to_string(),
-        })?;
+        let envelope = crate::log::decode_stored(sequence, subject, payload)?;
         let mut stored = StoredEvent::new(sequence, envelope);
         stored.set_behind(info.pending);
         Ok(Flow::Event(stored))
@@ -277,7 +273,7 @@ async fn client_next(messages: &mut pull::Stream, cursor: &mut Cursor) -> Result
                 consumer_sequence: info.consumer_sequence,
                 pending: info.pending,
             };
-            cursor.accept(&info, &msg.payload)
+            cursor.accept(&info, &msg.subject, &msg.payload)
         }
         Some(Err(e)) => {
             // Missed heartbeats, a deleted consumer, a server that went away: start
@@ -358,7 +354,7 @@ async fn wire_next(w: &mut WireSource, pull: usize, cursor: &mut Cursor) -> Resu
                     w.outstanding = w.outstanding.saturating_sub(1);
                     // An undecodable event is returned after the top-up below, so a read
                     // in pulls of one does not wait for an expiry.
-                    Some(cursor.accept(&info, m.payload))
+                    Some(cursor.accept(&info, m.subject, m.payload))
                 }
                 // Idle heartbeat.
                 Some(100) => None,

@@ -190,6 +190,7 @@ pub enum Op<'a> {
 
 /// A message delivered to a subscription.
 pub struct Delivered<'a> {
+    pub subject: &'a str,
     pub reply: Option<&'a str>,
     /// The header block (`NATS/1.0 …` and header lines), empty without headers.
     pub headers: &'a [u8],
@@ -280,8 +281,10 @@ fn frame(buf: &[u8]) -> io::Result<Option<(usize, Kind)>> {
 /// An op's shape, read off its control line.
 #[derive(Clone, Copy)]
 enum Kind {
-    /// `MSG`/`HMSG`: where the reply subject is in the control line, and the sizes.
+    /// `MSG`/`HMSG`: where the subject and the reply subject are in the control line, and
+    /// the sizes.
     Msg {
+        subject: (usize, usize),
         reply: Option<(usize, usize)>,
         headers: usize,
         total: usize,
@@ -346,6 +349,7 @@ impl Kind {
             }
             // The offsets count from the line start, which is the op's start.
             return Ok(Self::Msg {
+                subject: fields[0],
                 reply,
                 headers,
                 total,
@@ -373,13 +377,16 @@ fn op_of(frame: &[u8], kind: Kind) -> Op<'_> {
     };
     match kind {
         Kind::Msg {
+            subject,
             reply,
             headers,
             total,
         } => {
             let body = &frame[eol + 1..eol + 1 + total];
+            let text = |(s, e): (usize, usize)| std::str::from_utf8(&line[s..e]).ok();
             Op::Msg(Delivered {
-                reply: reply.and_then(|(s, e)| std::str::from_utf8(&line[s..e]).ok()),
+                subject: text(subject).unwrap_or_default(),
+                reply: reply.and_then(text),
                 headers: &body[..headers],
                 payload: &body[headers..],
             })
