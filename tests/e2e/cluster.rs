@@ -204,6 +204,35 @@ async fn kill_a_node_under_load() {
         keys.values().all(|n| *n == 1),
         "a command was written twice"
     );
+    // A refusal on the replicated stream is confirmed with the stream's leader first (a
+    // follower may answer direct gets from behind): a cold cache, after the fail-over,
+    // still refuses a second registration, with the domain's code.
+    assert!(log.replicated());
+    let cold = crm_log::Customers::new(log.clone(), 100, 8);
+    let register: crm_domain::Command =
+        serde_json::from_value(json!({"type": "register_customer", "name": "Again"})).unwrap();
+    let customer = acked[0].customer_id;
+    let refused = retry(|| async {
+        match cold
+            .submit(customer, &register, &SubmitOptions::now("cluster-test"))
+            .await
+        {
+            Err(crm_log::SubmitError::Rejected(d)) => Ok(d.code()),
+            Err(crm_log::SubmitError::Log(e)) => Err(e.to_string()),
+            other => panic!("a second registration was not refused: {other:?}"),
+        }
+    })
+    .await;
+    assert_eq!(refused, "customer_already_registered");
+    assert_eq!(
+        retry(|| log.leader_last_sequence(&customer)).await,
+        acked
+            .iter()
+            .filter(|r| r.customer_id == customer)
+            .map(|r| r.stream_sequence)
+            .max()
+            .unwrap()
+    );
     let report = retry(|| crm_log::audit::verify_all(&log, &[], None, |_, _| {})).await;
     assert!(report.ok, "{report:?}");
 

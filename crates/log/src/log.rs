@@ -333,6 +333,27 @@ impl EventLog {
         }
     }
 
+    /// Whether the stream has more than one replica: a direct get may then be answered by
+    /// a follower that is behind the leader.
+    pub fn replicated(&self) -> bool {
+        self.stream.cached_info().config.num_replicas > 1
+    }
+
+    /// The customer's last stream sequence as the stream's leader knows it (0 without
+    /// events): read through the stream's API, which only the leader answers, not with a
+    /// direct get.
+    pub async fn leader_last_sequence(&self, customer: &CustomerId) -> Result<u64, LogError> {
+        match self
+            .stream
+            .get_last_raw_message_by_subject(&self.subject(customer))
+            .await
+        {
+            Ok(msg) => Ok(msg.sequence),
+            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => Ok(0),
+            Err(e) => Err(LogError::nats(e)),
+        }
+    }
+
     /// The stream's last sequence (0 when empty).
     pub async fn head(&self) -> Result<u64, LogError> {
         let mut s = self.stream.clone();

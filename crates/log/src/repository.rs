@@ -333,6 +333,17 @@ impl Customers {
         Ok(())
     }
 
+    /// Whether the stream's leader holds events of the customer past `loaded` (never on a
+    /// stream of one replica, whose direct gets the leader answers): a refusal is only
+    /// given on state the leader confirms, since with replicas a direct get may be
+    /// answered by a follower that is behind.
+    async fn behind_leader(&self, id: &CustomerId, loaded: &Loaded) -> Result<bool, LogError> {
+        if !self.log.replicated() {
+            return Ok(false);
+        }
+        Ok(self.log.leader_last_sequence(id).await? > loaded.last_sequence)
+    }
+
     /// The customer's current state, read through the cache and brought up to date.
     /// `None` when the customer has no events.
     pub async fn load(&self, id: CustomerId) -> Result<Option<Loaded>, LogError> {
@@ -423,6 +434,11 @@ impl Customers {
                     caught_up = true;
                     continue;
                 }
+                if attempts < self.max_attempts && self.behind_leader(&id, loaded).await? {
+                    attempts += 1;
+                    self.catch_up(&id, loaded).await?;
+                    continue;
+                }
                 return Err(SubmitError::VersionConflict {
                     expected,
                     actual: loaded.state.version,
@@ -437,7 +453,16 @@ impl Customers {
                     caught_up = true;
                     continue;
                 }
-                Err(refusal) => return Err(refusal.into()),
+                Err(refusal) => {
+                    if attempts < self.max_attempts && self.behind_leader(&id, loaded).await? {
+                        // Read from a follower that was behind: decide again on what the
+                        // leader holds.
+                        attempts += 1;
+                        self.catch_up(&id, loaded).await?;
+                        continue;
+                    }
+                    return Err(refusal.into());
+                }
             };
             let prev_hash = if loaded.state.version == 0 {
                 GENESIS_HASH.to_owned()
