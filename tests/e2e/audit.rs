@@ -209,14 +209,7 @@ async fn queries_filter_by_customer_type_actor_and_time_and_stream_ndjson(db: Db
     assert_eq!(next, 3);
 
     // NDJSON streams one event per line.
-    let resp = app
-        .http
-        .get(format!("{}/v1/audit/events", app.base))
-        .bearer_auth(crm_e2e::KEY)
-        .header("accept", "application/x-ndjson")
-        .send()
-        .await
-        .unwrap();
+    let resp = ndjson(&app, "").await;
     assert_eq!(resp.headers()["content-type"], "application/x-ndjson");
     let text = resp.text().await.unwrap();
     let lines: Vec<Value> = text
@@ -227,14 +220,8 @@ async fn queries_filter_by_customer_type_actor_and_time_and_stream_ndjson(db: Db
     assert_eq!(lines[6]["stream_sequence"], 7);
     // A limit caps the stream; 0 is no limit, as over gRPC.
     for (limit, expected) in [(2, 2), (0, 7)] {
-        let text = app
-            .http
-            .get(format!("{}/v1/audit/events?limit={limit}", app.base))
-            .bearer_auth(crm_e2e::KEY)
-            .header("accept", "application/x-ndjson")
-            .send()
+        let text = ndjson(&app, &format!("?limit={limit}"))
             .await
-            .unwrap()
             .text()
             .await
             .unwrap();
@@ -247,6 +234,28 @@ async fn queries_filter_by_customer_type_actor_and_time_and_stream_ndjson(db: Db
         (400, Some("invalid_query"))
     );
     app.stop().await;
+}
+
+/// Stores `payload` on `subject` of the log's stream as it is, past every check of the
+/// command path (what someone with publish rights on the stream could do).
+async fn store_raw(log: &EventLog, subject: String, payload: Vec<u8>) {
+    jetstream::new(log.client().clone())
+        .publish(subject, payload.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+}
+
+/// `GET /v1/audit/events<query>` as NDJSON, with the all-roles key.
+async fn ndjson(app: &App, query: &str) -> reqwest::Response {
+    app.http
+        .get(format!("{}/v1/audit/events{query}", app.base))
+        .bearer_auth(crm_e2e::KEY)
+        .header("accept", "application/x-ndjson")
+        .send()
+        .await
+        .unwrap()
 }
 
 /// Copies every event into a fresh stream on another server, letting `alter` change,
@@ -408,13 +417,12 @@ async fn verify_names_the_first_break_in_altered_copies() {
 
     // Garbage published into the stream is named too.
     let (_t4, copy) = copy_stream(&events, |_, e| Some(e.clone())).await;
-    let client = copy.client().clone();
-    jetstream::new(client)
-        .publish(format!("crm.events.00.{}", Uuid::nil()), "not json".into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    store_raw(
+        &copy,
+        format!("crm.events.00.{}", Uuid::nil()),
+        b"not json".to_vec(),
+    )
+    .await;
     let r = audit::verify_all(&copy, &[], None, |_, _| {})
         .await
         .unwrap();
@@ -431,12 +439,7 @@ async fn verify_names_the_first_break_in_altered_copies() {
     next.event_id = Uuid::now_v7();
     next.prev_hash = stray.hash.clone();
     next.hash = next.compute_hash();
-    jetstream::new(copy.client().clone())
-        .publish(copy.subject(&other), next.to_bytes().into())
-        .await
-        .unwrap()
-        .await
-        .unwrap();
+    store_raw(&copy, copy.subject(&other), next.to_bytes()).await;
     let r = audit::verify_all(&copy, &[], None, |_, _| {})
         .await
         .unwrap();

@@ -67,20 +67,32 @@ async fn generate(app: &App, customers: usize) {
     }
 }
 
+/// A projector of `projection` on `store` reading the app's log in batches of `batch`,
+/// rolling back batch `crash` as a crash would.
+fn projector<P: Projection>(
+    projection: P,
+    store: &ReadStore,
+    app: &App,
+    batch: usize,
+    crash: Option<u64>,
+) -> Projector<P> {
+    Projector::new(
+        projection,
+        store.clone(),
+        app.parts.log.clone(),
+        ProjectorOptions {
+            batch_size: batch,
+            crash_before_commit_of_batch: crash,
+            ..ProjectorOptions::default()
+        },
+    )
+}
+
 async fn check<P: Projection + Clone>(projection: P, app: &App, env: &Env, events: &[StoredEvent]) {
     let name = projection.name();
     let head = events.last().unwrap().sequence;
     let run = |store: &ReadStore, batch: usize, crash: Option<u64>| {
-        Projector::new(
-            projection.clone(),
-            store.clone(),
-            app.parts.log.clone(),
-            ProjectorOptions {
-                batch_size: batch,
-                crash_before_commit_of_batch: crash,
-                ..ProjectorOptions::default()
-            },
-        )
+        projector(projection.clone(), store, app, batch, crash)
     };
     // Reference: one clean pass from scratch.
     let fresh = env.open_store(&format!("{name}-fresh.sqlite")).await;
@@ -272,15 +284,7 @@ async fn two_projectors_of_one_projection_on_one_store_equal_one(db: Db) {
     ];
     for (name, projection) in projections {
         let run = |store: &ReadStore, batch: usize| {
-            Projector::new(
-                projection.clone(),
-                store.clone(),
-                app.parts.log.clone(),
-                ProjectorOptions {
-                    batch_size: batch,
-                    ..ProjectorOptions::default()
-                },
-            )
+            projector(projection.clone(), store, &app, batch, None)
         };
         let fresh = env.open_store(&format!("{name}-one.sqlite")).await;
         run(&fresh, 10_000).run_until(head).await.unwrap();
