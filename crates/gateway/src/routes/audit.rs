@@ -51,7 +51,8 @@ pub struct EventsQuery {
     /// Return events after this stream sequence.
     #[serde(default, deserialize_with = "empty_is_absent")]
     pub after_sequence: Option<u64>,
-    /// Page size, 1..=1000 (default 100); with NDJSON, the total to stream (all when absent).
+    /// Page size, 1..=1000 (default 100); with NDJSON, the total to stream (all when absent
+    /// or 0, as over gRPC).
     #[serde(default, deserialize_with = "empty_is_absent")]
     pub limit: Option<u32>,
 }
