@@ -3,6 +3,11 @@
 # and SQLite in ./.crm. Extra arguments go to `crm dev` (see `crm dev --help`).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+# A relative CRM_NATS_SERVER path is relative to where you ran this from.
+case "${CRM_NATS_SERVER:-}" in
+  /* | "") ;;
+  */*) export CRM_NATS_SERVER="$PWD/$CRM_NATS_SERVER" ;;
+esac
 cd "$root"
 # A nats-server of your own (CRM_NATS_SERVER, >= 2.11) is used as it is; otherwise the
 # pinned one is fetched into .tools/ (Linux x86_64).

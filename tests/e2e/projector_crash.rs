@@ -304,3 +304,64 @@ async fn two_projectors_of_one_projection_on_one_store_equal_one(db: Db) {
     }
     app.stop().await;
 }
+
+/// A read store built from another log (here: the same store, and a new nats-server whose
+/// log is shorter) is refused, with the checkpoint and the head named, instead of followed
+/// from its checkpoint, which would skip the new log's events up to there; `status` shows
+/// it as `ahead_of_log`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_store_ahead_of_the_log_is_refused_not_followed() {
+    let env = Env::on(Db::Sqlite).await;
+    let app = App::start_with(env.config("unused.sqlite"), false).await;
+    generate(&app, 4).await;
+    let head = app.parts.log.head().await.unwrap();
+    let store = env.open_store("views.sqlite").await;
+    let lifecycle =
+        || LifecycleProjection::new(Arc::new(crm_projections::policy::default_policy()));
+    let on = |app: &App| {
+        Projector::new(
+            lifecycle(),
+            store.clone(),
+            app.parts.log.clone(),
+            ProjectorOptions::default(),
+        )
+    };
+    on(&app).run_until(head).await.unwrap();
+    app.stop().await;
+
+    // Another log: a fresh server with two events in it.
+    let other = Env::on(Db::Sqlite).await;
+    let app = App::start_with(other.config("unused.sqlite"), false).await;
+    let c = Uuid::now_v7();
+    app.accept(c, register("Elsewhere")).await;
+    app.accept(c, sign("c-1")).await;
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        on(&app).run(tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("refused at once, not retried")
+    .unwrap_err();
+    match err {
+        ProjectionError::AheadOfLog {
+            checkpoint,
+            head: other_head,
+            ..
+        } => assert_eq!((checkpoint, other_head), (head, 2)),
+        other => panic!("expected AheadOfLog, got {other}"),
+    }
+    assert_eq!(
+        store.checkpoint("lifecycle").await.unwrap(),
+        head,
+        "nothing written"
+    );
+    let statuses = crm_projections::status::statuses(&store, &app.parts.log)
+        .await
+        .unwrap();
+    let lifecycle_status = statuses
+        .iter()
+        .find(|s| s.name == "lifecycle")
+        .expect("lifecycle listed");
+    assert_eq!(lifecycle_status.state, "ahead_of_log");
+    app.stop().await;
+}

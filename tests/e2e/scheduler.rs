@@ -287,3 +287,41 @@ async fn inactivity_is_flagged_at_the_threshold_even_after_a_shorter_flag() {
     assert_eq!(scheduler.tick().await.unwrap().inactivity_flagged, 0);
     app.stop().await;
 }
+
+/// Shutdown does not wait for a pass to end. With the log gone, every command of the pass
+/// waits for its publish to time out; `run` still returns as soon as it is asked to stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_the_pass_to_end() {
+    let mut env = Env::new().await;
+    let app = App::start(&env).await;
+    for _ in 0..4 {
+        customer_near_renewal(&app, Uuid::now_v7()).await;
+    }
+    app.settle().await;
+    env.nats.kill().await;
+
+    let clock = Arc::new(ManualClock::new(datetime!(2025-06-01 08:00 UTC)));
+    let scheduler = Scheduler::new(app.parts.customers.clone(), app.parts.store.clone(), clock);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            scheduler
+                .run(std::time::Duration::from_secs(3600), shutdown)
+                .await
+        }
+    });
+    // The first tick starts at once, and its first command is now waiting on the log.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(!run.is_finished(), "the pass is still sending");
+    let asked = std::time::Instant::now();
+    shutdown.cancel();
+    tokio::time::timeout(std::time::Duration::from_secs(2), run)
+        .await
+        .expect("run returns within 2 s of the shutdown, in the middle of its pass")
+        .expect("no panic");
+    assert!(asked.elapsed() < std::time::Duration::from_secs(2));
+
+    env.nats.restart(None).await.unwrap();
+    app.stop().await;
+}

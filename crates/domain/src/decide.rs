@@ -94,8 +94,14 @@ fn text(field: &'static str, value: &str, max: usize) -> Result<String, DomainEr
     Ok(v.to_owned())
 }
 
+/// An identifier: text of at most [`MAX_ID_LEN`] characters, and no control characters
+/// (an id ends up in keys and headers, where a line break cannot go).
 fn id(field: &'static str, value: &str) -> Result<String, DomainError> {
-    text(field, value, MAX_ID_LEN)
+    let id = text(field, value, MAX_ID_LEN)?;
+    if id.chars().any(char::is_control) {
+        return Err(DomainError::ControlCharacter { field });
+    }
+    Ok(id)
 }
 
 /// Optional free text: blank becomes absent.

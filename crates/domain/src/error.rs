@@ -45,6 +45,8 @@ pub enum DomainError {
     EmptyField { field: &'static str },
     #[error("{field} is longer than {max} characters")]
     FieldTooLong { field: &'static str, max: usize },
+    #[error("{field} must not contain control characters (line breaks, tabs)")]
+    ControlCharacter { field: &'static str },
     #[error(
         "contract {contract_id} is not inside its renewal notice window (not yet open, or the term has ended)"
     )]
@@ -89,6 +91,9 @@ impl DomainError {
                 field: "name",
                 max: 200,
             },
+            DomainError::ControlCharacter {
+                field: "contract_id",
+            },
             DomainError::RenewalNotDue { contract_id: c() },
             DomainError::RenewalAlreadyMarked { contract_id: c() },
             DomainError::TermMismatch { contract_id: c() },
@@ -119,6 +124,7 @@ impl DomainError {
             DomainError::OutOfRange { .. } => "out_of_range",
             DomainError::EmptyField { .. } => "empty_field",
             DomainError::FieldTooLong { .. } => "field_too_long",
+            DomainError::ControlCharacter { .. } => "control_character",
             DomainError::RenewalNotDue { .. } => "renewal_not_due",
             DomainError::RenewalAlreadyMarked { .. } => "renewal_already_marked",
             DomainError::TermMismatch { .. } => "term_mismatch",
@@ -144,6 +150,6 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), codes.len(), "{codes:?}");
-        assert_eq!(codes.len(), 22, "a DomainError variant has no example");
+        assert_eq!(codes.len(), 23, "a DomainError variant has no example");
     }
 }

@@ -229,6 +229,22 @@ pub async fn serve(
     health_reporter
         .set_serving::<AuditServiceServer<Services>>()
         .await;
+    // Once shutdown begins the services report NOT_SERVING, so a balancer's health check
+    // stops sending work while the calls in flight drain.
+    let reporter = health_reporter.clone();
+    let stopping = shutdown.clone();
+    tokio::spawn(async move {
+        stopping.cancelled().await;
+        reporter
+            .set_not_serving::<CommandServiceServer<Services>>()
+            .await;
+        reporter
+            .set_not_serving::<CustomerServiceServer<Services>>()
+            .await;
+        reporter
+            .set_not_serving::<AuditServiceServer<Services>>()
+            .await;
+    });
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .build_v1();

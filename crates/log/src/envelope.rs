@@ -147,12 +147,43 @@ impl Envelope {
         request_hash: Option<String>,
         prev_hash: &str,
     ) -> Self {
-        // Serialising a derived enum of plain data cannot fail.
+        Self::seal_encoded(
+            event_id,
+            customer_id,
+            version,
+            event,
+            occurred_at,
+            recorded_at,
+            meta,
+            request_hash,
+            prev_hash,
+        )
+        .0
+    }
+
+    /// [`Envelope::seal`], with the bytes the log stores for the envelope (what
+    /// [`Envelope::to_bytes`] gives), written from the canonical encoding the hash was
+    /// computed over instead of serialising the envelope a second time.
+    #[allow(clippy::too_many_arguments)] // as `seal`
+    pub fn seal_encoded(
+        event_id: Uuid,
+        customer_id: CustomerId,
+        version: u64,
+        event: &Event,
+        occurred_at: OffsetDateTime,
+        recorded_at: OffsetDateTime,
+        meta: &Metadata,
+        request_hash: Option<String>,
+        prev_hash: &str,
+    ) -> (Self, Vec<u8>) {
+        // Serialising a derived enum of plain data cannot fail. The `Value` sorts the
+        // payload's keys; it is written out once, without being parsed back.
         let payload = match serde_json::to_value(event) {
             Ok(serde_json::Value::Object(mut tagged)) => {
-                Payload::from_value(&tagged.remove("payload").unwrap_or_default())
+                let value = tagged.remove("payload").unwrap_or_default();
+                serde_json::value::to_raw_value(&value).unwrap_or_else(|_| null_payload())
             }
-            _ => Payload(null_payload()),
+            _ => null_payload(),
         };
         let mut envelope = Envelope {
             event_id,
@@ -167,20 +198,25 @@ impl Envelope {
             causation_id: meta.causation_id.clone(),
             idempotency_key: meta.idempotency_key.clone(),
             request_hash,
-            payload,
+            payload: Payload(payload),
             prev_hash: prev_hash.to_owned(),
             hash: String::new(),
         };
         // The payload was just written canonically.
-        envelope.hash = hex::encode(Sha256::digest(
-            envelope.canonical_bytes_with(&envelope.payload.0),
-        ));
-        envelope
+        let mut bytes = envelope.encode(&envelope.payload.0, None);
+        envelope.hash = sha256_hex(&bytes);
+        // The stored form is the canonical one with `hash` as its last field: the same
+        // bytes `encode` writes with the hash.
+        bytes.pop();
+        bytes.extend_from_slice(br#","hash":""#);
+        bytes.extend_from_slice(envelope.hash.as_bytes());
+        bytes.extend_from_slice(br#""}"#);
+        (envelope, bytes)
     }
 
     /// The hash this envelope should carry: SHA-256 of [`Envelope::canonical_bytes`].
     pub fn compute_hash(&self) -> String {
-        hex::encode(Sha256::digest(self.canonical_bytes()))
+        sha256_hex(&self.canonical_bytes())
     }
 
     /// The canonical encoding the hash covers: compact JSON of every field but `hash`, keys
@@ -189,13 +225,14 @@ impl Envelope {
     /// writing it out gives, which is how it was computed before (a test holds the two
     /// equal).
     pub fn canonical_bytes(&self) -> Vec<u8> {
-        self.canonical_bytes_with(&self.payload.canonical())
+        self.encode(&self.payload.canonical(), None)
     }
 
-    /// [`Envelope::canonical_bytes`] with `payload` (canonical) in place of the envelope's.
-    fn canonical_bytes_with(&self, payload: &RawValue) -> Vec<u8> {
+    /// Every field but `hash` with keys sorted, `payload` in place of the envelope's, and
+    /// then `hash` when given: the canonical encoding without it, the stored form with it.
+    fn encode(&self, payload: &RawValue, hash: Option<&str>) -> Vec<u8> {
         #[derive(Serialize)]
-        struct Canonical<'a> {
+        struct Fields<'a> {
             actor: &'a str,
             causation_id: &'a Option<String>,
             correlation_id: &'a Option<String>,
@@ -214,8 +251,10 @@ impl Envelope {
             #[serde(rename = "type")]
             event_type: &'a str,
             version: u64,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            hash: Option<&'a str>,
         }
-        let c = Canonical {
+        let fields = Fields {
             actor: &self.actor,
             causation_id: &self.causation_id,
             correlation_id: &self.correlation_id,
@@ -230,9 +269,10 @@ impl Envelope {
             schema_version: self.schema_version,
             event_type: &self.event_type,
             version: self.version,
+            hash,
         };
         // Serialising plain data with string keys cannot fail.
-        serde_json::to_vec(&c).unwrap_or_default()
+        serde_json::to_vec(&fields).unwrap_or_default()
     }
 
     /// Whether the stored hash matches the content.
@@ -240,9 +280,10 @@ impl Envelope {
         self.hash == self.compute_hash()
     }
 
-    /// The JSON bytes written to the log.
+    /// The JSON bytes written to the log: the fields in canonical order (keys sorted, the
+    /// payload as it is), then `hash`.
     pub fn to_bytes(&self) -> Vec<u8> {
-        serde_json::to_vec(self).unwrap_or_default()
+        self.encode(&self.payload.0, Some(&self.hash))
     }
 
     /// Parses stored bytes.
@@ -269,8 +310,15 @@ impl Envelope {
 /// SHA-256 hex of the canonical encoding of a JSON value. `serde_json::Value` keeps object
 /// keys sorted (the `preserve_order` feature is off), which makes the encoding canonical.
 pub fn hash_canonical(value: &serde_json::Value) -> String {
-    let bytes = serde_json::to_vec(value).unwrap_or_default();
-    hex::encode(Sha256::digest(&bytes))
+    sha256_hex(&serde_json::to_vec(value).unwrap_or_default())
+}
+
+/// SHA-256 of `bytes` in lower-case hex.
+fn sha256_hex(bytes: &[u8]) -> String {
+    let mut hex = [0u8; 64];
+    // 32 bytes always fit 64 hex digits, which are ASCII.
+    let _ = hex::encode_to_slice(Sha256::digest(bytes), &mut hex);
+    String::from_utf8_lossy(&hex).into_owned()
 }
 
 /// Upcasts a payload to the current schema version. Version 1 is the only one so far; a
@@ -334,6 +382,49 @@ mod tests {
             back.event().expect("decode").event_type(),
             "customer_registered"
         );
+    }
+
+    /// The bytes sealing writes are the bytes `to_bytes` writes, and without `hash` they
+    /// are the canonical encoding the hash covers (`jq -cS 'del(.hash)'`).
+    #[test]
+    fn sealed_bytes_are_the_stored_form() {
+        let meta = Metadata {
+            actor: "crm \"ops\" ünïcode".into(),
+            correlation_id: Some("c-1".into()),
+            causation_id: None,
+            idempotency_key: Some("k\n1".into()),
+        };
+        for request_hash in [None, Some("ab".repeat(32))] {
+            let (e, bytes) = Envelope::seal_encoded(
+                Uuid::now_v7(),
+                CustomerId::new(Uuid::now_v7()),
+                3,
+                &Event::CustomerRegistered(CustomerRegistered {
+                    name: "Ac\"me\u{1F600}".into(),
+                    segment: Some("smb".into()),
+                    region: None,
+                    account_manager: None,
+                    acquisition_channel: None,
+                }),
+                datetime!(2025-01-01 00:00 +08:00),
+                datetime!(2025-01-01 00:00:01.123456789 UTC),
+                &meta,
+                request_hash.clone(),
+                &"12".repeat(32),
+            );
+            assert_eq!(bytes, e.to_bytes());
+            assert!(e.hash_is_valid());
+            let back = Envelope::from_bytes(&bytes).expect("parse");
+            assert_eq!(back, e);
+            assert_eq!(back.request_hash, request_hash);
+            let mut value: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+            value.as_object_mut().expect("object").remove("hash");
+            assert_eq!(
+                serde_json::to_vec(&value).expect("json"),
+                e.canonical_bytes()
+            );
+            assert!(bytes.ends_with(format!(r#","hash":"{}"}}"#, e.hash).as_bytes()));
+        }
     }
 
     /// Without a request hash the field is not written at all, so envelopes written before

@@ -4,9 +4,11 @@ use std::sync::OnceLock;
 use std::time::Duration;
 
 use async_nats::HeaderMap;
+use async_nats::header::HeaderName;
 use async_nats::jetstream::{self, consumer, context::PublishErrorKind, stream};
 use crm_domain::{CustomerId, Event};
 use futures::{Stream, TryStreamExt};
+use uuid::Uuid;
 
 use crate::connect::NatsConfig;
 use crate::envelope::{DecodeError, Envelope};
@@ -246,16 +248,42 @@ impl EventLog {
         expected_last_sequence: u64,
         msg_id: Option<&str>,
     ) -> Result<Appended, LogError> {
+        self.append_encoded(
+            envelope,
+            envelope.to_bytes(),
+            expected_last_sequence,
+            msg_id,
+        )
+        .await
+    }
+
+    /// [`EventLog::append`] of an envelope already encoded as `bytes` (what
+    /// [`Envelope::seal_encoded`] gives with it).
+    pub async fn append_encoded(
+        &self,
+        envelope: &Envelope,
+        bytes: Vec<u8>,
+        expected_last_sequence: u64,
+        msg_id: Option<&str>,
+    ) -> Result<Appended, LogError> {
+        const EXPECTED: HeaderName = HeaderName::from_static("Nats-Expected-Last-Subject-Sequence");
+        const MSG_ID: HeaderName = HeaderName::from_static("Nats-Msg-Id");
+        const EVENT_TYPE: HeaderName = HeaderName::from_static(HEADER_EVENT_TYPE);
+        const EVENT_ID: HeaderName = HeaderName::from_static(HEADER_EVENT_ID);
         let mut headers = HeaderMap::new();
-        headers.insert(
-            "Nats-Expected-Last-Subject-Sequence",
-            expected_last_sequence.to_string().as_str(),
-        );
+        headers.insert(EXPECTED, expected_last_sequence.to_string());
         if let Some(id) = msg_id {
-            headers.insert("Nats-Msg-Id", id);
+            headers.insert(MSG_ID, msg_id_value(id).as_ref());
         }
-        headers.insert(HEADER_EVENT_TYPE, envelope.event_type.as_str());
-        headers.insert(HEADER_EVENT_ID, envelope.event_id.to_string().as_str());
+        headers.insert(EVENT_TYPE, envelope.event_type.as_str());
+        headers.insert(
+            EVENT_ID,
+            envelope
+                .event_id
+                .hyphenated()
+                .encode_lower(&mut Uuid::encode_buffer())
+                .as_ref(),
+        );
         let subject = self.subject(&envelope.customer_id);
         let map = |e: jetstream::context::PublishError| {
             if e.kind() == PublishErrorKind::WrongLastSequence || in_flight_refusal(&e) {
@@ -268,7 +296,7 @@ impl EventLog {
         };
         let ack = self
             .js
-            .publish_with_headers(subject, headers, envelope.to_bytes().into())
+            .publish_with_headers(subject, headers, bytes.into())
             .await
             .map_err(map)?
             .await
@@ -441,9 +469,42 @@ impl EventLog {
     }
 }
 
+/// The `Nats-Msg-Id` value of `id`. A header value cannot hold a line break (async-nats
+/// panics on one), so `%`, CR and LF are written as `%25`, `%0D` and `%0A`: one to one, so
+/// distinct ids stay distinct. Ids without them are sent as they are.
+fn msg_id_value(id: &str) -> std::borrow::Cow<'_, str> {
+    if !id.contains(['%', '\r', '\n']) {
+        return id.into();
+    }
+    let mut out = String::with_capacity(id.len() + 8);
+    for c in id.chars() {
+        match c {
+            '%' => out.push_str("%25"),
+            '\r' => out.push_str("%0D"),
+            '\n' => out.push_str("%0A"),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A line break in an idempotency key (or a scheduler key built from an id stored
+    /// before ids were checked) must not reach a header as it is: async-nats panics on it.
+    #[test]
+    fn message_ids_never_hold_a_line_break_and_stay_distinct() {
+        assert_eq!(msg_id_value("c:k-1"), "c:k-1");
+        assert_eq!(msg_id_value("c:a\r\nb"), "c:a%0D%0Ab");
+        assert_eq!(msg_id_value("c:a%0Ab"), "c:a%250Ab");
+        let ids = ["c:a\nb", "c:a%0Ab", "c:a%250Ab", "c:a\rb", "c:ab"];
+        let values: std::collections::HashSet<_> =
+            ids.iter().map(|id| msg_id_value(id).into_owned()).collect();
+        assert_eq!(values.len(), ids.len());
+        assert!(values.iter().all(|v| !v.contains(['\r', '\n'])));
+    }
 
     fn refused(kind: PublishErrorKind, err_code: u64) -> jetstream::context::PublishError {
         let source: jetstream::Error = serde_json::from_value(serde_json::json!({

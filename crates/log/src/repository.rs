@@ -469,7 +469,7 @@ impl Customers {
             } else {
                 loaded.last_hash.clone()
             };
-            let envelope = Envelope::seal(
+            let (envelope, bytes) = Envelope::seal_encoded(
                 Uuid::now_v7(),
                 id,
                 loaded.state.version + 1,
@@ -488,7 +488,7 @@ impl Customers {
             attempts += 1;
             match self
                 .log
-                .append(&envelope, loaded.last_sequence, msg_id.as_deref())
+                .append_encoded(&envelope, bytes, loaded.last_sequence, msg_id.as_deref())
                 .await
             {
                 Ok(appended) if !appended.duplicate => {

@@ -260,12 +260,12 @@ impl NatsServer {
 
     /// Stops the server gracefully: SIGTERM, then SIGKILL if it has not exited in 5 s.
     pub async fn stop(&mut self) {
-        if let Some(pid) = self.child.id() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(pid.to_string())
-                .status()
-                .await;
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|pid| rustix::process::Pid::from_raw(i32::try_from(pid).ok()?))
+        {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
             if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
                 .await
                 .is_ok()

@@ -21,10 +21,19 @@ pub fn partition(customer: &CustomerId, partitions: u32) -> u32 {
 
 /// The subject that carries one customer's events.
 pub fn customer_subject(customer: &CustomerId, partitions: u32) -> String {
-    format!(
-        "{EVENTS_PREFIX}.{:02}.{customer}",
-        partition(customer, partitions)
-    )
+    use std::fmt::Write;
+    // Written piece by piece: on every append, and cheaper than `format!` of the id.
+    let mut subject = String::with_capacity(EVENTS_PREFIX.len() + 4 + 36);
+    subject.push_str(EVENTS_PREFIX);
+    // Writing to a `String` cannot fail.
+    let _ = write!(subject, ".{:02}.", partition(customer, partitions));
+    subject.push_str(
+        customer
+            .as_uuid()
+            .hyphenated()
+            .encode_lower(&mut uuid::Uuid::encode_buffer()),
+    );
+    subject
 }
 
 /// Extracts the customer id from an event subject.

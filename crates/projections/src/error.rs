@@ -33,6 +33,14 @@ pub enum ProjectionError {
         "no event arrived for a while at checkpoint {checkpoint} while the log head is {head}; resubscribing"
     )]
     Stalled { checkpoint: u64, head: u64 },
+    #[error(
+        "the read store holds {projection} as of sequence {checkpoint}, past the log's head {head}: it was built from another log (a stream made again, an older backup, another server); point it at a fresh store or run `crm replay {projection}`"
+    )]
+    AheadOfLog {
+        projection: String,
+        checkpoint: u64,
+        head: u64,
+    },
     #[error("crash injected before commit of batch {batch}")]
     InjectedCrash { batch: u64 },
     #[error("sequence {at} is past the log's head {head}: that point in time has not happened")]

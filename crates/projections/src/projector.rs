@@ -141,6 +141,14 @@ impl Mark {
         }
     }
 
+    /// The furthest point of the log this projection has applied.
+    fn high(&self) -> u64 {
+        match self {
+            Mark::Whole(c) => *c,
+            Mark::Parts(m) => m.values().copied().max().unwrap_or(0),
+        }
+    }
+
     /// Whether `event` is still to be applied.
     fn wants(&self, event: &StoredEvent, total: u32) -> bool {
         match self {
@@ -273,7 +281,9 @@ impl<P: Projection> Projector<P> {
             match self.run_once(&shutdown, None).await {
                 Ok(()) => return Ok(()),
                 Err(
-                    e @ (ProjectionError::InjectedCrash { .. } | ProjectionError::LeaseLost { .. }),
+                    e @ (ProjectionError::InjectedCrash { .. }
+                    | ProjectionError::LeaseLost { .. }
+                    | ProjectionError::AheadOfLog { .. }),
                 ) => return Err(e),
                 Err(e) => {
                     tracing::error!(projection = self.name(), error = %e, "projector failed; retrying");
@@ -348,6 +358,16 @@ impl<P: Projection> Projector<P> {
         // it at once. An error item ends the applier's pass before anything after it is
         // applied, so following on after a failed read cannot skip an event.
         let head = self.log.head().await?;
+        // A checkpoint past the head means the read store was built from another log (a
+        // stream made again, an older backup restored, another server): following on from
+        // it would skip the new log's events up to there without a word.
+        if let Some(ahead) = marks.iter().map(Mark::high).max().filter(|c| *c > head) {
+            return Err(ProjectionError::AheadOfLog {
+                projection: name.to_owned(),
+                checkpoint: ahead,
+                head,
+            });
+        }
         let catch_up_to = target.map_or(head, |t| t.min(head));
         let stream = if catch_up_to > checkpoint {
             let follow = if target.is_some_and(|t| t <= catch_up_to) {

@@ -73,6 +73,8 @@ pub async fn statuses(store: &ReadStore, log: &EventLog) -> Result<Vec<Status>, 
             _ => 0.0,
         };
         let mut state = match (row, updated) {
+            // Built from another log: its projector refuses to run on this one.
+            (Some(r), _) if r.last_sequence > head => "ahead_of_log",
             (None, _) if head > 0 => "never_ran",
             (None, _) => "live",
             (Some(_), Some(u))

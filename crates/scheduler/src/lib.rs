@@ -215,7 +215,7 @@ impl Scheduler {
                 Outcome::Failed => report.failed += 1,
             }
         }
-        let cutoff = today - time::Duration::days(self.inactivity_days);
+        let cutoff = crm_domain::calendar::days_before(today, self.inactivity_days);
         for c in health::inactivity_candidates(&self.store, cutoff).await? {
             let days = (today - c.activity_reference).whole_days();
             // The threshold is part of the key: a flag sent under another threshold (a
@@ -251,7 +251,14 @@ impl Scheduler {
                 _ = shutdown.cancelled() => return,
                 _ = timer.tick() => {}
             }
-            match self.tick().await {
+            // A pass can be long (every due contract and inactive customer, one command
+            // each): stop in the middle of it rather than hold up a shutdown. What was not
+            // sent is sent on the next start, and what was sent replays as done.
+            let tick = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                tick = self.tick() => tick,
+            };
+            match tick {
                 Ok(r) if r.renewals_marked_due + r.inactivity_flagged + r.failed > 0 => {
                     tracing::info!(
                         renewals_marked_due = r.renewals_marked_due,

@@ -18,6 +18,24 @@ struct Dev {
     nats: String,
 }
 
+/// A test that fails midway still stops its `crm dev` (and so the nats-server `crm dev`
+/// started, which lives in a process group of its own): SIGTERM, then SIGKILL after 10 s.
+impl Drop for Dev {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = rustix::process::kill_process(pid(&self.child), rustix::process::Signal::TERM);
+            for _ in 0..100 {
+                if !matches!(self.child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// Starts `crm dev` in a process group of its own, as a shell starts a foreground job.
 fn start_dev(data_dir: &std::path::Path) -> Dev {
     start_dev_with(data_dir, &["--http-addr", "127.0.0.1:0"], &[])
@@ -89,12 +107,18 @@ impl Drop for Reaped {
 }
 
 fn signal(child: &Child, sig: &str) {
-    let status = Command::new("kill")
-        .arg(format!("-{sig}"))
-        .arg(child.id().to_string())
-        .status()
-        .unwrap();
-    assert!(status.success());
+    use rustix::process::Signal;
+    let sig = match sig {
+        "INT" => Signal::INT,
+        "TERM" => Signal::TERM,
+        "KILL" => Signal::KILL,
+        other => panic!("no signal {other} in these tests"),
+    };
+    rustix::process::kill_process(pid(child), sig).unwrap();
+}
+
+fn pid(child: &Child) -> rustix::process::Pid {
+    rustix::process::Pid::from_child(child)
 }
 
 fn wait_exit(child: &mut Child) -> std::process::ExitStatus {
@@ -239,11 +263,7 @@ async fn crm_dev_quickstart_and_restart() {
     std::thread::sleep(Duration::from_millis(300));
     let asked = std::time::Instant::now();
     // Ctrl-C in a terminal: SIGINT to the whole foreground process group.
-    let status = Command::new("kill")
-        .args(["-INT", "--", &format!("-{}", again.child.id())])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    rustix::process::kill_process_group(pid(&again.child), rustix::process::Signal::INT).unwrap();
     // The embedded nats-server is not in that group: it keeps serving the services that
     // are still draining, and is stopped last.
     std::thread::sleep(Duration::from_millis(1_000));

@@ -170,6 +170,17 @@ fn sign_contract() {
             notice_days: 90,
             win_back: false,
         }));
+    // Ids go into keys and headers: a line break or a tab in one is refused, not stored.
+    for bad in ["c\n2", "c\r2", "c\t2", "c\u{7f}2"] {
+        given(active())
+            .when(body(json!({"contract_id": bad})))
+            .then_refused("control_character");
+    }
+    given(active())
+        .when(cmd(
+            json!({"type": "log_complaint", "complaint_id": "k\n1", "severity": "minor"}),
+        ))
+        .then_refused("control_character");
     given(active())
         .when(body(json!({"notice_days": 30})))
         .then_event(Event::ContractSigned(ContractSigned {
