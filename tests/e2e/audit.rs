@@ -101,6 +101,24 @@ async fn an_audit_page_holds_each_event_once_when_the_index_is_ahead_of_its_chec
         .unwrap();
     assert!(report.ok, "{report:?}");
     assert_eq!(report.checkpoints_checked, 2, "{report:?}");
+    assert!(
+        report.signatures_checked && report.warnings.is_empty(),
+        "{report:?}"
+    );
+    // What a pass does not prove is said: signatures unchecked without the key, and
+    // nothing to compare with without checkpoints.
+    let unkeyed = audit::verify_all(&log, &signed, None, |_, _| {})
+        .await
+        .unwrap();
+    assert!(unkeyed.ok && !unkeyed.signatures_checked, "{unkeyed:?}");
+    assert_eq!(unkeyed.warnings.len(), 1, "{unkeyed:?}");
+    assert!(unkeyed.warnings[0].contains("signatures were not checked"));
+    let bare = audit::verify_all(&log, &[], Some(key), |_, _| {})
+        .await
+        .unwrap();
+    assert!(bare.ok && !bare.signatures_checked, "{bare:?}");
+    assert_eq!(bare.warnings.len(), 1, "{bare:?}");
+    assert!(bare.warnings[0].contains("no signed checkpoint was compared"));
 }
 
 async fn populate(app: &App) -> (Uuid, Uuid) {
@@ -453,4 +471,51 @@ async fn verify_names_the_first_break_in_altered_copies() {
     assert_eq!(r.first_break.map(|b| b.kind), Some(BreakKind::Undecodable));
     let _ = StreamSettings::default();
     app.stop().await;
+}
+
+/// A page never steps over an event the index names and the log does not return (here the
+/// index of a longer log, read against a shorter one, as after a restore): it fails,
+/// naming the sequence, instead of answering a short page and paging on past the gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_audit_page_fails_on_an_indexed_event_the_log_does_not_hold() {
+    use crm_projections::ProjectionError;
+    use crm_projections::audit::{self as index, AuditFilter};
+
+    let submit_all = |log: EventLog, customers_n: usize| async move {
+        let customers = crm_log::Customers::new(log, 1_000, 8);
+        for i in 0..customers_n {
+            let c = crm_domain::CustomerId::new(Uuid::now_v7());
+            for body in [register(&format!("C{i}")), sign("c1")] {
+                let cmd: crm_domain::Command = serde_json::from_value(body).unwrap();
+                customers
+                    .submit(c, &cmd, &crm_log::SubmitOptions::now("tester"))
+                    .await
+                    .unwrap();
+            }
+        }
+    };
+    let env = Env::new().await;
+    let log = env.log().await;
+    submit_all(log.clone(), 5).await;
+    let store = env.audit_index("views.sqlite", &log, 10).await;
+
+    let shorter = Env::new().await;
+    let short_log = shorter.log().await;
+    submit_all(short_log.clone(), 1).await;
+    assert_eq!(short_log.head().await.unwrap(), 2);
+    let err = index::page(&store, &short_log, &AuditFilter::default(), 0, 100)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ProjectionError::MissingEvent { sequence: 3 }),
+        "{err}"
+    );
+    // On the log it was built from, the same page holds all ten.
+    let page = index::page(&store, &log, &AuditFilter::default(), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+        (1..=10).collect::<Vec<_>>()
+    );
 }

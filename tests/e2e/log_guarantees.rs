@@ -399,6 +399,41 @@ async fn a_catch_up_read_survives_a_deleted_consumer(log: &EventLog, head: u64) 
     assert_eq!(got, (1..=head).collect::<Vec<_>>());
 }
 
+/// Credentials written into the NATS URL (`nats://user:password@host`, `nats://token@host`)
+/// log in, as they do for other NATS clients; wrong ones are refused, and the error names
+/// the server without the secret.
+#[tokio::test]
+async fn credentials_in_the_url_log_in_and_never_show_in_errors() {
+    use crm_log::server::{NatsServer, ServerOptions};
+    for (args, good, bad) in [
+        (
+            vec!["--user", "crm", "--pass", "s3cr%t"],
+            "crm:s3cr%25t",
+            "crm:n0pe-secret",
+        ),
+        (vec!["--auth", "t0ken"], "t0ken", "n0pe-secret"),
+    ] {
+        let server = NatsServer::start_with(ServerOptions {
+            extra_args: args.iter().map(ToString::to_string).collect(),
+            ..ServerOptions::default()
+        })
+        .await
+        .unwrap();
+        let url = |creds: &str| format!("nats://{creds}@127.0.0.1:{}", server.port());
+        let log = EventLog::connect(&NatsConfig::url(url(good)), &StreamSettings::default())
+            .await
+            .unwrap_or_else(|e| panic!("{good}: {e}"));
+        assert_eq!(log.head().await.unwrap(), 0);
+        let err =
+            match EventLog::connect(&NatsConfig::url(url(bad)), &StreamSettings::default()).await {
+                Ok(_) => panic!("{bad}: wrong credentials were taken"),
+                Err(e) => e.to_string(),
+            };
+        assert!(!err.contains("n0pe-secret"), "{err}");
+        assert!(err.contains("***@127.0.0.1"), "{err}");
+    }
+}
+
 /// Range reads run on a lean connection of their own ([`crm_log::wire`]) that logs in as
 /// the log's configuration says (a user and password, or a token), refuses wrong
 /// credentials, and reads the same events as async-nats does.

@@ -134,7 +134,7 @@ fn ndjson_line(e: &crm_log::StoredEvent) -> String {
 
 /// Runs an audit command.
 pub async fn run(cfg: Config, command: AuditCommand) -> anyhow::Result<()> {
-    let parts = services::open_existing(&cfg).await?;
+    let parts = services::open_existing_store(&cfg).await?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match command {
         AuditCommand::Query { filter, limit } => {
@@ -232,6 +232,9 @@ pub async fn run(cfg: Config, command: AuditCommand) -> anyhow::Result<()> {
             };
             writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
             out.flush()?;
+            for warning in &report.warnings {
+                eprintln!("warning: {warning}");
+            }
             anyhow::ensure!(report.ok, "the event log failed verification");
         }
         AuditCommand::Checkpoint => {

@@ -152,20 +152,32 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
 /// (`CRM_NATS__PASSWORD=123456`) reaches a text setting as a number; taking it back as text
 /// could change it (`007` is read as 7), so it is refused with the way to quote it.
 fn extract(figment: &Figment) -> anyhow::Result<Config> {
-    figment.extract::<Config>().map_err(|e| {
-        let numbers = e.clone().into_iter().any(|e| {
-            matches!(
-                &e.kind,
-                figment::error::Kind::InvalidType(
-                    figment::error::Actual::Unsigned(_)
-                        | figment::error::Actual::Signed(_)
-                        | figment::error::Actual::Float(_),
-                    expected
-                ) if expected.contains("string")
-            )
-        });
+    let cfg = figment.extract::<Config>().map_err(|e| {
+        let numbers: Vec<String> = e
+            .clone()
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    &e.kind,
+                    figment::error::Kind::InvalidType(
+                        figment::error::Actual::Unsigned(_)
+                            | figment::error::Actual::Signed(_)
+                            | figment::error::Actual::Float(_),
+                        expected
+                    ) if expected.contains("string")
+                )
+            })
+            .map(|e| e.path.join("."))
+            .collect();
+        // figment's message quotes the value; for a secret it must not reach the logs.
+        if let Some(secret) = numbers.iter().find(|path| is_secret(path)) {
+            return anyhow::anyhow!(
+                "{secret} was given a number: an environment value of digits alone is read \
+                 as one, so quote it (CRM_NATS__PASSWORD='\"123456\"')"
+            );
+        }
         let e = anyhow::Error::new(e);
-        if numbers {
+        if !numbers.is_empty() {
             e.context(
                 "a text setting was given a number: an environment value of digits alone is \
                  read as one, so quote it (CRM_NATS__PASSWORD='\"123456\"')",
@@ -173,7 +185,37 @@ fn extract(figment: &Figment) -> anyhow::Result<Config> {
         } else {
             e
         }
-    })
+    })?;
+    if let Some(key) = &cfg.audit.signing_key {
+        let key = key.expose();
+        anyhow::ensure!(
+            key.trim().len() >= MIN_SIGNING_KEY_LEN && key != SIGNING_KEY_PLACEHOLDER,
+            "audit.signing_key (CRM_AUDIT__SIGNING_KEY) must be a random secret of at least \
+             {MIN_SIGNING_KEY_LEN} characters, not empty or the example's placeholder: \
+             anyone can forge a checkpoint signed with a key they can guess"
+        );
+    }
+    Ok(cfg)
+}
+
+/// The shortest audit signing key accepted.
+const MIN_SIGNING_KEY_LEN: usize = 16;
+
+/// The placeholder `deploy/k8s/crm.yaml` ships.
+const SIGNING_KEY_PLACEHOLDER: &str = "replace-with-a-long-random-secret";
+
+/// Whether the setting at `path` (`nats.password`) holds a secret.
+fn is_secret(path: &str) -> bool {
+    [
+        "password",
+        "token",
+        "nkey_seed",
+        "signing_key",
+        "api_keys",
+        "postgres_url",
+    ]
+    .iter()
+    .any(|s| path.split('.').any(|part| part.eq_ignore_ascii_case(s)))
 }
 
 #[cfg(test)]
@@ -206,6 +248,42 @@ mod tests {
         let other = Figment::new().merge(Toml::string("[gateway]\nmax_attempts = \"many\""));
         let err = format!("{:#}", extract(&other).expect_err("text for a number"));
         assert!(!err.contains("quote it"), "{err}");
+    }
+
+    /// A number for a secret is refused without its value in the message, which ends up
+    /// in logs.
+    #[test]
+    fn a_number_for_a_secret_is_not_echoed() {
+        for (toml, name) in [
+            ("[nats]\npassword = 83710293", "password"),
+            ("[nats]\ntoken = 83710293", "token"),
+            ("[audit]\nsigning_key = 83710293", "signing_key"),
+        ] {
+            let err = format!(
+                "{:#}",
+                extract(&Figment::new().merge(Toml::string(toml))).expect_err("a number")
+            );
+            assert!(!err.contains("83710293"), "{err}");
+            assert!(err.contains(name) && err.contains("quote it"), "{err}");
+        }
+    }
+
+    /// An empty, short or placeholder signing key is refused: anyone could forge
+    /// checkpoints with it.
+    #[test]
+    fn a_guessable_signing_key_is_refused() {
+        for key in ["", "   ", "short", SIGNING_KEY_PLACEHOLDER] {
+            let toml = format!("[audit]\nsigning_key = {key:?}");
+            let err = format!(
+                "{:#}",
+                extract(&Figment::new().merge(Toml::string(&toml))).expect_err(key)
+            );
+            assert!(err.contains("CRM_AUDIT__SIGNING_KEY"), "{err}");
+        }
+        let ok = Figment::new().merge(Toml::string(
+            "[audit]\nsigning_key = \"a-long-random-test-key\"",
+        ));
+        assert!(extract(&ok).is_ok());
     }
 
     #[test]

@@ -9,6 +9,7 @@ use crm_gateway::{AppState, Auth};
 use crm_log::lease::{LeaseSettings, PartitionLeases};
 use crm_log::{Customers, EventLog};
 use crm_projections::projector::PartitionShare;
+use crm_projections::store::Location;
 use crm_projections::{AnyProjection, Projection, Projector, ProjectorOptions, ReadStore};
 use rand::RngCore;
 use tokio::net::TcpListener;
@@ -38,7 +39,36 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Parts> {
 pub async fn open_existing(cfg: &Config) -> anyhow::Result<Parts> {
     let log = EventLog::connect_existing(&cfg.nats, &cfg.stream)
         .await
-        .with_context(|| format!("opening the event log at {}", cfg.nats.url))?;
+        .with_context(|| {
+            format!(
+                "opening the event log at {}",
+                crm_log::connect::redacted_url(&cfg.nats.url)
+            )
+        })?;
+    with_log(cfg, log).await
+}
+
+/// Like [`open_existing`], and the SQLite read store must exist too: for the tools that
+/// only read it (`crm audit`, `crm status`). Pointed at the wrong path they would
+/// otherwise create an empty store and report from it (no checkpoints to verify against,
+/// every projection `never_ran`).
+pub async fn open_existing_store(cfg: &Config) -> anyhow::Result<Parts> {
+    let log = EventLog::connect_existing(&cfg.nats, &cfg.stream)
+        .await
+        .with_context(|| {
+            format!(
+                "opening the event log at {}",
+                crm_log::connect::redacted_url(&cfg.nats.url)
+            )
+        })?;
+    if let Location::Sqlite(path) = cfg.store.location() {
+        anyhow::ensure!(
+            path.exists(),
+            "no read store at {}: point CRM_STORE__SQLITE_PATH (or the config's [store] \
+             sqlite_path) at the store the gateway and projectors use",
+            path.display()
+        );
+    }
     with_log(cfg, log).await
 }
 

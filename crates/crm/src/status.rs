@@ -16,7 +16,7 @@ pub struct StatusArgs {
 
 /// Prints every projection's status.
 pub async fn run(cfg: Config, args: StatusArgs) -> anyhow::Result<()> {
-    let parts = services::open_existing(&cfg).await?;
+    let parts = services::open_existing_store(&cfg).await?;
     let all = statuses(&parts.store, &parts.log).await?;
     if args.json {
         println!(

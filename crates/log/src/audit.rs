@@ -75,8 +75,16 @@ pub struct Report {
     pub customers: u64,
     pub head_sequence: u64,
     pub checkpoints_checked: u64,
+    /// Whether the checkpoints' signatures were checked (a signing key was given). Without
+    /// it, a forged checkpoint whose digest matches a rewritten log would pass.
+    pub signatures_checked: bool,
     pub first_break: Option<Break>,
     pub checkpoint_mismatch: Option<CheckpointMismatch>,
+    /// What this verification could not prove, though it passed: no signed checkpoint to
+    /// compare with (a log rebuilt from scratch with consistent chains passes too), or
+    /// signatures not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// Folds events in log order and remembers the first break.
@@ -163,8 +171,10 @@ impl Verifier {
             customers: self.heads.len() as u64,
             head_sequence: self.last_sequence,
             checkpoints_checked,
+            signatures_checked: false,
             first_break: self.first_break,
             checkpoint_mismatch: mismatch,
+            warnings: Vec::new(),
         }
     }
 }
@@ -281,5 +291,22 @@ pub async fn verify_all(
         checked_cps += 1;
     }
     on_progress(v.checked, head);
-    Ok(v.report(checked_cps, mismatch))
+    let mut report = v.report(checked_cps, mismatch);
+    report.signatures_checked = key.is_some() && checked_cps > 0;
+    if report.events_checked > 0 && checked_cps == 0 {
+        report.warnings.push(
+            "no signed checkpoint was compared: every chain links, but a log rewritten from \
+             scratch with consistent chains would pass too (is this the read store that holds \
+             the checkpoints?)"
+                .into(),
+        );
+    }
+    if checked_cps > 0 && key.is_none() {
+        report.warnings.push(
+            "no signing key: the checkpoints' signatures were not checked, so a forged \
+             checkpoint would pass (set CRM_AUDIT__SIGNING_KEY)"
+                .into(),
+        );
+    }
+    Ok(report)
 }

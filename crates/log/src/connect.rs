@@ -86,9 +86,26 @@ impl NatsConfig {
 /// Connects and checks the server version.
 pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, LogError> {
     let connect_err = |reason: String| LogError::Connect {
-        url: config.url.clone(),
+        url: redacted_url(&config.url),
         reason,
     };
+    // A comma-separated list names several servers of a cluster.
+    let addrs = config
+        .url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| connect_err(redacted_url(&e.to_string())))?;
+    if config.user.is_some() != config.password.is_some() {
+        return Err(connect_err(
+            "nats.user and nats.password go together: one of them is missing".into(),
+        ));
+    }
+    if config.tls_cert_file.is_some() != config.tls_key_file.is_some() {
+        return Err(connect_err(
+            "nats.tls_cert_file and nats.tls_key_file go together: one of them is missing".into(),
+        ));
+    }
     let mut opts = async_nats::ConnectOptions::new()
         .name(&config.name)
         .connection_timeout(Duration::from_secs(5))
@@ -108,6 +125,26 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, LogError
     if let Some(token) = &config.token {
         opts = opts.token(token.expose().to_owned());
     }
+    // async-nats does not read credentials written into the URL
+    // (`nats://user:password@host`, `nats://token@host`): pass them on, unless the
+    // settings give some.
+    if config.user.is_none() && config.token.is_none() && config.nkey_seed.is_none() {
+        let decode = |s: &str| {
+            percent_encoding::percent_decode_str(s)
+                .decode_utf8_lossy()
+                .into_owned()
+        };
+        match addrs
+            .iter()
+            .find_map(|a| a.username().map(|u| (u, a.password())))
+        {
+            Some((user, Some(password))) => {
+                opts = opts.user_and_password(decode(user), decode(password));
+            }
+            Some((token, None)) => opts = opts.token(decode(token)),
+            None => {}
+        }
+    }
     if config.require_tls {
         opts = opts.require_tls(true);
     }
@@ -117,19 +154,27 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, LogError
     if let (Some(cert), Some(key)) = (&config.tls_cert_file, &config.tls_key_file) {
         opts = opts.add_client_certificate(cert.clone(), key.clone());
     }
-    // A comma-separated list names several servers of a cluster.
-    let addrs = config
-        .url
-        .split(',')
-        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| connect_err(e.to_string()))?;
     let client = opts
         .connect(addrs)
         .await
         .map_err(|e| connect_err(e.to_string()))?;
     check_version(&client.server_info().version)?;
     Ok(client)
+}
+
+/// `url` (one NATS URL or a comma-separated list) with any credentials in it replaced by
+/// `***`, for messages and logs.
+pub fn redacted_url(url: &str) -> String {
+    url.split(',')
+        .map(|part| match (part.find("://"), part.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &part[..scheme + 3], &part[at..])
+            }
+            (None, Some(at)) => format!("***{}", &part[at..]),
+            _ => part.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Refuses servers older than [`MIN_SERVER`].
@@ -152,6 +197,23 @@ pub fn check_version(version: &str) -> Result<(), LogError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_in_urls_are_redacted() {
+        assert_eq!(
+            redacted_url("nats://crm:s3cret@nats:4222"),
+            "nats://***@nats:4222"
+        );
+        assert_eq!(
+            redacted_url("nats://t0ken@a:4222, tls://u:p%40ss@b:4222,nats://c:4222"),
+            "nats://***@a:4222, tls://***@b:4222,nats://c:4222"
+        );
+        assert_eq!(redacted_url("u:p@host:4222"), "***@host:4222");
+        assert_eq!(
+            redacted_url("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
+    }
 
     #[test]
     fn version_gate() {

@@ -361,6 +361,28 @@ impl EventLog {
         }
     }
 
+    /// [`EventLog::get`], confirmed with the stream's leader when a direct get finds
+    /// nothing on a replicated stream: a follower that is behind answers "not found" for an
+    /// event the leader holds.
+    pub async fn get_confirmed(&self, sequence: u64) -> Result<Option<StoredEvent>, LogError> {
+        if let Some(event) = self.get(sequence).await? {
+            return Ok(Some(event));
+        }
+        if !self.replicated() {
+            return Ok(None);
+        }
+        match self.stream.get_raw_message(sequence).await {
+            Ok(msg) => {
+                let envelope = decode_stored(sequence, &msg.subject, &msg.payload)?;
+                Ok(Some(StoredEvent::new(sequence, envelope)))
+            }
+            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
+                Ok(None)
+            }
+            Err(e) => Err(LogError::nats(e)),
+        }
+    }
+
     /// Whether the stream has more than one replica: a direct get may then be answered by
     /// a follower that is behind the leader.
     pub fn replicated(&self) -> bool {

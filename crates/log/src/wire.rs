@@ -74,7 +74,8 @@ impl Dialer {
         let mut servers = Vec::new();
         for url in config.url.split(',') {
             let addr: ServerAddr = url.trim().parse().ok()?;
-            // Credentials in a URL are not used by `crate::connect()` either.
+            // Credentials in a URL: reads go through async-nats's connection, which
+            // `crate::connect()` logs in with them.
             if addr.tls_required() || addr.is_websocket() || addr.has_user_pass() {
                 return None;
             }

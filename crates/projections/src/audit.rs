@@ -291,27 +291,36 @@ pub async fn page(
     // partitioned: its checkpoint is the lowest) are left to the log part, so no event
     // comes twice and none is passed over.
     let indexed_to = store.checkpoint(NAME).await?;
-    // Direct gets, many in flight, results kept in log order.
-    let found: Vec<Option<StoredEvent>> =
-        futures::stream::iter(query(store, filter, after, indexed_to, limit).await?)
-            .map(|seq| log.get(seq))
-            .buffered(FETCH_CONCURRENCY)
-            .try_collect()
-            .await?;
-    let mut out: Vec<StoredEvent> = found.into_iter().flatten().collect();
-    if (out.len() as u32) < limit {
+    let indexed = query(store, filter, after, indexed_to, limit).await?;
+    // The index has more matches than this page when it filled it: only a short page goes
+    // on into the log's unindexed tail (going there with matches left in the index would
+    // pass over them for good).
+    let index_exhausted = (indexed.len() as u32) < limit;
+    // Direct gets, many in flight, results kept in log order. The log denies deletes, so
+    // every sequence up to its head holds an event: one that cannot be read is an error,
+    // never a gap to step over.
+    let mut out: Vec<StoredEvent> = futures::stream::iter(indexed)
+        .map(|seq| async move { present(seq, log.get_confirmed(seq).await?) })
+        .buffered(FETCH_CONCURRENCY)
+        .try_collect()
+        .await?;
+    if index_exhausted {
         let head = log.head().await?;
         let mut seq = after.max(indexed_to);
         while seq < head && (out.len() as u32) < limit {
             seq += 1;
-            if let Some(e) = log.get(seq).await?
-                && filter.matches(&e)
-            {
+            let e = present(seq, log.get_confirmed(seq).await?)?;
+            if filter.matches(&e) {
                 out.push(e);
             }
         }
     }
     Ok(out)
+}
+
+/// The event at `sequence`, which the log must hold (see [`page`]).
+fn present(sequence: u64, event: Option<StoredEvent>) -> Result<StoredEvent, ProjectionError> {
+    event.ok_or_else(|| ProjectionError::MissingEvent { sequence })
 }
 
 /// A signed checkpoint of every chain head at a log position.

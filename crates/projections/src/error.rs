@@ -41,6 +41,10 @@ pub enum ProjectionError {
         checkpoint: u64,
         head: u64,
     },
+    #[error(
+        "the log has no event at sequence {sequence}, which the audit index or the log's head says it holds: the stream was restored shorter than the read store, or edited"
+    )]
+    MissingEvent { sequence: u64 },
     #[error("crash injected before commit of batch {batch}")]
     InjectedCrash { batch: u64 },
     #[error("sequence {at} is past the log's head {head}: that point in time has not happened")]

@@ -410,10 +410,14 @@ fn is_transient_at_open(e: &ProjectionError) -> bool {
 /// attempt rolls back whole and a retry finds it applied. On PostgreSQL sqlx serialises
 /// migrations with an advisory lock.
 async fn migrate(pool: &AnyPool, dialect: Dialect) -> Result<(), ProjectionError> {
-    let migrator = match dialect {
+    let mut migrator = match dialect {
         Dialect::Sqlite => sqlx::migrate!("./migrations/sqlite"),
         Dialect::Postgres => sqlx::migrate!("./migrations/postgres"),
     };
+    // Migrations only add. A store a newer version migrated (a newer `crm status` run
+    // against it, or a rolling upgrade) still opens for this one, instead of failing
+    // with `VersionMissing` and keeping an older gateway from restarting (or rolling back).
+    migrator.set_ignore_missing(true);
     let mut attempt = 0;
     loop {
         match migrator.run(pool).await {

@@ -426,6 +426,26 @@ async fn read_only_tools_refuse_a_server_without_the_stream() {
         js.get_stream("CRM_EVENTS").await.is_err(),
         "a read-only tool created the stream"
     );
+
+    // With the stream there, the tools that only read the store refuse a store path
+    // where there is none, instead of creating an empty store and reporting from it
+    // (`audit verify` passing with no checkpoint to compare with).
+    let _log = env.log().await;
+    for args in [&["audit", "verify"][..], &["status"]] {
+        let out = Command::new(env!("CARGO_BIN_EXE_crm"))
+            .args(args)
+            .env("CRM_NATS__URL", env.nats.url())
+            .envs(env.store_env("views.sqlite"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} succeeded: {stderr}");
+        assert!(stderr.contains("no read store at"), "{args:?}: {stderr}");
+    }
+    assert!(
+        !env.path("views.sqlite").exists(),
+        "a read-only tool created the read store"
+    );
 }
 
 /// Logs written to a pipe (a file, a collector) carry no terminal colour codes.
