@@ -20,9 +20,10 @@ pub struct DevArgs {
     /// `CRM_GATEWAY__HTTP_ADDR`, else 127.0.0.1:8080).
     #[arg(long)]
     pub http_addr: Option<SocketAddr>,
-    /// Address of the gRPC door (a free port by default).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub grpc_addr: SocketAddr,
+    /// Address of the gRPC door (default: `gateway.grpc_addr` when the config file or
+    /// `CRM_GATEWAY__GRPC_ADDR` sets it, else a free port).
+    #[arg(long)]
+    pub grpc_addr: Option<SocketAddr>,
     /// Directory for the NATS store, the SQLite views and the dev key.
     #[arg(long, default_value = "./.crm")]
     pub data_dir: PathBuf,
@@ -45,23 +46,38 @@ fn dev_key(data_dir: &Path) -> anyhow::Result<String> {
     secret_file(&data_dir.join("dev-api-key"))
 }
 
-/// A random secret kept in `path` (created with mode 0600 on first use).
+/// A random secret kept in `path`, created readable by its owner alone (0600) on first
+/// use. A file that exists but cannot be read as one is an error, never replaced: a
+/// replaced audit key would make every earlier checkpoint look forged.
 fn secret_file(path: &Path) -> anyhow::Result<String> {
-    let path = path.to_path_buf();
-    if let Ok(existing) = std::fs::read_to_string(&path) {
-        let key = existing.trim().to_owned();
-        if !key.is_empty() {
+    match std::fs::read_to_string(path) {
+        Ok(existing) => {
+            let key = existing.trim().to_owned();
+            anyhow::ensure!(
+                !key.is_empty(),
+                "{} is empty: remove it to have a new key made",
+                path.display()
+            );
             return Ok(key);
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!(
+                "reading {} (remove it to have a new key made)",
+                path.display()
+            )));
         }
     }
     let key = services::new_api_key();
-    std::fs::write(&path, format!("{key}\n"))
-        .with_context(|| format!("writing {}", path.display()))?;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
     #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600));
-    }
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    std::io::Write::write_all(&mut file, format!("{key}\n").as_bytes())
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(key)
 }
 
@@ -83,9 +99,26 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     let data_dir = args.data_dir.canonicalize()?;
     let mut cfg = config::load(args.config.as_deref())?;
     cfg.store.sqlite_path = data_dir.join("views.sqlite");
+    if cfg.store.postgres_url.take().is_some() {
+        // The dev store lives in the data dir, next to the dev log it was built from.
+        eprintln!(
+            "crm dev keeps its views in SQLite ({}); the PostgreSQL URL set in the config \
+             or CRM_STORE__POSTGRES_URL is not used",
+            cfg.store.sqlite_path.display()
+        );
+    }
     if let Some(addr) = args.http_addr {
         cfg.gateway.http_addr = addr;
     }
+    // The configured gRPC address when one is set; otherwise a free port, so a second
+    // `crm dev` does not collide with the first.
+    cfg.gateway.grpc_addr = args.grpc_addr.unwrap_or_else(|| {
+        if cfg.gateway.grpc_addr == crm_gateway::GatewayConfig::default().grpc_addr {
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        } else {
+            cfg.gateway.grpc_addr
+        }
+    });
 
     let mut server = None;
     match &args.nats_url {
@@ -155,9 +188,9 @@ async fn start(
         .await
         .with_context(|| format!("binding {}", cfg.gateway.http_addr))?;
     let addr = listener.local_addr()?;
-    let grpc = TcpListener::bind(args.grpc_addr)
+    let grpc = TcpListener::bind(cfg.gateway.grpc_addr)
         .await
-        .with_context(|| format!("binding {}", args.grpc_addr))?;
+        .with_context(|| format!("binding {}", cfg.gateway.grpc_addr))?;
     let grpc_addr = grpc.local_addr()?;
 
     let shutdown = CancellationToken::new();

@@ -160,7 +160,10 @@ pub fn spawn_projectors(
         let settings = LeaseSettings {
             bucket: format!("crm_leases_{}", names.join("_")),
             ttl: Duration::from_millis(cfg.projector.lease_ttl_ms.max(300)),
-            replicas: cfg.stream.replicas,
+            // As the stream itself is replicated, whatever this process's config says:
+            // a bucket on fewer nodes than the log stalls every projector when its node
+            // restarts.
+            replicas: parts.log.replicas().max(1),
         };
         let group = names.join("+");
         tasks.spawn(async move {
@@ -254,7 +257,14 @@ async fn run_partitioned(
     .await;
     // Give the leases back before the process goes, so the others take over at once.
     membership.cancel();
-    leases.left().await;
+    // Bounded: with NATS unreachable the leases expire on their own, and a stop must not
+    // outlast the orchestrator's grace period waiting on them.
+    if tokio::time::timeout(Duration::from_secs(5), leases.left())
+        .await
+        .is_err()
+    {
+        tracing::warn!("could not give the partition leases back in 5 s; they expire on their own");
+    }
     result
 }
 
@@ -349,17 +359,20 @@ pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        use tokio::signal::unix::{SignalKind, signal};
+        // SIGHUP too: a closed terminal stops `crm dev` cleanly, its nats-server (in a
+        // process group of its own) included, instead of leaving that server running.
+        let (Ok(mut term), Ok(mut hup)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::hangup()),
+        ) else {
+            let _ = ctrl_c.await;
+            return;
+        };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
+            _ = hup.recv() => {}
         }
     }
     #[cfg(not(unix))]

@@ -383,6 +383,11 @@ impl EventLog {
         }
     }
 
+    /// The stream's replica count (as the server reported it when the log was opened).
+    pub fn replicas(&self) -> usize {
+        self.stream.cached_info().config.num_replicas
+    }
+
     /// Whether the stream has more than one replica: a direct get may then be answered by
     /// a follower that is behind the leader.
     pub fn replicated(&self) -> bool {

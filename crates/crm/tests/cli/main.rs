@@ -14,6 +14,7 @@ use uuid::Uuid;
 struct Dev {
     child: Child,
     http: String,
+    grpc: String,
     key: String,
     nats: String,
 }
@@ -56,7 +57,8 @@ fn start_dev_with(data_dir: &std::path::Path, args: &[&str], envs: &[(&str, &str
         .unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
-    let (mut http, mut key, mut nats) = (String::new(), String::new(), String::new());
+    let (mut http, mut key, mut nats, mut grpc) =
+        (String::new(), String::new(), String::new(), String::new());
     for line in lines.by_ref() {
         let line = line.unwrap();
         if let Some(v) = line.strip_prefix("http: ") {
@@ -65,6 +67,8 @@ fn start_dev_with(data_dir: &std::path::Path, args: &[&str], envs: &[(&str, &str
             key = v.to_owned();
         } else if let Some(v) = line.strip_prefix("nats: ") {
             nats = v.to_owned();
+        } else if let Some(v) = line.strip_prefix("grpc: ") {
+            grpc = v.to_owned();
         } else if line.contains("ready") {
             break;
         }
@@ -75,6 +79,7 @@ fn start_dev_with(data_dir: &std::path::Path, args: &[&str], envs: &[(&str, &str
     Dev {
         child,
         http,
+        grpc,
         key,
         nats,
     }
@@ -110,6 +115,7 @@ fn signal(child: &Child, sig: &str) {
     use rustix::process::Signal;
     let sig = match sig {
         "INT" => Signal::INT,
+        "HUP" => Signal::HUP,
         "TERM" => Signal::TERM,
         "KILL" => Signal::KILL,
         other => panic!("no signal {other} in these tests"),
@@ -238,6 +244,16 @@ async fn crm_dev_quickstart_and_restart() {
     signal(&dev.child, "INT");
     assert!(wait_exit(&mut dev.child).success());
 
+    // The keys are readable by their owner alone.
+    for key_file in ["dev-api-key", "audit-signing-key"] {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join(key_file))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{key_file}");
+    }
+
     let mut again = start_dev(dir.path());
     assert_eq!(again.key, dev.key, "the dev key is reused");
     let (status, v) = get(&again, &format!("/v1/customers/{c}")).await;
@@ -300,12 +316,17 @@ async fn crm_dev_takes_its_http_address_from_the_environment_unless_flagged() {
     };
     let dir = tempfile::tempdir().unwrap();
     let from_env = free();
+    let grpc_from_env = free();
     let mut dev = start_dev_with(
         dir.path(),
         &[],
-        &[("CRM_GATEWAY__HTTP_ADDR", from_env.as_str())],
+        &[
+            ("CRM_GATEWAY__HTTP_ADDR", from_env.as_str()),
+            ("CRM_GATEWAY__GRPC_ADDR", grpc_from_env.as_str()),
+        ],
     );
     assert_eq!(dev.http, format!("http://{from_env}"));
+    assert_eq!(dev.grpc, format!("http://{grpc_from_env}"), "gRPC too");
     let (status, _) = get(&dev, "/readyz").await;
     assert_eq!(status, 200);
     signal(&dev.child, "INT");
@@ -318,7 +339,8 @@ async fn crm_dev_takes_its_http_address_from_the_environment_unless_flagged() {
         &[("CRM_GATEWAY__HTTP_ADDR", from_env.as_str())],
     );
     assert_eq!(dev.http, format!("http://{flagged}"));
-    signal(&dev.child, "INT");
+    // A closed terminal (SIGHUP) stops it cleanly too.
+    signal(&dev.child, "HUP");
     assert!(wait_exit(&mut dev.child).success());
 }
 
