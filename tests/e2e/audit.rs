@@ -469,6 +469,31 @@ async fn verify_names_the_first_break_in_altered_copies() {
     assert!(brk.found.contains("stored on subject"), "{brk:?}");
     let r = audit::verify_customer(&copy, &other).await.unwrap();
     assert_eq!(r.first_break.map(|b| b.kind), Some(BreakKind::Undecodable));
+
+    // The same customer's next event on a subject that names the customer but is not
+    // its subject (another partition, the id in capitals): the stream takes it, and it
+    // is not the customer's history either, so it is named where it stands.
+    let owner = stray.customer_id;
+    let own = copy.subject(&owner);
+    let (prefix, id) = own.rsplit_once('.').unwrap();
+    let (stem, partition) = prefix.rsplit_once('.').unwrap();
+    let elsewhere = if partition == "00" { "01" } else { "00" };
+    for subject in [
+        format!("{stem}.{elsewhere}.{id}"),
+        format!("{prefix}.{}", id.to_uppercase()),
+    ] {
+        let (_t6, copy) = copy_stream(&events, |_, e| Some(e.clone())).await;
+        store_raw(&copy, subject.clone(), next.to_bytes()).await;
+        let r = audit::verify_all(&copy, &[], None, |_, _| {})
+            .await
+            .unwrap();
+        let brk = r.first_break.expect("an event off its subject is a break");
+        assert_eq!(
+            (brk.kind, brk.sequence),
+            (BreakKind::Undecodable, events.len() as u64 + 1),
+            "{subject}"
+        );
+    }
     let _ = StreamSettings::default();
     app.stop().await;
 }

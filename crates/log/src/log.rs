@@ -14,7 +14,7 @@ use crate::connect::NatsConfig;
 use crate::envelope::{DecodeError, Envelope};
 use crate::error::LogError;
 use crate::stream::{StreamSettings, ensure_stream, existing_stream};
-use crate::subject::{customer_from_subject, customer_subject};
+use crate::subject::customer_subject;
 use crate::wire::Dialer;
 
 /// Header carrying the event type.
@@ -131,19 +131,21 @@ fn in_flight_refusal(e: &jetstream::context::PublishError) -> bool {
         })
 }
 
-/// Decodes the envelope stored at `sequence` on `subject`. An envelope naming another
-/// customer than the subject it was stored on is undecodable there: a customer's history
-/// is its subject, whatever the envelope's links say.
+/// Decodes the envelope stored at `sequence` on `subject`. An envelope stored anywhere but
+/// on its customer's subject (another customer's, another partition's, the id written
+/// otherwise) is undecodable there: a customer's history is its subject, whatever the
+/// envelope's links say.
 pub(crate) fn decode_stored(
     sequence: u64,
     subject: &str,
     payload: &[u8],
+    partitions: u32,
 ) -> Result<Envelope, LogError> {
     let envelope = Envelope::from_bytes(payload).map_err(|e| LogError::Decode {
         sequence,
         reason: e.to_string(),
     })?;
-    if customer_from_subject(subject) != Some(envelope.customer_id) {
+    if subject != customer_subject(&envelope.customer_id, partitions) {
         return Err(LogError::Decode {
             sequence,
             reason: format!(
@@ -339,7 +341,7 @@ impl EventLog {
                 Ok(msg) => {
                     next = msg.sequence + 1;
                     out.push(
-                        decode_stored(msg.sequence, &msg.subject, &msg.payload)
+                        decode_stored(msg.sequence, &msg.subject, &msg.payload, self.partitions)
                             .map(|envelope| StoredEvent::new(msg.sequence, envelope)),
                     );
                 }
@@ -353,7 +355,8 @@ impl EventLog {
     pub async fn get(&self, sequence: u64) -> Result<Option<StoredEvent>, LogError> {
         match self.stream.direct_get(sequence).await {
             Ok(msg) => {
-                let envelope = decode_stored(sequence, &msg.subject, &msg.payload)?;
+                let envelope =
+                    decode_stored(sequence, &msg.subject, &msg.payload, self.partitions)?;
                 Ok(Some(StoredEvent::new(sequence, envelope)))
             }
             Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => Ok(None),
@@ -373,7 +376,8 @@ impl EventLog {
         }
         match self.stream.get_raw_message(sequence).await {
             Ok(msg) => {
-                let envelope = decode_stored(sequence, &msg.subject, &msg.payload)?;
+                let envelope =
+                    decode_stored(sequence, &msg.subject, &msg.payload, self.partitions)?;
                 Ok(Some(StoredEvent::new(sequence, envelope)))
             }
             Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
@@ -434,14 +438,17 @@ impl EventLog {
             .await
             .map_err(LogError::nats)?;
         let messages = consumer.messages().await.map_err(LogError::nats)?;
-        Ok(messages.map_err(LogError::nats).and_then(|msg| async move {
-            let info = msg.info().map_err(LogError::nats)?;
-            let sequence = info.stream_sequence;
-            let envelope = decode_stored(sequence, &msg.subject, &msg.payload)?;
-            let mut stored = StoredEvent::new(sequence, envelope);
-            stored.behind = info.pending;
-            Ok(stored)
-        }))
+        let partitions = self.partitions;
+        Ok(messages
+            .map_err(LogError::nats)
+            .and_then(move |msg| async move {
+                let info = msg.info().map_err(LogError::nats)?;
+                let sequence = info.stream_sequence;
+                let envelope = decode_stored(sequence, &msg.subject, &msg.payload, partitions)?;
+                let mut stored = StoredEvent::new(sequence, envelope);
+                stored.behind = info.pending;
+                Ok(stored)
+            }))
     }
 
     /// Every event with stream sequence in `after + 1 ..= until`, in log order, then the end:
@@ -465,7 +472,14 @@ impl EventLog {
         until: u64,
         pull: usize,
     ) -> impl Stream<Item = Result<StoredEvent, LogError>> + Send + use<> {
-        crate::read::range(self.stream.clone(), self.dialer.clone(), after, until, pull)
+        crate::read::range(
+            self.stream.clone(),
+            self.dialer.clone(),
+            after,
+            until,
+            pull,
+            self.partitions,
+        )
     }
 
     /// Deletes one message. The stream denies it; this exists so tests and `crm status` can

@@ -54,12 +54,14 @@ pub(crate) fn range(
     after: u64,
     until: u64,
     pull: usize,
+    partitions: u32,
 ) -> impl Stream<Item = Result<StoredEvent, LogError>> + Send + use<> {
     let read = RangeRead {
         stream,
         dialer,
         pull: pull.max(1),
         cursor: Cursor {
+            partitions,
             until,
             last: after,
             next_delivery: 1,
@@ -89,6 +91,8 @@ struct RangeRead {
 
 /// Where the read is in the range.
 struct Cursor {
+    /// The stream's partition count: an event must be on its customer's subject.
+    partitions: u32,
     until: u64,
     /// The last stream sequence delivered (the range's start before the first).
     last: u64,
@@ -149,7 +153,7 @@ impl Cursor {
         }
         self.last = sequence;
         self.restarts = 0;
-        let envelope = crate::log::decode_stored(sequence, subject, payload)?;
+        let envelope = crate::log::decode_stored(sequence, subject, payload, self.partitions)?;
         let mut stored = StoredEvent::new(sequence, envelope);
         stored.set_behind(info.pending);
         Ok(Flow::Event(stored))
