@@ -89,6 +89,34 @@ async fn an_audit_page_holds_each_event_once_when_the_index_is_ahead_of_its_chec
             .expect("a checkpoint");
         assert_eq!((cp.head_sequence, cp.customers), (at as u64, customers));
     }
+    // A second checkpoint at the same position answers with the one kept there.
+    let kept = index::checkpoints(&store).await.unwrap()[1].clone();
+    let again = index::create_checkpoint(&store, &log, key)
+        .await
+        .unwrap()
+        .expect("a checkpoint");
+    assert_eq!(again, kept);
+    // One kept there with another digest is not passed over: the store and the log
+    // disagree about that position.
+    sqlx::query("UPDATE audit_checkpoints SET heads_digest = $1 WHERE head_sequence = $2")
+        .bind("0".repeat(64))
+        .bind(7_i64)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let err = index::create_checkpoint(&store, &log, key)
+        .await
+        .expect_err("another digest at the same position");
+    assert!(
+        err.to_string().contains("another chain-head digest"),
+        "{err}"
+    );
+    sqlx::query("UPDATE audit_checkpoints SET heads_digest = $1 WHERE head_sequence = $2")
+        .bind(&kept.heads_digest)
+        .bind(7_i64)
+        .execute(store.pool())
+        .await
+        .unwrap();
     let signed: Vec<SignedHeads> = index::checkpoints(&store)
         .await
         .unwrap()

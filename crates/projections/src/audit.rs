@@ -134,7 +134,8 @@ pub async fn create_checkpoint(
     }
     tx.commit().await?;
     for (c, seq) in earlier {
-        let stored = log.get(seq).await?;
+        // Confirmed with the leader: a follower that is behind would answer "not found".
+        let stored = log.get_confirmed(seq).await?;
         match stored {
             Some(e) if e.envelope.customer_id.to_string() == c => {
                 heads.push((c, e.envelope.version, e.envelope.hash));
@@ -165,8 +166,7 @@ pub async fn create_checkpoint(
         signature: crm_log::audit::sign(key, head_sequence, customers, &digest),
         heads_digest: digest,
     };
-    save_checkpoint(store, &checkpoint).await?;
-    Ok(Some(checkpoint))
+    Ok(Some(save_checkpoint(store, &checkpoint).await?))
 }
 
 /// Filters of an audit query. Times compare as instants (RFC 3339 in UTC).
@@ -335,10 +335,14 @@ pub struct ChainCheckpoint {
 }
 
 /// Stores a checkpoint (idempotent per head sequence).
+///
+/// Returns the checkpoint the store keeps at that position: `c`, or one made there before
+/// with the same digest (the scheduler's, a moment earlier). One there with another
+/// digest is an error: the store and the log disagree about that position.
 pub async fn save_checkpoint(
     store: &ReadStore,
     c: &ChainCheckpoint,
-) -> Result<(), ProjectionError> {
+) -> Result<ChainCheckpoint, ProjectionError> {
     sqlx::query(
         "INSERT INTO audit_checkpoints (head_sequence, created_at, customers, heads_digest, signature) \
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (head_sequence) DO NOTHING",
@@ -350,7 +354,31 @@ pub async fn save_checkpoint(
     .bind(&c.signature)
     .execute(store.pool())
     .await?;
-    Ok(())
+    let (created_at, customers, heads_digest, signature): (String, i64, String, String) =
+        sqlx::query_as(
+            "SELECT created_at, customers, heads_digest, signature FROM audit_checkpoints \
+             WHERE head_sequence = $1",
+        )
+        .bind(i64_of(c.head_sequence))
+        .fetch_one(store.pool())
+        .await?;
+    if heads_digest != c.heads_digest {
+        return Err(ProjectionError::CorruptState {
+            customer: "*".into(),
+            reason: format!(
+                "a checkpoint at sequence {} is already stored with another chain-head digest \
+                 ({heads_digest}, the log gives {}): run `crm audit verify`",
+                c.head_sequence, c.heads_digest
+            ),
+        });
+    }
+    Ok(ChainCheckpoint {
+        head_sequence: c.head_sequence,
+        created_at,
+        customers: u64_of(customers),
+        heads_digest,
+        signature,
+    })
 }
 
 /// Every stored checkpoint, oldest first.
