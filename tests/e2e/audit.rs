@@ -563,6 +563,29 @@ async fn an_audit_page_fails_on_an_indexed_event_the_log_does_not_hold() {
         matches!(err, ProjectionError::MissingEvent { sequence: 3 }),
         "{err}"
     );
+    // A full verify of the shorter log passes on its chains alone (no checkpoint covers
+    // the lost events), but the index has read past its head: the report fails.
+    let mut report = audit::verify_all(&short_log, &[], None, |_, _| {})
+        .await
+        .unwrap();
+    assert!(report.ok, "{report:?}");
+    index::check_index_against_head(&store, &short_log, &mut report)
+        .await
+        .unwrap();
+    assert!(!report.ok, "{report:?}");
+    assert!(
+        report
+            .warnings
+            .iter()
+            .any(|w| w.contains("past its head 2")),
+        "{report:?}"
+    );
+    let mut report = audit::verify_all(&log, &[], None, |_, _| {}).await.unwrap();
+    index::check_index_against_head(&store, &log, &mut report)
+        .await
+        .unwrap();
+    assert!(report.ok, "{report:?}");
+
     // On the log it was built from, the same page holds all ten.
     let page = index::page(&store, &log, &AuditFilter::default(), 0, 100)
         .await

@@ -227,6 +227,8 @@ pub async fn run(cfg: Config, command: AuditCommand) -> anyhow::Result<()> {
                     )
                     .await?;
                     bar.finish_and_clear();
+                    let mut r = r;
+                    index::check_index_against_head(&parts.store, &parts.log, &mut r).await?;
                     r
                 }
             };

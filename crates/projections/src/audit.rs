@@ -381,6 +381,28 @@ pub async fn save_checkpoint(
     })
 }
 
+/// After a full verify: an audit index that has read more of the log than the log holds
+/// now means the log lost events (or the store belongs to another log). No signed
+/// checkpoint may cover those events yet, so the chains alone would pass; the report
+/// fails, saying so. Compared with the head as it is now, not the verified one, so events
+/// appended during the verify are no false alarm.
+pub async fn check_index_against_head(
+    store: &ReadStore,
+    log: &crm_log::EventLog,
+    report: &mut crm_log::audit::Report,
+) -> Result<(), ProjectionError> {
+    let indexed = store.checkpoint(NAME).await?;
+    let head = log.head().await?;
+    if indexed > head {
+        report.ok = false;
+        report.warnings.push(format!(
+            "the audit index has read the log up to sequence {indexed}, past its head {head}: \
+             the log lost events, or this read store belongs to another log"
+        ));
+    }
+    Ok(())
+}
+
 /// Every stored checkpoint, oldest first.
 pub async fn checkpoints(store: &ReadStore) -> Result<Vec<ChainCheckpoint>, ProjectionError> {
     let rows: Vec<(i64, String, i64, String, String)> = sqlx::query_as(

@@ -266,7 +266,9 @@ pub async fn verify(
                 .map(SignedHeads::from)
                 .collect();
             let key = state.audit_key.as_deref().map(Vec::as_slice);
-            audit::verify_all(log, &checkpoints, key, |_, _| {}).await?
+            let mut report = audit::verify_all(log, &checkpoints, key, |_, _| {}).await?;
+            index::check_index_against_head(&state.store, log, &mut report).await?;
+            report
         }
     };
     Ok(Json(report))
