@@ -40,7 +40,7 @@ if ! find_pip && command -v apt-get >/dev/null 2>&1; then
   # A bare machine: Debian's pip (only `pip download` is used, nothing is installed with it).
   as_root=(missing)
   if [ "$(id -u)" = 0 ]; then
-    as_root=()
+    as_root=(env) # not empty: bash before 4.4 treats an empty array as unset under set -u
   elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
     as_root=(sudo -n)
   fi

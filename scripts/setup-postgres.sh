@@ -22,7 +22,7 @@ if [ -z "${CRM_TEST_POSTGRES_URL:-}" ] && ! port_open; then
   echo "setup-postgres: nothing answers on 127.0.0.1:5432; installing Debian's postgresql" >&2
   # As root, or through passwordless sudo.
   if [ "$(id -u)" = 0 ]; then
-    as_root=()
+    as_root=(env) # not empty: bash before 4.4 treats an empty array as unset under set -u
   elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
     as_root=(sudo -n)
   else

@@ -134,7 +134,13 @@ fn ndjson_line(e: &crm_log::StoredEvent) -> String {
 
 /// Runs an audit command.
 pub async fn run(cfg: Config, command: AuditCommand) -> anyhow::Result<()> {
-    let parts = services::open_existing_store(&cfg).await?;
+    // A customer's verify reads the log alone; everything else reads the store too.
+    let parts = match &command {
+        AuditCommand::Verify {
+            customer: Some(_), ..
+        } => services::open_existing(&cfg).await?,
+        _ => services::open_existing_store(&cfg).await?,
+    };
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     match command {
         AuditCommand::Query { filter, limit } => {

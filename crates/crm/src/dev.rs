@@ -90,7 +90,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     tokio::spawn({
         let signalled = signalled.clone();
         async move {
-            services::shutdown_signal().await;
+            services::shutdown_signal_or_hangup().await;
             signalled.cancel();
         }
     });
@@ -227,7 +227,11 @@ async fn start(
     {
         let mut out = std::io::stdout().lock();
         writeln!(out, "http: http://{addr}")?;
-        writeln!(out, "nats: {}", cfg.nats.url)?;
+        writeln!(
+            out,
+            "nats: {}",
+            crm_log::connect::redacted_url(&cfg.nats.url)
+        )?;
         writeln!(out, "grpc: http://{grpc_addr}")?;
         writeln!(out, "api key: {key}")?;
         writeln!(out, "data dir: {}", data_dir.display())?;

@@ -360,25 +360,37 @@ pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        // SIGHUP too: a closed terminal stops `crm dev` cleanly, its nats-server (in a
-        // process group of its own) included, instead of leaving that server running.
-        let (Ok(mut term), Ok(mut hup)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::hangup()),
-        ) else {
+        let Ok(mut term) = signal(SignalKind::terminate()) else {
             let _ = ctrl_c.await;
             return;
         };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}
-            _ = hup.recv() => {}
         }
     }
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
     }
+}
+
+/// [`shutdown_signal`], or SIGHUP: for `crm dev`, which a closed terminal then stops
+/// cleanly, its nats-server (in a process group of its own) included, instead of leaving
+/// that server running. The services keep SIGHUP's default, so `nohup` still works.
+pub async fn shutdown_signal_or_hangup() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        if let Ok(mut hup) = signal(SignalKind::hangup()) {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                _ = hup.recv() => {}
+            }
+            return;
+        }
+    }
+    shutdown_signal().await;
 }
 
 /// Waits for a signal, cancels `shutdown`, then waits for every task to drain.

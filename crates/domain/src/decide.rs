@@ -94,7 +94,14 @@ fn text(field: &'static str, value: &str, max: usize) -> Result<String, DomainEr
     Ok(v.to_owned())
 }
 
-/// An identifier: text of at most [`MAX_ID_LEN`] characters, and no control characters
+/// The id of something the customer already has, as it was stored: trimmed and bounded
+/// like a new one, but not refused for control characters, so what was stored before new
+/// ids were checked for them can still be acted on.
+fn existing_id(field: &'static str, value: &str) -> Result<String, DomainError> {
+    text(field, value, MAX_ID_LEN)
+}
+
+/// A new identifier: text of at most [`MAX_ID_LEN`] characters, and no control characters
 /// (an id ends up in keys and headers, where a line break cannot go).
 fn id(field: &'static str, value: &str) -> Result<String, DomainError> {
     let id = text(field, value, MAX_ID_LEN)?;
@@ -133,7 +140,7 @@ fn active_contract<'s>(
     state: &'s CustomerState,
     contract_id: &str,
 ) -> Result<(String, &'s Contract), DomainError> {
-    let contract_id = id("contract_id", contract_id)?;
+    let contract_id = existing_id("contract_id", contract_id)?;
     let contract = state
         .contracts
         .get(&contract_id)
@@ -316,7 +323,7 @@ mod complaints {
         state: &CustomerState,
         c: &ResolveComplaint,
     ) -> Result<Event, DomainError> {
-        let complaint_id = id("complaint_id", &c.complaint_id)?;
+        let complaint_id = existing_id("complaint_id", &c.complaint_id)?;
         let complaint = state
             .complaints
             .get(&complaint_id)

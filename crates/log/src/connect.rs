@@ -128,7 +128,11 @@ pub async fn connect(config: &NatsConfig) -> Result<async_nats::Client, LogError
     // async-nats does not read credentials written into the URL
     // (`nats://user:password@host`, `nats://token@host`): pass them on, unless the
     // settings give some.
-    if config.user.is_none() && config.token.is_none() && config.nkey_seed.is_none() {
+    if config.user.is_none()
+        && config.token.is_none()
+        && config.nkey_seed.is_none()
+        && config.credentials_file.is_none()
+    {
         let decode = |s: &str| {
             percent_encoding::percent_decode_str(s)
                 .decode_utf8_lossy()

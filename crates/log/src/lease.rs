@@ -164,6 +164,17 @@ pub async fn open_bucket(
                     ),
                 });
             }
+            let replicas = status.info.config.num_replicas;
+            if replicas < settings.replicas {
+                tracing::warn!(
+                    bucket = %settings.bucket,
+                    replicas,
+                    stream_replicas = settings.replicas,
+                    "the lease bucket has fewer replicas than the event stream: a restart of \
+                     its node stalls every partitioned projector; delete it while no \
+                     projector runs so the next one makes it with the stream's replicas"
+                );
+            }
             Ok(store)
         }
         Err(_) => js

@@ -34,7 +34,7 @@ pub enum ProjectionError {
     )]
     Stalled { checkpoint: u64, head: u64 },
     #[error(
-        "the read store holds {projection} as of sequence {checkpoint}, past the log's head {head}: it was built from another log (a stream made again, an older backup, another server); point it at a fresh store or run `crm replay {projection}`"
+        "the read store holds {projection} as of sequence {checkpoint}, past the log's head {head}: it was built from another log (a stream made again, an older backup, another server); start this log's views in a fresh store (remove the SQLite file, or use a new PostgreSQL schema)"
     )]
     AheadOfLog {
         projection: String,

@@ -38,8 +38,9 @@ pub struct Status {
     /// nothing was applied in the last 15 s).
     pub apply_rate: f64,
     /// `live` (caught up or moving), `stalled` (behind and not written for 60 s),
-    /// `never_ran`, `rebuilding` (a shadow copy is being built; reads use the live one) or
-    /// `failed` (the last rebuild failed; the live copy is untouched).
+    /// `never_ran`, `rebuilding` (a shadow copy is being built; reads use the live one),
+    /// `failed` (the last rebuild failed; the live copy is untouched) or `ahead_of_log`
+    /// (the store was built from another log; its projector refuses to run).
     pub state: &'static str,
     /// When the projection last committed a batch (RFC 3339).
     pub updated_at: Option<String>,

@@ -181,6 +181,20 @@ fn sign_contract() {
             json!({"type": "log_complaint", "complaint_id": "k\n1", "severity": "minor"}),
         ))
         .then_refused("control_character");
+    // A contract and a complaint stored before ids were checked can still be acted on.
+    let mut stored = active();
+    stored.push(signed("c\n9"));
+    stored.push(complaint("k\n9"));
+    given(stored.clone())
+        .when(cmd(
+            json!({"type": "terminate_contract", "contract_id": "c\n9"}),
+        ))
+        .then_event(terminated("c\n9", false));
+    given(stored)
+        .when(cmd(
+            json!({"type": "resolve_complaint", "complaint_id": "k\n9", "resolution_hours": 2}),
+        ))
+        .then_event(resolved("k\n9", 2));
     given(active())
         .when(body(json!({"notice_days": 30})))
         .then_event(Event::ContractSigned(ContractSigned {
