@@ -333,6 +333,7 @@ pub fn spawn_audit_checkpoints(
 
 /// `crm schedule`.
 pub async fn run_scheduler(cfg: Config) -> anyhow::Result<()> {
+    let stop = shutdown_signal();
     let parts = open(&cfg).await?;
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
@@ -351,27 +352,37 @@ pub async fn run_scheduler(cfg: Config) -> anyhow::Result<()> {
         checkpoint_interval_secs = cfg.audit.checkpoint_interval_secs,
         "scheduler running"
     );
-    supervise(tasks, shutdown).await
+    supervise_until(tasks, shutdown, stop).await
 }
 
-/// Resolves when SIGINT or SIGTERM arrives.
-pub async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM. The handlers are installed when this is
+/// called, not when the future is first polled: call it before spawning the services, so
+/// a signal that arrives while they start stops them instead of killing the process.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut term) = signal(SignalKind::terminate()) else {
-            let _ = ctrl_c.await;
-            return;
-        };
-        tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+        let handlers = (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        );
+        async move {
+            match handlers {
+                (Ok(mut int), Ok(mut term)) => {
+                    tokio::select! {
+                        _ = int.recv() => {}
+                        _ = term.recv() => {}
+                    }
+                }
+                _ => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
+            }
         }
     }
     #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 
@@ -391,14 +402,6 @@ pub async fn shutdown_signal_or_hangup() {
         }
     }
     shutdown_signal().await;
-}
-
-/// Waits for a signal, cancels `shutdown`, then waits for every task to drain.
-pub async fn supervise(
-    tasks: JoinSet<anyhow::Result<()>>,
-    shutdown: CancellationToken,
-) -> anyhow::Result<()> {
-    supervise_until(tasks, shutdown, shutdown_signal()).await
 }
 
 /// Waits for `stop` (or a task's end), cancels `shutdown`, then waits for every task to
@@ -464,6 +467,7 @@ pub fn spawn_gateway(
 
 /// `crm gateway`.
 pub async fn run_gateway(cfg: Config) -> anyhow::Result<()> {
+    let stop = shutdown_signal();
     let parts = open(&cfg).await?;
     let state = app_state(&cfg, &parts)?;
     let listener = TcpListener::bind(cfg.gateway.http_addr)
@@ -483,17 +487,18 @@ pub async fn run_gateway(cfg: Config) -> anyhow::Result<()> {
         &mut tasks,
         &shutdown,
     );
-    supervise(tasks, shutdown).await
+    supervise_until(tasks, shutdown, stop).await
 }
 
 /// `crm project <name|all>`.
 pub async fn run_projector(cfg: Config, name: &str) -> anyhow::Result<()> {
+    let stop = shutdown_signal();
     let parts = open(&cfg).await?;
     let shutdown = CancellationToken::new();
     let mut tasks = JoinSet::new();
     spawn_projectors(&cfg, &parts, &[name], &mut tasks, &shutdown)?;
     tracing::info!(projection = name, "projector running");
-    supervise(tasks, shutdown).await
+    supervise_until(tasks, shutdown, stop).await
 }
 
 /// A new random API key.
