@@ -3,7 +3,7 @@
 //! rebuilt copy of the stream.
 
 use async_nats::jetstream;
-use crm_e2e::{AUDIT_KEY, App, Db, Env, read_all, register, sign};
+use crm_e2e::{AUDIT_KEY, App, Db, Env, read_all, register, register_and_sign, sign};
 use crm_log::audit::{self, BreakKind, SignedHeads};
 use crm_log::envelope::{Envelope, GENESIS_HASH};
 use crm_log::{EventLog, StoredEvent, StreamSettings};
@@ -24,17 +24,7 @@ async fn an_audit_page_holds_each_event_once_when_the_index_is_ahead_of_its_chec
 
     let env = Env::on(db).await;
     let log = env.log().await;
-    let customers = crm_log::Customers::new(log.clone(), 1_000, 8);
-    for i in 0..5 {
-        let c = crm_domain::CustomerId::new(Uuid::now_v7());
-        for body in [register(&format!("C{i}")), sign("c1")] {
-            let cmd: crm_domain::Command = serde_json::from_value(body).unwrap();
-            customers
-                .submit(c, &cmd, &crm_log::SubmitOptions::now("tester"))
-                .await
-                .unwrap();
-        }
-    }
+    register_and_sign(&log, 5).await;
     let head = log.head().await.unwrap();
     assert_eq!(head, 10);
     let store = env.audit_index("views.sqlite", &log, head).await;
@@ -534,27 +524,14 @@ async fn an_audit_page_fails_on_an_indexed_event_the_log_does_not_hold() {
     use crm_projections::ProjectionError;
     use crm_projections::audit::{self as index, AuditFilter};
 
-    let submit_all = |log: EventLog, customers_n: usize| async move {
-        let customers = crm_log::Customers::new(log, 1_000, 8);
-        for i in 0..customers_n {
-            let c = crm_domain::CustomerId::new(Uuid::now_v7());
-            for body in [register(&format!("C{i}")), sign("c1")] {
-                let cmd: crm_domain::Command = serde_json::from_value(body).unwrap();
-                customers
-                    .submit(c, &cmd, &crm_log::SubmitOptions::now("tester"))
-                    .await
-                    .unwrap();
-            }
-        }
-    };
     let env = Env::new().await;
     let log = env.log().await;
-    submit_all(log.clone(), 5).await;
+    register_and_sign(&log, 5).await;
     let store = env.audit_index("views.sqlite", &log, 10).await;
 
     let shorter = Env::new().await;
     let short_log = shorter.log().await;
-    submit_all(short_log.clone(), 1).await;
+    register_and_sign(&short_log, 1).await;
     assert_eq!(short_log.head().await.unwrap(), 2);
     let err = index::page(&store, &short_log, &AuditFilter::default(), 0, 100)
         .await

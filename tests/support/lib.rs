@@ -536,6 +536,22 @@ pub fn sign(contract: &str) -> Value {
     })
 }
 
+/// Registers `n` new customers (named `C0`, `C1`, …) on `log` and signs contract `c1`
+/// for each: `2 * n` events, appended in order through the command path.
+pub async fn register_and_sign(log: &EventLog, n: usize) {
+    let customers = crm_log::Customers::new(log.clone(), 1_000, 8);
+    for i in 0..n {
+        let customer = crm_domain::CustomerId::new(Uuid::now_v7());
+        for body in [register(&format!("C{i}")), sign("c1")] {
+            let cmd: crm_domain::Command = serde_json::from_value(body).unwrap();
+            customers
+                .submit(customer, &cmd, &crm_log::SubmitOptions::now("tester"))
+                .await
+                .unwrap();
+        }
+    }
+}
+
 /// Every view table of a store, as text, for comparing two copies.
 pub async fn dump_views(store: &crm_projections::ReadStore) -> Vec<String> {
     use crm_projections::{health, lifecycle, renewals, trust};

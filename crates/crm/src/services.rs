@@ -37,14 +37,7 @@ pub async fn open(cfg: &Config) -> anyhow::Result<Parts> {
 /// `crm replay`), which must not leave a new stream on a server they were pointed at by
 /// mistake.
 pub async fn open_existing(cfg: &Config) -> anyhow::Result<Parts> {
-    let log = EventLog::connect_existing(&cfg.nats, &cfg.stream)
-        .await
-        .with_context(|| {
-            format!(
-                "opening the event log at {}",
-                crm_log::connect::redacted_url(&cfg.nats.url)
-            )
-        })?;
+    let log = connect_existing(cfg).await?;
     with_log(cfg, log).await
 }
 
@@ -53,14 +46,7 @@ pub async fn open_existing(cfg: &Config) -> anyhow::Result<Parts> {
 /// otherwise create an empty store and report from it (no checkpoints to verify against,
 /// every projection `never_ran`).
 pub async fn open_existing_store(cfg: &Config) -> anyhow::Result<Parts> {
-    let log = EventLog::connect_existing(&cfg.nats, &cfg.stream)
-        .await
-        .with_context(|| {
-            format!(
-                "opening the event log at {}",
-                crm_log::connect::redacted_url(&cfg.nats.url)
-            )
-        })?;
+    let log = connect_existing(cfg).await?;
     if let Location::Sqlite(path) = cfg.store.location() {
         anyhow::ensure!(
             path.exists(),
@@ -70,6 +56,18 @@ pub async fn open_existing_store(cfg: &Config) -> anyhow::Result<Parts> {
         );
     }
     with_log(cfg, log).await
+}
+
+/// The event log's stream as it is: never created or updated here.
+async fn connect_existing(cfg: &Config) -> anyhow::Result<EventLog> {
+    EventLog::connect_existing(&cfg.nats, &cfg.stream)
+        .await
+        .with_context(|| {
+            format!(
+                "opening the event log at {}",
+                crm_log::connect::redacted_url(&cfg.nats.url)
+            )
+        })
 }
 
 async fn with_log(cfg: &Config, log: EventLog) -> anyhow::Result<Parts> {
