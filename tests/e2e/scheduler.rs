@@ -13,6 +13,7 @@ use uuid::Uuid;
 crm_e2e::on_both_stores!(
     renewal_due_and_inactivity_exactly_once,
     a_customer_whose_command_fails_does_not_hold_up_the_others,
+    an_unrenewed_contract_lapses_and_its_last_one_churns_the_customer,
 );
 
 /// Registers customer `c` and signs `contract` (a `sign_contract` body), both on
@@ -323,5 +324,101 @@ async fn shutdown_does_not_wait_for_the_pass_to_end() {
     assert!(asked.elapsed() < std::time::Duration::from_secs(2));
 
     env.nats.restart(None).await.unwrap();
+    app.stop().await;
+}
+
+/// "Churned (all contracts ended, none renewed)": once a term has passed without a
+/// renewal (and the grace days after it), the scheduler ends the contract as lapsed, once;
+/// the customer whose last contract lapsed churns, one with another contract does not, and
+/// a contract renewed in time is left alone.
+async fn an_unrenewed_contract_lapses_and_its_last_one_churns_the_customer(db: Db) {
+    let env = Env::on(db).await;
+    let app = App::start(&env).await;
+    let (only, two, renewed) = (Uuid::now_v7(), Uuid::now_v7(), Uuid::now_v7());
+    let ending = json!({"type": "sign_contract", "contract_id": "old", "value_minor": 100,
+        "currency": "EUR", "starts_on": "2024-06-01", "ends_on": "2025-05-31"});
+    for c in [only, two, renewed] {
+        registered_and_signed(&app, c, ending.clone()).await;
+    }
+    app.accept(
+        two,
+        json!({"type": "sign_contract", "contract_id": "long", "value_minor": 100,
+            "currency": "EUR", "starts_on": "2025-04-01", "ends_on": "2026-12-31",
+            "occurred_at": "2025-04-01T10:00:00Z"}),
+    )
+    .await;
+    app.accept(
+        renewed,
+        json!({"type": "renew_contract", "contract_id": "old", "new_ends_on": "2026-05-31",
+            "occurred_at": "2025-05-20T10:00:00Z"}),
+    )
+    .await;
+    app.settle().await;
+
+    let clock = Arc::new(ManualClock::new(datetime!(2025-06-01 08:00 UTC)));
+    // Inside the grace days nothing lapses.
+    let patient = Scheduler::new(
+        app.parts.customers.clone(),
+        app.parts.store.clone(),
+        clock.clone(),
+    )
+    .lapse_after(30);
+    assert_eq!(patient.tick().await.unwrap().contracts_lapsed, 0);
+
+    let scheduler = Scheduler::new(app.parts.customers.clone(), app.parts.store.clone(), clock);
+    let report = scheduler.tick().await.unwrap();
+    assert_eq!(report.contracts_lapsed, 2, "{report:?}");
+    assert_eq!(report.failed, 0, "{report:?}");
+    // Before the views have caught up, a second pass replays its keys: nothing new.
+    let again = scheduler.tick().await.unwrap();
+    assert_eq!(again.contracts_lapsed, 0, "{again:?}");
+
+    let events = read_all(&env.log().await).await;
+    let ended: Vec<_> = events
+        .iter()
+        .filter(|e| e.envelope.event_type == "contract_terminated")
+        .map(|e| {
+            let p: serde_json::Value = serde_json::from_str(e.envelope.payload.get()).unwrap();
+            (*e.envelope.customer_id.as_uuid(), p)
+        })
+        .collect();
+    assert_eq!(ended.len(), 2, "{ended:?}");
+    for (c, p) in &ended {
+        assert_eq!(p["lapsed"], true, "{p}");
+        assert_eq!(p["contract_id"], "old", "{p}");
+        assert_eq!(p["churned"], *c == only, "{p}");
+    }
+
+    app.settle().await;
+    let stage = |v: &serde_json::Value| v["lifecycle"]["stage"].as_str().unwrap().to_owned();
+    let (_, v) = app.get(&format!("/v1/customers/{only}")).await;
+    assert_eq!(stage(&v), "churned", "{v}");
+    let (_, v) = app.get(&format!("/v1/customers/{two}")).await;
+    assert_ne!(stage(&v), "churned", "{v}");
+    let (_, v) = app.get(&format!("/v1/customers/{renewed}")).await;
+    assert_ne!(stage(&v), "churned", "{v}");
+    // The renewals view lists the ended contracts as lapsed, not as terminated.
+    let (s, page) = app
+        .get("/v1/renewals?as_of=2025-06-01&within_days=30")
+        .await;
+    assert_eq!(s, 200, "{page}");
+    let mut lapsed: Vec<_> = page["renewals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["status"] == "lapsed")
+        .map(|r| r["customer_id"].as_str().unwrap().to_owned())
+        .collect();
+    lapsed.sort();
+    let mut expected = vec![only.to_string(), two.to_string()];
+    expected.sort();
+    assert_eq!(lapsed, expected, "{page}");
+    // The views have caught up: the next pass finds nothing to end.
+    let later = scheduler.tick().await.unwrap();
+    assert_eq!(
+        (later.contracts_lapsed, later.skipped, later.failed),
+        (0, 0, 0),
+        "{later:?}"
+    );
     app.stop().await;
 }

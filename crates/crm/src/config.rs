@@ -88,11 +88,17 @@ pub struct PolicyConfig {
 pub struct SchedulerConfig {
     /// Seconds between ticks.
     pub interval_secs: u64,
+    /// Days after a term's last day before the scheduler ends a contract that was not
+    /// renewed as lapsed (0: the day after). A late renewal inside them still renews.
+    pub lapse_grace_days: u32,
 }
 
 impl Default for SchedulerConfig {
     fn default() -> Self {
-        Self { interval_secs: 60 }
+        Self {
+            interval_secs: 60,
+            lapse_grace_days: 0,
+        }
     }
 }
 

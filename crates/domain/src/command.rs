@@ -267,6 +267,11 @@ pub struct TerminateContract {
     pub contract_id: String,
     #[serde(default)]
     pub reason: Option<String>,
+    /// The term being ended: when given, the command is refused with `term_mismatch` if
+    /// the contract's current term ends on another day (it was renewed meanwhile). The
+    /// scheduler's lapse pass always gives it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub term_ends_on: Option<Date>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

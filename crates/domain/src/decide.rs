@@ -51,7 +51,7 @@ pub fn decide(
         Command::MarkRenewalDue(c) => contracts::mark_renewal_due(state, c, occurred_at),
         Command::RenewContract(c) => contracts::renew(state, c),
         Command::ExpandContract(c) => contracts::expand(state, c),
-        Command::TerminateContract(c) => contracts::terminate(state, c),
+        Command::TerminateContract(c) => contracts::terminate(state, c, occurred_at),
         Command::DeliverService(c) => service::deliver(state, c),
         Command::DelayService(c) => service::delay(state, c),
         Command::RespondToRequest(c) => service::respond(c),
@@ -242,19 +242,26 @@ mod contracts {
         }))
     }
 
+    /// Ends a contract. One whose term ended before the termination's business day
+    /// without a renewal is recorded as lapsed.
     pub(super) fn terminate(
         state: &CustomerState,
         c: &TerminateContract,
+        occurred_at: OffsetDateTime,
     ) -> Result<Event, DomainError> {
-        let (contract_id, _) = active_contract(state, &c.contract_id)?;
+        let (contract_id, contract) = active_contract(state, &c.contract_id)?;
+        if c.term_ends_on.is_some_and(|end| end != contract.ends_on) {
+            return Err(DomainError::TermMismatch { contract_id });
+        }
         let others_active = state
             .contracts
             .iter()
             .any(|(id, k)| *id != contract_id && k.is_active());
         Ok(Event::ContractTerminated(ContractTerminated {
-            contract_id: contract_id.clone(),
             reason: opt_text("reason", &c.reason)?,
             churned: !others_active,
+            lapsed: contract.ends_on < occurred_at.date(),
+            contract_id,
         }))
     }
 }

@@ -220,6 +220,11 @@ pub struct ContractTerminated {
     pub reason: Option<String>,
     /// True when this was the customer's last active contract: the customer churns.
     pub churned: bool,
+    /// True when the contract's term had already ended on the termination's business day
+    /// without a renewal: it lapsed (the scheduler ends such contracts), rather than being
+    /// ended early. Absent (false) in events written before it existed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lapsed: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,8 +1,9 @@
 //! The renewals projection: every contract with its end date, notice window and status.
 //!
 //! Stored statuses are `active`, `due` (marked due by the scheduler), `renewed` (in a
-//! renewed term) and `terminated`; `lapsed` (the end date passed without renewal) and the
-//! days left are computed at query time against the reader's date.
+//! renewed term), `terminated` and `lapsed` (ended by the scheduler's lapse pass after its
+//! term passed without renewal). A contract not ended whose end date has passed is shown as
+//! `lapsed` too, and the days left are computed, at query time against the reader's date.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -103,7 +104,9 @@ impl Projection for RenewalsProjection {
                     e.contract_id.clone()
                 }),
                 Event::ContractTerminated(e) => c.contracts.get_mut(&e.contract_id).map(|k| {
-                    k.status = "terminated".into();
+                    // A lapsed contract stays listed as lapsed (ended without renewal), not
+                    // among the terminated ones.
+                    k.status = if e.lapsed { "lapsed" } else { "terminated" }.into();
                     e.contract_id.clone()
                 }),
                 _ => None,
@@ -313,6 +316,23 @@ pub async fn entering_notice_window(
             parse_date(&v.notice_from).is_some_and(|from| from <= today) && v.status != "lapsed"
         })
         .collect())
+}
+
+/// Contracts not ended whose term ended before `before` without a renewal: the scheduler's
+/// lapse pass ends them (`terminate_contract` naming the term), so a customer whose last
+/// contract lapsed churns.
+pub async fn lapsed_unended(
+    store: &ReadStore,
+    before: Date,
+) -> Result<Vec<RenewalView>, ProjectionError> {
+    let mut q = Sql::new(
+        "SELECT customer_id, contract_id, starts_on, ends_on, notice_days, status, value_minor, currency \
+         FROM renewals WHERE status IN ('active', 'due', 'renewed') AND ends_on < ",
+    );
+    q.bind(before.to_string())
+        .push(" ORDER BY ends_on, customer_id, contract_id");
+    let rows: Vec<RenewalRow> = q.fetch_all_from(store).await?;
+    Ok(rows.into_iter().filter_map(|r| view(r, before)).collect())
 }
 
 /// Every renewal row, for comparing copies.

@@ -1,17 +1,20 @@
 //! The scheduler: the passing of time enters the log only through commands.
 //!
-//! On each tick it reads the views for contracts whose renewal window has opened and for
-//! customers without activity for the policy's `no_activity_days` (30), and sends
-//! `mark_renewal_due` and `flag_inactivity` through the normal command path. Every command
-//! carries a deterministic idempotency key (`renewal-due:<contract>:<term end>`,
-//! `inactivity:<reference day>`, with `:<days>` after it for a threshold other than 30), so
-//! a restart, a lagging view or two schedulers ticking at once never produce a duplicate.
+//! On each tick it reads the views for contracts whose renewal window has opened, for
+//! contracts whose term ended without a renewal, and for customers without activity for
+//! the policy's `no_activity_days` (30), and sends `mark_renewal_due`, `terminate_contract`
+//! (naming the lapsed term, so a renewal that came in meanwhile refuses it) and
+//! `flag_inactivity` through the normal command path. Every command carries a
+//! deterministic idempotency key (`renewal-due:<contract>:<term end>`,
+//! `lapsed:<contract>:<term end>`, `inactivity:<reference day>`, with `:<days>` after it
+//! for a threshold other than 30), so a restart, a lagging view or two schedulers ticking
+//! at once never produce a duplicate.
 //! The clock is injectable so tests can move time.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crm_domain::command::{FlagInactivity, MarkRenewalDue};
+use crm_domain::command::{FlagInactivity, MarkRenewalDue, TerminateContract};
 use crm_domain::{Command, CustomerId, DomainError};
 use crm_log::{Customers, LogError, Metadata, SubmitError, SubmitOptions};
 use crm_projections::{ProjectionError, ReadStore, health, renewals};
@@ -70,6 +73,8 @@ pub const INACTIVITY_DAYS: i64 = 30;
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TickReport {
     pub renewals_marked_due: u32,
+    /// Contracts ended because their term passed without a renewal.
+    pub contracts_lapsed: u32,
     pub inactivity_flagged: u32,
     /// Commands that were already recorded (replayed keys) or no longer apply.
     pub skipped: u32,
@@ -97,6 +102,7 @@ pub struct Scheduler {
     store: ReadStore,
     clock: Arc<dyn Clock>,
     inactivity_days: i64,
+    lapse_grace_days: i64,
 }
 
 enum Outcome {
@@ -126,7 +132,15 @@ impl Scheduler {
             store,
             clock,
             inactivity_days: INACTIVITY_DAYS,
+            lapse_grace_days: 0,
         }
+    }
+
+    /// Ends an unrenewed contract as lapsed only once `grace_days` have passed after its
+    /// term's last day (by default the day after it).
+    pub fn lapse_after(mut self, grace_days: u32) -> Self {
+        self.lapse_grace_days = i64::from(grace_days);
+        self
     }
 
     /// Flags a customer once `days` have passed without activity: the policy's
@@ -215,6 +229,34 @@ impl Scheduler {
                 Outcome::Failed => report.failed += 1,
             }
         }
+        // A term that ended before today without a renewal: the contract lapsed, and with
+        // its customer's last contract the customer churns.
+        let lapse_before = crm_domain::calendar::days_before(today, self.lapse_grace_days);
+        for lapsed in renewals::lapsed_unended(&self.store, lapse_before).await? {
+            let (Ok(id), Ok(term)) = (
+                CustomerId::parse(&lapsed.customer_id),
+                time::Date::parse(
+                    &lapsed.ends_on,
+                    &time::format_description::well_known::Iso8601::DATE,
+                ),
+            ) else {
+                continue;
+            };
+            let key = format!("lapsed:{}:{}", lapsed.contract_id, lapsed.ends_on);
+            let cmd = Command::TerminateContract(TerminateContract {
+                contract_id: lapsed.contract_id.clone(),
+                reason: Some(format!(
+                    "lapsed: the term ended on {} without a renewal",
+                    lapsed.ends_on
+                )),
+                term_ends_on: Some(term),
+            });
+            match self.send(id, cmd, key).await? {
+                Outcome::Written => report.contracts_lapsed += 1,
+                Outcome::Skipped => report.skipped += 1,
+                Outcome::Failed => report.failed += 1,
+            }
+        }
         let cutoff = crm_domain::calendar::days_before(today, self.inactivity_days);
         for c in health::inactivity_candidates(&self.store, cutoff).await? {
             let days = (today - c.activity_reference).whole_days();
@@ -259,9 +301,16 @@ impl Scheduler {
                 tick = self.tick() => tick,
             };
             match tick {
-                Ok(r) if r.renewals_marked_due + r.inactivity_flagged + r.failed > 0 => {
+                Ok(r)
+                    if r.renewals_marked_due
+                        + r.contracts_lapsed
+                        + r.inactivity_flagged
+                        + r.failed
+                        > 0 =>
+                {
                     tracing::info!(
                         renewals_marked_due = r.renewals_marked_due,
+                        contracts_lapsed = r.contracts_lapsed,
                         inactivity_flagged = r.inactivity_flagged,
                         failed = r.failed,
                         "scheduler tick"

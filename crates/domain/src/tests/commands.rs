@@ -39,6 +39,7 @@ fn terminated(id: &str, churned: bool) -> Event {
         contract_id: id.into(),
         reason: None,
         churned,
+        lapsed: false,
     })
 }
 
@@ -569,6 +570,7 @@ fn renew_expand_terminate() {
             contract_id: "c1".into(),
             reason: Some("merged".into()),
             churned: false,
+            lapsed: false,
         }));
     assert!(!state.churned);
     let state = given(active())

@@ -1552,11 +1552,13 @@ fn terminate_the_last_active_contract_churns_the_customer() {
         .when(Command::TerminateContract(TerminateContract {
             contract_id: "c1".into(),
             reason: Some("  budget cut ".into()),
+            term_ends_on: None,
         }))
         .then_event(Event::ContractTerminated(ContractTerminated {
             contract_id: "c1".into(),
             reason: Some("budget cut".into()),
             churned: true,
+            lapsed: false,
         }));
     assert!(state.churned);
     assert!(!state.has_active_contract());
@@ -1568,6 +1570,7 @@ fn terminate_the_last_active_contract_churns_the_customer() {
             contract_id: "c2".into(),
             reason: None,
             churned: true,
+            lapsed: false,
         }));
 }
 
@@ -1579,10 +1582,73 @@ fn terminate_a_contract_while_another_is_active_does_not_churn() {
             contract_id: "c1".into(),
             reason: None,
             churned: false,
+            lapsed: false,
         }));
     assert!(!state.churned);
     assert!(state.contracts["c1"].terminated);
     assert!(state.contracts["c2"].is_active());
+}
+
+/// A termination on a day after the term's end, with no renewal, records a lapse; on or
+/// before the last day of the term it is an early end. Naming the term guards against a
+/// renewal that came in meanwhile (the scheduler's lapse pass relies on it).
+#[test]
+fn a_contract_ended_after_its_term_is_recorded_as_lapsed_and_the_term_guards_it() {
+    let after_term = datetime!(2026-01-01 00:00 UTC);
+    let state = given(active())
+        .at(after_term)
+        .when(Command::TerminateContract(TerminateContract {
+            term_ends_on: Some(date!(2025 - 12 - 31)),
+            reason: Some("lapsed".into()),
+            ..terminate("c1")
+        }))
+        .then_event(Event::ContractTerminated(ContractTerminated {
+            contract_id: "c1".into(),
+            reason: Some("lapsed".into()),
+            churned: true,
+            lapsed: true,
+        }));
+    assert!(state.churned);
+    // On the term's last day it is still an early end, named term or not.
+    given(active())
+        .at(datetime!(2025-12-31 23:59 UTC))
+        .when(Command::TerminateContract(TerminateContract {
+            term_ends_on: Some(date!(2025 - 12 - 31)),
+            ..terminate("c1")
+        }))
+        .then_event(terminated_event("c1", true, false));
+    // Renewed since the term was read: the named term is not the current one.
+    let renewed = {
+        let mut e = active();
+        e.push(Event::ContractRenewed(ContractRenewed {
+            contract_id: "c1".into(),
+            previous_ends_on: date!(2025 - 12 - 31),
+            new_ends_on: date!(2026 - 12 - 31),
+            value_minor: None,
+        }));
+        e
+    };
+    given(renewed.clone())
+        .at(after_term)
+        .when(Command::TerminateContract(TerminateContract {
+            term_ends_on: Some(date!(2025 - 12 - 31)),
+            ..terminate("c1")
+        }))
+        .then_refused("term_mismatch");
+    // Without a term, the renewed contract ends early.
+    given(renewed)
+        .at(after_term)
+        .when(Command::TerminateContract(terminate("c1")))
+        .then_event(terminated_event("c1", true, false));
+}
+
+fn terminated_event(id: &str, churned: bool, lapsed: bool) -> Event {
+    Event::ContractTerminated(ContractTerminated {
+        contract_id: id.into(),
+        reason: None,
+        churned,
+        lapsed,
+    })
 }
 
 #[test]

@@ -169,6 +169,7 @@ pub fn terminated(id: &str, churned: bool) -> Event {
         contract_id: id.into(),
         reason: None,
         churned,
+        lapsed: false,
     })
 }
 
@@ -385,6 +386,7 @@ pub fn terminate(contract: &str) -> TerminateContract {
     TerminateContract {
         contract_id: contract.into(),
         reason: None,
+        term_ends_on: None,
     }
 }
 

@@ -91,6 +91,7 @@ fn a_customer_walks_through_every_stage_and_is_won_back() {
             contract_id: "c1".into(),
             reason: None,
             churned: true,
+            lapsed: false,
         })
     );
     assert_eq!(w.stage(), Some(Stage::Churned));

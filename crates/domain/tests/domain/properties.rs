@@ -189,8 +189,8 @@ fn command() -> impl Strategy<Value = Command> {
             .prop_map(|(contract_id, kind, added_value_minor)| {
                 Command::ExpandContract(ExpandContract { contract_id, kind, added_value_minor })
             }),
-        2 => (contract_id(), note()).prop_map(|(contract_id, reason)| {
-            Command::TerminateContract(TerminateContract { contract_id, reason })
+        2 => (contract_id(), note(), prop::option::of(day())).prop_map(|(contract_id, reason, term_ends_on)| {
+            Command::TerminateContract(TerminateContract { contract_id, reason, term_ends_on })
         }),
         2 => (0u32..60, prop::option::of(day())).prop_map(|(days_inactive, last_activity_on)| {
             Command::FlagInactivity(FlagInactivity { days_inactive, last_activity_on })

@@ -233,6 +233,7 @@ fn every_command_parses_with_all_its_fields() {
             Command::TerminateContract(TerminateContract {
                 contract_id: "c1".into(),
                 reason: Some("budget".into()),
+                term_ends_on: None,
             }),
         ),
         (
@@ -264,6 +265,7 @@ fn explicit_nulls_are_absent_optionals() {
         Command::TerminateContract(TerminateContract {
             contract_id: "c1".into(),
             reason: None,
+            term_ends_on: None,
         })
     );
 }
