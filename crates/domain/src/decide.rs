@@ -459,12 +459,30 @@ mod usage {
                 detail: "at least 1",
             });
         }
+        let today = occurred_at.date();
+        if let Some(last) = c.last_activity_on {
+            // A last activity after the flag's own day would keep the flag standing until
+            // then (activity clears it only when recorded after it), and more days than
+            // have passed since it contradict it.
+            if last > today {
+                return Err(DomainError::OutOfRange {
+                    field: "last_activity_on",
+                    detail: "not after the day of occurred_at",
+                });
+            }
+            if i64::from(c.days_inactive) > (today - last).whole_days() {
+                return Err(DomainError::OutOfRange {
+                    field: "days_inactive",
+                    detail: "at most the days from last_activity_on to occurred_at",
+                });
+            }
+        }
         let since = c.last_activity_on.unwrap_or_else(|| {
-            crate::calendar::days_before(occurred_at.date(), i64::from(c.days_inactive))
+            crate::calendar::days_before(today, i64::from(c.days_inactive))
         });
         if let Some(day) = state
             .last_activity_on
-            .filter(|d| *d > since && *d <= occurred_at.date())
+            .filter(|d| *d > since && *d <= today)
         {
             return Err(DomainError::RecentlyActive { day });
         }

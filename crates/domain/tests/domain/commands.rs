@@ -1195,6 +1195,33 @@ fn flag_inactivity() {
             last_activity_on: Some(date!(2025 - 05 - 02)),
         }))
         .then_accepted();
+    // A flag must agree with its own dates (AT is 2025-06-01): a last activity after its
+    // day would keep it standing until then, whatever activity came; more days than have
+    // passed since the last activity say nothing true.
+    for (days_inactive, last, field) in [
+        (30, date!(2030 - 01 - 01), "last_activity_on"),
+        (1, date!(2025 - 06 - 02), "last_activity_on"),
+        (30, date!(2025 - 05 - 31), "days_inactive"),
+        (31, date!(2025 - 05 - 02), "days_inactive"),
+    ] {
+        let err = given(active())
+            .when(Command::FlagInactivity(FlagInactivity {
+                days_inactive,
+                last_activity_on: Some(last),
+            }))
+            .then_refused("out_of_range");
+        assert!(
+            matches!(err, DomainError::OutOfRange { field: f, .. } if f == field),
+            "{days_inactive} days since {last}: {err:?}"
+        );
+    }
+    // As many days as have passed: accepted.
+    given(active())
+        .when(Command::FlagInactivity(FlagInactivity {
+            days_inactive: 1,
+            last_activity_on: Some(date!(2025 - 05 - 31)),
+        }))
+        .then_accepted();
     given(nothing())
         .when(Command::FlagInactivity(inactivity(30)))
         .then_refused("customer_not_registered");
