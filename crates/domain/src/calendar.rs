@@ -22,6 +22,17 @@ pub fn days_after(date: Date, days: i64) -> Date {
     days_before(date, days.saturating_neg())
 }
 
+/// The same day a year later: 29 February gives 28 February. The last representable year
+/// gives the last representable date.
+pub fn one_year_after(date: Date) -> Date {
+    match date.year().checked_add(1).map(|y| date.replace_year(y)) {
+        Some(Ok(d)) => d,
+        // 29 February in a year followed by a common one.
+        Some(Err(_)) if date.year() < 9999 => days_after(date, 365),
+        _ => Date::MAX,
+    }
+}
+
 /// `at` moved back by `days`, clamped to the first instant of the representable range.
 pub fn instant_days_before(at: OffsetDateTime, days: i64) -> OffsetDateTime {
     at.checked_sub(Duration::days(days.clamp(-MAX_SPAN_DAYS, MAX_SPAN_DAYS)))

@@ -477,13 +477,10 @@ mod usage {
                 });
             }
         }
-        let since = c.last_activity_on.unwrap_or_else(|| {
-            crate::calendar::days_before(today, i64::from(c.days_inactive))
-        });
-        if let Some(day) = state
+        let since = c
             .last_activity_on
-            .filter(|d| *d > since && *d <= today)
-        {
+            .unwrap_or_else(|| crate::calendar::days_before(today, i64::from(c.days_inactive)));
+        if let Some(day) = state.last_activity_on.filter(|d| *d > since && *d <= today) {
             return Err(DomainError::RecentlyActive { day });
         }
         Ok(Event::InactivityFlagged(InactivityFlagged {

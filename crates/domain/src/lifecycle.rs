@@ -58,9 +58,6 @@ impl Stage {
     }
 }
 
-/// Days of the relationship after which a customer in good health (green) counts as mature.
-pub const MATURITY_AFTER_DAYS: i64 = 365;
-
 /// A change of stage, caused by one event.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transition {
@@ -87,7 +84,7 @@ pub struct Lifecycle {
     pub relationship_started_at: Option<OffsetDateTime>,
     /// A renewal or expansion happened in the current relationship.
     pub renewed_or_expanded: bool,
-    /// The current relationship reached [`MATURITY_AFTER_DAYS`] while the customer was in
+    /// The current relationship reached 12 months (its first day a year on) while the customer was in
     /// good health (green and not flagged inactive). Like a renewal, it lasts until the
     /// relationship ends.
     #[serde(default)]
@@ -161,7 +158,7 @@ impl Lifecycle {
         self.as_of = Some(as_of);
         if let Some(started) = self.relationship_started_at
             && !self.active_contracts.is_empty()
-            && (as_of - started).whole_days() >= MATURITY_AFTER_DAYS
+            && as_of.date() >= crate::calendar::one_year_after(started.date())
             && self.color() == Color::Green
             && !self.inactive
         {
@@ -171,13 +168,15 @@ impl Lifecycle {
         if Some(next) == self.stage {
             return None;
         }
+        // The change is learnt at the latest business time seen, as the health view's alerts
+        // are: a back-filled event never dates a stage before one already entered.
         let from = self.stage;
         self.stage = Some(next);
-        self.since = Some(occurred_at);
+        self.since = Some(as_of);
         Some(Transition {
             from,
             to: next,
-            at: occurred_at,
+            at: as_of,
             version,
             event_type: event.event_type().to_owned(),
         })

@@ -3,7 +3,7 @@
 use crm_domain::command::*;
 use crm_domain::event::*;
 use crm_domain::health::Tier;
-use crm_domain::lifecycle::{Lifecycle, MATURITY_AFTER_DAYS, Stage, Transition};
+use crm_domain::lifecycle::{Lifecycle, Stage, Transition};
 use crm_domain::{Command, CustomerState, Event, decide};
 use serde_json::json;
 use time::macros::{date, datetime};
@@ -179,19 +179,25 @@ fn events_before_the_first_contract_stay_in_acquisition() {
     assert_eq!(w.transitions.len(), 1);
 }
 
+/// "12 months in good health": the relationship's first day a year on, by the calendar
+/// (365 days from 1 March 2023 is 29 February 2024, a day short).
 #[test]
 fn maturity_comes_with_a_year_of_relationship() {
-    assert_eq!(MATURITY_AFTER_DAYS, 365);
-    let signed_at = datetime!(2025-01-01 00:00 UTC);
+    use crm_domain::calendar::one_year_after;
+    assert_eq!(one_year_after(date!(2023 - 03 - 01)), date!(2024 - 03 - 01));
+    assert_eq!(one_year_after(date!(2024 - 02 - 29)), date!(2025 - 02 - 28));
+    assert_eq!(one_year_after(time::Date::MAX), time::Date::MAX);
+    let signed_at = datetime!(2023-03-01 12:00 UTC);
     let mut w = Walk::signed(signed_at);
+    let active_on = |day| Command::RecordActivity(RecordActivity { day, ..activity() });
     let (_, none) = w.step(
-        Command::RecordActivity(activity()),
-        signed_at + Duration::days(365) - Duration::seconds(1),
+        active_on(date!(2024 - 02 - 29)),
+        datetime!(2024-02-29 23:59 UTC),
     );
     assert_eq!(none, None);
     assert_eq!(w.stage(), Some(Stage::Growth));
-    let a_year_on = signed_at + Duration::days(365);
-    let (_, transition) = w.step(Command::RecordActivity(activity()), a_year_on);
+    let a_year_on = datetime!(2024-03-01 00:00 UTC);
+    let (_, transition) = w.step(active_on(date!(2024 - 03 - 01)), a_year_on);
     assert_eq!(
         transition,
         Some(t(
@@ -222,6 +228,29 @@ fn a_back_filled_event_does_not_move_the_stage_back_in_time() {
     assert_eq!(none, None, "a back-filled event made a transition");
     assert_eq!(w.stage(), Some(Stage::Maturity));
     assert_eq!(w.lifecycle.as_of, Some(datetime!(2026-02-01 09:00 UTC)));
+}
+
+/// A back-filled event that does change the stage dates the change when it was learnt (the
+/// latest business time seen), so the history never runs backwards: maturity on 1 June,
+/// then a flag back-dated to 20 May, is decline since 1 June.
+#[test]
+fn a_back_filled_event_that_changes_the_stage_is_dated_when_learnt() {
+    let mut w = Walk::signed(datetime!(2025-01-02 09:00 UTC));
+    let june = datetime!(2025-06-01 09:00 UTC);
+    w.step(
+        Command::RenewContract(renew("c1", date!(2026 - 12 - 31))),
+        june,
+    );
+    assert_eq!(w.stage(), Some(Stage::Maturity));
+    let (_, transition) = w.step(
+        Command::FlagInactivity(inactivity(45)),
+        datetime!(2025-05-20 09:00 UTC),
+    );
+    let transition = transition.expect("the flag moves the stage");
+    assert_eq!((transition.to, transition.at), (Stage::Decline, june));
+    assert_eq!(w.lifecycle.since, Some(june));
+    let dates: Vec<_> = w.transitions.iter().map(|t| t.at).collect();
+    assert!(dates.is_sorted(), "{dates:?}");
 }
 
 #[test]

@@ -392,14 +392,19 @@ proptest! {
         let mut lc = Lifecycle::default();
         let mut transitions: Vec<Transition> = Vec::new();
         let mut signed_any = false;
+        let mut latest = None;
         for (i, a) in accepted.iter().enumerate() {
             let version = i as u64 + 1;
+            // A change is dated at the latest business time seen, never before one
+            // already recorded.
+            let learnt = latest.map_or(a.at, |l: OffsetDateTime| l.max(a.at));
+            latest = Some(learnt);
             if let Some(t) = lc.apply(&a.event, a.at, version, &policy) {
                 prop_assert_eq!(t.version, version);
-                prop_assert_eq!(t.at, a.at);
+                prop_assert_eq!(t.at, learnt);
                 prop_assert_eq!(t.event_type.as_str(), a.event.event_type());
                 prop_assert_eq!(Some(t.to), lc.stage);
-                prop_assert_eq!(lc.since, Some(a.at));
+                prop_assert_eq!(lc.since, Some(learnt));
                 prop_assert_ne!(t.from, Some(t.to));
                 transitions.push(t);
             }
