@@ -54,7 +54,7 @@ pub fn decide(
         Command::TerminateContract(c) => contracts::terminate(state, c, occurred_at),
         Command::DeliverService(c) => service::deliver(state, c),
         Command::DelayService(c) => service::delay(state, c),
-        Command::RespondToRequest(c) => service::respond(c),
+        Command::RespondToRequest(c) => service::respond(state, c),
         Command::LogComplaint(c) => complaints::log(state, c),
         Command::ResolveComplaint(c) => complaints::resolve(state, c),
         Command::DeliverValueAdd(c) => care::value_add(c),
@@ -272,6 +272,9 @@ mod service {
     pub(super) fn deliver(state: &CustomerState, c: &DeliverService) -> Result<Event, DomainError> {
         let (contract_id, _) = active_contract(state, &c.contract_id)?;
         let service_id = id("service_id", &c.service_id)?;
+        if state.delivered_services.contains(&service_id) {
+            return Err(DomainError::ServiceAlreadyDelivered(service_id));
+        }
         if c.delivered_on > c.promised_on {
             return Err(DomainError::DeliveryLate);
         }
@@ -287,6 +290,10 @@ mod service {
     pub(super) fn delay(state: &CustomerState, c: &DelayService) -> Result<Event, DomainError> {
         let (contract_id, _) = active_contract(state, &c.contract_id)?;
         let service_id = id("service_id", &c.service_id)?;
+        // A delay before delivery (even a second slip) is news; one after it is not.
+        if state.delivered_services.contains(&service_id) {
+            return Err(DomainError::ServiceAlreadyDelivered(service_id));
+        }
         if c.days_late == 0 || c.days_late > 3_650 {
             return Err(DomainError::OutOfRange {
                 field: "days_late",
@@ -302,9 +309,18 @@ mod service {
         }))
     }
 
-    pub(super) fn respond(c: &RespondToRequest) -> Result<Event, DomainError> {
+    /// The first response to a request; a second one for the same request is refused (it
+    /// would count against the SLA, and in the trust account, twice).
+    pub(super) fn respond(
+        state: &CustomerState,
+        c: &RespondToRequest,
+    ) -> Result<Event, DomainError> {
+        let request_id = id("request_id", &c.request_id)?;
+        if state.responded_requests.contains(&request_id) {
+            return Err(DomainError::RequestAlreadyResponded(request_id));
+        }
         Ok(Event::RequestResponded(RequestResponded {
-            request_id: id("request_id", &c.request_id)?,
+            request_id,
             response_minutes: c.response_minutes,
             within_sla: c.response_minutes <= RESPONSE_SLA_MINUTES,
         }))

@@ -28,6 +28,10 @@ pub enum DomainError {
     ComplaintNotOpen(String),
     #[error("order {0} is already recorded")]
     DuplicateOrder(String),
+    #[error("service {0} is already delivered")]
+    ServiceAlreadyDelivered(String),
+    #[error("request {0} already has its response")]
+    RequestAlreadyResponded(String),
     #[error("{field} must be greater than zero")]
     InvalidAmount { field: &'static str },
     #[error("currency must be a three-letter ISO 4217 code, got {0:?}")]
@@ -76,6 +80,8 @@ impl DomainError {
             DomainError::ComplaintNotFound("q-7".into()),
             DomainError::ComplaintNotOpen("q-7".into()),
             DomainError::DuplicateOrder("o-42".into()),
+            DomainError::ServiceAlreadyDelivered("s-3".into()),
+            DomainError::RequestAlreadyResponded("r-9".into()),
             DomainError::InvalidAmount {
                 field: "value_minor",
             },
@@ -117,6 +123,8 @@ impl DomainError {
             DomainError::ComplaintNotFound(_) => "complaint_not_found",
             DomainError::ComplaintNotOpen(_) => "complaint_not_open",
             DomainError::DuplicateOrder(_) => "duplicate_order",
+            DomainError::ServiceAlreadyDelivered(_) => "service_already_delivered",
+            DomainError::RequestAlreadyResponded(_) => "request_already_responded",
             DomainError::InvalidAmount { .. } => "invalid_amount",
             DomainError::InvalidCurrency(_) => "invalid_currency",
             DomainError::InvalidDates(_) => "invalid_dates",
@@ -150,6 +158,6 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), codes.len(), "{codes:?}");
-        assert_eq!(codes.len(), 23, "a DomainError variant has no example");
+        assert_eq!(codes.len(), 25, "a DomainError variant has no example");
     }
 }

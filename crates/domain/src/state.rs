@@ -47,6 +47,12 @@ pub struct CustomerState {
     pub contracts: BTreeMap<String, Contract>,
     pub complaints: BTreeMap<String, Complaint>,
     pub orders: BTreeSet<String>,
+    /// Services delivered: each is delivered (and paid into the trust account) once.
+    #[serde(default)]
+    pub delivered_services: BTreeSet<String>,
+    /// Requests answered: only the first response counts against the SLA.
+    #[serde(default)]
+    pub responded_requests: BTreeSet<String>,
     pub churned: bool,
     pub won_back: bool,
     /// The latest day of recorded activity, so an inactivity flag decided on stale views
@@ -135,9 +141,13 @@ impl CustomerState {
                     self.churned = true;
                 }
             }
-            Event::ServiceDelivered(_)
-            | Event::ServiceDelayed(_)
-            | Event::RequestResponded(_)
+            Event::ServiceDelivered(e) => {
+                self.delivered_services.insert(e.service_id.clone());
+            }
+            Event::RequestResponded(e) => {
+                self.responded_requests.insert(e.request_id.clone());
+            }
+            Event::ServiceDelayed(_)
             | Event::ValueAddDelivered(_)
             | Event::CareTouchRecorded(_)
             | Event::SurveyAnswered(_)

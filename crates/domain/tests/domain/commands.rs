@@ -459,10 +459,62 @@ fn deliver_service_on_time() {
             delivered_on: date!(2025 - 05 - 20),
             exceeded_expectations: false,
         }));
-    // Only the version moves.
+    // Only the version and the delivered services move.
     let mut expected = given(active()).state().clone();
     expected.version += 1;
+    expected.delivered_services.insert("s1".into());
     assert_eq!(state, expected);
+}
+
+/// A service is delivered, and paid into the trust account, once: a second delivery of
+/// the same id, or a delay reported after it, is refused. Slips before delivery (one or
+/// several) are news, and a delayed service can still be delivered on its new date.
+#[test]
+fn a_service_is_delivered_once_and_not_delayed_after_delivery() {
+    let history = |extra: Vec<Event>| {
+        let mut e = active();
+        e.extend(extra);
+        e
+    };
+    let delivered_event = Event::ServiceDelivered(ServiceDelivered {
+        contract_id: "c1".into(),
+        service_id: "s1".into(),
+        promised_on: date!(2025 - 05 - 20),
+        delivered_on: date!(2025 - 05 - 20),
+        exceeded_expectations: false,
+    });
+    for again in [
+        Command::DeliverService(DeliverService {
+            service_id: " s1".into(),
+            ..deliver("c1")
+        }),
+        Command::DelayService(delay("c1")),
+    ] {
+        let err = given(history(vec![delivered_event.clone()]))
+            .when(again)
+            .then_refused("service_already_delivered");
+        assert_eq!(err, DomainError::ServiceAlreadyDelivered("s1".into()));
+    }
+    let slipped = Event::ServiceDelayed(ServiceDelayed {
+        contract_id: "c1".into(),
+        service_id: "s1".into(),
+        promised_on: date!(2025 - 05 - 10),
+        days_late: 3,
+        reason: None,
+    });
+    given(history(vec![slipped.clone()]))
+        .when(Command::DelayService(delay("c1")))
+        .then_accepted();
+    given(history(vec![slipped]))
+        .when(Command::DeliverService(deliver("c1")))
+        .then_accepted();
+    // Another service is another matter.
+    given(history(vec![delivered_event]))
+        .when(Command::DeliverService(DeliverService {
+            service_id: "s2".into(),
+            ..deliver("c1")
+        }))
+        .then_accepted();
 }
 
 #[test]
@@ -664,6 +716,26 @@ fn respond_to_request_refusals() {
             response_minutes: 5,
         }))
         .then_refused("field_too_long");
+    // Only the first response counts: a second one for the same request is refused.
+    let mut history = prospect();
+    history.push(Event::RequestResponded(RequestResponded {
+        request_id: "r1".into(),
+        response_minutes: 5,
+        within_sla: true,
+    }));
+    let err = given(history.clone())
+        .when(Command::RespondToRequest(RespondToRequest {
+            request_id: "r1 ".into(),
+            response_minutes: 300,
+        }))
+        .then_refused("request_already_responded");
+    assert_eq!(err, DomainError::RequestAlreadyResponded("r1".into()));
+    given(history)
+        .when(Command::RespondToRequest(RespondToRequest {
+            request_id: "r2".into(),
+            response_minutes: 300,
+        }))
+        .then_accepted();
     given(nothing())
         .when(Command::RespondToRequest(respond(5)))
         .then_refused("customer_not_registered");

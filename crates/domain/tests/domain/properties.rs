@@ -28,6 +28,8 @@ const CODES: &[&str] = &[
     "complaint_not_found",
     "complaint_not_open",
     "duplicate_order",
+    "service_already_delivered",
+    "request_already_responded",
     "invalid_amount",
     "invalid_currency",
     "invalid_dates",
