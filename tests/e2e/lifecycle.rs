@@ -205,3 +205,42 @@ async fn red_health_is_a_decline_until_it_recovers(db: Db) {
     .map(|(a, b)| (a.to_owned(), b.to_owned()));
     assert_eq!(steps, expected, "{h}");
 }
+
+/// Business days are UTC days: the same instant gets the same decision whatever offset
+/// the sender wrote it with, and the event is stored in UTC. (c1 ends 2025-12-31 with 90
+/// days' notice: the window opens on 2025-10-02.)
+#[tokio::test]
+async fn business_days_are_utc_days_whatever_offset_the_sender_writes() {
+    let env = Env::new().await;
+    let app = App::start(&env).await;
+    let (west, east) = (Uuid::now_v7(), Uuid::now_v7());
+    for c in [west, east] {
+        app.accept(c, register("Offset")).await;
+        app.accept(c, sign("c1")).await;
+    }
+    let due = |at: &str| {
+        json!({"type": "mark_renewal_due", "contract_id": "c1", "term_ends_on": "2025-12-31",
+            "occurred_at": at})
+    };
+    // 23:30 on 1 October at UTC-2 is 01:30 UTC on 2 October: inside the window.
+    let receipt = app.accept(west, due("2025-10-01T23:30:00-02:00")).await;
+    // 00:30 on 2 October at UTC+14 is 10:30 UTC on 1 October: not yet.
+    let (s, body) = app.command(east, due("2025-10-02T00:30:00+14:00")).await;
+    assert_eq!(
+        (s.as_u16(), body["error"]["code"].as_str()),
+        (422, Some("renewal_not_due")),
+        "{body}"
+    );
+
+    let events = crm_e2e::read_all(&env.log().await).await;
+    let marked = events
+        .iter()
+        .find(|e| e.envelope.event_id.to_string() == receipt["event_id"].as_str().unwrap())
+        .expect("the marked event");
+    assert_eq!(
+        marked.envelope.occurred_at,
+        time::macros::datetime!(2025-10-02 01:30 UTC)
+    );
+    assert!(marked.envelope.occurred_at.offset().is_utc());
+    app.stop().await;
+}

@@ -404,7 +404,13 @@ impl Customers {
         if fresh {
             self.catch_up(&id, loaded).await?;
         }
-        let occurred_at = opts.occurred_at.unwrap_or(opts.now);
+        // Business days are UTC days: every rule that takes a date of `occurred_at` (notice
+        // windows, lapses, activity) must see the same day for the same instant, whatever
+        // offset the sender wrote it with; the event is stored in UTC too.
+        let occurred_at = opts
+            .occurred_at
+            .unwrap_or(opts.now)
+            .to_offset(time::UtcOffset::UTC);
         let request_hash = opts
             .meta
             .idempotency_key
