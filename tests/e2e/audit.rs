@@ -269,6 +269,19 @@ async fn queries_filter_by_customer_type_actor_and_time_and_stream_ndjson(db: Db
         (status.as_u16(), bad["error"]["code"].as_str()),
         (400, Some("invalid_query"))
     );
+
+    // With the log down, NDJSON answers as the JSON form does (503 with its code), not
+    // with a 200 whose body breaks off.
+    let mut env = env;
+    env.nats.stop().await;
+    let resp = ndjson(&app, "").await;
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (status.as_u16(), body["error"]["code"].as_str()),
+        (503, Some("log_unavailable")),
+        "{body}"
+    );
     app.stop().await;
 }
 

@@ -199,6 +199,73 @@ async fn each_bad_request_gets_its_code_and_writes_nothing() {
         }
         assert_eq!(req.send().await.unwrap().status(), status, "{key:?}");
     }
+    // ... and before the path: an anonymous caller hears 401 whatever the customer id,
+    // the ops route whatever the projection name; with a key, a path segment that is not
+    // even text is refused in the JSON shape.
+    for (path, method, code) in [
+        (
+            "/v1/customers/%FF/commands",
+            reqwest::Method::POST,
+            (400, "invalid_customer_id"),
+        ),
+        (
+            "/v1/customers/%FF",
+            reqwest::Method::GET,
+            (400, "invalid_customer_id"),
+        ),
+        (
+            "/v1/admin/projections/%FF/rebuild",
+            reqwest::Method::POST,
+            (404, "projection_not_found"),
+        ),
+    ] {
+        let url = format!("{}{path}", app.base);
+        let anonymous = app
+            .http
+            .request(method.clone(), &url)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(anonymous.status(), 401, "{path}");
+        let keyed = app
+            .http
+            .request(method, &url)
+            .bearer_auth(crm_e2e::KEY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(keyed.status().as_u16(), code.0, "{path}");
+        let err: serde_json::Value = keyed.json().await.unwrap();
+        assert_eq!(err["error"]["code"], code.1, "{path}");
+    }
+    // ... and before its body is read: a client without a key that sends a body slowly
+    // (or never) hears 401 at once instead of holding the connection.
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = app.base.trim_start_matches("http://").to_owned();
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST /v1/customers/{c}/commands HTTP/1.1\r\nHost: {addr}\r\n\
+             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{{\"type\""
+        );
+        tcp.write_all(head.as_bytes()).await.unwrap();
+        let mut answer = vec![0u8; 12];
+        tokio::time::timeout(
+            std::time::Duration::from_secs(5),
+            tcp.read_exact(&mut answer),
+        )
+        .await
+        .expect("answered before the body was complete")
+        .unwrap();
+        assert_eq!(
+            &answer,
+            b"HTTP/1.1 401",
+            "{}",
+            String::from_utf8_lossy(&answer)
+        );
+    }
     // The scheme is case-insensitive; a scheme other than Bearer, or no token, is not a key.
     for (value, status) in [
         (format!("BEARER {}", crm_e2e::KEY), 200),

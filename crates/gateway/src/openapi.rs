@@ -114,6 +114,9 @@ enum Scope {
     Query,
     /// Operations that read the event log.
     Log,
+    /// Operations that read the read store (every authenticated one but commands, and the
+    /// metrics).
+    ReadStore,
     /// `POST /v1/audit/checkpoints`.
     Checkpoints,
     /// `POST /v1/admin/projections/{name}/rebuild`.
@@ -137,7 +140,9 @@ impl Scope {
             Scope::CustomerPath => path.contains("{customer_id}"),
             Scope::CustomerRead => path.contains("{customer_id}") && !commands,
             Scope::Query => has_query,
-            Scope::Log => has_security || path == "/readyz",
+            // `/readyz` answers its own 503 body (which part is down), not an error.
+            Scope::Log => has_security,
+            Scope::ReadStore => (has_security && !commands) || path == "/metrics",
             Scope::Checkpoints => method == "post" && path == "/v1/audit/checkpoints",
             Scope::Rebuild => path.ends_with("/rebuild"),
             Scope::Verify => path == "/v1/audit/verify",
@@ -198,6 +203,10 @@ fn error_catalog() -> Vec<(Scope, ApiError)> {
                 url: "nats://127.0.0.1:4222".into(),
                 reason: "connection refused".into(),
             }),
+        ),
+        (
+            Scope::ReadStore,
+            ApiError::Projection(crm_projections::ProjectionError::store_unavailable()),
         ),
         (
             Scope::Log,
@@ -608,6 +617,37 @@ mod document_tests {
         let health = &doc["paths"]["/healthz"]["get"];
         assert!(health.get("security").is_none());
         assert!(health["responses"].get("401").is_none());
+    }
+
+    /// Every view read can find the read store down (503 `read_store_unavailable`), and
+    /// `/readyz` documents its own 503 body (which part is down), not an error.
+    #[test]
+    fn reads_document_an_unavailable_read_store_and_readyz_its_own_body() {
+        let doc = doc();
+        for path in [
+            "/v1/customers/{customer_id}",
+            "/v1/alerts",
+            "/v1/renewals",
+            "/v1/stages",
+            "/v1/audit/events",
+            "/metrics",
+        ] {
+            let op = &doc["paths"][path]["get"];
+            assert!(
+                example_codes(op, "503").contains(&"read_store_unavailable".to_owned()),
+                "{path}: {:?}",
+                example_codes(op, "503")
+            );
+        }
+        let commands = &doc["paths"]["/v1/customers/{customer_id}/commands"]["post"];
+        assert!(!example_codes(commands, "503").contains(&"read_store_unavailable".to_owned()));
+        let readyz = &doc["paths"]["/readyz"]["get"];
+        assert!(example_codes(readyz, "503").is_empty(), "{readyz}");
+        assert!(readyz["responses"].get("500").is_none(), "{readyz}");
+        let schema = readyz["responses"]["503"]["content"]["application/json"]["schema"]["$ref"]
+            .as_str()
+            .unwrap_or_default();
+        assert!(schema.ends_with("/Readyz"), "{readyz}");
     }
 }
 

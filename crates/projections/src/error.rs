@@ -60,6 +60,12 @@ pub enum ProjectionError {
 }
 
 impl ProjectionError {
+    /// A store that could not be reached in time: what the API documents as
+    /// `read_store_unavailable`.
+    pub fn store_unavailable() -> Self {
+        ProjectionError::Db(sqlx::Error::PoolTimedOut)
+    }
+
     /// The read store could not be reached or was too busy to answer in time: the caller
     /// may retry. Anything else (a bad query, corrupt data) is not transient.
     pub fn is_unavailable(&self) -> bool {

@@ -206,7 +206,7 @@ pub struct AlertView {
     pub score: u32,
     #[cfg_attr(feature = "openapi", schema(value_type = Vec<crm_domain::health::Reason>))]
     pub reasons: Value,
-    /// `{code, text}`: routine quarterly care, a dedicated care plan, or executive escalation.
+    /// `{code, message}`: routine quarterly care, a dedicated care plan, or executive escalation.
     #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub recommended_action: Value,
     pub raised_at: String,

@@ -127,10 +127,13 @@ pub struct RebuildAccepted {
 )]
 pub async fn rebuild(
     State(state): State<AppState>,
-    axum::extract::Path(name): axum::extract::Path<String>,
+    name: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     state.auth.authorize(&headers, Role::Ops)?;
+    // A name that is not even text is no projection's (after the key is checked, and in
+    // the JSON error shape).
+    let name = name.map_or_else(|_| String::new(), |axum::extract::Path(n)| n);
     if name != "all" && !PROJECTIONS.contains(&name.as_str()) {
         return Err(ApiError::NotFound {
             code: "projection_not_found",

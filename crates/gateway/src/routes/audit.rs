@@ -174,14 +174,24 @@ pub async fn events(
     // NDJSON: stream page after page, so a large result never sits in memory. No limit,
     // or 0, streams every match (as over gRPC, whose 0 is every match).
     let total = q.limit.filter(|&l| l > 0).map(u64::from);
+    let want = move |sent: u64| total.map_or(500, |t| (t - sent).min(500)) as u32;
+    let after = q.after_sequence.unwrap_or(0);
+    // The first page is read before the status is sent: a read store or log that is
+    // down answers 503 with its error code, as the JSON form does, instead of a 200
+    // whose body breaks off. (A failure after it can only cut the stream short.)
+    let first = page(&state, &filter, after, want(0)).await?;
     let stream = futures::stream::unfold(
-        (state, filter, q.after_sequence.unwrap_or(0), 0u64, false),
-        move |(state, filter, after, sent, done)| async move {
+        (state, filter, after, 0u64, false, Some(first)),
+        move |(state, filter, after, sent, done, fetched)| async move {
             if done || total.is_some_and(|t| sent >= t) {
                 return None;
             }
-            let want = total.map_or(500, |t| (t - sent).min(500)) as u32;
-            match page(&state, &filter, after, want).await {
+            let want = want(sent);
+            let items = match fetched {
+                Some(items) => Ok(items),
+                None => page(&state, &filter, after, want).await,
+            };
+            match items {
                 Ok(items) if items.is_empty() => None,
                 Ok(items) => {
                     let last = items.last().map_or(after, |e| e.sequence);
@@ -193,20 +203,22 @@ pub async fn events(
                             .map_err(std::io::Error::other);
                         match line {
                             Ok(line) => buf.push_str(&line),
-                            Err(e) => return Some((Err(e), (state, filter, after, sent, true))),
+                            Err(e) => {
+                                return Some((Err(e), (state, filter, after, sent, true, None)));
+                            }
                         }
                         buf.push('\n');
                     }
                     Some((
                         Ok::<_, std::io::Error>(buf),
-                        (state, filter, last, sent + n, short),
+                        (state, filter, last, sent + n, short, None),
                     ))
                 }
                 Err(e) => {
                     tracing::error!(error = %e, "audit stream failed");
                     Some((
                         Err(std::io::Error::other(e.to_string())),
-                        (state, filter, after, sent, true),
+                        (state, filter, after, sent, true, None),
                     ))
                 }
             }

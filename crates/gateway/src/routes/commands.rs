@@ -3,8 +3,7 @@
 
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::extract::rejection::BytesRejection;
+use axum::extract::{FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use crm_log::{Metadata, Receipt, SubmitOptions, Submitted};
@@ -134,20 +133,23 @@ pub async fn submit(
     State(state): State<AppState>,
     super::CustomerPath(raw_id): super::CustomerPath,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    request: Request,
 ) -> Result<Response, ApiError> {
     // An anonymous caller hears 401 whatever it sent (an oversized or unreadable body
-    // included).
+    // included), and before its body is read: a client without a key cannot hold a
+    // connection open by trickling one.
     let principal = state.auth.authorize(&headers, Role::Publisher)?;
-    let body = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::PayloadTooLarge {
-                limit: MAX_BODY_BYTES,
+    let body = Bytes::from_request(request, &state)
+        .await
+        .map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::PayloadTooLarge {
+                    limit: MAX_BODY_BYTES,
+                }
+            } else {
+                ApiError::bad_request("unreadable_body", rejection.body_text())
             }
-        } else {
-            ApiError::bad_request("unreadable_body", rejection.body_text())
-        }
-    })?;
+        })?;
     let submitted = handle_as(
         &state,
         principal,

@@ -13,19 +13,25 @@ use crm_domain::CustomerId;
 
 use crate::error::ApiError;
 
-/// The `{customer_id}` path segment as sent. A segment that is not even text (a
-/// percent-encoded byte that is not UTF-8) is refused as `invalid_customer_id` in the JSON
-/// error shape, where axum's own `Path` would answer in plain text.
+/// The `{customer_id}` path segment as sent. It never refuses a request itself, so the
+/// handler checks the caller's key first (an anonymous caller hears 401 whatever the path):
+/// a segment that is not even text (a percent-encoded byte that is not UTF-8) becomes the
+/// empty string, which [`customer_id`] refuses as `invalid_customer_id` in the JSON error
+/// shape, where axum's own `Path` would answer in plain text.
 pub struct CustomerPath(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for CustomerPath {
-    type Rejection = ApiError;
+    type Rejection = std::convert::Infallible;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        Path::<String>::from_request_parts(parts, state)
-            .await
-            .map(|Path(raw)| CustomerPath(raw))
-            .map_err(|_| ApiError::bad_request("invalid_customer_id", "customer_id must be a UUID"))
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &S,
+    ) -> Result<Self, std::convert::Infallible> {
+        Ok(CustomerPath(
+            Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_or_else(|_| String::new(), |Path(raw)| raw),
+        ))
     }
 }
 
