@@ -548,3 +548,52 @@ async fn renewals_list_contracts_with_window_status_and_days_left(db: Db) {
     );
     app.stop().await;
 }
+
+/// A read waits for the client's own write only in the views it answers from: with the
+/// renewals projector not running at all, the trust ledger and the customer still answer
+/// at once with the write in them (before, every read waited out `read_your_writes_ms` on
+/// the renewals view, and then answered).
+#[tokio::test]
+async fn a_read_waits_only_for_the_views_it_reads() {
+    let env = Env::new().await;
+    let mut cfg = env.config("views.sqlite");
+    cfg.gateway.read_your_writes_ms = 20_000;
+    let app = App::start_with(cfg.clone(), false).await;
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let mut projectors = tokio::task::JoinSet::new();
+    crm_cli::services::spawn_projectors(
+        &cfg,
+        &app.parts,
+        &["lifecycle", "trust", "health"],
+        &mut projectors,
+        &shutdown,
+    )
+    .unwrap();
+    let c = Uuid::now_v7();
+    app.accept(c, crm_e2e::register("Quick")).await;
+    app.accept(c, crm_e2e::sign("c1")).await;
+    app.accept(c, json!({"type": "record_care_touch", "kind": "birthday"}))
+        .await;
+
+    let started = std::time::Instant::now();
+    let (s, ledger) = app.get(&format!("/v1/customers/{c}/trust/ledger")).await;
+    assert_eq!(s, 200, "{ledger}");
+    assert!(
+        ledger["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["event_type"] == "care_touch_recorded"),
+        "{ledger}"
+    );
+    let (s, v) = app.get(&format!("/v1/customers/{c}")).await;
+    assert_eq!((s.as_u16(), v["version"].as_u64()), (200, Some(3)), "{v}");
+    let waited = started.elapsed();
+    assert!(
+        waited < std::time::Duration::from_secs(10),
+        "the reads waited {waited:?} for a view they do not use"
+    );
+    shutdown.cancel();
+    while projectors.join_next().await.is_some() {}
+    app.stop().await;
+}

@@ -21,17 +21,17 @@ use crate::app::AppState;
 use crate::auth::Role;
 use crate::error::ApiError;
 
-/// Every projection a customer read may wait for.
-pub const VIEWS: [&str; 4] = [
-    lifecycle::NAME,
-    trust::NAME,
-    health::NAME,
-    crm_projections::renewals::NAME,
-];
+/// The views the customer read joins.
+pub const CUSTOMER_VIEWS: [&str; 3] = [lifecycle::NAME, trust::NAME, health::NAME];
 
-/// Waits (bounded by `read_wait`) until every view has applied this process's own latest
-/// write to the customer, so a client reads what it just wrote.
-pub(crate) async fn wait_for_own_writes(state: &AppState, id: &CustomerId) -> Result<(), ApiError> {
+/// Waits (bounded by `read_wait`) until each of `views` (the ones the read answers from)
+/// has applied this process's own latest write to the customer, so a client reads what it
+/// just wrote. A view the read does not use, stalled or slow, holds nothing up.
+pub(crate) async fn wait_for_own_writes(
+    state: &AppState,
+    id: &CustomerId,
+    views: &[&str],
+) -> Result<(), ApiError> {
     let deadline = tokio::time::Instant::now() + state.read_wait;
     // A command of the customer in flight (this client's next one, the scheduler's) is
     // waited for, within the same bound, rather than taken as nothing to wait for.
@@ -39,7 +39,7 @@ pub(crate) async fn wait_for_own_writes(state: &AppState, id: &CustomerId) -> Re
     let Some(wanted) = known.await.ok().flatten() else {
         return Ok(());
     };
-    while state.store.min_checkpoint(&VIEWS).await? < wanted {
+    while state.store.min_checkpoint(views).await? < wanted {
         if tokio::time::Instant::now() >= deadline {
             break;
         }
@@ -115,7 +115,7 @@ pub struct HealthSection {
 /// The customer view (lifecycle, trust, health, tier), after waiting for this process's
 /// own writes. Shared by every door.
 pub async fn customer_view(state: &AppState, id: &CustomerId) -> Result<CustomerView, ApiError> {
-    wait_for_own_writes(state, id).await?;
+    wait_for_own_writes(state, id, &CUSTOMER_VIEWS).await?;
     let mut view = CustomerView {
         customer_id: *id,
         version: 0,
@@ -259,7 +259,7 @@ pub async fn lifecycle_history(
     let id = super::customer_id(&raw_id)?;
     let page = query(page)?;
     let limit = page.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, 1_000);
-    wait_for_own_writes(&state, &id).await?;
+    wait_for_own_writes(&state, &id, &[lifecycle::NAME]).await?;
     if lifecycle::get(&state.store, &id).await?.is_none() {
         known_to_the_log(&state, &id).await?;
     }
@@ -295,7 +295,7 @@ pub async fn trust_ledger(
     let id = super::customer_id(&raw_id)?;
     let page = query(page)?;
     let limit = page.limit.unwrap_or(DEFAULT_LIMIT).clamp(1, 1_000);
-    wait_for_own_writes(&state, &id).await?;
+    wait_for_own_writes(&state, &id, &[trust::NAME]).await?;
     let (account, entries) =
         trust::account_page(&state.store, &id, page.after_sequence.unwrap_or(0), limit).await?;
     let account = match account {
@@ -344,7 +344,7 @@ pub async fn customer_alerts(
 ) -> Result<Json<CustomerAlerts>, ApiError> {
     state.auth.authorize(&headers, Role::Reader)?;
     let id = super::customer_id(&raw_id)?;
-    wait_for_own_writes(&state, &id).await?;
+    wait_for_own_writes(&state, &id, &[health::NAME]).await?;
     if health::get(&state.store, &id).await?.is_none() {
         known_to_the_log(&state, &id).await?;
     }
