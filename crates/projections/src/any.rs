@@ -89,6 +89,16 @@ impl Projection for AnyProjection {
         }
     }
 
+    fn policy(&self) -> Option<&crm_domain::policy::Policy> {
+        match self {
+            Self::Audit(p) => p.policy(),
+            Self::Lifecycle(p) => p.policy(),
+            Self::Trust(p) => p.policy(),
+            Self::Health(p) => p.policy(),
+            Self::Renewals(p) => p.policy(),
+        }
+    }
+
     fn decodes_events(&self) -> bool {
         match self {
             Self::Audit(p) => p.decodes_events(),

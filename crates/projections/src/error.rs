@@ -42,6 +42,14 @@ pub enum ProjectionError {
         head: u64,
     },
     #[error(
+        "the {projection} views were folded under policy {views:?} and this projector runs policy {projector:?} (if the labels read alike, the rules differ): folding new events under it on top of them would mix the two. Start it with the policy the views were built under, or rebuild them under its policy (`crm replay {projection}`) and start it again"
+    )]
+    PolicyMismatch {
+        projection: String,
+        views: String,
+        projector: String,
+    },
+    #[error(
         "the log has no event at sequence {sequence}, which the audit index or the log's head says it holds: the stream was restored shorter than the read store, or edited"
     )]
     MissingEvent { sequence: u64 },

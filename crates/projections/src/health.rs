@@ -47,6 +47,10 @@ impl Projection for HealthProjection {
         NAME
     }
 
+    fn policy(&self) -> Option<&crm_domain::policy::Policy> {
+        Some(&self.policy)
+    }
+
     fn fingerprint(&self) -> String {
         crate::policy::fingerprint(NAME, &self.policy)
     }

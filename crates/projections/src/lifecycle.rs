@@ -41,6 +41,10 @@ impl Projection for LifecycleProjection {
         NAME
     }
 
+    fn policy(&self) -> Option<&crm_domain::policy::Policy> {
+        Some(&self.policy)
+    }
+
     fn fingerprint(&self) -> String {
         crate::policy::fingerprint(NAME, &self.policy)
     }

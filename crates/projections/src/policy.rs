@@ -1,8 +1,13 @@
-//! Loading the scoring policy file.
+//! Loading the scoring policy file, and the record of the policy each projection's rows
+//! were folded under.
 
 use std::path::Path;
 
 use crm_domain::policy::{DEFAULT_POLICY_TOML, Policy};
+use sqlx::AnyConnection;
+
+use crate::error::ProjectionError;
+use crate::projector::Projection;
 
 /// Why a policy file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +37,92 @@ pub fn fingerprint(name: &str, policy: &Policy) -> String {
     // A policy is plain data: it always serialises.
     let rules = serde_json::to_string(policy).unwrap_or_default();
     format!("{name} {} policy {rules}", env!("CARGO_PKG_VERSION"))
+}
+
+/// The policy a projection's rows are folded under, as the store records it
+/// (`projection_policies`): a digest of the whole policy (an edited rule under an unchanged
+/// version label still differs) and the label, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRecord {
+    pub projection: &'static str,
+    pub digest: String,
+    pub version: String,
+}
+
+impl PolicyRecord {
+    /// The record of `projection`'s policy; `None` for a projection without one.
+    pub fn of<P: Projection>(projection: &P) -> Option<Self> {
+        projection.policy().map(|policy| Self {
+            projection: projection.name(),
+            // A policy is plain data: it always serialises.
+            digest: crm_log::envelope::hash_canonical(
+                &serde_json::to_value(policy).unwrap_or_default(),
+            ),
+            version: policy.version.clone(),
+        })
+    }
+}
+
+/// Inside a projector's write transaction: each projection's rows must have been folded
+/// under the projector's own policy. A projection the store has no record of (a new
+/// store, or one from before records were kept) is recorded as folded under it.
+pub(crate) async fn check_or_record(
+    tx: &mut AnyConnection,
+    records: &[PolicyRecord],
+) -> Result<(), ProjectionError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let stored: Vec<(String, String, String)> =
+        sqlx::query_as("SELECT name, policy_digest, policy_version FROM projection_policies")
+            .fetch_all(&mut *tx)
+            .await?;
+    for record in records {
+        match stored.iter().find(|(name, _, _)| name == record.projection) {
+            Some((_, digest, _)) if *digest == record.digest => {}
+            Some((_, _, version)) => {
+                return Err(ProjectionError::PolicyMismatch {
+                    projection: record.projection.to_owned(),
+                    views: version.clone(),
+                    projector: record.version.clone(),
+                });
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO projection_policies (name, policy_digest, policy_version) \
+                     VALUES ($1, $2, $3)",
+                )
+                .bind(record.projection)
+                .bind(&record.digest)
+                .bind(&record.version)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Records `records` as the policies of the rows just swapped into `schema` (`main` for
+/// SQLite, the live schema for PostgreSQL), in the swap's transaction.
+pub(crate) async fn record_swapped(
+    conn: &mut AnyConnection,
+    schema: &str,
+    records: &[PolicyRecord],
+) -> Result<(), ProjectionError> {
+    for record in records {
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {schema}.projection_policies (name, policy_digest, policy_version) \
+             VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET \
+             policy_digest = excluded.policy_digest, policy_version = excluded.policy_version"
+        )))
+        .bind(record.projection)
+        .bind(&record.digest)
+        .bind(&record.version)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Loads a policy file, or the default when `path` is `None`.

@@ -45,6 +45,13 @@ pub trait Projection: Send + Sync + 'static {
         true
     }
 
+    /// The scoring policy this projection prices or judges events by, if any. The store
+    /// records it per projection ([`crate::policy::PolicyRecord`]): a projector never
+    /// folds events under one policy on top of rows folded under another.
+    fn policy(&self) -> Option<&crm_domain::policy::Policy> {
+        None
+    }
+
     /// Applies a batch of events (in log order, all newer than the checkpoint) inside the
     /// projector's transaction. Must write each touched row once, in bulk, and must be
     /// idempotent per event (re-applying an event already reflected changes nothing).
@@ -179,6 +186,8 @@ pub struct ProjectorStatus {
 /// Runs one projection, or several together, against the log.
 pub struct Projector<P> {
     projections: Vec<P>,
+    /// The policies of the projections that have one, checked in every commit.
+    policies: Vec<crate::policy::PolicyRecord>,
     store: ReadStore,
     log: EventLog,
     options: ProjectorOptions,
@@ -214,6 +223,10 @@ impl<P: Projection> Projector<P> {
             ..ProjectorStatus::default()
         });
         Self {
+            policies: projections
+                .iter()
+                .filter_map(crate::policy::PolicyRecord::of)
+                .collect(),
             projections,
             store,
             log,
@@ -234,6 +247,11 @@ impl<P: Projection> Projector<P> {
     /// The names of the projections this projector keeps.
     pub fn names(&self) -> Vec<&'static str> {
         self.projections.iter().map(Projection::name).collect()
+    }
+
+    /// The policies its projections fold under.
+    pub(crate) fn policies(&self) -> &[crate::policy::PolicyRecord] {
+        &self.policies
     }
 
     async fn marks(&self) -> Result<Vec<Mark>, ProjectionError> {
@@ -283,7 +301,8 @@ impl<P: Projection> Projector<P> {
                 Err(
                     e @ (ProjectionError::InjectedCrash { .. }
                     | ProjectionError::LeaseLost { .. }
-                    | ProjectionError::AheadOfLog { .. }),
+                    | ProjectionError::AheadOfLog { .. }
+                    | ProjectionError::PolicyMismatch { .. }),
                 ) => return Err(e),
                 Err(e) => {
                     tracing::error!(projection = self.name(), error = %e, "projector failed; retrying");
@@ -570,6 +589,9 @@ impl<P: Projection> Projector<P> {
         for name in whole {
             self.store.lock_projection(&mut tx, name).await?;
         }
+        // Under the locks, so a swap of rows folded under another policy cannot slip in
+        // between the check and the commit.
+        crate::policy::check_or_record(&mut tx, &self.policies).await?;
         let now = now_text();
         let mut stamped = Vec::with_capacity(kept.len());
         for ((projection, mark), kept) in self.projections.iter().zip(marks).zip(kept.iter_mut()) {

@@ -572,6 +572,9 @@ async fn swap<P: Projection>(
             .execute(&mut *conn)
             .await?;
         }
+        // The swapped-in rows were folded under the rebuild's policies: a live projector
+        // under another one stops at its next commit rather than mix the two.
+        crate::policy::record_swapped(&mut conn, &main, projector.policies()).await?;
         sqlx::query("COMMIT").execute(&mut *conn).await?;
         Ok::<_, ProjectionError>(Some(at))
     }
