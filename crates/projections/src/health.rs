@@ -297,7 +297,11 @@ pub async fn open_alerts(
     Ok(rows.into_iter().map(alert_view).collect())
 }
 
-/// Every alert of one customer (open and resolved), oldest first.
+/// Every alert of one customer (open and resolved), oldest first: in the order they were
+/// raised, which is the order of the versions that raised them (`alert-<version>`; an
+/// alert's `raised_at` is the latest business time seen, which never goes back). Sorted
+/// here, by number: neither the ids (`alert-11` before `alert-9`) nor the RFC 3339 texts
+/// (`…:00.5Z` before `…:00Z`) sort as text in that order.
 pub async fn customer_alerts(
     store: &ReadStore,
     id: &CustomerId,
@@ -305,9 +309,18 @@ pub async fn customer_alerts(
     let mut q = Sql::new(format!(
         "SELECT {ALERT_COLUMNS} FROM alerts WHERE customer_id = "
     ));
-    q.bind(id.to_string()).push(" ORDER BY raised_at, alert_id");
+    q.bind(id.to_string());
     let rows: Vec<AlertRow> = q.fetch_all_from(store).await?;
-    Ok(rows.into_iter().map(alert_view).collect())
+    let mut alerts: Vec<AlertView> = rows.into_iter().map(alert_view).collect();
+    alerts.sort_by_key(|a| {
+        let raised_by = a
+            .alert_id
+            .strip_prefix("alert-")
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(u64::MAX);
+        (raised_by, a.alert_id.clone())
+    });
+    Ok(alerts)
 }
 
 /// A customer the scheduler may need to flag as inactive.
@@ -355,4 +368,43 @@ pub async fn dump(
     )
     .fetch_all(store.pool())
     .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A customer's alerts come in the order they were raised (the raising version), even
+    /// where their ids or their times do not sort that way as text: `alert-11` after
+    /// `alert-9` at the same time, and a time with a fraction after one without.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_customers_alerts_come_in_the_order_they_were_raised() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = ReadStore::open_file(&dir.path().join("alerts.sqlite")).await?;
+        let id = CustomerId::parse("0193a1f0-0000-7000-8000-000000000002")?;
+        for (alert, raised_at) in [
+            ("alert-11", "2025-03-01T10:00:01Z"),
+            ("alert-9", "2025-03-01T10:00:00.500Z"),
+            ("alert-10", "2025-03-01T10:00:01Z"),
+            ("alert-3", "2025-03-01T10:00:00Z"),
+        ] {
+            sqlx::query(
+                "INSERT INTO alerts (customer_id, alert_id, status, color, score, reasons, \
+                 recommended_action, raised_at, interventions) \
+                 VALUES ($1, $2, 'resolved', 'yellow', 55, '[]', 'care_plan', $3, '[]')",
+            )
+            .bind(id.to_string())
+            .bind(alert)
+            .bind(raised_at)
+            .execute(store.pool())
+            .await?;
+        }
+        let order: Vec<String> = customer_alerts(&store, &id)
+            .await?
+            .into_iter()
+            .map(|a| a.alert_id)
+            .collect();
+        assert_eq!(order, ["alert-3", "alert-9", "alert-10", "alert-11"]);
+        Ok(())
+    }
 }
