@@ -228,6 +228,10 @@ async fn each_bad_request_gets_its_code_and_writes_nothing() {
             .await
             .unwrap();
         assert_eq!(anonymous.status(), 401, "{path}");
+        if method == reqwest::Method::POST {
+            // Its body was never read: the connection is not reused.
+            assert_eq!(anonymous.headers()["connection"], "close", "{path}");
+        }
         let keyed = app
             .http
             .request(method, &url)

@@ -5,7 +5,7 @@ use async_nats::jetstream;
 use crm_domain::CustomerId;
 use crm_domain::event::{CareTouchRecorded, Event};
 use crm_domain::types::CareTouchKind;
-use crm_e2e::{App, Env, assert_chain, read_all, register};
+use crm_e2e::{App, Db, Env, assert_chain, read_all, register};
 use crm_log::eventstore::JetStreamEventStore;
 use crm_log::{Customers, EventLog, LogError, NatsConfig, StoredEvent, StreamSettings};
 use eventually_core::store::{AppendError, EventStore, Expected, Select};
@@ -574,5 +574,42 @@ async fn a_catch_up_read_reports_an_undecodable_event_and_goes_on() {
                 "pulls of {pull}: the stranger's message is a decode error"
             );
         }
+    }
+}
+
+/// A managed PostgreSQL usually requires TLS: a URL with `sslmode=require` opens the read
+/// store over TLS (the build carries rustls for it) when the server offers TLS, and is
+/// refused, not downgraded, when it does not.
+#[tokio::test]
+async fn the_read_store_opens_over_tls_when_the_url_requires_it() {
+    use crm_projections::store::Location;
+    let env = Env::on(Db::Postgres).await;
+    let Location::Postgres { url, schema } = env.location("tls.sqlite") else {
+        unreachable!("a PostgreSQL env")
+    };
+    let plain = env.open_store("plain.sqlite").await;
+    let (ssl,): (String,) = sqlx::query_as("SHOW ssl")
+        .fetch_one(plain.pool())
+        .await
+        .unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let required = Location::Postgres {
+        url: format!("{url}{sep}sslmode=require"),
+        schema,
+    };
+    let opened = crm_projections::ReadStore::open_at(&required).await;
+    if ssl == "on" {
+        let store = opened.unwrap_or_else(|e| panic!("sslmode=require on a TLS server: {e}"));
+        let (encrypted,): (bool,) =
+            sqlx::query_as("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                .fetch_one(store.pool())
+                .await
+                .unwrap();
+        assert!(encrypted, "the connection is encrypted");
+    } else {
+        assert!(
+            opened.is_err(),
+            "sslmode=require on a server without TLS is refused"
+        );
     }
 }

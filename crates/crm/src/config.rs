@@ -91,6 +91,10 @@ pub struct SchedulerConfig {
     /// Days after a term's last day before the scheduler ends a contract that was not
     /// renewed as lapsed (0: the day after). A late renewal inside them still renews.
     pub lapse_grace_days: u32,
+    /// Seconds nothing must have been recorded for a customer before one of its contracts
+    /// is ended as lapsed, so history being back-filled (an import, `crm demo`) is not cut
+    /// off between a signing and its renewal.
+    pub lapse_quiet_secs: u64,
 }
 
 impl Default for SchedulerConfig {
@@ -98,6 +102,7 @@ impl Default for SchedulerConfig {
         Self {
             interval_secs: 60,
             lapse_grace_days: 0,
+            lapse_quiet_secs: 600,
         }
     }
 }

@@ -278,7 +278,8 @@ pub fn spawn_scheduler(
     let scheduler =
         crm_scheduler::Scheduler::new(parts.customers.clone(), parts.store.clone(), clock)
             .flag_inactivity_after(policy(cfg)?.health.no_activity_days)
-            .lapse_after(cfg.scheduler.lapse_grace_days);
+            .lapse_after(cfg.scheduler.lapse_grace_days)
+            .lapse_when_quiet_for(Duration::from_secs(cfg.scheduler.lapse_quiet_secs));
     let interval = Duration::from_secs(cfg.scheduler.interval_secs.max(1));
     let token = shutdown.clone();
     tasks.spawn(async move {

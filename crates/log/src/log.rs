@@ -413,6 +413,25 @@ impl EventLog {
         }
     }
 
+    /// The customer's latest event, as the stream's leader holds it (`None` without events).
+    pub async fn last_event(&self, customer: &CustomerId) -> Result<Option<StoredEvent>, LogError> {
+        match self
+            .stream
+            .get_last_raw_message_by_subject(&self.subject(customer))
+            .await
+        {
+            Ok(msg) => {
+                let envelope =
+                    decode_stored(msg.sequence, &msg.subject, &msg.payload, self.partitions)?;
+                Ok(Some(StoredEvent::new(msg.sequence, envelope)))
+            }
+            Err(e) if matches!(e.kind(), stream::LastRawMessageErrorKind::NoMessageFound) => {
+                Ok(None)
+            }
+            Err(e) => Err(LogError::nats(e)),
+        }
+    }
+
     /// The stream's last sequence (0 when empty).
     pub async fn head(&self) -> Result<u64, LogError> {
         let mut s = self.stream.clone();

@@ -75,6 +75,9 @@ pub struct TickReport {
     pub renewals_marked_due: u32,
     /// Contracts ended because their term passed without a renewal.
     pub contracts_lapsed: u32,
+    /// Lapsed terms left for a later tick because their customer's history was still
+    /// being written ([`Scheduler::lapse_when_quiet_for`]).
+    pub lapses_deferred: u32,
     pub inactivity_flagged: u32,
     /// Commands that were already recorded (replayed keys) or no longer apply.
     pub skipped: u32,
@@ -93,6 +96,8 @@ pub enum SchedulerError {
     Views(#[from] ProjectionError),
     #[error(transparent)]
     Submit(#[from] SubmitError),
+    #[error(transparent)]
+    Log(#[from] LogError),
 }
 
 /// The scheduler.
@@ -103,7 +108,12 @@ pub struct Scheduler {
     clock: Arc<dyn Clock>,
     inactivity_days: i64,
     lapse_grace_days: i64,
+    lapse_quiet: time::Duration,
 }
+
+/// How long a customer's log must have been quiet (in recorded time) before the scheduler
+/// ends one of its contracts as lapsed, by default.
+pub const LAPSE_QUIET: time::Duration = time::Duration::minutes(10);
 
 enum Outcome {
     Written,
@@ -133,7 +143,18 @@ impl Scheduler {
             clock,
             inactivity_days: INACTIVITY_DAYS,
             lapse_grace_days: 0,
+            lapse_quiet: LAPSE_QUIET,
         }
+    }
+
+    /// Ends a contract as lapsed only once nothing has been recorded for its customer for
+    /// `quiet` ([`LAPSE_QUIET`] by default). History being back-filled (an import, `crm
+    /// demo`) arrives in business-time order: a contract signed years ago shows an ended,
+    /// unrenewed term until its renewal, a few commands later, is written, and ending it
+    /// in between would churn the customer and refuse the rest of the import.
+    pub fn lapse_when_quiet_for(mut self, quiet: std::time::Duration) -> Self {
+        self.lapse_quiet = time::Duration::try_from(quiet).unwrap_or(LAPSE_QUIET);
+        self
     }
 
     /// Ends an unrenewed contract as lapsed only once `grace_days` have passed after its
@@ -242,6 +263,16 @@ impl Scheduler {
             ) else {
                 continue;
             };
+            // Recorded time, not the business clock: is the customer's history still
+            // being written?
+            let quiet_since = OffsetDateTime::now_utc() - self.lapse_quiet;
+            if self.lapse_quiet > time::Duration::ZERO
+                && let Some(last) = self.customers.log().last_event(&id).await?
+                && last.envelope.recorded_at > quiet_since
+            {
+                report.lapses_deferred += 1;
+                continue;
+            }
             let key = format!("lapsed:{}:{}", lapsed.contract_id, lapsed.ends_on);
             let cmd = Command::TerminateContract(TerminateContract {
                 contract_id: lapsed.contract_id.clone(),

@@ -130,7 +130,9 @@ pub async fn rebuild(
     name: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    state.auth.authorize(&headers, Role::Ops)?;
+    if let Err(refused) = state.auth.authorize(&headers, Role::Ops) {
+        return Ok(super::refused_unread(refused));
+    }
     // A name that is not even text is no projection's (after the key is checked, and in
     // the JSON error shape).
     let name = name.map_or_else(|_| String::new(), |axum::extract::Path(n)| n);

@@ -138,7 +138,10 @@ pub async fn submit(
     // An anonymous caller hears 401 whatever it sent (an oversized or unreadable body
     // included), and before its body is read: a client without a key cannot hold a
     // connection open by trickling one.
-    let principal = state.auth.authorize(&headers, Role::Publisher)?;
+    let principal = match state.auth.authorize(&headers, Role::Publisher) {
+        Ok(principal) => principal,
+        Err(refused) => return Ok(super::refused_unread(refused)),
+    };
     let body = Bytes::from_request(request, &state)
         .await
         .map_err(|rejection| {

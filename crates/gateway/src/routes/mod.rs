@@ -35,6 +35,19 @@ impl<S: Send + Sync> FromRequestParts<S> for CustomerPath {
     }
 }
 
+/// A refusal sent before the request's body was read: the connection cannot carry
+/// another request, so the answer says `Connection: close` (a client would otherwise send
+/// its next request on a connection the server is closing).
+pub(crate) fn refused_unread(refusal: ApiError) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut response = refusal.into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    response
+}
+
 /// Parses the `{customer_id}` path segment.
 pub fn customer_id(raw: &str) -> Result<CustomerId, ApiError> {
     CustomerId::parse(raw)
