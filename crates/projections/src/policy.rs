@@ -41,25 +41,41 @@ pub fn fingerprint(name: &str, policy: &Policy) -> String {
 
 /// The policy a projection's rows are folded under, as the store records it
 /// (`projection_policies`): a digest of the whole policy (an edited rule under an unchanged
-/// version label still differs) and the label, for messages.
+/// version label still differs), the policy itself, and its label for messages.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PolicyRecord {
     pub projection: &'static str,
     pub digest: String,
     pub version: String,
+    /// The policy as JSON.
+    pub policy: String,
 }
 
 impl PolicyRecord {
     /// The record of `projection`'s policy; `None` for a projection without one.
     pub fn of<P: Projection>(projection: &P) -> Option<Self> {
-        projection.policy().map(|policy| Self {
-            projection: projection.name(),
-            // A policy is plain data: it always serialises.
-            digest: crm_log::envelope::hash_canonical(
-                &serde_json::to_value(policy).unwrap_or_default(),
-            ),
+        projection
+            .policy()
+            .map(|policy| Self::new(projection.name(), policy))
+    }
+
+    fn new(projection: &'static str, policy: &Policy) -> Self {
+        // A policy is plain data: it always serialises.
+        let value = serde_json::to_value(policy).unwrap_or_default();
+        Self {
+            projection,
+            digest: crm_log::envelope::hash_canonical(&value),
             version: policy.version.clone(),
-        })
+            policy: value.to_string(),
+        }
+    }
+
+    /// Whether `stored` (a policy recorded as JSON, perhaps by an older build) has this
+    /// record's rules as this build reads it: a field added to the policy since then takes
+    /// its default, which changes the digest but not the rules.
+    fn same_rules_as(&self, stored: &str) -> bool {
+        serde_json::from_str::<Policy>(stored)
+            .is_ok_and(|p| Self::new(self.projection, &p).digest == self.digest)
     }
 }
 
@@ -73,33 +89,80 @@ pub(crate) async fn check_or_record(
     if records.is_empty() {
         return Ok(());
     }
-    let stored: Vec<(String, String, String)> =
-        sqlx::query_as("SELECT name, policy_digest, policy_version FROM projection_policies")
-            .fetch_all(&mut *tx)
-            .await?;
+    let stored: Vec<(String, String, String, String)> = sqlx::query_as(
+        "SELECT name, policy_digest, policy_version, policy FROM projection_policies",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
     for record in records {
-        match stored.iter().find(|(name, _, _)| name == record.projection) {
-            Some((_, digest, _)) if *digest == record.digest => {}
-            Some((_, _, version)) => {
-                return Err(ProjectionError::PolicyMismatch {
-                    projection: record.projection.to_owned(),
-                    views: version.clone(),
-                    projector: record.version.clone(),
-                });
-            }
+        let found = stored
+            .iter()
+            .find(|(name, ..)| name == record.projection)
+            .map(|(_, digest, version, policy)| (digest.clone(), version.clone(), policy.clone()));
+        let found = match found {
+            Some(found) => found,
             None => {
-                sqlx::query(
-                    "INSERT INTO projection_policies (name, policy_digest, policy_version) \
-                     VALUES ($1, $2, $3)",
+                // Two processes of a partitioned group may both find no record: the first
+                // insert wins, and the other compares with what it wrote.
+                let inserted = sqlx::query(
+                    "INSERT INTO projection_policies (name, policy_digest, policy_version, policy) \
+                     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
                 )
                 .bind(record.projection)
                 .bind(&record.digest)
                 .bind(&record.version)
+                .bind(&record.policy)
                 .execute(&mut *tx)
                 .await?;
+                if inserted.rows_affected() == 1 {
+                    continue;
+                }
+                sqlx::query_as(
+                    "SELECT policy_digest, policy_version, policy FROM projection_policies \
+                     WHERE name = $1",
+                )
+                .bind(record.projection)
+                .fetch_one(&mut *tx)
+                .await?
             }
+        };
+        let (digest, version, policy) = found;
+        if digest == record.digest {
+            continue;
         }
+        if record.same_rules_as(&policy) {
+            // Written by a build that knew fewer policy fields: the same rules.
+            record_one(tx, "", record).await?;
+            continue;
+        }
+        return Err(ProjectionError::PolicyMismatch {
+            projection: record.projection.to_owned(),
+            views: version,
+            projector: record.version.clone(),
+        });
     }
+    Ok(())
+}
+
+/// Records (inserts or replaces) one projection's policy, in `schema.` (empty for the
+/// connection's own).
+async fn record_one(
+    conn: &mut AnyConnection,
+    schema: &str,
+    record: &PolicyRecord,
+) -> Result<(), ProjectionError> {
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "INSERT INTO {schema}projection_policies (name, policy_digest, policy_version, policy) \
+         VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET \
+         policy_digest = excluded.policy_digest, policy_version = excluded.policy_version, \
+         policy = excluded.policy"
+    )))
+    .bind(record.projection)
+    .bind(&record.digest)
+    .bind(&record.version)
+    .bind(&record.policy)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 
@@ -111,16 +174,7 @@ pub(crate) async fn record_swapped(
     records: &[PolicyRecord],
 ) -> Result<(), ProjectionError> {
     for record in records {
-        sqlx::query(sqlx::AssertSqlSafe(format!(
-            "INSERT INTO {schema}.projection_policies (name, policy_digest, policy_version) \
-             VALUES ($1, $2, $3) ON CONFLICT (name) DO UPDATE SET \
-             policy_digest = excluded.policy_digest, policy_version = excluded.policy_version"
-        )))
-        .bind(record.projection)
-        .bind(&record.digest)
-        .bind(&record.version)
-        .execute(&mut *conn)
-        .await?;
+        record_one(conn, &format!("{schema}."), record).await?;
     }
     Ok(())
 }
@@ -143,6 +197,68 @@ pub fn load(path: Option<&Path>) -> Result<Policy, PolicyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stored policy is compared by its rules: a record written by another build (here:
+    /// another digest of the same rules) is brought up to date, another rule is refused,
+    /// and a projection without a record is recorded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stored_policy_is_compared_by_its_rules() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = crate::ReadStore::open_file(&dir.path().join("p.sqlite")).await?;
+        let mut conn = store.pool().acquire().await?;
+        let ours = PolicyRecord::new("trust", &default_policy());
+        let stored_as = |digest: &str, policy: &str| {
+            let (digest, policy) = (digest.to_owned(), policy.to_owned());
+            let pool = store.pool().clone();
+            async move {
+                sqlx::query(
+                    "INSERT INTO projection_policies (name, policy_digest, policy_version, policy) \
+                     VALUES ('trust', $1, '2026-11-default', $2) ON CONFLICT (name) DO UPDATE \
+                     SET policy_digest = excluded.policy_digest, policy = excluded.policy",
+                )
+                .bind(digest)
+                .bind(policy)
+                .execute(&pool)
+                .await
+                .map(|_| ())
+            }
+        };
+        let read = || async {
+            sqlx::query_as::<_, (String,)>(
+                "SELECT policy_digest FROM projection_policies WHERE name = 'trust'",
+            )
+            .fetch_optional(store.pool())
+            .await
+        };
+
+        check_or_record(&mut conn, std::slice::from_ref(&ours)).await?;
+        assert_eq!(read().await?, Some((ours.digest.clone(),)));
+
+        // The same rules, recorded under another digest (as an older build would have).
+        let reordered: serde_json::Value = serde_json::from_str(&ours.policy)?;
+        stored_as("written-by-another-build", &reordered.to_string()).await?;
+        check_or_record(&mut conn, std::slice::from_ref(&ours)).await?;
+        assert_eq!(read().await?, Some((ours.digest.clone(),)));
+
+        // Another rule, or a policy this build cannot read: refused.
+        let mut generous = default_policy();
+        generous.trust.care_touch = 50;
+        let theirs = PolicyRecord::new("trust", &generous);
+        for (digest, policy) in [
+            (theirs.digest.as_str(), theirs.policy.as_str()),
+            ("unknown", "{\"version\": \"2030\", \"rules\": []}"),
+        ] {
+            stored_as(digest, policy).await?;
+            let err = check_or_record(&mut conn, std::slice::from_ref(&ours))
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&err, ProjectionError::PolicyMismatch { projection, .. } if projection == "trust"),
+                "{err}"
+            );
+        }
+        Ok(())
+    }
 
     #[test]
     fn shipped_policy_parses() {
