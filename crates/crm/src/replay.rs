@@ -17,8 +17,9 @@ use crate::services;
 /// Arguments of `crm replay`.
 #[derive(Debug, clap::Args)]
 pub struct ReplayArgs {
-    /// audit, lifecycle, trust, health, renewals or all.
-    #[arg(value_parser = ["all", "audit", "lifecycle", "trust", "health", "renewals"])]
+    /// audit, lifecycle, trust, health, renewals, scored (lifecycle, trust and health
+    /// together: the views the scoring policy decides) or all.
+    #[arg(value_parser = ["all", "scored", "audit", "lifecycle", "trust", "health", "renewals"])]
     pub projection: String,
     /// Build the view as it stood at this stream sequence or RFC 3339 recording time,
     /// into `--into` instead of swapping it live.

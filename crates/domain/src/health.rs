@@ -238,6 +238,9 @@ impl Health {
             return false;
         }
         self.version = version;
+        // Business days are UTC days, also for events stored with the sender's offset
+        // before the command path stored them in UTC.
+        let occurred_at = occurred_at.to_offset(time::UtcOffset::UTC);
         // Business time only moves forward for the rules, even for back-filled events.
         let as_of = self.as_of.map_or(occurred_at, |t| t.max(occurred_at));
         self.as_of = Some(as_of);

@@ -120,6 +120,9 @@ impl Lifecycle {
             return None;
         }
         self.version = version;
+        // Business days are UTC days, also for events stored with the sender's offset
+        // before the command path stored them in UTC.
+        let occurred_at = occurred_at.to_offset(time::UtcOffset::UTC);
         // Only the colour and the purchase trend are needed here: the reasons, tier and
         // alerts are the health view's business.
         self.health.observe(event, occurred_at, version, policy);

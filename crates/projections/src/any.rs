@@ -25,6 +25,11 @@ pub const ALL: [&str; 5] = [
     renewals::NAME,
 ];
 
+/// The projections that price or judge events by the scoring policy, rebuilt together by
+/// `scored` after a policy change (one swap, so no live projector ever finds some of
+/// them under the new policy and some under the old).
+pub const SCORED: [&str; 3] = [lifecycle::NAME, trust::NAME, health::NAME];
+
 /// One of the projections.
 #[derive(Debug, Clone)]
 pub enum AnyProjection {
@@ -48,10 +53,13 @@ impl AnyProjection {
         })
     }
 
-    /// The projections called `name`, or every one for `all`.
+    /// The projections called `name`: every one for `all`, the policy's three for
+    /// `scored` ([`SCORED`]).
     pub fn named(name: &str, policy: &Arc<Policy>) -> Result<Vec<Self>, ProjectionError> {
         if name == "all" {
             ALL.iter().map(|n| Self::by_name(n, policy)).collect()
+        } else if name == "scored" {
+            SCORED.iter().map(|n| Self::by_name(n, policy)).collect()
         } else {
             Ok(vec![Self::by_name(name, policy)?])
         }
@@ -122,5 +130,31 @@ impl Projection for AnyProjection {
             Self::Health(p) => p.apply_batch(tx, events, cache).await,
             Self::Renewals(p) => p.apply_batch(tx, events, cache).await,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scored_names_the_policys_views_and_all_every_view() -> Result<(), ProjectionError> {
+        let policy = Arc::new(crate::policy::default_policy());
+        let names = |n: &str| -> Result<Vec<&'static str>, ProjectionError> {
+            Ok(AnyProjection::named(n, &policy)?
+                .iter()
+                .map(Projection::name)
+                .collect())
+        };
+        assert_eq!(names("scored")?, ["lifecycle", "trust", "health"]);
+        assert!(
+            AnyProjection::named("scored", &policy)?
+                .iter()
+                .all(|p| p.policy().is_some())
+        );
+        assert_eq!(names("all")?, ALL);
+        assert_eq!(names("trust")?, ["trust"]);
+        assert!(AnyProjection::named("scores", &policy).is_err());
+        Ok(())
     }
 }

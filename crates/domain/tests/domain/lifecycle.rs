@@ -210,6 +210,29 @@ fn maturity_comes_with_a_year_of_relationship() {
     );
 }
 
+/// Business days are UTC days in the folds too, for events stored with their sender's
+/// offset (as they were before the command path stored UTC): signed at 00:30 on 1 March
+/// 2024 at UTC+2 is 29 February in UTC, so the relationship is a year old on 28 February
+/// 2025.
+#[test]
+fn the_folds_count_utc_days_whatever_offset_an_event_was_stored_with() {
+    let signed_at = datetime!(2024-03-01 00:30 +02:00);
+    let mut w = Walk::signed(signed_at);
+    let (_, transition) = w.step(
+        Command::RecordActivity(RecordActivity {
+            day: date!(2025 - 02 - 28),
+            ..activity()
+        }),
+        datetime!(2025-02-28 12:00 UTC),
+    );
+    assert_eq!(
+        transition.map(|t| t.to),
+        Some(Stage::Maturity),
+        "{:?}",
+        w.transitions
+    );
+}
+
 /// A back-filled event (business time before the latest seen) does not take a customer
 /// who has come of age back to growth: the stage is judged at the latest business time.
 #[test]

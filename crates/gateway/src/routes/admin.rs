@@ -118,7 +118,7 @@ pub struct RebuildAccepted {
 /// Role: ops.
 #[utoipa::path(
     post, path = "/v1/admin/projections/{name}/rebuild", tag = "admin",
-    params(("name" = String, Path, description = "audit, lifecycle, trust, health, renewals or all")),
+    params(("name" = String, Path, description = "audit, lifecycle, trust, health, renewals, scored (lifecycle, trust and health in one swap) or all")),
     responses(
         (status = 202, description = "The rebuild started", body = RebuildAccepted),
         (status = 409, description = "A rebuild into this read store is already running (`rebuild_running`)"),
@@ -136,7 +136,7 @@ pub async fn rebuild(
     // A name that is not even text is no projection's (after the key is checked, and in
     // the JSON error shape).
     let name = name.map_or_else(|_| String::new(), |axum::extract::Path(n)| n);
-    if name != "all" && !PROJECTIONS.contains(&name.as_str()) {
+    if name != "all" && name != "scored" && !PROJECTIONS.contains(&name.as_str()) {
         return Err(ApiError::NotFound {
             code: "projection_not_found",
             what: format!("projection {name:?}"),
