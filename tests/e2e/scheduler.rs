@@ -438,3 +438,58 @@ async fn an_unrenewed_contract_lapses_and_its_last_one_churns_the_customer(db: D
     );
     app.stop().await;
 }
+
+/// The lapse pass reads the renewals view, which may be behind the log: a contract renewed
+/// after the view was built is not ended. The command names the term the view saw, which
+/// the renewal replaced, so it is refused (`term_mismatch`) and counted as skipped.
+#[tokio::test]
+async fn a_renewal_the_view_has_not_seen_keeps_the_contract_from_lapsing() {
+    let env = Env::new().await;
+    let log = env.log().await;
+    let customers = Arc::new(Customers::new(log.clone(), 1_000, 8));
+    let c = crm_domain::CustomerId::new(Uuid::now_v7());
+    let submit = |body: serde_json::Value, at: time::OffsetDateTime| {
+        let customers = customers.clone();
+        async move {
+            let cmd: crm_domain::Command = serde_json::from_value(body).unwrap();
+            let mut opts = crm_log::SubmitOptions::now("tester");
+            opts.occurred_at = Some(at);
+            customers.submit(c, &cmd, &opts).await.unwrap();
+        }
+    };
+    submit(
+        json!({"type": "register_customer", "name": "Late renewer"}),
+        datetime!(2025-04-01 09:00 UTC),
+    )
+    .await;
+    submit(
+        json!({"type": "sign_contract", "contract_id": "old", "value_minor": 100,
+            "currency": "EUR", "starts_on": "2024-06-01", "ends_on": "2025-05-31"}),
+        datetime!(2025-04-01 09:00 UTC),
+    )
+    .await;
+    let views = env.fresh_views("views.sqlite", &log, 2).await;
+    // Renewed after the views were built: they still show the ended term.
+    submit(
+        json!({"type": "renew_contract", "contract_id": "old", "new_ends_on": "2026-05-31"}),
+        datetime!(2025-05-20 09:00 UTC),
+    )
+    .await;
+
+    let clock = Arc::new(ManualClock::new(datetime!(2025-06-01 08:00 UTC)));
+    let scheduler = Scheduler::new(customers.clone(), views, clock)
+        .lapse_when_quiet_for(std::time::Duration::ZERO);
+    let report = scheduler.tick().await.unwrap();
+    assert_eq!(
+        (report.contracts_lapsed, report.skipped, report.failed),
+        (0, 1, 0),
+        "{report:?}"
+    );
+    let events = read_all(&log).await;
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.envelope.event_type == "contract_terminated"),
+        "the renewed contract was ended"
+    );
+}
