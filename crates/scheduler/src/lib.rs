@@ -134,6 +134,18 @@ fn customer_only(e: &SubmitError) -> bool {
     }
 }
 
+/// A renewals row's customer and the end of its current term (`None` for a row the view
+/// could not have written: such a row is passed over).
+fn customer_and_term(row: &renewals::RenewalView) -> Option<(CustomerId, time::Date)> {
+    let id = CustomerId::parse(&row.customer_id).ok()?;
+    let term = time::Date::parse(
+        &row.ends_on,
+        &time::format_description::well_known::Iso8601::DATE,
+    )
+    .ok()?;
+    Some((id, term))
+}
+
 impl Scheduler {
     /// A scheduler over the command path and the views.
     pub fn new(customers: Arc<Customers>, store: ReadStore, clock: Arc<dyn Clock>) -> Self {
@@ -230,13 +242,7 @@ impl Scheduler {
         let today = now.date();
         let mut report = TickReport::default();
         for due in renewals::entering_notice_window(&self.store, today).await? {
-            let (Ok(id), Ok(term)) = (
-                CustomerId::parse(&due.customer_id),
-                time::Date::parse(
-                    &due.ends_on,
-                    &time::format_description::well_known::Iso8601::DATE,
-                ),
-            ) else {
+            let Some((id, term)) = customer_and_term(&due) else {
                 continue;
             };
             let key = format!("renewal-due:{}:{}", due.contract_id, due.ends_on);
@@ -254,13 +260,7 @@ impl Scheduler {
         // its customer's last contract the customer churns.
         let lapse_before = crm_domain::calendar::days_before(today, self.lapse_grace_days);
         for lapsed in renewals::lapsed_unended(&self.store, lapse_before).await? {
-            let (Ok(id), Ok(term)) = (
-                CustomerId::parse(&lapsed.customer_id),
-                time::Date::parse(
-                    &lapsed.ends_on,
-                    &time::format_description::well_known::Iso8601::DATE,
-                ),
-            ) else {
+            let Some((id, term)) = customer_and_term(&lapsed) else {
                 continue;
             };
             // Recorded time, not the business clock: is the customer's history still
