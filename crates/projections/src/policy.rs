@@ -104,17 +104,7 @@ pub(crate) async fn check_or_record(
             None => {
                 // Two processes of a partitioned group may both find no record: the first
                 // insert wins, and the other compares with what it wrote.
-                let inserted = sqlx::query(
-                    "INSERT INTO projection_policies (name, policy_digest, policy_version, policy) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO NOTHING",
-                )
-                .bind(record.projection)
-                .bind(&record.digest)
-                .bind(&record.version)
-                .bind(&record.policy)
-                .execute(&mut *tx)
-                .await?;
-                if inserted.rows_affected() == 1 {
+                if write_record(tx, "", record, Conflict::Keep).await? {
                     continue;
                 }
                 sqlx::query_as(
@@ -132,7 +122,7 @@ pub(crate) async fn check_or_record(
         }
         if record.same_rules_as(&policy) {
             // Written by a build that knew fewer policy fields: the same rules.
-            record_one(tx, "", record).await?;
+            write_record(tx, "", record, Conflict::Replace).await?;
             continue;
         }
         return Err(ProjectionError::PolicyMismatch {
@@ -144,18 +134,31 @@ pub(crate) async fn check_or_record(
     Ok(())
 }
 
-/// Records (inserts or replaces) one projection's policy, in `schema.` (empty for the
-/// connection's own).
-async fn record_one(
+/// What [`write_record`] does with a record already there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Conflict {
+    Keep,
+    Replace,
+}
+
+/// Writes one projection's policy record in `schema.` (empty for the connection's own);
+/// whether a row was written.
+async fn write_record(
     conn: &mut AnyConnection,
     schema: &str,
     record: &PolicyRecord,
-) -> Result<(), ProjectionError> {
-    sqlx::query(sqlx::AssertSqlSafe(format!(
+    conflict: Conflict,
+) -> Result<bool, ProjectionError> {
+    let on_conflict = match conflict {
+        Conflict::Keep => "DO NOTHING",
+        Conflict::Replace => {
+            "DO UPDATE SET policy_digest = excluded.policy_digest, \
+             policy_version = excluded.policy_version, policy = excluded.policy"
+        }
+    };
+    let written = sqlx::query(sqlx::AssertSqlSafe(format!(
         "INSERT INTO {schema}projection_policies (name, policy_digest, policy_version, policy) \
-         VALUES ($1, $2, $3, $4) ON CONFLICT (name) DO UPDATE SET \
-         policy_digest = excluded.policy_digest, policy_version = excluded.policy_version, \
-         policy = excluded.policy"
+         VALUES ($1, $2, $3, $4) ON CONFLICT (name) {on_conflict}"
     )))
     .bind(record.projection)
     .bind(&record.digest)
@@ -163,7 +166,7 @@ async fn record_one(
     .bind(&record.policy)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    Ok(written.rows_affected() > 0)
 }
 
 /// Records `records` as the policies of the rows just swapped into `schema` (`main` for
@@ -174,7 +177,7 @@ pub(crate) async fn record_swapped(
     records: &[PolicyRecord],
 ) -> Result<(), ProjectionError> {
     for record in records {
-        record_one(conn, &format!("{schema}."), record).await?;
+        write_record(conn, &format!("{schema}."), record, Conflict::Replace).await?;
     }
     Ok(())
 }
