@@ -116,5 +116,19 @@ async fn demo_data_covers_every_scenario() {
     let (written, replayed) = demo::run(app.parts.customers.clone(), &args).await.unwrap();
     assert_eq!(written, 0);
     assert!(replayed > 0);
+    // And on later days (`crm dev --demo` restarted: the stories end yesterday), in a new
+    // month, where the purchases on the first of each month fall between other steps
+    // than before: nothing new either.
+    for until in ["2025-12-16", "2026-01-20", "2026-03-02"] {
+        let later = DemoArgs {
+            until: Some(until.into()),
+            ..args.clone()
+        };
+        let (written, replayed) = demo::run(app.parts.customers.clone(), &later)
+            .await
+            .unwrap();
+        assert_eq!(written, 0, "until {until}");
+        assert!(replayed > 0);
+    }
     app.stop().await;
 }

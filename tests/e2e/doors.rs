@@ -409,3 +409,75 @@ async fn ops_see_projection_status_and_metrics() {
     );
     app.stop().await;
 }
+
+/// A burst beyond what the NATS door works on at once is answered at once with 503
+/// `overloaded` and not taken: every request gets an answer, and the log holds exactly the
+/// commands answered 201.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_intake_refuses_what_it_cannot_take_and_writes_nothing_for_it() {
+    let env = Env::new().await;
+    let cfg = env.config("views.sqlite");
+    let parts = crm_cli::services::open(&cfg).await.unwrap();
+    let state = crm_cli::services::app_state(&cfg, &parts).unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let door = tokio::spawn(crm_gateway::nats_intake::serve_at_most(
+        parts.log.client().clone(),
+        state,
+        shutdown.clone(),
+        2,
+    ));
+    let client = async_nats::connect(env.nats.url()).await.unwrap();
+    let auth = format!("Bearer {KEY}");
+    let c = Uuid::now_v7();
+    let mut registration = register("Burst");
+    registration["customer_id"] = json!(c);
+    // Until the door has subscribed, a request finds no responder.
+    let mut registered = false;
+    for _ in 0..100 {
+        let mut h = async_nats::HeaderMap::new();
+        h.insert("Authorization", auth.as_str());
+        if let Ok(reply) = client
+            .request_with_headers(
+                "crm.commands.register_customer",
+                h,
+                registration.to_string().into(),
+            )
+            .await
+        {
+            let status = reply.headers.as_ref().and_then(|h| h.get("Crm-Status"));
+            assert_eq!(status.map(|s| s.as_str()), Some("201"));
+            registered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(registered, "the door never answered");
+
+    let body = json!({"customer_id": c, "kind": "birthday"});
+    let headers = [("Authorization", auth.as_str())];
+    let replies = futures::future::join_all(
+        (0..300).map(|_| nats_command(&client, "record_care_touch", &headers, &body)),
+    )
+    .await;
+    let taken = replies.iter().filter(|(s, _)| *s == 201).count();
+    let refused: Vec<_> = replies.iter().filter(|(s, _)| *s != 201).collect();
+    assert!(
+        !refused.is_empty(),
+        "300 at once with room for 2: none refused"
+    );
+    for (status, reply) in &refused {
+        assert_eq!(
+            (*status, reply["error"]["code"].as_str()),
+            (503, Some("overloaded")),
+            "{reply}"
+        );
+    }
+    let touches = read_all(&env.log().await)
+        .await
+        .iter()
+        .filter(|e| e.envelope.event_type == "care_touch_recorded")
+        .count();
+    assert_eq!(touches, taken, "the log holds exactly the commands taken");
+    shutdown.cancel();
+    door.await.unwrap().unwrap();
+}

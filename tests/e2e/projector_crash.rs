@@ -363,5 +363,38 @@ async fn a_read_store_ahead_of_the_log_is_refused_not_followed() {
         .find(|s| s.name == "lifecycle")
         .expect("lifecycle listed");
     assert_eq!(lifecycle_status.state, "ahead_of_log");
+
+    // A failed rebuild is shown as the rebuild's state; it does not hide that the live
+    // copy is ahead of this log.
+    sqlx::query(
+        "INSERT INTO projection_rebuilds (name, state, done, total, started_at, updated_at, error) \
+         VALUES ('lifecycle', 'failed', 0, 0, '2026-01-01T00:00:00Z', '2026-01-01T00:00:00Z', 'timed out')",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let statuses = crm_projections::status::statuses(&store, &app.parts.log)
+        .await
+        .unwrap();
+    let lifecycle_status = statuses
+        .iter()
+        .find(|s| s.name == "lifecycle")
+        .expect("lifecycle listed");
+    assert_eq!(lifecycle_status.state, "ahead_of_log");
+    assert_eq!(
+        lifecycle_status
+            .rebuild
+            .as_ref()
+            .map(|r| r["state"].clone()),
+        Some(serde_json::json!("failed"))
+    );
+    let trust_status = statuses
+        .iter()
+        .find(|s| s.name == "trust")
+        .expect("trust listed");
+    assert_eq!(
+        trust_status.state, "never_ran",
+        "a failed rebuild elsewhere"
+    );
     app.stop().await;
 }

@@ -355,7 +355,26 @@ async fn an_unrenewed_contract_lapses_and_its_last_one_churns_the_customer(db: D
     .await;
     app.settle().await;
 
-    let clock = Arc::new(ManualClock::new(datetime!(2025-06-01 08:00 UTC)));
+    // The last day, 2025-05-31, is still going on at UTC-12 until 12:00 UTC on 1 June:
+    // nothing lapses before then.
+    let clock = Arc::new(ManualClock::new(datetime!(2025-06-01 11:59 UTC)));
+    let early = Scheduler::new(
+        app.parts.customers.clone(),
+        app.parts.store.clone(),
+        clock.clone(),
+    )
+    .lapse_when_quiet_for(std::time::Duration::ZERO);
+    let report = early.tick().await.unwrap();
+    assert_eq!(
+        (
+            report.contracts_lapsed,
+            report.lapses_deferred,
+            report.failed
+        ),
+        (0, 0, 0),
+        "{report:?}"
+    );
+    clock.set(datetime!(2025-06-01 12:00 UTC));
     // While the customers' histories are still being written (just now, here), nothing
     // lapses: a back-fill sends a renewal some commands after the signing.
     let by_default = Scheduler::new(
@@ -476,7 +495,7 @@ async fn a_renewal_the_view_has_not_seen_keeps_the_contract_from_lapsing() {
     )
     .await;
 
-    let clock = Arc::new(ManualClock::new(datetime!(2025-06-01 08:00 UTC)));
+    let clock = Arc::new(ManualClock::new(datetime!(2025-06-01 13:00 UTC)));
     let scheduler = Scheduler::new(customers.clone(), views, clock)
         .lapse_when_quiet_for(std::time::Duration::ZERO);
     let report = scheduler.tick().await.unwrap();

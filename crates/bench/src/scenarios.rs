@@ -1373,7 +1373,7 @@ async fn rebuild(args: &Args) -> anyhow::Result<Table> {
             let t = Instant::now();
             let mut replay = crate::memory::CrmProcess::spawn(
                 &config,
-                &["replay", "all"],
+                &["replay", "all", "--create"],
                 env.dir.path().join("replay.log"),
             )?;
             replay.wait().await?;

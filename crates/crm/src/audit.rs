@@ -20,7 +20,7 @@ pub enum AuditCommand {
     Query {
         #[command(flatten)]
         filter: FilterArgs,
-        /// Most events to print.
+        /// Most events to print; 0 prints every match (as `limit=0` over HTTP and gRPC).
         #[arg(long, default_value_t = 100)]
         limit: u64,
     },
@@ -147,6 +147,7 @@ pub async fn run(cfg: Config, command: AuditCommand) -> anyhow::Result<()> {
             let f = filter.filter()?;
             let mut after = filter.after_sequence;
             let mut sent = 0;
+            let limit = if limit == 0 { u64::MAX } else { limit };
             while sent < limit {
                 let want = (limit - sent).min(500) as u32;
                 let page = index::page(&parts.store, &parts.log, &f, after, want).await?;

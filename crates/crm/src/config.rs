@@ -89,7 +89,8 @@ pub struct SchedulerConfig {
     /// Seconds between ticks.
     pub interval_secs: u64,
     /// Days after a term's last day before the scheduler ends a contract that was not
-    /// renewed as lapsed (0: the day after). A late renewal inside them still renews.
+    /// renewed as lapsed (0: as soon as the last day has ended in every time zone, from
+    /// 12:00 UTC the next day). A late renewal inside them still renews.
     pub lapse_grace_days: u32,
     /// Seconds nothing must have been recorded for a customer before one of its contracts
     /// is ended as lapsed, so history being back-filled (an import, `crm demo`) is not cut
@@ -134,6 +135,25 @@ pub struct Config {
 
 /// Loads defaults, the optional file, then the environment.
 pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
+    let figment = sources(path)?;
+    extract(&figment).with_context(|| match path {
+        Some(p) => format!(
+            "invalid configuration in {} or CRM_* environment",
+            p.display()
+        ),
+        None => "invalid configuration in CRM_* environment".to_owned(),
+    })
+}
+
+/// Whether the config file or the environment sets `key` (dotted, e.g.
+/// `gateway.grpc_addr`), whatever its value: a setting that equals its default but was
+/// chosen is still chosen.
+pub fn is_set(path: Option<&Path>, key: &str) -> anyhow::Result<bool> {
+    Ok(sources(path)?.find_value(key).is_ok())
+}
+
+/// The config file, then the `CRM_*` environment over it.
+fn sources(path: Option<&Path>) -> anyhow::Result<Figment> {
     let mut figment = Figment::new();
     if let Some(path) = path {
         anyhow::ensure!(
@@ -150,13 +170,7 @@ pub fn load(path: Option<&Path>) -> anyhow::Result<Config> {
             .filter(|k| k.as_str().contains("__"))
             .split("__"),
     );
-    extract(&figment).with_context(|| match path {
-        Some(p) => format!(
-            "invalid configuration in {} or CRM_* environment",
-            p.display()
-        ),
-        None => "invalid configuration in CRM_* environment".to_owned(),
-    })
+    Ok(figment)
 }
 
 /// The configuration in `figment`. An environment value of digits alone
@@ -248,6 +262,23 @@ mod tests {
         assert_eq!(cfg.stream.replicas, 3);
         assert_eq!(cfg.gateway.api_keys.len(), 1);
         assert_eq!(cfg.projector.batch_size, 20_000);
+    }
+
+    /// A setting chosen in the file counts as set even when it equals its default (`crm
+    /// dev` keeps a chosen gRPC address and picks a free port only when none was chosen).
+    #[test]
+    fn a_setting_equal_to_its_default_is_still_set() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let chosen = dir.path().join("chosen.toml");
+        let default = crm_gateway::GatewayConfig::default().grpc_addr;
+        std::fs::write(&chosen, format!("[gateway]\ngrpc_addr = \"{default}\"\n"))?;
+        let silent = dir.path().join("silent.toml");
+        std::fs::write(&silent, "[gateway]\nhttp_addr = \"127.0.0.1:8080\"\n")?;
+        assert!(is_set(Some(&chosen), "gateway.grpc_addr")?);
+        assert_eq!(load(Some(&chosen))?.gateway.grpc_addr, default);
+        assert!(!is_set(Some(&silent), "gateway.grpc_addr")?);
+        assert!(is_set(Some(&silent), "gateway.http_addr")?);
+        Ok(())
     }
 
     #[test]

@@ -110,28 +110,42 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     if let Some(addr) = args.http_addr {
         cfg.gateway.http_addr = addr;
     }
-    // The configured gRPC address when one is set; otherwise a free port, so a second
-    // `crm dev` does not collide with the first.
-    cfg.gateway.grpc_addr = args.grpc_addr.unwrap_or_else(|| {
-        if cfg.gateway.grpc_addr == crm_gateway::GatewayConfig::default().grpc_addr {
-            SocketAddr::from(([127, 0, 0, 1], 0))
-        } else {
+    // The configured gRPC address when one is set (even to the default); otherwise a free
+    // port, so a second `crm dev` does not collide with the first.
+    cfg.gateway.grpc_addr = match args.grpc_addr {
+        Some(addr) => addr,
+        None if config::is_set(args.config.as_deref(), "gateway.grpc_addr")? => {
             cfg.gateway.grpc_addr
         }
-    });
+        None => SocketAddr::from(([127, 0, 0, 1], 0)),
+    };
 
     let mut server = None;
     match &args.nats_url {
         Some(url) => cfg.nats.url = url.clone(),
         None => {
+            let store_dir = data_dir.join("nats");
+            let pid_file = data_dir.join(PID_FILE);
+            stop_stale_server(&pid_file, &store_dir).await;
             let s = NatsServer::start_with(ServerOptions {
                 port: args.nats_port,
-                store_dir: Some(data_dir.join("nats")),
+                store_dir: Some(store_dir),
                 binary: None,
                 log_file: Some(data_dir.join("nats-server.log")),
                 extra_args: Vec::new(),
             })
-            .await?;
+            .await
+            .with_context(|| {
+                format!(
+                    "starting the embedded nats-server (its log: {})",
+                    data_dir.join("nats-server.log").display()
+                )
+            })?;
+            if let Some(pid) = s.pid()
+                && let Err(e) = std::fs::write(&pid_file, format!("{pid}\n"))
+            {
+                tracing::warn!(error = %e, file = %pid_file.display(), "cannot record the nats-server's pid");
+            }
             cfg.nats.url = s.url();
             server = Some(s);
         }
@@ -170,8 +184,63 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     };
     if let Some(mut s) = server {
         s.stop().await;
+        let _ = std::fs::remove_file(data_dir.join(PID_FILE));
     }
     result
+}
+
+/// Where `crm dev` records the pid of the nats-server it started, in its data dir.
+const PID_FILE: &str = "nats-server.pid";
+
+/// Stops the nats-server an earlier `crm dev` on this data dir left running (it was killed
+/// without its clean-up: SIGKILL, the OOM killer), which would otherwise keep its port and
+/// the store's lock, so the new server could not start. Only a process that is still a
+/// nats-server on `store_dir` is stopped: a pid reused since by anything else is left alone.
+async fn stop_stale_server(pid_file: &Path, store_dir: &Path) {
+    let Some(pid) = std::fs::read_to_string(pid_file)
+        .ok()
+        .and_then(|s| s.trim().parse::<i32>().ok())
+    else {
+        return;
+    };
+    if is_server_on(pid, store_dir) {
+        eprintln!(
+            "stopping the nats-server (pid {pid}) an earlier crm dev left running on {}",
+            store_dir.display()
+        );
+        let signal = |sig| {
+            if let Some(p) = rustix::process::Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process(p, sig);
+            }
+        };
+        signal(rustix::process::Signal::TERM);
+        for _ in 0..100 {
+            if !is_server_on(pid, store_dir) {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        if is_server_on(pid, store_dir) {
+            signal(rustix::process::Signal::KILL);
+        }
+    }
+    let _ = std::fs::remove_file(pid_file);
+}
+
+/// Whether process `pid` is a nats-server running on `store_dir` (its command line, from
+/// `/proc`; a process that has exited has none).
+#[cfg(target_os = "linux")]
+fn is_server_on(pid: i32, store_dir: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+    args.first()
+        .is_some_and(|program| program.ends_with(b"nats-server"))
+        && args
+            .windows(2)
+            .any(|w| w[0] == b"-sd" && w[1] == store_dir.as_os_str().as_bytes())
 }
 
 /// Starts every service on `cfg` (its NATS URL set) and prints the addresses: the running
@@ -240,4 +309,10 @@ async fn start(
     }
 
     Ok((tasks, shutdown))
+}
+
+/// Without `/proc` no process is known to be one: nothing is stopped.
+#[cfg(not(target_os = "linux"))]
+fn is_server_on(_pid: i32, _store_dir: &Path) -> bool {
+    false
 }

@@ -30,6 +30,11 @@ pub struct ReplayArgs {
     /// live view.
     #[arg(long, requires = "as_of")]
     pub into: Option<String>,
+    /// Build the read store at the configured SQLite path when there is none (a first
+    /// deployment). Without it a missing store is refused: pointed at a mistyped path, a
+    /// replay would fill a new store that nothing reads and report success.
+    #[arg(long, conflicts_with = "as_of")]
+    pub create: bool,
 }
 
 /// The store an as-of view goes into: `postgres:SCHEMA` (in the configured PostgreSQL
@@ -61,7 +66,13 @@ fn into_location(cfg: &Config, into: &str) -> anyhow::Result<Location> {
 
 /// Runs a replay.
 pub async fn run(cfg: Config, args: ReplayArgs) -> anyhow::Result<()> {
-    let parts = services::open_existing(&cfg).await?;
+    let parts = if args.create || args.as_of.is_some() {
+        services::open_existing(&cfg).await?
+    } else {
+        let log = services::connect_existing(&cfg).await?;
+        services::store_must_exist(&cfg, ", or pass --create to build a new one there")?;
+        services::with_log(&cfg, log).await?
+    };
     let policy = services::policy(&cfg)?;
     if let Some(as_of) = &args.as_of {
         let at = match as_of.parse::<u64>() {

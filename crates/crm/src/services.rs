@@ -47,19 +47,25 @@ pub async fn open_existing(cfg: &Config) -> anyhow::Result<Parts> {
 /// every projection `never_ran`).
 pub async fn open_existing_store(cfg: &Config) -> anyhow::Result<Parts> {
     let log = connect_existing(cfg).await?;
+    store_must_exist(cfg, "")?;
+    with_log(cfg, log).await
+}
+
+/// Refuses a configured SQLite read store that is not there (`hint` ends the message).
+pub(crate) fn store_must_exist(cfg: &Config, hint: &str) -> anyhow::Result<()> {
     if let Location::Sqlite(path) = cfg.store.location() {
         anyhow::ensure!(
             path.exists(),
             "no read store at {}: point CRM_STORE__SQLITE_PATH (or the config's [store] \
-             sqlite_path) at the store the gateway and projectors use",
+             sqlite_path) at the store the gateway and projectors use{hint}",
             path.display()
         );
     }
-    with_log(cfg, log).await
+    Ok(())
 }
 
 /// The event log's stream as it is: never created or updated here.
-async fn connect_existing(cfg: &Config) -> anyhow::Result<EventLog> {
+pub(crate) async fn connect_existing(cfg: &Config) -> anyhow::Result<EventLog> {
     EventLog::connect_existing(&cfg.nats, &cfg.stream)
         .await
         .with_context(|| {
@@ -70,7 +76,7 @@ async fn connect_existing(cfg: &Config) -> anyhow::Result<EventLog> {
         })
 }
 
-async fn with_log(cfg: &Config, log: EventLog) -> anyhow::Result<Parts> {
+pub(crate) async fn with_log(cfg: &Config, log: EventLog) -> anyhow::Result<Parts> {
     let customers = Arc::new(Customers::new(
         log.clone(),
         cfg.gateway.cache_capacity,

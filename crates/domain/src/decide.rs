@@ -18,6 +18,19 @@ pub const MAX_ID_LEN: usize = 200;
 /// Longest accepted free text (names, notes, reasons, comments).
 pub const MAX_TEXT_LEN: usize = 2_000;
 
+/// `at` as the business time the log stores: the same instant in UTC, refused when that
+/// instant has no RFC 3339 form (its UTC year outside 0000..=9999, e.g.
+/// `9999-12-31T23:00:00-01:00` or `0000-01-01T00:00:00+01:00`), which the envelope could
+/// not be written with.
+pub fn business_time(at: OffsetDateTime) -> Result<OffsetDateTime, DomainError> {
+    at.checked_to_offset(time::UtcOffset::UTC)
+        .filter(|utc| (0..=9999).contains(&utc.year()))
+        .ok_or(DomainError::OutOfRange {
+            field: "occurred_at",
+            detail: "in UTC it must lie between 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z",
+        })
+}
+
 /// Checks `command` against `state` and returns the one event it becomes.
 ///
 /// `occurred_at` is the business time of the command, `now` the recording time; both are

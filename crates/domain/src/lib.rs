@@ -33,7 +33,7 @@ mod tests;
 
 pub use aggregate::{Customer, Submission};
 pub use command::Command;
-pub use decide::decide;
+pub use decide::{business_time, decide};
 pub use error::DomainError;
 pub use event::Event;
 pub use ids::CustomerId;

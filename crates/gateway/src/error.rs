@@ -24,6 +24,11 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    /// Too many commands in flight on this door; this one was not taken.
+    #[error(
+        "this gateway has {in_flight} commands in flight and took none more: nothing was written, retry later"
+    )]
+    Overloaded { in_flight: usize },
     #[error(transparent)]
     Submit(#[from] SubmitError),
     #[error(transparent)]
@@ -52,6 +57,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => {
                 (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
             }
+            ApiError::Overloaded { .. } => (StatusCode::SERVICE_UNAVAILABLE, "overloaded"),
             ApiError::Submit(e) => match e {
                 SubmitError::Rejected(d) => (StatusCode::UNPROCESSABLE_ENTITY, domain_code(d)),
                 SubmitError::VersionConflict { .. } => (StatusCode::CONFLICT, "version_conflict"),
@@ -88,7 +94,8 @@ fn log_status(e: &LogError) -> (StatusCode, &'static str) {
         | LogError::StreamMisconfigured { .. }
         | LogError::StreamMissing { .. }
         | LogError::Decode { .. }
-        | LogError::Immutable(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        | LogError::Immutable(_)
+        | LogError::Encode(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
     }
 }
 
@@ -111,6 +118,7 @@ impl ApiError {
             (StatusCode::SERVICE_UNAVAILABLE, "read_store_unavailable") => {
                 "the read store is unavailable; retry later".to_owned()
             }
+            (StatusCode::SERVICE_UNAVAILABLE, "overloaded") => self.to_string(),
             (StatusCode::SERVICE_UNAVAILABLE, _) => {
                 "the event log is unavailable; retry later".to_owned()
             }

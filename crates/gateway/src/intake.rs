@@ -58,12 +58,18 @@ pub fn parse_command(body: &[u8]) -> Result<ParsedCommand, ApiError> {
     }
     let occurred_at = match obj.remove("occurred_at") {
         None | Some(Value::Null) => None,
-        Some(Value::String(s)) => Some(OffsetDateTime::parse(&s, &Rfc3339).map_err(|e| {
-            ApiError::bad_request(
-                "invalid_occurred_at",
-                format!("occurred_at must be an RFC 3339 timestamp: {e}"),
-            )
-        })?),
+        Some(Value::String(s)) => {
+            let at = OffsetDateTime::parse(&s, &Rfc3339).map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_occurred_at",
+                    format!("occurred_at must be an RFC 3339 timestamp: {e}"),
+                )
+            })?;
+            // A timestamp whose UTC instant has no RFC 3339 form cannot be stored.
+            crm_domain::business_time(at)
+                .map_err(|e| ApiError::bad_request("invalid_occurred_at", format!("{e}")))?;
+            Some(at)
+        }
         Some(_) => {
             return Err(ApiError::bad_request(
                 "invalid_occurred_at",
@@ -158,5 +164,24 @@ mod tests {
             code(r#"{"type":"register_customer","name":"A","occurred_at":"2025-01-01T00:00:00Z"}"#),
             "ok"
         );
+    }
+
+    /// Timestamps RFC 3339 parses whose UTC instant it cannot write (the log stores UTC):
+    /// refused at the door, not a panic (9999-12-31T23:00-01:00 is year 10000 in UTC) or
+    /// an unreadable event (0000-01-01T00:00+01:00 is year -1).
+    #[test]
+    fn occurred_at_outside_the_years_utc_can_write_is_refused() {
+        for at in [
+            "9999-12-31T23:00:00-01:00",
+            "9999-12-31T23:59:59-23:59",
+            "0000-01-01T00:00:00+01:00",
+        ] {
+            let body = format!(r#"{{"type":"register_customer","name":"A","occurred_at":"{at}"}}"#);
+            assert_eq!(code(&body), "invalid_occurred_at", "{at}");
+        }
+        for at in ["9999-12-31T23:00:00+01:00", "0000-01-01T00:00:00-01:00"] {
+            let body = format!(r#"{{"type":"register_customer","name":"A","occurred_at":"{at}"}}"#);
+            assert_eq!(code(&body), "ok", "{at}");
+        }
     }
 }

@@ -175,15 +175,32 @@ async fn answer(state: &AppState, msg: &async_nats::Message) -> (u16, Vec<u8>) {
     }
 }
 
-/// Serves command requests until `shutdown`, each request on its own task. On shutdown it
-/// stops taking requests, answers those the server had already handed over, and waits
-/// (at most [`crate::app::SHUTDOWN_GRACE`]) for the ones in flight, so no accepted command
-/// goes unanswered.
+/// Most command requests one gateway works on at once over NATS. A request beyond them is
+/// answered at once with 503 `overloaded` and not taken: without a bound, a burst would
+/// queue without limit behind the per-customer locks, and requests its senders had long
+/// given up on (and perhaps retried) would still be appended minutes later.
+pub const MAX_IN_FLIGHT: usize = 4_096;
+
+/// Serves command requests until `shutdown`, each request on its own task, at most
+/// [`MAX_IN_FLIGHT`] at once. On shutdown it stops taking requests, answers those the
+/// server had already handed over, and waits (at most [`crate::app::SHUTDOWN_GRACE`]) for
+/// the ones in flight, so no accepted command goes unanswered.
 pub async fn serve(
     client: async_nats::Client,
     state: AppState,
     shutdown: CancellationToken,
 ) -> Result<(), async_nats::Error> {
+    serve_at_most(client, state, shutdown, MAX_IN_FLIGHT).await
+}
+
+/// [`serve`] with another bound on the requests in flight.
+pub async fn serve_at_most(
+    client: async_nats::Client,
+    state: AppState,
+    shutdown: CancellationToken,
+    max_in_flight: usize,
+) -> Result<(), async_nats::Error> {
+    let max_in_flight = max_in_flight.max(1);
     let mut sub = client
         .queue_subscribe(format!("{SUBJECT_PREFIX}.*"), QUEUE_GROUP.to_owned())
         .await?;
@@ -192,6 +209,9 @@ pub async fn serve(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             msg = sub.next() => match msg {
+                Some(msg) if in_flight.len() >= max_in_flight => {
+                    refuse_overloaded(&client, msg, in_flight.len()).await;
+                }
                 Some(msg) => spawn_answer(&mut in_flight, &client, &state, msg),
                 None => break,
             },
@@ -237,16 +257,47 @@ fn spawn_answer(
     let client = client.clone();
     in_flight.spawn(async move {
         let (status, body) = answer(&state, &msg).await;
-        let mut headers = HeaderMap::new();
-        headers.insert("Crm-Status", status.to_string().as_str());
-        headers.insert("Content-Type", "application/json");
-        if let Err(e) = client
-            .publish_with_headers(reply, headers, body.into())
-            .await
-        {
-            tracing::error!(error = %e, "replying to a command request failed");
-        }
+        send_reply(&client, reply, status, body).await;
     });
+}
+
+/// Answers a request that was not taken: 503 `overloaded`.
+async fn refuse_overloaded(
+    client: &async_nats::Client,
+    msg: async_nats::Message,
+    in_flight: usize,
+) {
+    let Some(reply) = msg.reply else {
+        return;
+    };
+    if !reply_allowed(&reply) {
+        return;
+    }
+    let (status, body) = ApiError::Overloaded { in_flight }.public_body();
+    send_reply(
+        client,
+        reply,
+        status.as_u16(),
+        serde_json::to_vec(&body).unwrap_or_default(),
+    )
+    .await;
+}
+
+async fn send_reply(
+    client: &async_nats::Client,
+    reply: async_nats::Subject,
+    status: u16,
+    body: Vec<u8>,
+) {
+    let mut headers = HeaderMap::new();
+    headers.insert("Crm-Status", status.to_string().as_str());
+    headers.insert("Content-Type", "application/json");
+    if let Err(e) = client
+        .publish_with_headers(reply, headers, body.into())
+        .await
+    {
+        tracing::error!(error = %e, "replying to a command request failed");
+    }
 }
 
 #[cfg(test)]

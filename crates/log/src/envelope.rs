@@ -15,6 +15,8 @@ use sha2::{Digest, Sha256};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use crate::error::LogError;
+
 /// `prev_hash` of a customer's first event.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -146,7 +148,7 @@ impl Envelope {
         meta: &Metadata,
         request_hash: Option<String>,
         prev_hash: &str,
-    ) -> Self {
+    ) -> Result<Self, LogError> {
         Self::seal_encoded(
             event_id,
             customer_id,
@@ -158,7 +160,7 @@ impl Envelope {
             request_hash,
             prev_hash,
         )
-        .0
+        .map(|(envelope, _)| envelope)
     }
 
     /// [`Envelope::seal`], with the bytes the log stores for the envelope (what
@@ -175,7 +177,7 @@ impl Envelope {
         meta: &Metadata,
         request_hash: Option<String>,
         prev_hash: &str,
-    ) -> (Self, Vec<u8>) {
+    ) -> Result<(Self, Vec<u8>), LogError> {
         // Serialising a derived enum of plain data cannot fail. The `Value` sorts the
         // payload's keys; it is written out once, without being parsed back.
         let payload = match serde_json::to_value(event) {
@@ -203,7 +205,11 @@ impl Envelope {
             hash: String::new(),
         };
         // The payload was just written canonically.
-        let mut bytes = envelope.encode(&envelope.payload.0, None);
+        // The one way this fails is a time with no RFC 3339 form (a UTC year outside
+        // 0000..=9999): refused here, so nothing unreadable is ever published.
+        let mut bytes = envelope
+            .encode(&envelope.payload.0, None)
+            .map_err(|e| LogError::Encode(format!("event {}: {e}", envelope.event_id)))?;
         envelope.hash = sha256_hex(&bytes);
         // The stored form is the canonical one with `hash` as its last field: the same
         // bytes `encode` writes with the hash.
@@ -211,7 +217,7 @@ impl Envelope {
         bytes.extend_from_slice(br#","hash":""#);
         bytes.extend_from_slice(envelope.hash.as_bytes());
         bytes.extend_from_slice(br#""}"#);
-        (envelope, bytes)
+        Ok((envelope, bytes))
     }
 
     /// The hash this envelope should carry: SHA-256 of [`Envelope::canonical_bytes`].
@@ -225,12 +231,15 @@ impl Envelope {
     /// writing it out gives, which is how it was computed before (a test holds the two
     /// equal).
     pub fn canonical_bytes(&self) -> Vec<u8> {
+        // An envelope that was sealed or read from the log encodes (sealing refuses any
+        // that does not).
         self.encode(&self.payload.canonical(), None)
+            .unwrap_or_default()
     }
 
     /// Every field but `hash` with keys sorted, `payload` in place of the envelope's, and
     /// then `hash` when given: the canonical encoding without it, the stored form with it.
-    fn encode(&self, payload: &RawValue, hash: Option<&str>) -> Vec<u8> {
+    fn encode(&self, payload: &RawValue, hash: Option<&str>) -> serde_json::Result<Vec<u8>> {
         #[derive(Serialize)]
         struct Fields<'a> {
             actor: &'a str,
@@ -271,8 +280,8 @@ impl Envelope {
             version: self.version,
             hash,
         };
-        // Serialising plain data with string keys cannot fail.
-        serde_json::to_vec(&fields).unwrap_or_default()
+        // Plain data with string keys: only a time outside RFC 3339's years fails.
+        serde_json::to_vec(&fields)
     }
 
     /// Whether the stored hash matches the content.
@@ -283,7 +292,9 @@ impl Envelope {
     /// The JSON bytes written to the log: the fields in canonical order (keys sorted, the
     /// payload as it is), then `hash`.
     pub fn to_bytes(&self) -> Vec<u8> {
+        // As `canonical_bytes`: a sealed or stored envelope encodes.
         self.encode(&self.payload.0, Some(&self.hash))
+            .unwrap_or_default()
     }
 
     /// Parses stored bytes.
@@ -369,6 +380,35 @@ mod tests {
             None,
             GENESIS_HASH,
         )
+        .expect("seal")
+    }
+
+    /// A time RFC 3339 cannot write (year -1 in UTC) is refused by sealing: nothing that
+    /// would read back as undecodable is ever produced.
+    #[test]
+    fn sealing_refuses_a_time_with_no_rfc3339_form() {
+        let at = datetime!(0000-01-01 00:00 +01:00).to_offset(time::UtcOffset::UTC);
+        let sealed = Envelope::seal(
+            Uuid::nil(),
+            CustomerId::new(Uuid::nil()),
+            1,
+            &Event::CustomerRegistered(CustomerRegistered {
+                name: "Acme".into(),
+                segment: None,
+                region: None,
+                account_manager: None,
+                acquisition_channel: None,
+            }),
+            at,
+            datetime!(2025-01-01 00:00 UTC),
+            &Metadata::default(),
+            None,
+            GENESIS_HASH,
+        );
+        assert!(
+            matches!(sealed, Err(LogError::Encode(_))),
+            "sealed: {sealed:?}"
+        );
     }
 
     #[test]
@@ -411,7 +451,8 @@ mod tests {
                 &meta,
                 request_hash.clone(),
                 &"12".repeat(32),
-            );
+            )
+            .expect("seal");
             assert_eq!(bytes, e.to_bytes());
             assert!(e.hash_is_valid());
             let back = Envelope::from_bytes(&bytes).expect("parse");

@@ -31,6 +31,9 @@ pub enum LogError {
     Decode { sequence: u64, reason: String },
     #[error("the event log is immutable: {0}")]
     Immutable(&'static str),
+    /// An event that cannot be written as JSON (nothing was published).
+    #[error("cannot encode {0}")]
+    Encode(String),
 }
 
 impl LogError {

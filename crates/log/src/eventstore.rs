@@ -91,7 +91,7 @@ impl EventStore for JetStreamEventStore {
                     &meta,
                     None,
                     &last_hash,
-                );
+                )?;
                 let appended = log.append(&env, last_seq, None).await?;
                 current += 1;
                 last_seq = appended.sequence;

@@ -131,10 +131,14 @@ pub fn request_hash(command: &Command, occurred_at: Option<OffsetDateTime>) -> S
     strip_nulls(&mut value);
     if let (Some(at), Some(fields)) = (occurred_at, value.as_object_mut()) {
         // The instant, whatever offset the caller wrote it with.
-        let at = at
-            .to_offset(time::UtcOffset::UTC)
-            .format(&time::format_description::well_known::Rfc3339)
-            .unwrap_or_default();
+        // (`submit` refuses an instant with no RFC 3339 form in UTC before it stores
+        // anything; the hash of such a request only has to be defined, not pretty.)
+        let at = match at.checked_to_offset(time::UtcOffset::UTC) {
+            Some(utc) => utc
+                .format(&time::format_description::well_known::Rfc3339)
+                .unwrap_or_else(|_| format!("{utc}")),
+            None => format!("{at}"),
+        };
         fields.insert("occurred_at".into(), at.into());
     }
     crate::envelope::hash_canonical(&value)
@@ -407,10 +411,7 @@ impl Customers {
         // Business days are UTC days: every rule that takes a date of `occurred_at` (notice
         // windows, lapses, activity) must see the same day for the same instant, whatever
         // offset the sender wrote it with; the event is stored in UTC too.
-        let occurred_at = opts
-            .occurred_at
-            .unwrap_or(opts.now)
-            .to_offset(time::UtcOffset::UTC);
+        let occurred_at = crm_domain::business_time(opts.occurred_at.unwrap_or(opts.now))?;
         let request_hash = opts
             .meta
             .idempotency_key
@@ -485,7 +486,7 @@ impl Customers {
                 &opts.meta,
                 request_hash.clone(),
                 &prev_hash,
-            );
+            )?;
             let msg_id = opts
                 .meta
                 .idempotency_key
@@ -609,6 +610,7 @@ mod tests {
                 None,
                 prev,
             )
+            .expect("seal")
         };
         let first = seal(1, GENESIS_HASH);
         let mut loaded = Loaded::default();
@@ -645,7 +647,8 @@ mod tests {
             &crate::envelope::Metadata::default(),
             None,
             &first.hash,
-        );
+        )
+        .expect("seal");
         let err = loaded
             .apply(&id, &StoredEvent::new(3, foreign))
             .expect_err("another customer's event was folded");

@@ -253,6 +253,11 @@ impl NatsServer {
         &self.store_dir
     }
 
+    /// The server's process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// Stops the server (SIGKILL) and waits for it to exit. The store directory stays.
     pub async fn kill(&mut self) {
         let _ = self.child.kill().await;

@@ -39,7 +39,7 @@ pub struct Status {
     pub apply_rate: f64,
     /// `live` (caught up or moving), `stalled` (behind and not written for 60 s),
     /// `never_ran`, `rebuilding` (a shadow copy is being built; reads use the live one),
-    /// `failed` (the last rebuild failed; the live copy is untouched) or `ahead_of_log`
+    /// `failed` (the last rebuild failed; the live copy is untouched and otherwise live) or `ahead_of_log`
     /// (the store was built from another log; its projector refuses to run).
     pub state: &'static str,
     /// When the projection last committed a batch (RFC 3339).
@@ -52,8 +52,10 @@ pub struct Status {
 
 /// The status of every projection, read from the store and the log.
 pub async fn statuses(store: &ReadStore, log: &EventLog) -> Result<Vec<Status>, ProjectionError> {
-    let head = log.head().await?;
+    // Checkpoints first, then the head: a projector that commits an event appended in
+    // between must not look ahead of the log (that state says "built from another log").
     let rows = store.checkpoint_rows().await?;
+    let head = log.head().await?;
     let now = OffsetDateTime::now_utc();
     let mut out = Vec::with_capacity(ALL.len());
     for name in ALL {
@@ -91,7 +93,9 @@ pub async fn statuses(store: &ReadStore, log: &EventLog) -> Result<Vec<Status>, 
                 .is_ok_and(|u| (now - u).whole_seconds() <= STALLED_AFTER_SECS);
             if s == "rebuilding" && fresh {
                 state = "rebuilding";
-            } else if s == "failed" {
+            } else if s == "failed" && state == "live" {
+                // A failed rebuild left the live copy as it was: a stall, a projector that
+                // never ran or one ahead of the log says more about the live copy.
                 state = "failed";
             }
         }

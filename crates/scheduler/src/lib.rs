@@ -170,7 +170,8 @@ impl Scheduler {
     }
 
     /// Ends an unrenewed contract as lapsed only once `grace_days` have passed after its
-    /// term's last day (by default the day after it).
+    /// term's last day (by default as soon as that day has ended in every time zone: from
+    /// 12:00 UTC the day after it).
     pub fn lapse_after(mut self, grace_days: u32) -> Self {
         self.lapse_grace_days = i64::from(grace_days);
         self
@@ -238,7 +239,8 @@ impl Scheduler {
     /// [`TickReport::failed`] and the pass goes on; one that fails for the log as a whole
     /// ends the pass with the error.
     pub async fn tick(&self) -> Result<TickReport, SchedulerError> {
-        let now = self.clock.now();
+        // Business days are UTC days (the command path stores `occurred_at` in UTC).
+        let now = self.clock.now().to_offset(time::UtcOffset::UTC);
         let today = now.date();
         let mut report = TickReport::default();
         for due in renewals::entering_notice_window(&self.store, today).await? {
@@ -256,22 +258,38 @@ impl Scheduler {
                 Outcome::Failed => report.failed += 1,
             }
         }
-        // A term that ended before today without a renewal: the contract lapsed, and with
-        // its customer's last contract the customer churns.
-        let lapse_before = crm_domain::calendar::days_before(today, self.lapse_grace_days);
+        // A term that ended without a renewal: the contract lapsed, and with its
+        // customer's last contract the customer churns. A contract's dates are calendar
+        // days of whoever signed it, so its last day has ended once it has ended in every
+        // time zone: once the date at UTC-12 is past it (at 12:00 UTC the next day, not at
+        // midnight UTC while it is still the evening of that day in the Americas).
+        let ended_everywhere = (now - time::Duration::hours(12)).date();
+        let lapse_before =
+            crm_domain::calendar::days_before(ended_everywhere, self.lapse_grace_days);
         for lapsed in renewals::lapsed_unended(&self.store, lapse_before).await? {
             let Some((id, term)) = customer_and_term(&lapsed) else {
                 continue;
             };
             // Recorded time, not the business clock: is the customer's history still
             // being written?
-            let quiet_since = OffsetDateTime::now_utc() - self.lapse_quiet;
-            if self.lapse_quiet > time::Duration::ZERO
-                && let Some(last) = self.customers.log().last_event(&id).await?
-                && last.envelope.recorded_at > quiet_since
-            {
-                report.lapses_deferred += 1;
-                continue;
+            if self.lapse_quiet > time::Duration::ZERO {
+                let last = match self.customers.log().last_event(&id).await {
+                    Ok(last) => last,
+                    // This customer's last event does not decode: a failure for it alone.
+                    Err(e @ LogError::Decode { .. }) => {
+                        tracing::warn!(customer = %id, error = %e, "scheduler: cannot read the customer's last event; passing over it");
+                        report.failed += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e.into()),
+                };
+                let quiet_since = OffsetDateTime::now_utc()
+                    .checked_sub(self.lapse_quiet)
+                    .unwrap_or(time::PrimitiveDateTime::MIN.assume_utc());
+                if last.is_some_and(|last| last.envelope.recorded_at > quiet_since) {
+                    report.lapses_deferred += 1;
+                    continue;
+                }
             }
             let key = format!("lapsed:{}:{}", lapsed.contract_id, lapsed.ends_on);
             let cmd = Command::TerminateContract(TerminateContract {

@@ -303,6 +303,45 @@ async fn crm_dev_quickstart_and_restart() {
     );
 }
 
+/// `crm dev` killed without its clean-up (SIGKILL, the OOM killer) leaves its nats-server
+/// running, holding the store's lock; the next `crm dev` on that data dir stops it and
+/// starts, with the data kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crm_dev_after_a_sigkill_stops_the_server_it_left_and_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut dev = start_dev(dir.path());
+    let c = Uuid::now_v7();
+    post(
+        &dev,
+        c,
+        json!({"type": "register_customer", "name": "Left"}),
+    )
+    .await;
+    rustix::process::kill_process(pid(&dev.child), rustix::process::Signal::KILL).unwrap();
+    let _ = dev.child.wait();
+    let left = dev.nats.trim_start_matches("nats://").to_owned();
+    assert!(
+        std::net::TcpStream::connect(&left).is_ok(),
+        "the killed crm dev's nats-server is still running (the case under test)"
+    );
+
+    let mut again = start_dev(dir.path());
+    let (status, v) = get(&again, &format!("/v1/customers/{c}")).await;
+    assert_eq!((status, v["version"].as_u64()), (200, Some(1)), "{v}");
+    if again.nats != dev.nats {
+        assert!(
+            std::net::TcpStream::connect(&left).is_err(),
+            "the left-over nats-server still runs"
+        );
+    }
+    signal(&again.child, "INT");
+    assert!(wait_exit(&mut again.child).success());
+    assert!(
+        !dir.path().join("nats-server.pid").exists(),
+        "a clean stop removes the pid file"
+    );
+}
+
 /// Without `--http-addr`, `crm dev` listens where the configuration says (here
 /// `CRM_GATEWAY__HTTP_ADDR`), like `crm gateway`; the flag wins over it.
 #[tokio::test]
@@ -404,6 +443,25 @@ async fn the_scheduler_signs_chain_head_checkpoints() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    // `audit query`: at most --limit events, in log order; 0 is every match (as over
+    // HTTP and gRPC).
+    for (limit, lines) in [("7", 7), ("0", 40), ("500", 40)] {
+        let out = crm(&["audit", "query", "--limit", limit]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let seqs: Vec<u64> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["stream_sequence"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(seqs, (1..=lines).collect::<Vec<u64>>(), "--limit {limit}");
+    }
     let ghost = uuid::Uuid::now_v7().to_string();
     let out = crm(&["audit", "verify", "--customer", &ghost])
         .output()
@@ -455,13 +513,35 @@ async fn read_only_tools_refuse_a_server_without_the_stream() {
     // where there is none, instead of creating an empty store and reporting from it
     // (`audit verify` passing with no checkpoint to compare with).
     let _log = env.log().await;
-    for args in [&["audit", "verify"][..], &["status"]] {
+    for args in [
+        &["audit", "verify"][..],
+        &["status"],
+        &["replay", "lifecycle"],
+    ] {
         refused(args, "no read store at");
     }
     assert!(
         !env.path("views.sqlite").exists(),
         "a read-only tool created the read store"
     );
+    // A first replay into a store that is not there yet says so with `--create`.
+    let out = Command::new(env!("CARGO_BIN_EXE_crm"))
+        .args(["replay", "lifecycle", "--create"])
+        .env("CRM_NATS__URL", env.nats.url())
+        .envs(env.store_env("views.sqlite"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("lifecycle: rebuilt to sequence"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(env.path("views.sqlite").exists());
 }
 
 /// Logs written to a pipe (a file, a collector) carry no terminal colour codes.

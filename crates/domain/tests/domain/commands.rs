@@ -15,6 +15,32 @@ use crate::harness::*;
 // ---------------------------------------------------------------------------------------
 // Rules every command shares.
 
+/// Business time is stored in UTC: an instant whose UTC form has no RFC 3339 year is
+/// refused (not a panic, not an unwritable event); the edges themselves are kept.
+#[test]
+fn business_time_is_utc_within_the_years_rfc3339_writes() {
+    let refused = DomainError::OutOfRange {
+        field: "occurred_at",
+        detail: "in UTC it must lie between 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z",
+    };
+    for at in [
+        datetime!(9999-12-31 23:00 -01:00),
+        datetime!(0000-01-01 00:00 +01:00),
+    ] {
+        assert_eq!(crm_domain::business_time(at), Err(refused.clone()), "{at}");
+    }
+    assert_eq!(
+        crm_domain::business_time(datetime!(2025-06-30 21:00 -04:00)),
+        Ok(datetime!(2025-07-01 01:00 UTC))
+    );
+    for at in [
+        datetime!(9999-12-31 23:59:59 UTC),
+        datetime!(0000-01-01 00:00 UTC),
+    ] {
+        assert_eq!(crm_domain::business_time(at), Ok(at));
+    }
+}
+
 #[test]
 fn every_command_but_register_is_refused_before_registration() {
     for command in one_of_each().into_iter().skip(1) {
