@@ -305,6 +305,77 @@ async fn two_projectors_of_one_projection_on_one_store_equal_one(db: Db) {
     app.stop().await;
 }
 
+/// A read store built from another log that is longer than the store's checkpoints (the
+/// case the head check cannot see: `crm dev --nats-url` over a data dir built from the
+/// embedded log) is refused by the log's first event, with nothing written; rebuilt from
+/// this log, it is this log's view and its projector follows on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_store_built_from_another_log_is_refused_until_rebuilt() {
+    let env = Env::on(Db::Sqlite).await;
+    let app = App::start_with(env.config("unused.sqlite"), false).await;
+    generate(&app, 1).await;
+    let first_head = app.parts.log.head().await.unwrap();
+    let store = env.open_store("views.sqlite").await;
+    let policy = Arc::new(crm_projections::policy::default_policy());
+    let lifecycle = || LifecycleProjection::new(policy.clone());
+    let on = |app: &App, store: &ReadStore| {
+        Projector::new(
+            lifecycle(),
+            store.clone(),
+            app.parts.log.clone(),
+            ProjectorOptions::default(),
+        )
+    };
+    on(&app, &store).run_until(first_head).await.unwrap();
+    app.stop().await;
+
+    // Another log, longer than the first.
+    let other = Env::on(Db::Sqlite).await;
+    let app = App::start_with(other.config("unused.sqlite"), false).await;
+    generate(&app, 3).await;
+    let head = app.parts.log.head().await.unwrap();
+    assert!(head > first_head, "{head} > {first_head}");
+    let err = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        on(&app, &store).run(tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("refused at once, not retried")
+    .unwrap_err();
+    assert!(
+        matches!(&err, ProjectionError::OtherLog { projection, .. } if projection == "lifecycle"),
+        "{err}"
+    );
+    assert_eq!(
+        store.checkpoint("lifecycle").await.unwrap(),
+        first_head,
+        "nothing written"
+    );
+
+    crm_projections::rebuild::rebuild_by_name(
+        &crm_projections::rebuild::RebuildClaim::take(&store)
+            .await
+            .unwrap(),
+        "lifecycle",
+        policy.clone(),
+        &store,
+        &app.parts.log,
+        100,
+        &|_, _, _| {},
+    )
+    .await
+    .unwrap();
+    on(&app, &store).run_until(head).await.unwrap();
+    let fresh = other.open_store("fresh.sqlite").await;
+    on(&app, &fresh).run_until(head).await.unwrap();
+    assert_eq!(
+        crm_projections::lifecycle::dump(&store).await.unwrap(),
+        crm_projections::lifecycle::dump(&fresh).await.unwrap(),
+        "the rebuilt view is this log's"
+    );
+    app.stop().await;
+}
+
 /// A read store built from another log (here: the same store, and a new nats-server whose
 /// log is shorter) is refused, with the checkpoint and the head named, instead of followed
 /// from its checkpoint, which would skip the new log's events up to there; `status` shows

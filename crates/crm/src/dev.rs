@@ -97,6 +97,28 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     let data_dir = args.data_dir.canonicalize()?;
+    // One `crm dev` per data dir, for as long as it runs (the lock goes with the process,
+    // however it ends): a second one would share the first's store and, finding its
+    // nats-server's pid recorded, stop it as a leftover.
+    let lock_path = data_dir.join("crm-dev.lock");
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .with_context(|| format!("opening {}", lock_path.display()))?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another crm dev is running on {} (it holds {}): stop it first, or give this one \
+             another --data-dir",
+            data_dir.display(),
+            lock_path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(anyhow::Error::new(e).context(format!("locking {}", lock_path.display())));
+        }
+    }
     let mut cfg = config::load(args.config.as_deref())?;
     cfg.store.sqlite_path = data_dir.join("views.sqlite");
     if cfg.store.postgres_url.take().is_some() {
@@ -186,6 +208,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<()> {
         s.stop().await;
         let _ = std::fs::remove_file(data_dir.join(PID_FILE));
     }
+    drop(lock);
     result
 }
 
@@ -194,8 +217,9 @@ const PID_FILE: &str = "nats-server.pid";
 
 /// Stops the nats-server an earlier `crm dev` on this data dir left running (it was killed
 /// without its clean-up: SIGKILL, the OOM killer), which would otherwise keep its port and
-/// the store's lock, so the new server could not start. Only a process that is still a
-/// nats-server on `store_dir` is stopped: a pid reused since by anything else is left alone.
+/// the store's lock, so the new server could not start. Called with the data dir's lock
+/// held, so that `crm dev` is gone. Only a process that is still a nats-server on
+/// `store_dir` is stopped: a pid reused since by anything else is left alone.
 async fn stop_stale_server(pid_file: &Path, store_dir: &Path) {
     let Some(pid) = std::fs::read_to_string(pid_file)
         .ok()

@@ -64,51 +64,61 @@ fn into_location(cfg: &Config, into: &str) -> anyhow::Result<Location> {
     Ok(target)
 }
 
+/// `crm replay NAME --as-of AT --into TARGET`: the view as it stood at `as_of` (a stream
+/// sequence or an RFC 3339 recording time), built into `--into`.
+async fn as_of_into(
+    cfg: &Config,
+    log: &crm_log::EventLog,
+    policy: std::sync::Arc<crm_domain::policy::Policy>,
+    args: &ReplayArgs,
+    as_of: &str,
+) -> anyhow::Result<()> {
+    let at = match as_of.parse::<u64>() {
+        Ok(seq) => seq,
+        Err(_) => {
+            let t = OffsetDateTime::parse(as_of, &Rfc3339)
+                .with_context(|| format!("--as-of {as_of:?} is neither a sequence nor RFC 3339"))?;
+            rebuild::sequence_at(log, t).await?
+        }
+    };
+    let into = args.into.as_deref().context("--as-of needs --into FILE")?;
+    let into = into_location(cfg, into)?;
+    // Refused before the target is made, so a mistyped sequence leaves no empty file.
+    let head = log.head().await?;
+    if at > head {
+        return Err(crm_projections::ProjectionError::AsOfPastHead { at, head }.into());
+    }
+    let target = ReadStore::open_at(&into).await?;
+    let started = Instant::now();
+    rebuild::as_of(
+        &args.projection,
+        policy,
+        &target,
+        log,
+        at,
+        cfg.projector.batch_size,
+    )
+    .await?;
+    println!(
+        "{} as of sequence {at} written to {into} in {:.1}s",
+        args.projection,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
 /// Runs a replay.
 pub async fn run(cfg: Config, args: ReplayArgs) -> anyhow::Result<()> {
-    let parts = if args.create || args.as_of.is_some() {
-        services::open_existing(&cfg).await?
-    } else {
-        let log = services::connect_existing(&cfg).await?;
-        services::store_must_exist(&cfg, ", or pass --create to build a new one there")?;
-        services::with_log(&cfg, log).await?
-    };
+    let log = services::connect_existing(&cfg).await?;
     let policy = services::policy(&cfg)?;
     if let Some(as_of) = &args.as_of {
-        let at = match as_of.parse::<u64>() {
-            Ok(seq) => seq,
-            Err(_) => {
-                let t = OffsetDateTime::parse(as_of, &Rfc3339).with_context(|| {
-                    format!("--as-of {as_of:?} is neither a sequence nor RFC 3339")
-                })?;
-                rebuild::sequence_at(&parts.log, t).await?
-            }
-        };
-        let into = args.into.context("--as-of needs --into FILE")?;
-        let into = into_location(&cfg, &into)?;
-        // Refused before the target is made, so a mistyped sequence leaves no empty file.
-        let head = parts.log.head().await?;
-        if at > head {
-            return Err(crm_projections::ProjectionError::AsOfPastHead { at, head }.into());
-        }
-        let target = ReadStore::open_at(&into).await?;
-        let started = Instant::now();
-        rebuild::as_of(
-            &args.projection,
-            policy,
-            &target,
-            &parts.log,
-            at,
-            cfg.projector.batch_size,
-        )
-        .await?;
-        println!(
-            "{} as of sequence {at} written to {into} in {:.1}s",
-            args.projection,
-            started.elapsed().as_secs_f64()
-        );
-        return Ok(());
+        // The live store is not read, nor created: the view goes into `--into`.
+        return as_of_into(&cfg, &log, policy, &args, as_of).await;
     }
+    if !args.create {
+        services::store_must_exist(&cfg, ", or pass --create to build a new one there")?;
+    }
+    let parts = services::with_log(&cfg, log).await?;
     let bar = ProgressBar::new(0).with_style(
         ProgressStyle::with_template(
             "{spinner} {prefix:>10} [{bar:40}] {pos}/{len} events {per_sec} eta {eta}",

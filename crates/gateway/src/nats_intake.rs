@@ -209,7 +209,7 @@ pub async fn serve_at_most(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             msg = sub.next() => match msg {
-                Some(msg) if in_flight.len() >= max_in_flight => {
+                Some(msg) if working(&mut in_flight) >= max_in_flight => {
                     refuse_overloaded(&client, msg, in_flight.len()).await;
                 }
                 Some(msg) => spawn_answer(&mut in_flight, &client, &state, msg),
@@ -259,6 +259,13 @@ fn spawn_answer(
         let (status, body) = answer(&state, &msg).await;
         send_reply(&client, reply, status, body).await;
     });
+}
+
+/// The requests still being worked on: finished tasks are reaped first (the set counts
+/// them until they are).
+fn working(in_flight: &mut JoinSet<()>) -> usize {
+    while in_flight.try_join_next().is_some() {}
+    in_flight.len()
 }
 
 /// Answers a request that was not taken: 503 `overloaded`.

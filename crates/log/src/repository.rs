@@ -409,8 +409,9 @@ impl Customers {
             self.catch_up(&id, loaded).await?;
         }
         // Business days are UTC days: every rule that takes a date of `occurred_at` (notice
-        // windows, lapses, activity) must see the same day for the same instant, whatever
-        // offset the sender wrote it with; the event is stored in UTC too.
+        // windows, whether a termination came after the term, activity) must see the same
+        // day for the same instant, whatever offset the sender wrote it with; the event is
+        // stored in UTC too. (When the scheduler sends a lapse is its own matter.)
         let occurred_at = crm_domain::business_time(opts.occurred_at.unwrap_or(opts.now))?;
         let request_hash = opts
             .meta

@@ -42,6 +42,14 @@ pub enum ProjectionError {
         head: u64,
     },
     #[error(
+        "the {projection} views were built from another event log (its first event is {recorded}; this log's is {found}): following this log from their checkpoint would mix the two. Rebuild them from this log (`crm replay {projection}`), or point the projector at the log they came from"
+    )]
+    OtherLog {
+        projection: String,
+        recorded: String,
+        found: String,
+    },
+    #[error(
         "the {projection} views were folded under policy {views:?} and this projector runs policy {projector:?} (if the labels read alike, the rules differ): folding new events under it on top of them would mix the two. Start it with the policy the views were built under, or rebuild them under its policy (`crm replay {projection}`) and start it again"
     )]
     PolicyMismatch {

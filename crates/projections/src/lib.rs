@@ -17,6 +17,7 @@ pub mod cache;
 pub mod error;
 pub mod health;
 pub mod lifecycle;
+mod origin;
 pub mod policy;
 pub mod projector;
 pub mod rebuild;

@@ -249,6 +249,11 @@ impl<P: Projection> Projector<P> {
         self.projections.iter().map(Projection::name).collect()
     }
 
+    /// The log it reads.
+    pub(crate) fn log(&self) -> &EventLog {
+        &self.log
+    }
+
     /// The policies its projections fold under.
     pub(crate) fn policies(&self) -> &[crate::policy::PolicyRecord] {
         &self.policies
@@ -302,6 +307,7 @@ impl<P: Projection> Projector<P> {
                     e @ (ProjectionError::InjectedCrash { .. }
                     | ProjectionError::LeaseLost { .. }
                     | ProjectionError::AheadOfLog { .. }
+                    | ProjectionError::OtherLog { .. }
                     | ProjectionError::PolicyMismatch { .. }),
                 ) => return Err(e),
                 Err(e) => {
@@ -387,6 +393,8 @@ impl<P: Projection> Projector<P> {
                 head,
             });
         }
+        // A checkpoint within the head may still count another log's events.
+        crate::origin::check_or_record(&self.store, &self.log, &self.names()).await?;
         let catch_up_to = target.map_or(head, |t| t.min(head));
         let stream = if catch_up_to > checkpoint {
             let follow = if target.is_some_and(|t| t <= catch_up_to) {

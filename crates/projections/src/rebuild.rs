@@ -455,6 +455,7 @@ async fn swap<P: Projection>(
     live: &ReadStore,
 ) -> Result<Option<u64>, ProjectionError> {
     let names = projector.names();
+    let first_event = crate::origin::first_event_id(projector.log()).await?;
     let mut conn = live.pool().acquire().await?;
     // The transaction below is begun by hand: if this future is dropped half-way, the
     // connection must be closed (the database rolls back) rather than go back to the pool
@@ -575,6 +576,8 @@ async fn swap<P: Projection>(
         // The swapped-in rows were folded under the rebuild's policies: a live projector
         // under another one stops at its next commit rather than mix the two.
         crate::policy::record_swapped(&mut conn, &main, projector.policies()).await?;
+        // And from the rebuild's log, which a live projector on another log refuses.
+        crate::origin::record_swapped(&mut conn, &main, &names, first_event.as_deref()).await?;
         sqlx::query("COMMIT").execute(&mut *conn).await?;
         Ok::<_, ProjectionError>(Some(at))
     }

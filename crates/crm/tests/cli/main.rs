@@ -328,6 +328,21 @@ async fn crm_dev_after_a_sigkill_stops_the_server_it_left_and_starts() {
     let mut again = start_dev(dir.path());
     let (status, v) = get(&again, &format!("/v1/customers/{c}")).await;
     assert_eq!((status, v["version"].as_u64()), (200, Some(1)), "{v}");
+    // A second `crm dev` on the data dir in use is refused, and leaves the first's
+    // nats-server alone.
+    let second = Command::new(env!("CARGO_BIN_EXE_crm"))
+        .args(["dev", "--http-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another crm dev is running on"),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    let (status, _) = get(&again, "/readyz").await;
+    assert_eq!(status, 200, "the first crm dev still serves");
     if again.nats != dev.nats {
         assert!(
             std::net::TcpStream::connect(&left).is_err(),
@@ -523,6 +538,25 @@ async fn read_only_tools_refuse_a_server_without_the_stream() {
     assert!(
         !env.path("views.sqlite").exists(),
         "a read-only tool created the read store"
+    );
+    // A view as of a point in time goes into its own file and needs no live store: none
+    // is made.
+    let out = Command::new(env!("CARGO_BIN_EXE_crm"))
+        .args(["replay", "lifecycle", "--as-of", "0", "--into"])
+        .arg(env.path("q1.sqlite"))
+        .env("CRM_NATS__URL", env.nats.url())
+        .envs(env.store_env("views.sqlite"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(env.path("q1.sqlite").exists());
+    assert!(
+        !env.path("views.sqlite").exists(),
+        "an as-of replay created the live store"
     );
     // A first replay into a store that is not there yet says so with `--create`.
     let out = Command::new(env!("CARGO_BIN_EXE_crm"))

@@ -1,0 +1,80 @@
+//! Which event log a projection's rows were built from: the id of the log's first event,
+//! kept per projection in `projection_logs`. Views built from one log are never continued
+//! on another, whose sequence numbers count other events.
+
+use crm_log::EventLog;
+use sqlx::AnyConnection;
+
+use crate::error::ProjectionError;
+use crate::store::ReadStore;
+
+/// The id of `log`'s first event (`None` while the log is empty).
+pub(crate) async fn first_event_id(log: &EventLog) -> Result<Option<String>, ProjectionError> {
+    Ok(log
+        .get(1)
+        .await?
+        .map(|first| first.envelope.event_id.to_string()))
+}
+
+/// Before a projector reads: each of `names` must have been built from `log`. A projection
+/// the store has no record of (a new one, or one from before records were kept) is
+/// recorded as built from it.
+pub(crate) async fn check_or_record(
+    store: &ReadStore,
+    log: &EventLog,
+    names: &[&'static str],
+) -> Result<(), ProjectionError> {
+    let Some(first) = first_event_id(log).await? else {
+        return Ok(());
+    };
+    for name in names {
+        // Two processes of a partitioned group may both find no record: the first insert
+        // wins, and the other compares with it.
+        sqlx::query(
+            "INSERT INTO projection_logs (name, first_event_id) VALUES ($1, $2) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(*name)
+        .bind(&first)
+        .execute(store.pool())
+        .await?;
+        let (recorded,): (String,) =
+            sqlx::query_as("SELECT first_event_id FROM projection_logs WHERE name = $1")
+                .bind(*name)
+                .fetch_one(store.pool())
+                .await?;
+        if recorded != first {
+            return Err(ProjectionError::OtherLog {
+                projection: (*name).to_owned(),
+                recorded,
+                found: first,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// In a rebuild's swap transaction: the rows swapped into `schema` (`main` for SQLite, the
+/// live schema for PostgreSQL) were built from the log whose first event is `first`.
+pub(crate) async fn record_swapped(
+    conn: &mut AnyConnection,
+    schema: &str,
+    names: &[&'static str],
+    first: Option<&str>,
+) -> Result<(), ProjectionError> {
+    let Some(first) = first else {
+        return Ok(());
+    };
+    for name in names {
+        // The schema is the store's own name for itself, never input.
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "INSERT INTO {schema}.projection_logs (name, first_event_id) VALUES ($1, $2) \
+             ON CONFLICT (name) DO UPDATE SET first_event_id = excluded.first_event_id"
+        )))
+        .bind(*name)
+        .bind(first)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
