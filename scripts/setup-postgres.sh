@@ -43,10 +43,27 @@ if [ -z "${CRM_TEST_POSTGRES_URL:-}" ] && ! port_open; then
   hba="/etc/postgresql/$version/main/pg_hba.conf"
   # A throwaway test server: trust connections from this machine.
   "${as_root[@]}" sed -i -E 's/^(host\s+all\s+all\s+(127\.0\.0\.1\/32|::1\/128)\s+)\S+$/\1trust/' "$hba"
-  "${as_root[@]}" pg_ctlcluster "$version" main start || "${as_root[@]}" pg_ctlcluster "$version" main reload
-  for _ in $(seq 1 100); do port_open && break; sleep 0.2; done
-  if ! port_open; then
-    echo "setup-postgres: PostgreSQL $version did not start listening on 127.0.0.1:5432" >&2
+  # The package's install script may have started the cluster already (it does unless a
+  # policy-rc.d forbids it): then only reload it, so it reads the trust rule. Everything
+  # here writes to stderr: stdout is the URL the caller captures.
+  if "${as_root[@]}" pg_ctlcluster "$version" main status >/dev/null 2>&1; then
+    "${as_root[@]}" pg_ctlcluster "$version" main reload >&2
+  else
+    "${as_root[@]}" pg_ctlcluster "$version" main start >&2
+  fi
+  # Ready means accepting this script's login without a password, not only listening:
+  # a reload is a signal the server acts on a moment later.
+  ready=0
+  for _ in $(seq 1 150); do
+    if port_open && { ! command -v psql >/dev/null 2>&1 ||
+      psql -qw "postgres://postgres@127.0.0.1:5432/postgres" -c 'select 1' >/dev/null 2>&1; }; then
+      ready=1
+      break
+    fi
+    sleep 0.2
+  done
+  if [ "$ready" != 1 ]; then
+    echo "setup-postgres: PostgreSQL $version did not accept user postgres on 127.0.0.1:5432 by trust" >&2
     exit 1
   fi
 fi

@@ -41,7 +41,8 @@ pub enum Scenario {
     /// The gateway and a projector each in a process of their own at several numbers of
     /// customers (`--memory-customers`), with each process's peak RSS.
     Memory,
-    /// Every scenario in turn, each on a fresh nats-server.
+    /// append, http, project and rebuild in turn, each on a fresh nats-server (audit and
+    /// memory are long: run them by name).
     All,
 }
 

@@ -79,14 +79,17 @@ pub fn micros(d: Duration) -> u32 {
 /// workers that simply stop sending (no coordinated omission), as long as `workers`
 /// suffice for the rate.
 ///
-/// A paced run also counts each latency from when the operation was *issued*, leaving out
-/// the timer's own lateness, which on a VM is large (a tokio sleep here wakes 1.2–1.4 ms
-/// late at the median and 5–15 ms at the 99th percentile with nothing else running). An
-/// operation whose worker was idle is issued when the worker's timer woke it. One whose
-/// worker was still busy when it fell due is issued at its scheduled time, moved later by
-/// the part of the worker's delay that the timer caused (its lateness carried over from
-/// the operation that woke on the timer, never past the moment the worker took it up): so
-/// the wait for a busy worker counts, and an oversleeping timer does not.
+/// A paced run releases operations from an OS thread of its own (the pacer), not from
+/// tokio timers in the runtime under test: a tokio sleep here wakes 1.2–1.4 ms late at the
+/// median and 5–15 ms at the 99th percentile, and a woken task also waits for a busy
+/// runtime, which is the system's own latency and must count. The pacer sleeps until the
+/// next operation falls due and then hands out every due one (a semaphore permit each);
+/// a worker takes the next number when it gets a permit.
+///
+/// It also counts each latency from when the pacer *released* the operation (never before
+/// its scheduled time): that leaves out only the pacer thread's own lateness (an OS sleep,
+/// a few tens of µs at the median on a VM), and keeps the wait for a free worker and for
+/// the runtime. The `ref: the driver alone` row shows the pacer's lateness.
 pub async fn drive<F, Fut>(count: u64, workers: usize, rate: Option<f64>, op: F) -> Measured
 where
     F: Fn(u64, usize) -> Fut + Send + Sync + 'static,
@@ -96,37 +99,37 @@ where
     let next = Arc::new(AtomicU64::new(0));
     let trace = std::env::var_os("CRM_BENCH_TRACE").is_some();
     let start = Instant::now();
+    let pacer = rate.map(|r| Pacer::start(start, r, count));
     let mut tasks = Vec::with_capacity(workers);
     for worker in 0..workers.max(1) {
         let op = op.clone();
         let next = next.clone();
+        let pacer = pacer.clone();
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::new();
             let mut issued = Vec::new();
             let mut starts = Vec::new();
             let (mut ok, mut errors, mut first_error) = (0u64, 0u64, None);
-            // How much of this worker's delay its timer caused (see above).
-            let mut timer_lag = Duration::ZERO;
             loop {
-                let k = next.fetch_add(1, Ordering::Relaxed);
-                if k >= count {
-                    break;
-                }
-                let (t0, issued_at) = match rate {
-                    Some(r) => {
-                        let at = start + Duration::from_secs_f64(k as f64 / r);
-                        let taken = Instant::now();
-                        if taken < at {
-                            tokio::time::sleep_until(at.into()).await;
-                            let woke = Instant::now();
-                            timer_lag = woke - at;
-                            (at, Some(woke))
-                        } else {
-                            timer_lag = timer_lag.min(taken - at);
-                            (at, Some(at + timer_lag))
+                let (k, t0, issued_at) = match &pacer {
+                    Some(p) => {
+                        if !p.take().await {
+                            break;
                         }
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        if k >= count {
+                            break;
+                        }
+                        let at = p.due(k);
+                        (k, at, Some(p.released(k).max(at)))
                     }
-                    None => (Instant::now(), None),
+                    None => {
+                        let k = next.fetch_add(1, Ordering::Relaxed);
+                        if k >= count {
+                            break;
+                        }
+                        (k, Instant::now(), None)
+                    }
                 };
                 match op(k, worker).await {
                     Ok(()) => {
@@ -172,6 +175,9 @@ where
         }
     }
     let elapsed = start.elapsed();
+    if let Some(p) = &pacer {
+        p.stop();
+    }
     if trace {
         traced.sort_unstable();
         // One file per measured phase, numbered in the order the phases end.
@@ -194,6 +200,92 @@ where
         latency: Latency::of(all),
         issued: Latency::of(all_issued),
         cpu: None,
+    }
+}
+
+/// Hands out paced operations from an OS thread of its own (see [`drive`]).
+#[derive(Clone)]
+struct Pacer {
+    start: Instant,
+    rate: f64,
+    permits: Arc<tokio::sync::Semaphore>,
+    /// When the pacer released operation k, in µs after `start`.
+    released_at: Arc<Vec<AtomicU64>>,
+}
+
+impl Pacer {
+    fn start(start: Instant, rate: f64, count: u64) -> Self {
+        let n = usize::try_from(count).unwrap_or(usize::MAX);
+        let pacer = Pacer {
+            start,
+            rate,
+            permits: Arc::new(tokio::sync::Semaphore::new(0)),
+            released_at: Arc::new((0..n).map(|_| AtomicU64::new(0)).collect()),
+        };
+        let p = pacer.clone();
+        std::thread::spawn(move || {
+            let mut released = 0u64;
+            while released < count && !p.permits.is_closed() {
+                let now = Instant::now();
+                // Operation k falls due at k / rate: those with k / rate <= now.
+                let due = (((now - p.start).as_secs_f64() * p.rate).floor() as u64 + 1).min(count);
+                if due > released {
+                    let at = micros(now - p.start);
+                    for k in released..due {
+                        if let Some(slot) =
+                            usize::try_from(k).ok().and_then(|k| p.released_at.get(k))
+                        {
+                            slot.store(u64::from(at), Ordering::Relaxed);
+                        }
+                    }
+                    p.permits
+                        .add_permits(usize::try_from(due - released).unwrap_or(usize::MAX));
+                    released = due;
+                }
+                if released >= count {
+                    // Every operation is out: let the workers waiting for one find that
+                    // there are none left.
+                    p.permits.add_permits(1 << 20);
+                    break;
+                }
+                let next = p.due(released);
+                let now = Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                }
+            }
+        });
+        pacer
+    }
+
+    /// When operation k is scheduled.
+    fn due(&self, k: u64) -> Instant {
+        self.start + Duration::from_secs_f64(k as f64 / self.rate)
+    }
+
+    /// When the pacer released operation k.
+    fn released(&self, k: u64) -> Instant {
+        let at = usize::try_from(k)
+            .ok()
+            .and_then(|k| self.released_at.get(k))
+            .map_or(0, |slot| slot.load(Ordering::Relaxed));
+        self.start + Duration::from_micros(at)
+    }
+
+    /// Waits for the next released operation; false once the run is over.
+    async fn take(&self) -> bool {
+        match self.permits.acquire().await {
+            Ok(permit) => {
+                permit.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Ends the pacer thread (and any worker still waiting).
+    fn stop(&self) {
+        self.permits.close();
     }
 }
 

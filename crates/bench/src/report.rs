@@ -38,7 +38,8 @@ impl Row {
     }
 
     /// Rows for a paced phase: latency counted from each operation's schedule, and a second
-    /// row with latency counted from its issue (leaving out the driver's timer lateness).
+    /// row with latency counted from its release by the pacer thread (leaving out only that
+    /// thread's own lateness).
     pub fn paced(name: &str, m: &Measured, rss_mib: Option<f64>) -> Vec<Self> {
         let mut rows = vec![Self::of(name, m, rss_mib)];
         if m.issued.is_some() {

@@ -271,7 +271,8 @@ impl Env {
             return Ok(Vec::new());
         };
         // The driver alone: the same workers at the same rate, doing nothing. Its latency
-        // from the schedule is the timer's lateness, a floor under every paced row.
+        // from the schedule is the pacer's lateness plus the runtime waking a worker, a floor
+        // under every paced row.
         eprintln!(
             "  reference: {} no-op workers paced at {rate:.0}/s",
             args.concurrency
@@ -286,7 +287,7 @@ impl Env {
         }
         rows.extend(Row::paced(
             &format!(
-                "ref: the driver alone, {} no-op workers paced at {rate:.0}/s (timer lateness)",
+                "ref: the driver alone, {} no-op workers paced at {rate:.0}/s (the pacer thread and the runtime waking the workers)",
                 args.concurrency
             ),
             &idle,
