@@ -15,4 +15,9 @@ if [ -z "${CRM_NATS_SERVER:-}" ]; then
   bash scripts/setup-nats.sh
   export CRM_NATS_SERVER="$root/.tools/nats-server-2.12.8/nats-server"
 fi
-exec cargo run --release --quiet --bin crm -- dev "$@"
+# The first run builds crm in release mode: several minutes on 2 cores, with cargo's
+# progress shown; later runs start at once.
+if [ ! -x target/release/crm ]; then
+  echo "dev.sh: building crm (release) for the first time; this takes a few minutes" >&2
+fi
+exec cargo run --release --bin crm -- dev "$@"

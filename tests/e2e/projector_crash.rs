@@ -351,6 +351,16 @@ async fn a_read_store_built_from_another_log_is_refused_until_rebuilt() {
         first_head,
         "nothing written"
     );
+    let state = |statuses: &[crm_projections::status::Status]| {
+        statuses
+            .iter()
+            .find(|s| s.name == "lifecycle")
+            .map(|s| s.state)
+    };
+    let statuses = crm_projections::status::statuses(&store, &app.parts.log)
+        .await
+        .unwrap();
+    assert_eq!(state(&statuses), Some("other_log"));
 
     crm_projections::rebuild::rebuild_by_name(
         &crm_projections::rebuild::RebuildClaim::take(&store)
@@ -366,6 +376,10 @@ async fn a_read_store_built_from_another_log_is_refused_until_rebuilt() {
     .await
     .unwrap();
     on(&app, &store).run_until(head).await.unwrap();
+    let statuses = crm_projections::status::statuses(&store, &app.parts.log)
+        .await
+        .unwrap();
+    assert_eq!(state(&statuses), Some("live"));
     let fresh = other.open_store("fresh.sqlite").await;
     on(&app, &fresh).run_until(head).await.unwrap();
     assert_eq!(

@@ -359,7 +359,14 @@ impl Customers {
             return Err(e);
         }
         if loaded.state.version > 0 {
-            return Ok(Some(loaded.clone()));
+            // The state, not the idempotency receipts: a reader has no use for them, and a
+            // long-lived customer's keys would be copied on every read.
+            return Ok(Some(Loaded {
+                state: loaded.state.clone(),
+                last_sequence: loaded.last_sequence,
+                last_hash: loaded.last_hash.clone(),
+                receipts: HashMap::new(),
+            }));
         }
         // A customer the log does not know (a reader's typo, a probe) takes no place in
         // the cache from the customers it holds.

@@ -402,3 +402,41 @@ impl NatsCluster {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::PINNED_VERSION;
+
+    /// The pinned nats-server version is written in several files (the script that fetches
+    /// it, the scripts that point at it, the deployment images): they all name this one,
+    /// so bumping one of them alone fails here rather than on a clean clone.
+    #[test]
+    fn every_file_pins_the_same_nats_server() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        for (file, pin) in [
+            (
+                "scripts/setup-nats.sh",
+                format!("VERSION=\"{PINNED_VERSION}\""),
+            ),
+            (
+                "scripts/dev.sh",
+                format!(".tools/nats-server-{PINNED_VERSION}/nats-server"),
+            ),
+            (
+                "scripts/test.sh",
+                format!(".tools/nats-server-{PINNED_VERSION}/nats-server"),
+            ),
+            (
+                "deploy/compose.yaml",
+                format!("image: nats:{PINNED_VERSION}"),
+            ),
+            (
+                "deploy/k8s/nats.yaml",
+                format!("image: nats:{PINNED_VERSION}"),
+            ),
+        ] {
+            let text = std::fs::read_to_string(root.join(file)).expect(file);
+            assert!(text.contains(&pin), "{file} does not pin {pin}");
+        }
+    }
+}

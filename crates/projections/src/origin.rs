@@ -16,6 +16,15 @@ pub(crate) async fn first_event_id(log: &EventLog) -> Result<Option<String>, Pro
         .map(|first| first.envelope.event_id.to_string()))
 }
 
+/// Every projection's recorded log: (name, first event id).
+pub(crate) async fn recorded(store: &ReadStore) -> Result<Vec<(String, String)>, ProjectionError> {
+    Ok(
+        sqlx::query_as("SELECT name, first_event_id FROM projection_logs")
+            .fetch_all(store.pool())
+            .await?,
+    )
+}
+
 /// Before a projector reads: each of `names` must have been built from `log`. A projection
 /// the store has no record of (a new one, or one from before records were kept) is
 /// recorded as built from it.

@@ -39,8 +39,10 @@ pub struct Status {
     pub apply_rate: f64,
     /// `live` (caught up or moving), `stalled` (behind and not written for 60 s),
     /// `never_ran`, `rebuilding` (a shadow copy is being built; reads use the live one),
-    /// `failed` (the last rebuild failed; the live copy is untouched and otherwise live) or `ahead_of_log`
-    /// (the store was built from another log; its projector refuses to run).
+    /// `failed` (the last rebuild failed; the live copy is untouched and otherwise live),
+    /// `ahead_of_log` (its checkpoint is past the head: the store was built from another
+    /// log) or `other_log` (built from another log, by the log's first event); the
+    /// projector refuses to run in the last two.
     pub state: &'static str,
     /// When the projection last committed a batch (RFC 3339).
     pub updated_at: Option<String>,
@@ -56,6 +58,8 @@ pub async fn statuses(store: &ReadStore, log: &EventLog) -> Result<Vec<Status>, 
     // between must not look ahead of the log (that state says "built from another log").
     let rows = store.checkpoint_rows().await?;
     let head = log.head().await?;
+    let origins = crate::origin::recorded(store).await?;
+    let first_event = crate::origin::first_event_id(log).await?;
     let now = OffsetDateTime::now_utc();
     let mut out = Vec::with_capacity(ALL.len());
     for name in ALL {
@@ -75,9 +79,15 @@ pub async fn statuses(store: &ReadStore, log: &EventLog) -> Result<Vec<Status>, 
             (Some(r), Some(u)) if (now - u).as_seconds_f64() <= RATE_FRESH_SECS => r.apply_rate,
             _ => 0.0,
         };
+        let other_log = first_event.as_ref().is_some_and(|first| {
+            origins
+                .iter()
+                .any(|(n, recorded)| n == name && recorded != first)
+        });
         let mut state = match (row, updated) {
             // Built from another log: its projector refuses to run on this one.
             (Some(r), _) if r.last_sequence > head => "ahead_of_log",
+            _ if other_log => "other_log",
             (None, _) if head > 0 => "never_ran",
             (None, _) => "live",
             (Some(_), Some(u))

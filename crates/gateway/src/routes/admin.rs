@@ -90,7 +90,7 @@ pub async fn metrics(State(state): State<AppState>) -> Result<Response, ApiError
     }
     out.push_str(
         "# HELP crm_projection_state 1 for the projection's current state (live, stalled, \
-         never_ran, rebuilding, failed, ahead_of_log).\n# TYPE crm_projection_state gauge\n",
+         never_ran, rebuilding, failed, ahead_of_log, other_log).\n# TYPE crm_projection_state gauge\n",
     );
     for s in &statuses {
         out.push_str(&format!(
