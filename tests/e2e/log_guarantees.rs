@@ -263,6 +263,119 @@ async fn eventually_event_store_contract() {
     assert_chain(&read_all(&log).await);
 }
 
+/// A writer appends batches of 200 events (a registration, then care touches) to new
+/// customers through the event store while the command path keeps recording care
+/// touches for the same customer once it is registered. Every batch outcome is honest
+/// about what it wrote: success wrote them all, a conflict nothing, and a batch the other
+/// writer cut into says how many it wrote (`PartialAppend`, not a conflict a caller would
+/// retry whole). Checked by the actor on each writer's events.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_cut_short_by_another_writer_is_not_reported_as_a_conflict() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let env = Env::new().await;
+    let log = env.log().await;
+    let customers = Arc::new(Customers::new(log.clone(), 1_000, 8));
+    let touch = || {
+        Event::CareTouchRecorded(CareTouchRecorded {
+            kind: CareTouchKind::Holiday,
+            note: None,
+        })
+    };
+    let batch = || {
+        let mut events = vec![Event::CustomerRegistered(
+            crm_domain::event::CustomerRegistered {
+                name: "Batched".into(),
+                segment: None,
+                region: None,
+                account_manager: None,
+                acquisition_channel: None,
+            },
+        )];
+        events.extend((1..200).map(|_| touch()));
+        events
+    };
+    let mut batches = JetStreamEventStore::new(customers.clone(), "batches");
+    let mut outcomes = Vec::new();
+    let mut singles_written = std::collections::HashMap::new();
+    // Until a few batches were cut into (about half are, on 2 cores), at most 200.
+    let cut = |outcomes: &[(CustomerId, Result<u32, LogError>)]| {
+        outcomes
+            .iter()
+            .filter(|(_, r)| matches!(r, Err(LogError::PartialAppend { .. })))
+            .count()
+    };
+    while outcomes.len() < 200 && cut(&outcomes) < 3 {
+        let id = CustomerId::new(Uuid::now_v7());
+        let stop = Arc::new(AtomicBool::new(false));
+        let singles = tokio::spawn({
+            let customers = customers.clone();
+            let stop = stop.clone();
+            async move {
+                let command: crm_domain::Command = serde_json::from_value(
+                    serde_json::json!({"type": "record_care_touch", "kind": "holiday"}),
+                )
+                .unwrap();
+                let opts = crm_log::SubmitOptions::now("singles");
+                let mut written = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    match customers.submit(id, &command, &opts).await {
+                        Ok(_) => written += 1,
+                        // Not registered yet, or the batch kept winning.
+                        Err(_) => tokio::task::yield_now().await,
+                    }
+                }
+                written
+            }
+        });
+        let result = batches.append(id, Expected::Any, batch()).await;
+        stop.store(true, Ordering::Relaxed);
+        singles_written.insert(id, singles.await.unwrap());
+        outcomes.push((id, result));
+    }
+    let events = read_all(&log).await;
+    let by = |id: &CustomerId, actor: &str| {
+        events
+            .iter()
+            .filter(|e| e.envelope.customer_id == *id && e.envelope.actor == actor)
+            .count()
+    };
+    for (id, result) in &outcomes {
+        let wrote = by(id, "batches");
+        match result {
+            Ok(_) => assert_eq!(wrote, 200, "{id}"),
+            Err(e) if e.is_conflict_error() => assert_eq!(wrote, 0, "{id}: {e}"),
+            Err(LogError::PartialAppend { written, of, .. }) => {
+                assert_eq!((wrote, *of), (*written as usize, 200), "{id}");
+                assert!(*written > 0);
+            }
+            Err(e) => panic!("{id}: {e}"),
+        }
+        assert_eq!(by(id, "singles"), singles_written[id], "{id}");
+        let chain: Vec<_> = events
+            .iter()
+            .filter(|e| e.envelope.customer_id == *id)
+            .cloned()
+            .collect();
+        assert_chain(&chain);
+    }
+    let cut_short = cut(&outcomes);
+    eprintln!(
+        "batches cut short by the other writer: {cut_short} of {}; whole: {}; conflicts: {}; singles written: {}",
+        outcomes.len(),
+        outcomes.iter().filter(|(_, r)| r.is_ok()).count(),
+        outcomes
+            .iter()
+            .filter(|(_, r)| r.as_ref().is_err_and(|e| e.is_conflict_error()))
+            .count(),
+        singles_written.values().sum::<usize>()
+    );
+    assert!(
+        cut_short > 0,
+        "no batch was cut into: the case under test did not happen"
+    );
+}
+
 /// A fresh server whose log holds `per_customer` care touches for each of `customers`
 /// customers, appended round robin in runs of three through the event store; with the
 /// log's head.

@@ -95,7 +95,8 @@ fn log_status(e: &LogError) -> (StatusCode, &'static str) {
         | LogError::StreamMissing { .. }
         | LogError::Decode { .. }
         | LogError::Immutable(_)
-        | LogError::Encode(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
+        | LogError::Encode(_)
+        | LogError::PartialAppend { .. } => (StatusCode::INTERNAL_SERVER_ERROR, "internal_error"),
     }
 }
 

@@ -3,6 +3,11 @@
 //!
 //! Appends go through the same conditional-append path as the gateway, so optimistic
 //! concurrency holds whichever door a caller uses. `remove` is refused: the log is immutable.
+//!
+//! A batch of several events is appended one conditional append at a time, so it is not
+//! atomic: a writer that slips in after its first event ends it with
+//! [`LogError::PartialAppend`] (which is not a conflict), naming how many were written.
+//! The command path never writes batches (one command, one event).
 
 use std::sync::Arc;
 
@@ -79,23 +84,42 @@ impl EventStore for JetStreamEventStore {
                 actor: self.actor.clone(),
                 ..Metadata::default()
             };
-            for event in events {
+            let of = u32::try_from(events.len()).unwrap_or(u32::MAX);
+            for (written, event) in (0u32..).zip(events) {
                 let now = OffsetDateTime::now_utc();
-                let env = Envelope::seal(
-                    Uuid::now_v7(),
-                    id,
-                    current + 1,
-                    &event,
-                    now,
-                    now,
-                    &meta,
-                    None,
-                    &last_hash,
-                )?;
-                let appended = log.append(&env, last_seq, None).await?;
+                let appended = async {
+                    let env = Envelope::seal(
+                        Uuid::now_v7(),
+                        id,
+                        current + 1,
+                        &event,
+                        now,
+                        now,
+                        &meta,
+                        None,
+                        &last_hash,
+                    )?;
+                    let appended = log.append(&env, last_seq, None).await?;
+                    Ok::<_, LogError>((appended, env.hash))
+                }
+                .await;
+                let (appended, hash) = match appended {
+                    Ok(done) => done,
+                    // Each event is its own conditional append: a writer that slips in
+                    // after the first leaves the batch half written, which must not read as
+                    // a conflict (a caller would retry the whole batch).
+                    Err(e) if written > 0 => {
+                        return Err(LogError::PartialAppend {
+                            written,
+                            of,
+                            cause: e.to_string(),
+                        });
+                    }
+                    Err(e) => return Err(e),
+                };
                 current += 1;
                 last_seq = appended.sequence;
-                last_hash = env.hash;
+                last_hash = hash;
             }
             u32::try_from(current).map_err(|e| LogError::Nats(e.to_string()))
         })
