@@ -313,8 +313,6 @@ async fn two_projectors_of_one_projection_on_one_store_equal_one(db: Db) {
 async fn a_read_store_built_from_another_log_is_refused_until_rebuilt() {
     let env = Env::on(Db::Sqlite).await;
     let app = App::start_with(env.config("unused.sqlite"), false).await;
-    generate(&app, 1).await;
-    let first_head = app.parts.log.head().await.unwrap();
     let store = env.open_store("views.sqlite").await;
     let policy = Arc::new(crm_projections::policy::default_policy());
     let lifecycle = || LifecycleProjection::new(policy.clone());
@@ -326,7 +324,19 @@ async fn a_read_store_built_from_another_log_is_refused_until_rebuilt() {
             ProjectorOptions::default(),
         )
     };
-    on(&app, &store).run_until(first_head).await.unwrap();
+    // The projector starts while the log is still empty (a new `crm dev` data dir): it
+    // records the log at its first commit.
+    let stop = tokio_util::sync::CancellationToken::new();
+    let live = tokio::spawn({
+        let projector = on(&app, &store);
+        let stop = stop.clone();
+        async move { projector.run(stop).await }
+    });
+    generate(&app, 1).await;
+    let first_head = app.parts.log.head().await.unwrap();
+    crm_e2e::wait_for_checkpoint(&store, "lifecycle", first_head).await;
+    stop.cancel();
+    live.await.unwrap().unwrap();
     app.stop().await;
 
     // Another log, longer than the first.

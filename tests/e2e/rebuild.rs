@@ -193,6 +193,7 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
         &[LifecycleProjection::new(Arc::new(
             crm_projections::policy::default_policy(),
         ))],
+        &app.parts.log,
     )
     .await
     .unwrap();
@@ -237,6 +238,7 @@ async fn a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_
         &claim,
         &app.parts.store,
         &[TrustProjection::new(generous.clone())],
+        &app.parts.log,
     )
     .await
     .unwrap();
@@ -308,10 +310,14 @@ async fn interrupted_rebuild<P: crm_projections::Projection>(
     projection: P,
     head: u64,
 ) -> (ReadStore, rebuild::ShadowStart) {
-    let (shadow, start) =
-        rebuild::open_shadow(claim, &app.parts.store, std::slice::from_ref(&projection))
-            .await
-            .unwrap();
+    let (shadow, start) = rebuild::open_shadow(
+        claim,
+        &app.parts.store,
+        std::slice::from_ref(&projection),
+        &app.parts.log,
+    )
+    .await
+    .unwrap();
     Projector::new(
         projection,
         shadow.clone(),

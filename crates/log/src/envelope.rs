@@ -362,7 +362,8 @@ mod tests {
     use crm_domain::event::CustomerRegistered;
     use time::macros::datetime;
 
-    fn sample() -> Envelope {
+    /// The first event of a customer, sealed with business time `occurred_at`.
+    fn registered(occurred_at: OffsetDateTime) -> Result<Envelope, LogError> {
         Envelope::seal(
             Uuid::nil(),
             CustomerId::new(Uuid::nil()),
@@ -374,13 +375,16 @@ mod tests {
                 account_manager: None,
                 acquisition_channel: None,
             }),
-            datetime!(2025-01-01 00:00 UTC),
+            occurred_at,
             datetime!(2025-01-01 00:00:01.123456789 UTC),
             &Metadata::default(),
             None,
             GENESIS_HASH,
         )
-        .expect("seal")
+    }
+
+    fn sample() -> Envelope {
+        registered(datetime!(2025-01-01 00:00 UTC)).expect("seal")
     }
 
     /// A time RFC 3339 cannot write (year -1 in UTC) is refused by sealing: nothing that
@@ -388,23 +392,7 @@ mod tests {
     #[test]
     fn sealing_refuses_a_time_with_no_rfc3339_form() {
         let at = datetime!(0000-01-01 00:00 +01:00).to_offset(time::UtcOffset::UTC);
-        let sealed = Envelope::seal(
-            Uuid::nil(),
-            CustomerId::new(Uuid::nil()),
-            1,
-            &Event::CustomerRegistered(CustomerRegistered {
-                name: "Acme".into(),
-                segment: None,
-                region: None,
-                account_manager: None,
-                acquisition_channel: None,
-            }),
-            at,
-            datetime!(2025-01-01 00:00 UTC),
-            &Metadata::default(),
-            None,
-            GENESIS_HASH,
-        );
+        let sealed = registered(at);
         assert!(
             matches!(sealed, Err(LogError::Encode(_))),
             "sealed: {sealed:?}"

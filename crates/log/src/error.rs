@@ -34,9 +34,10 @@ pub enum LogError {
     /// An event that cannot be written as JSON (nothing was published).
     #[error("cannot encode {0}")]
     Encode(String),
-    /// A batch of events was cut short: the first `written` are in the log, the rest are
-    /// not (JetStream appends one message at a time). Not a conflict: retrying the whole
-    /// batch would write its first events twice.
+    /// A batch of events was cut short: the first `written` are in the log (JetStream
+    /// appends one message at a time). After a conflict the rest are not; after another
+    /// failure (an ack that never came) the next one may be. Not a conflict: retrying the
+    /// whole batch would write its first events twice.
     #[error("only {written} of {of} events were appended before: {cause}")]
     PartialAppend {
         written: u32,

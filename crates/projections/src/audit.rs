@@ -286,6 +286,19 @@ pub async fn page(
     limit: u32,
 ) -> Result<Vec<StoredEvent>, ProjectionError> {
     let filter = &*filter.canonical();
+    // An index built from another log points at other events: refused, not served.
+    if let Some(first) = crate::origin::first_event_id(log).await?
+        && let Some((_, recorded)) = crate::origin::recorded(store)
+            .await?
+            .into_iter()
+            .find(|(name, recorded)| name == NAME && *recorded != first)
+    {
+        return Err(ProjectionError::OtherLog {
+            projection: NAME.to_owned(),
+            recorded,
+            found: first,
+        });
+    }
     // The index up to its checkpoint, the log after it. Rows past the checkpoint (a batch
     // committing meanwhile, or partitions ahead of the slowest when the audit index runs
     // partitioned: its checkpoint is the lowest) are left to the log part, so no event

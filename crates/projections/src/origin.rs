@@ -27,7 +27,8 @@ pub(crate) async fn recorded(store: &ReadStore) -> Result<Vec<(String, String)>,
 
 /// Before a projector reads: each of `names` must have been built from `log`. A projection
 /// the store has no record of (a new one, or one from before records were kept) is
-/// recorded as built from it.
+/// recorded as built from it. Nothing is checked while the log is empty: the first
+/// commit records it (see [`check_in`]).
 pub(crate) async fn check_or_record(
     store: &ReadStore,
     log: &EventLog,
@@ -36,6 +37,18 @@ pub(crate) async fn check_or_record(
     let Some(first) = first_event_id(log).await? else {
         return Ok(());
     };
+    let mut conn = store.pool().acquire().await?;
+    check_in(&mut conn, names, &first).await
+}
+
+/// On `conn` (a projector's write transaction, under its projection locks, so a rebuild's
+/// swap of another log's rows cannot slip in before the commit): each of `names` was built
+/// from the log whose first event is `first`, or is recorded so now.
+pub(crate) async fn check_in(
+    conn: &mut AnyConnection,
+    names: &[&'static str],
+    first: &str,
+) -> Result<(), ProjectionError> {
     for name in names {
         // Two processes of a partitioned group may both find no record: the first insert
         // wins, and the other compares with it.
@@ -44,19 +57,19 @@ pub(crate) async fn check_or_record(
              ON CONFLICT (name) DO NOTHING",
         )
         .bind(*name)
-        .bind(&first)
-        .execute(store.pool())
+        .bind(first)
+        .execute(&mut *conn)
         .await?;
         let (recorded,): (String,) =
             sqlx::query_as("SELECT first_event_id FROM projection_logs WHERE name = $1")
                 .bind(*name)
-                .fetch_one(store.pool())
+                .fetch_one(&mut *conn)
                 .await?;
         if recorded != first {
             return Err(ProjectionError::OtherLog {
                 projection: (*name).to_owned(),
                 recorded,
-                found: first,
+                found: first.to_owned(),
             });
         }
     }

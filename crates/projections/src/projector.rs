@@ -194,6 +194,8 @@ pub struct Projector<P> {
     status: watch::Sender<ProjectorStatus>,
     /// Whether [`ProjectorOptions::stall_after_batch`] has been used up.
     stall_injected: AtomicBool,
+    /// The id of the log's first event, once known (see `origin`).
+    first_event: std::sync::OnceLock<String>,
 }
 
 impl<P> std::fmt::Debug for Projector<P> {
@@ -233,6 +235,7 @@ impl<P: Projection> Projector<P> {
             options,
             status,
             stall_injected: AtomicBool::new(false),
+            first_event: std::sync::OnceLock::new(),
         }
     }
 
@@ -252,6 +255,25 @@ impl<P: Projection> Projector<P> {
     /// The log it reads.
     pub(crate) fn log(&self) -> &EventLog {
         &self.log
+    }
+
+    /// The id of the log's first event (from `events` when they begin the log), looked up
+    /// once per projector.
+    async fn first_event_id(
+        &self,
+        events: &[StoredEvent],
+    ) -> Result<Option<String>, ProjectionError> {
+        if let Some(known) = self.first_event.get() {
+            return Ok(Some(known.clone()));
+        }
+        let found = match events.first() {
+            Some(e) if e.sequence == 1 => Some(e.envelope.event_id.to_string()),
+            _ => crate::origin::first_event_id(&self.log).await?,
+        };
+        if let Some(id) = &found {
+            let _ = self.first_event.set(id.clone());
+        }
+        Ok(found)
     }
 
     /// The policies its projections fold under.
@@ -375,6 +397,9 @@ impl<P: Projection> Projector<P> {
             s.state = "live".into();
         });
         if target.is_some_and(|t| checkpoint >= t) {
+            // Views that already reach the target (a shadow or an as-of copy left at that
+            // sequence) must still have been built from this log.
+            crate::origin::check_or_record(&self.store, &self.log, &self.names()).await?;
             return Ok(());
         }
         let batch_size = self.options.batch_size.max(1);
@@ -395,6 +420,7 @@ impl<P: Projection> Projector<P> {
         }
         // A checkpoint within the head may still count another log's events.
         crate::origin::check_or_record(&self.store, &self.log, &self.names()).await?;
+
         let catch_up_to = target.map_or(head, |t| t.min(head));
         let stream = if catch_up_to > checkpoint {
             let follow = if target.is_some_and(|t| t <= catch_up_to) {
@@ -576,6 +602,7 @@ impl<P: Projection> Projector<P> {
         batch_no: u64,
     ) -> Result<(), ProjectionError> {
         let last = events.last().map_or(0, |e| e.sequence);
+        let first_event = self.first_event_id(events).await?;
         let started = Instant::now();
         let mut tx = self.store.begin_write(conn).await?;
         let mut spent = Vec::with_capacity(self.projections.len() + 2);
@@ -597,9 +624,13 @@ impl<P: Projection> Projector<P> {
         for name in whole {
             self.store.lock_projection(&mut tx, name).await?;
         }
-        // Under the locks, so a swap of rows folded under another policy cannot slip in
-        // between the check and the commit.
+        // Under the locks, so a swap of rows folded under another policy, or built from
+        // another log, cannot slip in between the check and the commit. (A projector that
+        // started on an empty log records the log here, at its first commit.)
         crate::policy::check_or_record(&mut tx, &self.policies).await?;
+        if let Some(first) = &first_event {
+            crate::origin::check_in(&mut tx, &self.names(), first).await?;
+        }
         let now = now_text();
         let mut stamped = Vec::with_capacity(kept.len());
         for ((projection, mark), kept) in self.projections.iter().zip(marks).zip(kept.iter_mut()) {

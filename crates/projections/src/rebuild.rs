@@ -237,7 +237,7 @@ pub async fn rebuild<P: Projection + Clone>(
     on_progress: &(dyn Fn(u64, u64) + Send + Sync),
 ) -> Result<u64, ProjectionError> {
     let names: Vec<&'static str> = projections.iter().map(Projection::name).collect();
-    let (shadow, _) = match open_shadow(claim, live, &projections).await {
+    let (shadow, _) = match open_shadow(claim, live, &projections, log).await {
         Ok(opened) => opened,
         Err(e) => {
             mark_failed(live, &names, &e).await;
@@ -362,6 +362,7 @@ pub async fn open_shadow<P: Projection>(
     claim: &RebuildClaim,
     live: &ReadStore,
     projections: &[P],
+    log: &EventLog,
 ) -> Result<(ReadStore, ShadowStart), ProjectionError> {
     let names: Vec<&'static str> = projections.iter().map(Projection::name).collect();
     let label = match names.as_slice() {
@@ -369,7 +370,15 @@ pub async fn open_shadow<P: Projection>(
         _ => "all",
     };
     let at = claim.live().shadow(label);
-    let fingerprint = fingerprint_of(projections);
+    // The log is part of it: a shadow an interrupted rebuild began on another log (the
+    // stream made again since) is started again, not resumed.
+    let fingerprint = format!(
+        "{}\nlog:{}",
+        fingerprint_of(projections),
+        crate::origin::first_event_id(log)
+            .await?
+            .unwrap_or_default()
+    );
     let shadow = ReadStore::open_at(&at).await?;
     origin_table(&shadow).await?;
     let recorded: Option<(String,)> =
@@ -394,7 +403,7 @@ pub async fn open_shadow<P: Projection>(
             tracing::info!(
                 projections = ?names,
                 shadow = %at,
-                "an interrupted rebuild's shadow was begun under another policy or version; starting it again"
+                "an interrupted rebuild's shadow was begun under another policy, version or log; starting it again"
             );
             shadow.pool().close().await;
             remove_shadow(live, &at).await?;

@@ -59,7 +59,8 @@ pub async fn statuses(store: &ReadStore, log: &EventLog) -> Result<Vec<Status>, 
     let rows = store.checkpoint_rows().await?;
     let head = log.head().await?;
     let origins = crate::origin::recorded(store).await?;
-    let first_event = crate::origin::first_event_id(log).await?;
+    // An undecodable first event leaves the check out rather than the whole status.
+    let first_event = crate::origin::first_event_id(log).await.ok().flatten();
     let now = OffsetDateTime::now_utc();
     let mut out = Vec::with_capacity(ALL.len());
     for name in ALL {
