@@ -50,21 +50,31 @@ pub(crate) async fn check_in(
     first: &str,
 ) -> Result<(), ProjectionError> {
     for name in names {
-        // Two processes of a partitioned group may both find no record: the first insert
-        // wins, and the other compares with it.
-        sqlx::query(
-            "INSERT INTO projection_logs (name, first_event_id) VALUES ($1, $2) \
-             ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(*name)
-        .bind(first)
-        .execute(&mut *conn)
-        .await?;
-        let (recorded,): (String,) =
-            sqlx::query_as("SELECT first_event_id FROM projection_logs WHERE name = $1")
+        let read = async |conn: &mut AnyConnection| -> Result<Option<String>, ProjectionError> {
+            let row: Option<(String,)> =
+                sqlx::query_as("SELECT first_event_id FROM projection_logs WHERE name = $1")
+                    .bind(*name)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            Ok(row.map(|(id,)| id))
+        };
+        // One read in every commit; the insert only the first time. Two processes of a
+        // partitioned group may both find no record: the first insert wins, and the
+        // other compares with it.
+        let recorded = match read(conn).await? {
+            Some(recorded) => recorded,
+            None => {
+                sqlx::query(
+                    "INSERT INTO projection_logs (name, first_event_id) VALUES ($1, $2) \
+                     ON CONFLICT (name) DO NOTHING",
+                )
                 .bind(*name)
-                .fetch_one(&mut *conn)
+                .bind(first)
+                .execute(&mut *conn)
                 .await?;
+                read(conn).await?.unwrap_or_else(|| first.to_owned())
+            }
+        };
         if recorded != first {
             return Err(ProjectionError::OtherLog {
                 projection: (*name).to_owned(),
