@@ -22,6 +22,20 @@ crm_e2e::on_both_stores!(
     two_projectors_of_one_projection_on_one_store_equal_one,
 );
 
+/// The status `crm status` shows for projection `name` of `store` over `log`.
+async fn status_of(
+    store: &ReadStore,
+    log: &crm_log::EventLog,
+    name: &str,
+) -> crm_projections::status::Status {
+    crm_projections::status::statuses(store, log)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == name)
+        .expect("the projection is listed")
+}
+
 async fn generate(app: &App, customers: usize) {
     for i in 0..customers {
         let c = Uuid::now_v7();
@@ -361,16 +375,10 @@ async fn a_read_store_built_from_another_log_is_refused_until_rebuilt() {
         first_head,
         "nothing written"
     );
-    let state = |statuses: &[crm_projections::status::Status]| {
-        statuses
-            .iter()
-            .find(|s| s.name == "lifecycle")
-            .map(|s| s.state)
-    };
-    let statuses = crm_projections::status::statuses(&store, &app.parts.log)
-        .await
-        .unwrap();
-    assert_eq!(state(&statuses), Some("other_log"));
+    assert_eq!(
+        status_of(&store, &app.parts.log, "lifecycle").await.state,
+        "other_log"
+    );
 
     crm_projections::rebuild::rebuild_by_name(
         &crm_projections::rebuild::RebuildClaim::take(&store)
@@ -386,10 +394,10 @@ async fn a_read_store_built_from_another_log_is_refused_until_rebuilt() {
     .await
     .unwrap();
     on(&app, &store).run_until(head).await.unwrap();
-    let statuses = crm_projections::status::statuses(&store, &app.parts.log)
-        .await
-        .unwrap();
-    assert_eq!(state(&statuses), Some("live"));
+    assert_eq!(
+        status_of(&store, &app.parts.log, "lifecycle").await.state,
+        "live"
+    );
     let fresh = other.open_store("fresh.sqlite").await;
     on(&app, &fresh).run_until(head).await.unwrap();
     assert_eq!(
@@ -450,13 +458,7 @@ async fn a_read_store_ahead_of_the_log_is_refused_not_followed() {
         head,
         "nothing written"
     );
-    let statuses = crm_projections::status::statuses(&store, &app.parts.log)
-        .await
-        .unwrap();
-    let lifecycle_status = statuses
-        .iter()
-        .find(|s| s.name == "lifecycle")
-        .expect("lifecycle listed");
+    let lifecycle_status = status_of(&store, &app.parts.log, "lifecycle").await;
     assert_eq!(lifecycle_status.state, "ahead_of_log");
 
     // A failed rebuild is shown as the rebuild's state; it does not hide that the live
@@ -468,13 +470,7 @@ async fn a_read_store_ahead_of_the_log_is_refused_not_followed() {
     .execute(store.pool())
     .await
     .unwrap();
-    let statuses = crm_projections::status::statuses(&store, &app.parts.log)
-        .await
-        .unwrap();
-    let lifecycle_status = statuses
-        .iter()
-        .find(|s| s.name == "lifecycle")
-        .expect("lifecycle listed");
+    let lifecycle_status = status_of(&store, &app.parts.log, "lifecycle").await;
     assert_eq!(lifecycle_status.state, "ahead_of_log");
     assert_eq!(
         lifecycle_status
@@ -483,12 +479,9 @@ async fn a_read_store_ahead_of_the_log_is_refused_not_followed() {
             .map(|r| r["state"].clone()),
         Some(serde_json::json!("failed"))
     );
-    let trust_status = statuses
-        .iter()
-        .find(|s| s.name == "trust")
-        .expect("trust listed");
     assert_eq!(
-        trust_status.state, "never_ran",
+        status_of(&store, &app.parts.log, "trust").await.state,
+        "never_ran",
         "a failed rebuild elsewhere"
     );
     app.stop().await;

@@ -203,17 +203,18 @@ async fn get(dev: &Dev, path: &str) -> (u16, Value) {
     )
 }
 
+/// `crm dev` on `data_dir`, with one customer registered through its API.
+async fn dev_with_a_customer(data_dir: &std::path::Path, name: &str) -> (Dev, Uuid) {
+    let dev = start_dev(data_dir);
+    let c = Uuid::now_v7();
+    post(&dev, c, json!({"type": "register_customer", "name": name})).await;
+    (dev, c)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crm_dev_quickstart_and_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mut dev = start_dev(dir.path());
-    let c = Uuid::now_v7();
-    post(
-        &dev,
-        c,
-        json!({"type": "register_customer", "name": "Acme"}),
-    )
-    .await;
+    let (mut dev, c) = dev_with_a_customer(dir.path(), "Acme").await;
     post(
         &dev,
         c,
@@ -309,14 +310,7 @@ async fn crm_dev_quickstart_and_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crm_dev_after_a_sigkill_stops_the_server_it_left_and_starts() {
     let dir = tempfile::tempdir().unwrap();
-    let mut dev = start_dev(dir.path());
-    let c = Uuid::now_v7();
-    post(
-        &dev,
-        c,
-        json!({"type": "register_customer", "name": "Left"}),
-    )
-    .await;
+    let (mut dev, c) = dev_with_a_customer(dir.path(), "Left").await;
     rustix::process::kill_process(pid(&dev.child), rustix::process::Signal::KILL).unwrap();
     let _ = dev.child.wait();
     let left = dev.nats.trim_start_matches("nats://").to_owned();
@@ -496,15 +490,18 @@ async fn the_scheduler_signs_chain_head_checkpoints() {
 #[tokio::test]
 async fn read_only_tools_refuse_a_server_without_the_stream() {
     let env = crm_e2e::Env::new().await;
-    // Runs `crm <args>` against the test's server and store; it must fail, with `expected`
-    // in its message.
-    let refused = |args: &[&str], expected: &str| {
-        let out = Command::new(env!("CARGO_BIN_EXE_crm"))
+    // Runs `crm <args>` against the test's server and store.
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_crm"))
             .args(args)
             .env("CRM_NATS__URL", env.nats.url())
             .envs(env.store_env("views.sqlite"))
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    // It must fail, with `expected` in its message.
+    let refused = |args: &[&str], expected: &str| {
+        let out = run(args);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} succeeded: {stderr}");
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
@@ -541,40 +538,26 @@ async fn read_only_tools_refuse_a_server_without_the_stream() {
     );
     // A view as of a point in time goes into its own file and needs no live store: none
     // is made.
-    let out = Command::new(env!("CARGO_BIN_EXE_crm"))
-        .args(["replay", "lifecycle", "--as-of", "0", "--into"])
-        .arg(env.path("q1.sqlite"))
-        .env("CRM_NATS__URL", env.nats.url())
-        .envs(env.store_env("views.sqlite"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // It must succeed; its stdout.
+    let succeeds = |args: &[&str]| {
+        let out = run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let q1 = env.path("q1.sqlite").display().to_string();
+    succeeds(&["replay", "lifecycle", "--as-of", "0", "--into", &q1]);
     assert!(env.path("q1.sqlite").exists());
     assert!(
         !env.path("views.sqlite").exists(),
         "an as-of replay created the live store"
     );
     // A first replay into a store that is not there yet says so with `--create`.
-    let out = Command::new(env!("CARGO_BIN_EXE_crm"))
-        .args(["replay", "lifecycle", "--create"])
-        .env("CRM_NATS__URL", env.nats.url())
-        .envs(env.store_env("views.sqlite"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("lifecycle: rebuilt to sequence"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = succeeds(&["replay", "lifecycle", "--create"]);
+    assert!(out.contains("lifecycle: rebuilt to sequence"), "{out}");
     assert!(env.path("views.sqlite").exists());
 }
 
