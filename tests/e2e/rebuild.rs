@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crm_cli::demo::{self, DemoArgs};
 use crm_e2e::{App, Db, Env, KEY};
+use crm_projections::audit::AuditProjection;
 use crm_projections::lifecycle::LifecycleProjection;
 use crm_projections::rebuild;
 use crm_projections::trust::TrustProjection;
@@ -33,6 +34,7 @@ crm_e2e::on_both_stores!(
     a_policy_change_rebuilds_under_the_new_policy_and_interrupted_rebuilds_resume_only_under_it,
     as_of_a_sequence_equals_the_live_view_at_that_sequence_and_http_rebuilds,
     a_live_projector_stops_rather_than_fold_under_another_policy_than_its_views,
+    a_rebuild_builds_the_audit_lookups_once_at_the_end_even_after_an_interruption,
 );
 
 async fn rebuild_all_while_writing_and_reading(db: Db) {
@@ -544,4 +546,86 @@ async fn a_live_projector_stops_rather_than_fold_under_another_policy_than_its_v
     // Under the views' policy it goes on.
     projector(&generous).run_until(8).await.unwrap();
     assert_eq!(store.checkpoint("trust").await.unwrap(), 8);
+}
+
+/// The secondary indexes of `audit_index` in `store`, by name.
+async fn audit_lookups(store: &ReadStore) -> Vec<String> {
+    let sql = match store.dialect() {
+        crm_projections::store::Dialect::Sqlite => {
+            "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'audit_index' \
+             AND sql IS NOT NULL ORDER BY name"
+        }
+        crm_projections::store::Dialect::Postgres => {
+            "SELECT indexname::text FROM pg_indexes WHERE schemaname = current_schema() \
+             AND tablename = 'audit_index' AND indexname <> 'audit_index_pkey' ORDER BY indexname"
+        }
+    };
+    let rows: Vec<(String,)> = sqlx::query_as(sql).fetch_all(store.pool()).await.unwrap();
+    rows.into_iter().map(|(n,)| n).collect()
+}
+
+async fn audit_rows(store: &ReadStore) -> Vec<(i64, String, String, String, i64, i64)> {
+    sqlx::query_as(
+        "SELECT sequence, customer_id, event_type, actor, occurred_us, recorded_us \
+         FROM audit_index ORDER BY sequence",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+}
+
+async fn a_rebuild_builds_the_audit_lookups_once_at_the_end_even_after_an_interruption(db: Db) {
+    let env = Env::on(db).await;
+    let app = App::start(&env).await;
+    let ids = seed(&app, 6).await;
+    app.settle().await;
+    let lookups = audit_lookups(&app.parts.store).await;
+    assert_eq!(
+        lookups,
+        [
+            "audit_actor",
+            "audit_customer",
+            "audit_occurred",
+            "audit_recorded",
+            "audit_type"
+        ]
+    );
+    let live_rows = audit_rows(&app.parts.store).await;
+    let head = app.parts.log.head().await.unwrap();
+    assert_eq!(live_rows.len() as u64, head);
+
+    // A fresh shadow inserts its rows without the auditors' lookups; a rebuild killed
+    // half-way leaves them dropped, their definitions kept in the shadow.
+    let claim = rebuild::RebuildClaim::take(&app.parts.store).await.unwrap();
+    let (shadow, start) = interrupted_rebuild(&app, &claim, AuditProjection, head).await;
+    assert_eq!(start, rebuild::ShadowStart::Fresh);
+    let half = shadow.checkpoint("audit").await.unwrap();
+    assert!(half > 0 && half < head);
+    assert!(audit_lookups(&shadow).await.is_empty());
+    let (waiting,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM rebuild_deferred_indexes")
+        .fetch_one(shadow.pool())
+        .await
+        .unwrap();
+    assert_eq!(waiting, 5);
+    shadow.pool().close().await;
+
+    // The next rebuild resumes without them, builds them before the swap, and the live
+    // store ends with the same rows and every lookup, which the auditors' queries use.
+    let policy = Arc::new(crm_projections::policy::default_policy());
+    let done = rebuild_under(&app, &claim, "audit", policy, 10).await;
+    assert_eq!(done, [("audit".to_owned(), head)]);
+    assert_eq!(audit_lookups(&app.parts.store).await, lookups);
+    assert_eq!(audit_rows(&app.parts.store).await, live_rows);
+    let (s, page) = app
+        .get(&format!("/v1/audit/events?customer_id={}", ids[0]))
+        .await;
+    assert_eq!(s, 200, "{page}");
+    let listed = page["events"].as_array().unwrap();
+    let expected = live_rows
+        .iter()
+        .filter(|r| r.1 == ids[0].to_string())
+        .count();
+    assert!(expected > 0);
+    assert_eq!(listed.len(), expected, "{page}");
+    app.stop().await;
 }

@@ -87,6 +87,16 @@ impl Projection for AnyProjection {
         }
     }
 
+    fn bulk_indexes(&self) -> &'static [&'static str] {
+        match self {
+            Self::Audit(p) => p.bulk_indexes(),
+            Self::Lifecycle(p) => p.bulk_indexes(),
+            Self::Trust(p) => p.bulk_indexes(),
+            Self::Health(p) => p.bulk_indexes(),
+            Self::Renewals(p) => p.bulk_indexes(),
+        }
+    }
+
     fn fingerprint(&self) -> String {
         match self {
             Self::Audit(p) => p.fingerprint(),

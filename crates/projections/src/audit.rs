@@ -34,6 +34,17 @@ impl Projection for AuditProjection {
         &["audit_index", "chain_heads"]
     }
 
+    fn bulk_indexes(&self) -> &'static [&'static str] {
+        // Auditors' lookups; the index itself only inserts by sequence.
+        &[
+            "audit_customer",
+            "audit_type",
+            "audit_actor",
+            "audit_occurred",
+            "audit_recorded",
+        ]
+    }
+
     fn decodes_events(&self) -> bool {
         false
     }

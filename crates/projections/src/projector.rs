@@ -39,6 +39,15 @@ pub trait Projection: Send + Sync + 'static {
         format!("{} {}", self.name(), env!("CARGO_PKG_VERSION"))
     }
 
+    /// Secondary indexes on this projection's tables that `apply_batch` never reads
+    /// through (it only inserts, or looks rows up by their primary key). A rebuild into a
+    /// fresh shadow copy drops them and builds each once, by sorting, before the swap,
+    /// instead of inserting into them row by row: an index on a random key rewrites most
+    /// of its pages in every batch.
+    fn bulk_indexes(&self) -> &'static [&'static str] {
+        &[]
+    }
+
     /// Whether `apply_batch` reads the domain events (`StoredEvent::event`) rather than
     /// only the envelopes: the projector then decodes them ahead, off the commit path.
     fn decodes_events(&self) -> bool {
@@ -310,6 +319,15 @@ impl<P: Projection> Projector<P> {
         self.projections
             .iter()
             .flat_map(|p| p.tables().iter().copied())
+            .collect()
+    }
+
+    /// The secondary indexes of its projections that a fresh rebuild builds last
+    /// ([`Projection::bulk_indexes`]).
+    pub fn bulk_indexes(&self) -> Vec<&'static str> {
+        self.projections
+            .iter()
+            .flat_map(|p| p.bulk_indexes().iter().copied())
             .collect()
     }
 

@@ -274,6 +274,7 @@ pub async fn rebuild<P: Projection + Clone>(
                 let done = shadow.min_checkpoint(&names).await?;
                 progress_all(live, &names, "rebuilding", done, target).await?;
             }
+            build_deferred_indexes(&shadow).await?;
             if let Some(at) = swap(&projector, &shadow, live).await? {
                 return Ok(at);
             }
@@ -417,6 +418,13 @@ pub async fn open_shadow<P: Projection>(
         }
         ShadowStart::Fresh => shadow,
     };
+    if !matches!(start, ShadowStart::Resumed { .. }) {
+        let bulk: Vec<&'static str> = projections
+            .iter()
+            .flat_map(|p| p.bulk_indexes().iter().copied())
+            .collect();
+        defer_indexes(&shadow, &bulk).await?;
+    }
     sqlx::query(
         "INSERT INTO rebuild_origin (id, fingerprint) VALUES (1, $1) \
          ON CONFLICT (id) DO UPDATE SET fingerprint = excluded.fingerprint",
@@ -427,12 +435,92 @@ pub async fn open_shadow<P: Projection>(
     Ok((shadow, start))
 }
 
-/// Makes the table a shadow records its fingerprint in. Only shadows hold it, so it is
-/// made here rather than by a migration of every store.
+/// In a fresh shadow: drops `indexes` (each projection's [`Projection::bulk_indexes`]),
+/// keeping their definitions in the shadow, so the first pass inserts rows without them
+/// and [`build_deferred_indexes`] builds each once before the swap. One transaction: an
+/// interrupted rebuild resumes with the indexes either all kept or all recorded.
+async fn defer_indexes(
+    shadow: &ReadStore,
+    indexes: &[&'static str],
+) -> Result<(), ProjectionError> {
+    if indexes.is_empty() {
+        return Ok(());
+    }
+    let mut tx = shadow.pool().begin().await?;
+    let definition_of = match shadow.dialect() {
+        Dialect::Sqlite => "SELECT sql FROM sqlite_master WHERE type = 'index' AND name = $1",
+        Dialect::Postgres => {
+            "SELECT indexdef FROM pg_indexes WHERE schemaname = current_schema() AND indexname = $1"
+        }
+    };
+    for name in indexes {
+        let definition: Option<(String,)> = sqlx::query_as(definition_of)
+            .bind(*name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((definition,)) = definition else {
+            continue;
+        };
+        sqlx::query(
+            "INSERT INTO rebuild_deferred_indexes (name, definition) VALUES ($1, $2) \
+             ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(*name)
+        .bind(&definition)
+        .execute(&mut *tx)
+        .await?;
+        // Index names are constants of the projections, never input.
+        sqlx::query(sqlx::AssertSqlSafe(format!("DROP INDEX {name}")))
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Builds the indexes [`defer_indexes`] dropped from the shadow, as they were defined, in
+/// one transaction (nothing to do if none are waiting).
+async fn build_deferred_indexes(shadow: &ReadStore) -> Result<(), ProjectionError> {
+    let waiting: Vec<(String, String)> =
+        sqlx::query_as("SELECT name, definition FROM rebuild_deferred_indexes ORDER BY name")
+            .fetch_all(shadow.pool())
+            .await?;
+    if waiting.is_empty() {
+        return Ok(());
+    }
+    let started = std::time::Instant::now();
+    let mut tx = shadow.pool().begin().await?;
+    for (name, definition) in &waiting {
+        // The definition was read from the shadow's own catalogue.
+        sqlx::query(sqlx::AssertSqlSafe(definition.clone()))
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM rebuild_deferred_indexes WHERE name = $1")
+            .bind(name)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    tracing::info!(
+        indexes = ?waiting.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(),
+        secs = started.elapsed().as_secs_f64(),
+        "built the shadow's deferred indexes"
+    );
+    Ok(())
+}
+
+/// Makes the tables a shadow records its fingerprint and its deferred indexes in. Only
+/// shadows hold them, so they are made here rather than by a migration of every store.
 async fn origin_table(shadow: &ReadStore) -> Result<(), ProjectionError> {
     sqlx::query(
         "CREATE TABLE IF NOT EXISTS rebuild_origin \
          (id INTEGER PRIMARY KEY CHECK (id = 1), fingerprint TEXT NOT NULL)",
+    )
+    .execute(shadow.pool())
+    .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS rebuild_deferred_indexes \
+         (name TEXT PRIMARY KEY, definition TEXT NOT NULL)",
     )
     .execute(shadow.pool())
     .await?;
