@@ -172,3 +172,78 @@ async fn a_key_stored_by_another_process_replays_even_on_the_last_attempt() {
         .collect();
     assert_eq!(signed.len(), 1);
 }
+
+/// A long-lived customer's keys: the cache keeps the latest in full and a digest of each
+/// older one, and a retry of the oldest key still gets its original receipt (from the
+/// customer's history in the log), or a refusal if it names another command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_oldest_key_of_a_long_lived_customer_still_replays() {
+    let env = Env::new().await;
+    let log = env.log().await;
+    let customers = crm_log::Customers::new(log.clone(), 100, 8);
+    let c = crm_domain::CustomerId::new(Uuid::now_v7());
+    let cmd =
+        |body: serde_json::Value| -> crm_domain::Command { serde_json::from_value(body).unwrap() };
+    let call = |i: usize| {
+        cmd(
+            serde_json::json!({"type": "log_intervention", "action": "call", "note": format!("call {i}")}),
+        )
+    };
+    let keyed = |key: &str| {
+        let mut opts = crm_log::SubmitOptions::now("tester");
+        opts.meta.idempotency_key = Some(key.into());
+        opts
+    };
+    customers
+        .submit(
+            c,
+            &cmd(register("Long")),
+            &crm_log::SubmitOptions::now("tester"),
+        )
+        .await
+        .unwrap();
+    let total = crm_log::RECENT_KEYS + 36;
+    let mut receipts = Vec::new();
+    for i in 0..total {
+        let done = customers
+            .submit(c, &call(i), &keyed(&format!("call-{i}")))
+            .await
+            .unwrap();
+        assert!(!done.replayed);
+        receipts.push(done.receipt);
+    }
+    assert_eq!(
+        customers.cached_keys(&c).await,
+        Some((crm_log::RECENT_KEYS, 36))
+    );
+
+    // The oldest key, the newest, and one just past the kept ones.
+    for i in [0, 35, 36, total - 1] {
+        let again = customers
+            .submit(c, &call(i), &keyed(&format!("call-{i}")))
+            .await
+            .unwrap();
+        assert!(again.replayed, "call-{i}");
+        assert_eq!(again.receipt, receipts[i], "call-{i}");
+    }
+    let reused = customers
+        .submit(c, &call(999), &keyed("call-0"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(reused, crm_log::SubmitError::IdempotencyKeyReused { .. }),
+        "{reused:?}"
+    );
+    // A new key is a new event.
+    let new = customers
+        .submit(c, &call(total), &keyed("call-new"))
+        .await
+        .unwrap();
+    assert!(!new.replayed);
+    assert_eq!(new.receipt.version, total as u64 + 2);
+    assert_eq!(read_all(&log).await.len(), total + 2);
+    assert_eq!(
+        customers.cached_keys(&c).await,
+        Some((crm_log::RECENT_KEYS, 37))
+    );
+}

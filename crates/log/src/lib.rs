@@ -33,5 +33,5 @@ pub use connect::{NatsConfig, connect};
 pub use envelope::{Envelope, Metadata};
 pub use error::LogError;
 pub use log::{EventLog, StoredEvent};
-pub use repository::{Customers, Receipt, SubmitError, SubmitOptions, Submitted};
+pub use repository::{Customers, RECENT_KEYS, Receipt, SubmitError, SubmitOptions, Submitted};
 pub use stream::StreamSettings;

@@ -8,11 +8,14 @@
 //! per-customer lock (the cache slot, never evicted while held), so they never conflict
 //! with each other.
 //!
-//! Idempotency keys are recorded in the events themselves, so the folded state knows every
-//! key ever used for the customer: a retry returns the original receipt days later, after a
-//! restart, and long after JetStream's duplicate window has closed.
+//! Idempotency keys are recorded in the events themselves, so a retry returns the original
+//! receipt days later, after a restart, and long after JetStream's duplicate window has
+//! closed. A cached customer keeps the receipts of its latest [`RECENT_KEYS`] keys and only
+//! a 64-bit digest of each older one, so its memory does not grow with a receipt per
+//! event: a key whose digest matches is looked up in the customer's history in the log.
 
-use std::collections::HashMap;
+use std::collections::{HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
@@ -100,7 +103,56 @@ pub struct Loaded {
     pub state: CustomerState,
     pub last_sequence: u64,
     pub last_hash: String,
-    receipts: HashMap<String, KeyUse>,
+    receipts: Receipts,
+}
+
+/// Keys whose first use a cached customer keeps in full: a retry of one of them is answered
+/// from memory. An older key is answered from the customer's history in the log.
+pub const RECENT_KEYS: usize = 64;
+
+/// The idempotency keys a cached customer has used.
+#[derive(Debug, Clone, Default)]
+struct Receipts {
+    /// The latest keys' first uses, oldest first (at most [`RECENT_KEYS`]).
+    recent: VecDeque<(String, KeyUse)>,
+    /// A digest of every older key: no match means the key was never used before.
+    older: HashSet<u64>,
+}
+
+impl Receipts {
+    fn digest(key: &str) -> u64 {
+        // The same in every run of one build: only compared within this process.
+        let mut h = std::hash::DefaultHasher::new();
+        key.hash(&mut h);
+        h.finish()
+    }
+
+    fn insert(&mut self, key: &str, used: KeyUse) {
+        if let Some(at) = self.recent.iter().position(|(k, _)| k == key) {
+            self.recent.remove(at);
+        }
+        self.recent.push_back((key.to_owned(), used));
+        if self.recent.len() > RECENT_KEYS
+            && let Some((old, _)) = self.recent.pop_front()
+        {
+            self.older.insert(Self::digest(&old));
+        }
+    }
+
+    /// The key's first use if it is one of the latest keys.
+    fn recent(&self, key: &str) -> Option<&KeyUse> {
+        self.recent.iter().find(|(k, _)| k == key).map(|(_, u)| u)
+    }
+
+    /// Whether the key may be an older one (its digest matches one).
+    fn maybe_older(&self, key: &str) -> bool {
+        !self.older.is_empty() && self.older.contains(&Self::digest(key))
+    }
+
+    /// How many keys are kept in full, and as digests.
+    fn kept(&self) -> (usize, usize) {
+        (self.recent.len(), self.older.len())
+    }
 }
 
 /// What an idempotency key was first used for.
@@ -195,15 +247,21 @@ impl Loaded {
         self.last_sequence = stored.sequence;
         self.last_hash = env.hash.clone();
         if let Some(key) = &env.idempotency_key {
-            self.receipts.insert(
-                key.clone(),
-                KeyUse {
-                    receipt: receipt(stored),
-                    request_hash: env.request_hash.clone(),
-                },
-            );
+            self.receipts.insert(key, key_use(stored));
         }
         Ok(())
+    }
+
+    /// How many idempotency keys this state keeps in full, and as digests.
+    pub fn keys_kept(&self) -> (usize, usize) {
+        self.receipts.kept()
+    }
+}
+
+fn key_use(stored: &StoredEvent) -> KeyUse {
+    KeyUse {
+        receipt: receipt(stored),
+        request_hash: stored.envelope.request_hash.clone(),
     }
 }
 
@@ -365,7 +423,7 @@ impl Customers {
                 state: loaded.state.clone(),
                 last_sequence: loaded.last_sequence,
                 last_hash: loaded.last_hash.clone(),
-                receipts: HashMap::new(),
+                receipts: Receipts::default(),
             }));
         }
         // A customer the log does not know (a reader's typo, a probe) takes no place in
@@ -376,6 +434,14 @@ impl Customers {
         Ok(None)
     }
 
+    /// How many idempotency keys the cache keeps for the customer: in full (the latest
+    /// [`RECENT_KEYS`]) and as digests. `None` when the customer is not cached.
+    pub async fn cached_keys(&self, id: &CustomerId) -> Option<(usize, usize)> {
+        let slot = self.slots.peek(id)?;
+        let guard = slot.lock().await;
+        guard.as_ref().map(Loaded::keys_kept)
+    }
+
     /// The last stream sequence this process knows for the customer, without I/O of its
     /// own: while a command of the customer is being decided or appended it waits for
     /// that one (so the answer includes it). `None` for a customer this process does not
@@ -384,6 +450,29 @@ impl Customers {
         let slot = self.slots.peek(id)?;
         let guard = slot.lock().await;
         guard.as_ref().map(|l| l.last_sequence)
+    }
+
+    /// What `key` was first used for by the customer as far as `loaded` goes: from memory
+    /// for one of its latest keys, from its history in the log for an older one.
+    async fn first_use(
+        &self,
+        id: &CustomerId,
+        loaded: &Loaded,
+        key: &str,
+    ) -> Result<Option<KeyUse>, LogError> {
+        if let Some(used) = loaded.receipts.recent(key) {
+            return Ok(Some(used.clone()));
+        }
+        if !loaded.receipts.maybe_older(key) {
+            return Ok(None);
+        }
+        // A retry of an older key (or, rarely, another key with the same digest).
+        let history = self.log.read_customer(id, 0).await?;
+        Ok(history
+            .iter()
+            .filter(|e| e.sequence <= loaded.last_sequence)
+            .rfind(|e| e.envelope.idempotency_key.as_deref() == Some(key))
+            .map(key_use))
     }
 
     /// Decides `command` against the customer and appends the one event it becomes.
@@ -429,7 +518,7 @@ impl Customers {
         let mut attempts = 0;
         loop {
             if let Some(key) = &opts.meta.idempotency_key
-                && let Some(first) = loaded.receipts.get(key)
+                && let Some(first) = self.first_use(&id, loaded, key).await?
             {
                 if !first.is_retry_of(command.event_type(), request_hash.as_deref()) {
                     return Err(SubmitError::IdempotencyKeyReused {
@@ -525,11 +614,9 @@ impl Customers {
                     // attempts. Otherwise the attempts are bounded with `If-Match` too: a
                     // catch-up that finds nothing new (a read served by a replica that is
                     // behind) would otherwise conflict again forever.
-                    let receipt_known = opts
-                        .meta
-                        .idempotency_key
-                        .as_ref()
-                        .is_some_and(|key| loaded.receipts.contains_key(key));
+                    let receipt_known = opts.meta.idempotency_key.as_ref().is_some_and(|key| {
+                        loaded.receipts.recent(key).is_some() || loaded.receipts.maybe_older(key)
+                    });
                     if !receipt_known && attempts >= self.max_attempts {
                         return Err(SubmitError::Contention { attempts });
                     }
