@@ -11,10 +11,11 @@
 //! Idempotency keys are recorded in the events themselves, so a retry returns the original
 //! receipt days later, after a restart, and long after JetStream's duplicate window has
 //! closed. A cached customer keeps the receipts of its latest [`RECENT_KEYS`] keys and only
-//! a 64-bit digest of each older one, so its memory does not grow with a receipt per
-//! event: a key whose digest matches is looked up in the customer's history in the log.
+//! a 64-bit digest of each older one with the sequence of its event, so its memory does
+//! not grow with a receipt per event: a key whose digest matches is read back from that
+//! event.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
@@ -106,17 +107,19 @@ pub struct Loaded {
     receipts: Receipts,
 }
 
-/// Keys whose first use a cached customer keeps in full: a retry of one of them is answered
-/// from memory. An older key is answered from the customer's history in the log.
+/// Keys whose use a cached customer keeps in full: a retry of one of them is answered from
+/// memory. An older key is answered from its event, read back from the log.
 pub const RECENT_KEYS: usize = 64;
 
-/// The idempotency keys a cached customer has used.
+/// The idempotency keys a cached customer has used. (A key is used by one event; should
+/// the history hold it twice, the later event counts, as it always has.)
 #[derive(Debug, Clone, Default)]
 struct Receipts {
-    /// The latest keys' first uses, oldest first (at most [`RECENT_KEYS`]).
+    /// The latest keys' uses, oldest first (at most [`RECENT_KEYS`]).
     recent: VecDeque<(String, KeyUse)>,
-    /// A digest of every older key: no match means the key was never used before.
-    older: HashSet<u64>,
+    /// Every older key's digest, with the stream sequence of the event that used it: no
+    /// match means the key was never used before.
+    older: HashMap<u64, u64>,
 }
 
 impl Receipts {
@@ -133,9 +136,10 @@ impl Receipts {
         }
         self.recent.push_back((key.to_owned(), used));
         if self.recent.len() > RECENT_KEYS
-            && let Some((old, _)) = self.recent.pop_front()
+            && let Some((old, used)) = self.recent.pop_front()
         {
-            self.older.insert(Self::digest(&old));
+            self.older
+                .insert(Self::digest(&old), used.receipt.stream_sequence);
         }
     }
 
@@ -144,9 +148,13 @@ impl Receipts {
         self.recent.iter().find(|(k, _)| k == key).map(|(_, u)| u)
     }
 
-    /// Whether the key may be an older one (its digest matches one).
-    fn maybe_older(&self, key: &str) -> bool {
-        !self.older.is_empty() && self.older.contains(&Self::digest(key))
+    /// The sequence of the event that may have used the key, if it may be an older one (its
+    /// digest matches one).
+    fn maybe_older(&self, key: &str) -> Option<u64> {
+        if self.older.is_empty() {
+            return None;
+        }
+        self.older.get(&Self::digest(key)).copied()
     }
 
     /// How many keys are kept in full, and as digests.
@@ -452,8 +460,8 @@ impl Customers {
         guard.as_ref().map(|l| l.last_sequence)
     }
 
-    /// What `key` was first used for by the customer as far as `loaded` goes: from memory
-    /// for one of its latest keys, from its history in the log for an older one.
+    /// What `key` was used for by the customer as far as `loaded` goes: from memory for one
+    /// of its latest keys, from its event in the log for an older one.
     async fn first_use(
         &self,
         id: &CustomerId,
@@ -463,16 +471,23 @@ impl Customers {
         if let Some(used) = loaded.receipts.recent(key) {
             return Ok(Some(used.clone()));
         }
-        if !loaded.receipts.maybe_older(key) {
+        let Some(sequence) = loaded.receipts.maybe_older(key) else {
             return Ok(None);
-        }
-        // A retry of an older key (or, rarely, another key with the same digest).
-        let history = self.log.read_customer(id, 0).await?;
-        Ok(history
-            .iter()
-            .filter(|e| e.sequence <= loaded.last_sequence)
-            .rfind(|e| e.envelope.idempotency_key.as_deref() == Some(key))
-            .map(key_use))
+        };
+        // A retry of an older key, or, rarely, another key with the same digest: the event
+        // says which. It was folded into this state, so the log holds it (confirmed with
+        // the leader: a follower that is behind would answer "not found").
+        let Some(stored) = self.log.get_confirmed(sequence).await? else {
+            return Err(LogError::Decode {
+                sequence,
+                reason: format!(
+                    "the event that used an idempotency key of customer {id} is missing from the log"
+                ),
+            });
+        };
+        Ok((stored.envelope.customer_id == *id
+            && stored.envelope.idempotency_key.as_deref() == Some(key))
+        .then(|| key_use(&stored)))
     }
 
     /// Decides `command` against the customer and appends the one event it becomes.
@@ -614,9 +629,10 @@ impl Customers {
                     // attempts. Otherwise the attempts are bounded with `If-Match` too: a
                     // catch-up that finds nothing new (a read served by a replica that is
                     // behind) would otherwise conflict again forever.
-                    let receipt_known = opts.meta.idempotency_key.as_ref().is_some_and(|key| {
-                        loaded.receipts.recent(key).is_some() || loaded.receipts.maybe_older(key)
-                    });
+                    let receipt_known = match &opts.meta.idempotency_key {
+                        Some(key) => self.first_use(&id, loaded, key).await?.is_some(),
+                        None => false,
+                    };
                     if !receipt_known && attempts >= self.max_attempts {
                         return Err(SubmitError::Contention { attempts });
                     }

@@ -322,15 +322,6 @@ impl<P: Projection> Projector<P> {
             .collect()
     }
 
-    /// The secondary indexes of its projections that a fresh rebuild builds last
-    /// ([`Projection::bulk_indexes`]).
-    pub fn bulk_indexes(&self) -> Vec<&'static str> {
-        self.projections
-            .iter()
-            .flat_map(|p| p.bulk_indexes().iter().copied())
-            .collect()
-    }
-
     /// Watches checkpoint and state.
     pub fn status(&self) -> watch::Receiver<ProjectorStatus> {
         self.status.subscribe()

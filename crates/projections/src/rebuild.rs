@@ -274,7 +274,11 @@ pub async fn rebuild<P: Projection + Clone>(
                 let done = shadow.min_checkpoint(&names).await?;
                 progress_all(live, &names, "rebuilding", done, target).await?;
             }
-            build_deferred_indexes(&shadow).await?;
+            if build_deferred_indexes(&shadow).await? {
+                // Events written while the indexes were built: one more round of passes
+                // outside the lock, so the swap's catch-up under it stays short.
+                continue;
+            }
             if let Some(at) = swap(&projector, &shadow, live).await? {
                 return Ok(at);
             }
@@ -478,21 +482,36 @@ async fn defer_indexes(
     Ok(())
 }
 
-/// Builds the indexes [`defer_indexes`] dropped from the shadow, as they were defined, in
-/// one transaction (nothing to do if none are waiting).
-async fn build_deferred_indexes(shadow: &ReadStore) -> Result<(), ProjectionError> {
+/// Builds the indexes [`defer_indexes`] dropped from a SQLite shadow, as they were defined,
+/// in one transaction. Returns whether it built any (none may be waiting).
+///
+/// Only on SQLite, whose swap (`INSERT INTO live SELECT * FROM shadow`) copies a table's
+/// b-trees page by page when both copies have the same indexes. PostgreSQL inserts every
+/// row into the live table's own indexes whatever the shadow has, so a PostgreSQL shadow
+/// never builds them: it is dropped after the swap.
+pub async fn build_deferred_indexes(shadow: &ReadStore) -> Result<bool, ProjectionError> {
+    if shadow.dialect() == Dialect::Postgres {
+        return Ok(false);
+    }
     let waiting: Vec<(String, String)> =
         sqlx::query_as("SELECT name, definition FROM rebuild_deferred_indexes ORDER BY name")
             .fetch_all(shadow.pool())
             .await?;
     if waiting.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
     let started = std::time::Instant::now();
     let mut tx = shadow.pool().begin().await?;
     for (name, definition) in &waiting {
-        // The definition was read from the shadow's own catalogue.
-        sqlx::query(sqlx::AssertSqlSafe(definition.clone()))
+        // The definition was read from the shadow's own catalogue. (Made idempotent, in
+        // case a migration of a later build made the index again.)
+        let definition = match definition.strip_prefix("CREATE INDEX ") {
+            Some(rest) if !rest.starts_with("IF NOT EXISTS") => {
+                format!("CREATE INDEX IF NOT EXISTS {rest}")
+            }
+            _ => definition.clone(),
+        };
+        sqlx::query(sqlx::AssertSqlSafe(definition))
             .execute(&mut *tx)
             .await?;
         sqlx::query("DELETE FROM rebuild_deferred_indexes WHERE name = $1")
@@ -506,7 +525,7 @@ async fn build_deferred_indexes(shadow: &ReadStore) -> Result<(), ProjectionErro
         secs = started.elapsed().as_secs_f64(),
         "built the shadow's deferred indexes"
     );
-    Ok(())
+    Ok(true)
 }
 
 /// Makes the tables a shadow records its fingerprint and its deferred indexes in. Only
