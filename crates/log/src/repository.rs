@@ -143,7 +143,7 @@ impl Receipts {
         }
     }
 
-    /// The key's first use if it is one of the latest keys.
+    /// The key's use if it is one of the latest keys.
     fn recent(&self, key: &str) -> Option<&KeyUse> {
         self.recent.iter().find(|(k, _)| k == key).map(|(_, u)| u)
     }

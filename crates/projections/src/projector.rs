@@ -41,9 +41,9 @@ pub trait Projection: Send + Sync + 'static {
 
     /// Secondary indexes on this projection's tables that `apply_batch` never reads
     /// through (it only inserts, or looks rows up by their primary key). A rebuild into a
-    /// fresh shadow copy drops them and builds each once, by sorting, before the swap,
-    /// instead of inserting into them row by row: an index on a random key rewrites most
-    /// of its pages in every batch.
+    /// fresh shadow copy drops them, so its passes do not insert into them row by row (an
+    /// index on a random key rewrites most of its pages in every batch); a SQLite shadow
+    /// builds each once, by sorting, before the swap (ADR 14).
     fn bulk_indexes(&self) -> &'static [&'static str] {
         &[]
     }
