@@ -651,3 +651,83 @@ async fn a_rebuild_builds_the_audit_lookups_once_at_the_end_even_after_an_interr
     assert_eq!(listed.len(), expected, "{page}");
     app.stop().await;
 }
+
+/// A SQLite shadow is written without syncs, which only a crash of the machine can tear:
+/// a shadow begun in another boot of the machine is started again rather than resumed,
+/// and so is one SQLite cannot read at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_from_another_boot_or_torn_is_started_again() {
+    let env = Env::new().await;
+    let app = App::start(&env).await;
+    seed(&app, 4).await;
+    app.settle().await;
+    let head = app.parts.log.head().await.unwrap();
+    let claim = rebuild::RebuildClaim::take(&app.parts.store).await.unwrap();
+
+    // Same boot: resumed. The fingerprint names the boot.
+    let (shadow, start) = interrupted_rebuild(&app, &claim, AuditProjection, head).await;
+    assert_eq!(start, rebuild::ShadowStart::Fresh);
+    let half = shadow.checkpoint("audit").await.unwrap();
+    assert!(half > 0 && half < head);
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap();
+    let (fingerprint,): (String,) =
+        sqlx::query_as("SELECT fingerprint FROM rebuild_origin WHERE id = 1")
+            .fetch_one(shadow.pool())
+            .await
+            .unwrap();
+    assert!(
+        fingerprint.ends_with(&format!("\nboot:{}", boot.trim())),
+        "{fingerprint}"
+    );
+    shadow.pool().close().await;
+    let (shadow, start) =
+        rebuild::open_shadow(&claim, &app.parts.store, &[AuditProjection], &app.parts.log)
+            .await
+            .unwrap();
+    assert_eq!(start, rebuild::ShadowStart::Resumed { at: half });
+
+    // Begun in another boot: started again.
+    sqlx::query("UPDATE rebuild_origin SET fingerprint = replace(fingerprint, $1, 'boot:0')")
+        .bind(format!("boot:{}", boot.trim()))
+        .execute(shadow.pool())
+        .await
+        .unwrap();
+    shadow.pool().close().await;
+    let (shadow, start) =
+        rebuild::open_shadow(&claim, &app.parts.store, &[AuditProjection], &app.parts.log)
+            .await
+            .unwrap();
+    assert!(
+        matches!(&start, rebuild::ShadowStart::Discarded { fingerprint: Some(f) } if f.ends_with("boot:0")),
+        "{start:?}"
+    );
+    assert_eq!(shadow.checkpoint("audit").await.unwrap(), 0);
+    shadow.pool().close().await;
+
+    // Torn past reading (its header overwritten): started again, and the rebuild that
+    // follows swaps in every row.
+    let (shadow, _) = interrupted_rebuild(&app, &claim, AuditProjection, head).await;
+    shadow.pool().close().await;
+    let crm_projections::store::Location::Sqlite(file) = shadow.location() else {
+        unreachable!("a SQLite store's shadow is a file")
+    };
+    {
+        use std::io::{Seek, Write};
+        let mut f = std::fs::OpenOptions::new().write(true).open(file).unwrap();
+        f.seek(std::io::SeekFrom::Start(0)).unwrap();
+        f.write_all(&[0xA5; 4096]).unwrap();
+    }
+    let (shadow, start) =
+        rebuild::open_shadow(&claim, &app.parts.store, &[AuditProjection], &app.parts.log)
+            .await
+            .unwrap();
+    assert_eq!(start, rebuild::ShadowStart::Fresh);
+    assert_eq!(shadow.checkpoint("audit").await.unwrap(), 0);
+    shadow.pool().close().await;
+    let live_rows = audit_rows(&app.parts.store).await;
+    let policy = Arc::new(crm_projections::policy::default_policy());
+    let done = rebuild_under(&app, &claim, "audit", policy, 10).await;
+    assert_eq!(done, [("audit".to_owned(), head)]);
+    assert_eq!(audit_rows(&app.parts.store).await, live_rows);
+    app.stop().await;
+}

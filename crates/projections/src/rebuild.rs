@@ -376,24 +376,35 @@ pub async fn open_shadow<P: Projection>(
     };
     let at = claim.live().shadow(label);
     // The log is part of it: a shadow an interrupted rebuild began on another log (the
-    // stream made again since) is started again, not resumed.
+    // stream made again since) is started again, not resumed. So is the boot: a SQLite
+    // shadow is written without syncs, and only a machine crash (a new boot) can tear it.
     let fingerprint = format!(
-        "{}\nlog:{}",
+        "{}\nlog:{}{}",
         fingerprint_of(projections),
         crate::origin::first_event_id(log)
             .await?
-            .unwrap_or_default()
+            .unwrap_or_default(),
+        match (&at, crate::store::boot_id()) {
+            (Location::Sqlite(_), Some(boot)) => format!("\nboot:{boot}"),
+            _ => String::new(),
+        }
     );
-    let shadow = ReadStore::open_at(&at).await?;
-    origin_table(&shadow).await?;
-    let recorded: Option<(String,)> =
-        sqlx::query_as("SELECT fingerprint FROM rebuild_origin WHERE id = 1")
-            .fetch_optional(shadow.pool())
-            .await?;
-    let mut reached = Vec::with_capacity(names.len());
-    for name in &names {
-        reached.push(shadow.checkpoint(name).await?);
-    }
+    let (shadow, recorded, reached) = match read_shadow(&at, &names).await {
+        Ok(read) => read,
+        // A shadow file SQLite cannot read (torn by a crash of the machine, which its
+        // fingerprint would have discarded anyway) is only lost work: start it again.
+        Err(e) if matches!(at, Location::Sqlite(_)) && is_corrupt(&e) => {
+            tracing::warn!(
+                projections = ?names,
+                shadow = %at,
+                error = %e,
+                "an interrupted rebuild's shadow cannot be read; starting it again"
+            );
+            remove_shadow(live, &at).await?;
+            read_shadow(&at, &names).await?
+        }
+        Err(e) => return Err(e),
+    };
     let start = match recorded {
         Some((f,)) if f == fingerprint => ShadowStart::Resumed {
             at: reached.iter().copied().min().unwrap_or(0),
@@ -412,7 +423,7 @@ pub async fn open_shadow<P: Projection>(
             );
             shadow.pool().close().await;
             remove_shadow(live, &at).await?;
-            let shadow = ReadStore::open_at(&at).await?;
+            let shadow = ReadStore::open_shadow(&at).await?;
             origin_table(&shadow).await?;
             shadow
         }
@@ -437,6 +448,43 @@ pub async fn open_shadow<P: Projection>(
     .execute(shadow.pool())
     .await?;
     Ok((shadow, start))
+}
+
+/// Opens the shadow at `at` and reads the fingerprint it was begun under and the
+/// checkpoint each of `names` reached in it.
+async fn read_shadow(
+    at: &Location,
+    names: &[&'static str],
+) -> Result<(ReadStore, Option<(String,)>, Vec<u64>), ProjectionError> {
+    let shadow = ReadStore::open_shadow(at).await?;
+    let read = async {
+        origin_table(&shadow).await?;
+        let recorded: Option<(String,)> =
+            sqlx::query_as("SELECT fingerprint FROM rebuild_origin WHERE id = 1")
+                .fetch_optional(shadow.pool())
+                .await?;
+        let mut reached = Vec::with_capacity(names.len());
+        for name in names {
+            reached.push(shadow.checkpoint(name).await?);
+        }
+        Ok::<_, ProjectionError>((recorded, reached))
+    }
+    .await;
+    match read {
+        Ok((recorded, reached)) => Ok((shadow, recorded, reached)),
+        Err(e) => {
+            shadow.pool().close().await;
+            Err(e)
+        }
+    }
+}
+
+/// Whether SQLite found a file that is not a sound database: `SQLITE_CORRUPT` (11) or
+/// `SQLITE_NOTADB` (26), whatever their extended code.
+fn is_corrupt(e: &ProjectionError) -> bool {
+    crate::store::database_error(e)
+        .and_then(|db| db.code()?.parse::<i64>().ok())
+        .is_some_and(|c| matches!(c & 0xff, 11 | 26))
 }
 
 /// In a fresh shadow: drops `indexes` (each projection's [`Projection::bulk_indexes`]),
@@ -722,7 +770,9 @@ async fn drop_shadow(live: &ReadStore, shadow: &Location) {
 async fn remove_shadow(live: &ReadStore, shadow: &Location) -> Result<(), ProjectionError> {
     match shadow {
         Location::Sqlite(file) => {
-            for suffix in ["", "-wal", "-shm"] {
+            // The file, its rollback journal (a shadow's), and a WAL and its index (left
+            // by an older build's shadow).
+            for suffix in ["", "-journal", "-wal", "-shm"] {
                 let mut p = file.clone().into_os_string();
                 p.push(suffix);
                 let p = PathBuf::from(p);

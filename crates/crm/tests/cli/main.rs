@@ -888,3 +888,119 @@ async fn a_commit_with_a_stale_lease_fence_is_refused(db: crm_e2e::Db) {
     projector(7).run_until(24).await.unwrap();
     assert_eq!(store.checkpoint("lifecycle").await.unwrap(), 24);
 }
+
+/// `crm replay all` killed with SIGKILL in the middle of a batch leaves its SQLite shadow
+/// with the batch half-written and its rollback journal behind (a shadow is written without
+/// syncs, in a rollback journal rather than WAL). The next `crm replay all` rolls the torn
+/// batch back, resumes from the shadow's last commit, and swaps in exactly the views and
+/// audit rows a build from scratch produces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_killed_mid_batch_resumes_its_shadow_to_the_views_built_from_scratch() {
+    use crm_e2e::{Env, dump_views};
+    use crm_log::Customers;
+    use crm_projections::store::Location;
+    use sqlx::Connection;
+    use std::sync::Arc;
+
+    let env = Env::new().await;
+    let log = env.log().await;
+    write_load(Arc::new(Customers::new(log.clone(), 10_000, 8)), 4, 250).await;
+    let head = log.head().await.unwrap();
+    assert_eq!(head, 4_000);
+    let views = env.store_env("live.sqlite");
+    let Location::Sqlite(shadow) = env.location("live.sqlite").shadow("all") else {
+        unreachable!("a SQLite store's shadow is a file")
+    };
+    let journal = std::path::PathBuf::from(format!("{}-journal", shadow.display()));
+    let replay = || {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_crm"));
+        cmd.args(["replay", "all", "--create"])
+            .env("CRM_NATS__URL", env.nats.url())
+            .envs(views.clone())
+            .env("CRM_PROJECTOR__BATCH_SIZE", "5")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        cmd
+    };
+
+    let mut first = Reaped(replay().spawn().unwrap());
+    // Kill it inside a batch (its journal holds pages) a quarter of the way in.
+    sqlx::any::install_default_drivers();
+    let url = format!("sqlite://{}?mode=ro", shadow.display());
+    let mut committed = 0;
+    for _ in 0..20_000 {
+        let in_batch = std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0);
+        if in_batch && let Ok(mut conn) = sqlx::AnyConnection::connect(&url).await {
+            let cp: Result<Option<(i64,)>, _> = sqlx::query_as(
+                "SELECT MIN(last_sequence) FROM projection_checkpoints \
+                 WHERE name IN ('audit', 'lifecycle', 'trust', 'health', 'renewals') \
+                 HAVING COUNT(*) = 5",
+            )
+            .fetch_optional(&mut conn)
+            .await;
+            let _ = conn.close().await;
+            if let Ok(Some((cp,))) = cp
+                && cp >= 1_000
+                && std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0)
+            {
+                committed = cp;
+                signal(&first, "KILL");
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    let status = wait_exit(&mut first);
+    assert!(
+        committed > 0,
+        "never saw a batch in progress after a commit"
+    );
+    assert!(
+        !status.success(),
+        "the first replay was not killed: {status}"
+    );
+    assert!(
+        (committed as u64) < head,
+        "the replay had finished its pass ({committed})"
+    );
+    assert!(shadow.exists(), "the killed replay's shadow is gone");
+    // (Almost always still holding the torn batch's pages; the kill can land just after
+    // a commit emptied it, which resumes the same way.)
+    eprintln!(
+        "killed at checkpoint {committed}; journal left: {:?} bytes",
+        std::fs::metadata(&journal).map(|m| m.len()).ok()
+    );
+
+    let second = replay().output().unwrap();
+    let logged = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{logged}");
+    assert!(
+        logged.contains("resuming an interrupted rebuild"),
+        "the second replay did not resume the shadow: {logged}"
+    );
+    assert!(!shadow.exists(), "the swapped-in shadow was left behind");
+    assert!(!journal.exists(), "the shadow's journal was left behind");
+
+    let live = env.open_store("live.sqlite").await;
+    let fresh = env.fresh_views("fresh.sqlite", &log, head).await;
+    for name in ["audit", "lifecycle", "trust", "health", "renewals"] {
+        assert_eq!(live.checkpoint(name).await.unwrap(), head, "{name}");
+    }
+    let live_views = dump_views(&live).await;
+    assert!(!live_views.is_empty());
+    assert_eq!(live_views, dump_views(&fresh).await);
+    let audit_rows = |store: crm_projections::ReadStore| async move {
+        let rows: Vec<(i64, String, String, String, i64, i64)> = sqlx::query_as(
+            "SELECT sequence, customer_id, event_type, actor, occurred_us, recorded_us \
+             FROM audit_index ORDER BY sequence",
+        )
+        .fetch_all(store.pool())
+        .await
+        .unwrap();
+        rows
+    };
+    let rows = audit_rows(live.clone()).await;
+    assert_eq!(rows.len() as u64, head);
+    assert_eq!(rows, audit_rows(fresh.clone()).await);
+}
