@@ -654,7 +654,8 @@ async fn a_rebuild_builds_the_audit_lookups_once_at_the_end_even_after_an_interr
 
 /// A SQLite shadow is written without syncs, which only a crash of the machine can tear:
 /// a shadow begun in another boot of the machine is started again rather than resumed,
-/// and so is one SQLite cannot read at all.
+/// and so is one SQLite cannot read at all. (Linux: the boot is read from /proc.)
+#[cfg(target_os = "linux")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_shadow_from_another_boot_or_torn_is_started_again() {
     let env = Env::new().await;

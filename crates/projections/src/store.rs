@@ -439,14 +439,17 @@ const SQLITE_PRAGMAS: &str = "\
 ///   ([`boot_id`]): only a crash of the machine itself can lose unsynced writes, and
 ///   a rebuild resumes a shadow only if it was begun in the same boot (its fingerprint
 ///   carries the boot id), so a shadow a machine crash may have torn is started again.
-///   Where the boot is unknown, `NORMAL`.
+///   Where the boot is unknown, `FULL` (a rollback journal under `NORMAL` may be torn
+///   by a power cut, and such a shadow could not be told apart).
 /// - Worker threads for sorts: the deferred indexes are built by sorting the whole table
-///   (`CREATE INDEX`), which then uses every core rather than one.
+///   (`CREATE INDEX`), which can then use every core (only where a sort may spill to
+///   temporary files, which `build_deferred_indexes` allows on its connection).
 ///
-/// On a 2-core machine, `crm replay all` over 1,000,000 events: 13.0–14.8 s against
-/// 15.2–18.4 s with the live pragmas, alternated (see `docs/benchmarks.md`).
+/// On a 2-core machine, `crm replay all` over 1,000,000 events: a median of 12.4 s against
+/// 12.95 s with the live pragmas in six alternated pairs (the ranges overlap), 1.61 GB
+/// written against 2.05 GB (see `docs/benchmarks.md`).
 fn shadow_pragmas() -> String {
-    let synchronous = if boot_id().is_some() { "OFF" } else { "NORMAL" };
+    let synchronous = if boot_id().is_some() { "OFF" } else { "FULL" };
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     format!(
         "\
@@ -617,8 +620,29 @@ mod pragma_tests {
         Ok(())
     }
 
+    /// A file that is not a database is refused at once with SQLite's own error, not
+    /// after the pool's 30 s acquire timeout.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_that_is_not_a_database_is_refused_at_once() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("notes.txt");
+        std::fs::write(&path, "not a database, ".repeat(64))?;
+        let started = std::time::Instant::now();
+        let e = ReadStore::open_file(&path)
+            .await
+            .expect_err("a text file opened as a store");
+        assert!(started.elapsed() < Duration::from_secs(10), "{e}");
+        let code = database_error(&e).and_then(|db| db.code().map(|c| c.into_owned()));
+        assert_eq!(code.as_deref(), Some("26"), "{e}");
+        assert_eq!(
+            std::fs::read(&path)?,
+            "not a database, ".repeat(64).into_bytes()
+        );
+        Ok(())
+    }
+
     /// A rebuild's shadow runs with a rollback journal, without syncs where the boot is
-    /// known, and with worker threads for its sorts (which this SQLite build honours).
+    /// known, and with worker threads for its sorts.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_shadow_is_kept_in_a_rollback_journal_without_syncs() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
@@ -637,7 +661,7 @@ mod pragma_tests {
             let (sync,): (i64,) = sqlx::query_as("PRAGMA synchronous")
                 .fetch_one(&mut **conn)
                 .await?;
-            assert_eq!(sync, if boot_id().is_some() { 0 } else { 1 });
+            assert_eq!(sync, if boot_id().is_some() { 0 } else { 2 });
             let (got,): (i64,) = sqlx::query_as("PRAGMA threads")
                 .fetch_one(&mut **conn)
                 .await?;

@@ -925,51 +925,52 @@ async fn replay_killed_mid_batch_resumes_its_shadow_to_the_views_built_from_scra
     };
 
     let mut first = Reaped(replay().spawn().unwrap());
-    // Kill it inside a batch (its journal holds pages) a quarter of the way in.
+    // Kill it inside a batch a quarter of the way into its pass. The check holds a read
+    // transaction on the shadow while it looks at the journal and kills: a writer cannot
+    // commit while a reader holds the file, so a journal found holding pages then is the
+    // torn batch's, and stays behind.
     sqlx::any::install_default_drivers();
     let url = format!("sqlite://{}?mode=ro", shadow.display());
-    let mut committed = 0;
+    let mut killed_at = None;
     for _ in 0..20_000 {
-        let in_batch = std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0);
-        if in_batch && let Ok(mut conn) = sqlx::AnyConnection::connect(&url).await {
-            let cp: Result<Option<(i64,)>, _> = sqlx::query_as(
-                "SELECT MIN(last_sequence) FROM projection_checkpoints \
-                 WHERE name IN ('audit', 'lifecycle', 'trust', 'health', 'renewals') \
-                 HAVING COUNT(*) = 5",
-            )
-            .fetch_optional(&mut conn)
-            .await;
+        if std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0)
+            && let Ok(mut conn) = sqlx::AnyConnection::connect(&url).await
+        {
+            if let Ok(mut read) = conn.begin().await {
+                let cp: Result<Option<(i64,)>, _> = sqlx::query_as(
+                    "SELECT MIN(last_sequence) FROM projection_checkpoints \
+                     WHERE name IN ('audit', 'lifecycle', 'trust', 'health', 'renewals') \
+                     HAVING COUNT(*) = 5",
+                )
+                .fetch_optional(&mut *read)
+                .await;
+                if let Ok(Some((cp,))) = cp
+                    && (1_000..head as i64).contains(&cp)
+                    && std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0)
+                {
+                    signal(&first, "KILL");
+                    killed_at = Some(cp);
+                }
+                let _ = read.rollback().await;
+            }
             let _ = conn.close().await;
-            if let Ok(Some((cp,))) = cp
-                && cp >= 1_000
-                && std::fs::metadata(&journal).is_ok_and(|m| m.len() > 0)
-            {
-                committed = cp;
-                signal(&first, "KILL");
+            if killed_at.is_some() {
                 break;
             }
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let status = wait_exit(&mut first);
-    assert!(
-        committed > 0,
-        "never saw a batch in progress after a commit"
-    );
+    let killed_at = killed_at.expect("never saw a batch in progress a quarter of the way in");
     assert!(
         !status.success(),
         "the first replay was not killed: {status}"
     );
-    assert!(
-        (committed as u64) < head,
-        "the replay had finished its pass ({committed})"
-    );
     assert!(shadow.exists(), "the killed replay's shadow is gone");
-    // (Almost always still holding the torn batch's pages; the kill can land just after
-    // a commit emptied it, which resumes the same way.)
-    eprintln!(
-        "killed at checkpoint {committed}; journal left: {:?} bytes",
-        std::fs::metadata(&journal).map(|m| m.len()).ok()
+    let torn = std::fs::metadata(&journal).map_or(0, |m| m.len());
+    assert!(
+        torn > 0,
+        "killed at checkpoint {killed_at}, the shadow's journal is empty"
     );
 
     let second = replay().output().unwrap();
