@@ -549,6 +549,16 @@ async fn a_live_projector_stops_rather_than_fold_under_another_policy_than_its_v
 }
 
 /// The secondary indexes of `audit_index` in `store`, by name.
+/// Opens the audit index's shadow again, as the next rebuild of it would.
+async fn reopen_audit_shadow(
+    app: &App,
+    claim: &rebuild::RebuildClaim,
+) -> (ReadStore, rebuild::ShadowStart) {
+    rebuild::open_shadow(claim, &app.parts.store, &[AuditProjection], &app.parts.log)
+        .await
+        .unwrap()
+}
+
 async fn audit_lookups(store: &ReadStore) -> Vec<String> {
     let sql = match store.dialect() {
         crm_projections::store::Dialect::Sqlite => {
@@ -612,10 +622,7 @@ async fn a_rebuild_builds_the_audit_lookups_once_at_the_end_even_after_an_interr
     // Resumed, the shadow keeps them dropped until they are built, once, before the swap
     // (on SQLite, whose swap copies a table with its indexes page by page; a PostgreSQL
     // shadow never builds them: its swap inserts into the live table's own indexes).
-    let (shadow, start) =
-        rebuild::open_shadow(&claim, &app.parts.store, &[AuditProjection], &app.parts.log)
-            .await
-            .unwrap();
+    let (shadow, start) = reopen_audit_shadow(&app, &claim).await;
     assert_eq!(start, rebuild::ShadowStart::Resumed { at: half });
     assert!(audit_lookups(&shadow).await.is_empty());
     let sqlite = shadow.dialect() == crm_projections::store::Dialect::Sqlite;
@@ -681,10 +688,7 @@ async fn a_shadow_from_another_boot_or_torn_is_started_again() {
         "{fingerprint}"
     );
     shadow.pool().close().await;
-    let (shadow, start) =
-        rebuild::open_shadow(&claim, &app.parts.store, &[AuditProjection], &app.parts.log)
-            .await
-            .unwrap();
+    let (shadow, start) = reopen_audit_shadow(&app, &claim).await;
     assert_eq!(start, rebuild::ShadowStart::Resumed { at: half });
 
     // Begun in another boot: started again.
@@ -694,10 +698,7 @@ async fn a_shadow_from_another_boot_or_torn_is_started_again() {
         .await
         .unwrap();
     shadow.pool().close().await;
-    let (shadow, start) =
-        rebuild::open_shadow(&claim, &app.parts.store, &[AuditProjection], &app.parts.log)
-            .await
-            .unwrap();
+    let (shadow, start) = reopen_audit_shadow(&app, &claim).await;
     assert!(
         matches!(&start, rebuild::ShadowStart::Discarded { fingerprint: Some(f) } if f.ends_with("boot:0")),
         "{start:?}"
@@ -718,10 +719,7 @@ async fn a_shadow_from_another_boot_or_torn_is_started_again() {
         f.seek(std::io::SeekFrom::Start(0)).unwrap();
         f.write_all(&[0xA5; 4096]).unwrap();
     }
-    let (shadow, start) =
-        rebuild::open_shadow(&claim, &app.parts.store, &[AuditProjection], &app.parts.log)
-            .await
-            .unwrap();
+    let (shadow, start) = reopen_audit_shadow(&app, &claim).await;
     assert_eq!(start, rebuild::ShadowStart::Fresh);
     assert_eq!(shadow.checkpoint("audit").await.unwrap(), 0);
     shadow.pool().close().await;
