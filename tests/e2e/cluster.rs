@@ -145,9 +145,8 @@ async fn kill_a_node_under_load() {
         .as_ref()
         .and_then(|c| c.leader.clone())
         .expect("a replicated stream has a leader");
-    let killed: usize = leader
-        .strip_prefix("crm-node-")
-        .and_then(|n| n.parse().ok())
+    let killed = cluster
+        .node_named(&leader)
         .unwrap_or_else(|| panic!("leader {leader:?} is not one of the nodes"));
     cluster.kill(killed).await;
     let at_kill = acks.load(Ordering::Relaxed);

@@ -42,8 +42,59 @@ pub fn main() -> ExitCode {
     match runtime.block_on(cli::run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_text(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes on one line, as `{:#}` writes them, but without a cause whose
+/// text the message before it already shows: many errors print their source inside their
+/// own message (sqlx's and the read store's do), and the whole chain would then say the
+/// same thing two or three times.
+pub fn error_text(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    let mut previous = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !out.is_empty() && previous.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+        previous = text;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::error_text;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("read store: {0}")]
+    struct Wraps(#[source] Inner);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("error returned from database: {0}")]
+    struct Inner(#[source] Leaf);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("(code: 26) file is not a database")]
+    struct Leaf;
+
+    /// A cause already written into the message above it is not written again; one that
+    /// adds something is.
+    #[test]
+    fn a_cause_is_written_once() {
+        let e = anyhow::Error::new(Wraps(Inner(Leaf))).context("opening read store /tmp/x");
+        assert_eq!(
+            error_text(&e),
+            "opening read store /tmp/x: read store: error returned from database: (code: 26) file is not a database"
+        );
+        let plain = anyhow::anyhow!("disk full").context("writing the shadow");
+        assert_eq!(error_text(&plain), "writing the shadow: disk full");
     }
 }

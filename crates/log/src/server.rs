@@ -89,6 +89,28 @@ pub fn free_port() -> std::io::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
+/// The `server_name` of the INFO the server on `port` greets with, if one answers.
+async fn info_name(port: u16) -> Option<String> {
+    use tokio::io::AsyncBufReadExt;
+    let read = async {
+        let socket = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .ok()?;
+        let mut line = String::new();
+        tokio::io::BufReader::new(socket)
+            .read_line(&mut line)
+            .await
+            .ok()?;
+        let info: serde_json::Value =
+            serde_json::from_str(line.strip_prefix("INFO ")?.trim()).ok()?;
+        Some(info.get("server_name")?.as_str()?.to_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(2), read)
+        .await
+        .ok()
+        .flatten()
+}
+
 impl NatsServer {
     /// Starts a server with a temporary store on a free port.
     pub async fn start() -> Result<Self, LogError> {
@@ -197,7 +219,7 @@ impl NatsServer {
                     self.port
                 ))));
             }
-            match self.info_name().await {
+            match info_name(self.port).await {
                 Some(name) if name == self.name => return Ok(()),
                 Some(other) => {
                     return Err(NotReady::PortTaken(LogError::Server(format!(
@@ -214,28 +236,6 @@ impl NatsServer {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-    }
-
-    /// The `server_name` of the INFO the server on the port greets with.
-    async fn info_name(&self) -> Option<String> {
-        use tokio::io::AsyncBufReadExt;
-        let read = async {
-            let socket = tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-                .await
-                .ok()?;
-            let mut line = String::new();
-            tokio::io::BufReader::new(socket)
-                .read_line(&mut line)
-                .await
-                .ok()?;
-            let info: serde_json::Value =
-                serde_json::from_str(line.strip_prefix("INFO ")?.trim()).ok()?;
-            Some(info.get("server_name")?.as_str()?.to_owned())
-        };
-        tokio::time::timeout(Duration::from_secs(2), read)
-            .await
-            .ok()
-            .flatten()
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -307,25 +307,50 @@ impl NatsServer {
 pub struct NatsCluster {
     pub nodes: Vec<Option<Child>>,
     ports: Vec<u16>,
+    /// Node `i` is called `{prefix}{i}`: a name of this cluster's own, so readiness is these
+    /// nodes answering, not another server that took a port.
+    prefix: String,
     _dirs: Vec<tempfile::TempDir>,
 }
 
 impl NatsCluster {
-    /// Starts `n` nodes routed to each other and waits until all accept connections.
+    /// Starts `n` nodes routed to each other and waits until all accept connections. Ports
+    /// are chosen free; when another process takes one between the choice and the start,
+    /// the cluster is started again on other ports (up to 5 times).
     pub async fn start(n: usize) -> Result<Self, LogError> {
         let binary =
             find_binary().ok_or_else(|| LogError::Server("nats-server not found".into()))?;
-        let err = |e: std::io::Error| LogError::Server(e.to_string());
-        let ports: Vec<u16> = (0..n)
-            .map(|_| free_port())
-            .collect::<Result<_, _>>()
-            .map_err(err)?;
-        let cluster_ports: Vec<u16> = (0..n)
-            .map(|_| free_port())
-            .collect::<Result<_, _>>()
-            .map_err(err)?;
-        let mut nodes = Vec::new();
-        let mut dirs = Vec::new();
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let err = |e: std::io::Error| LogError::Server(e.to_string());
+            let ports = || (0..n).map(|_| free_port()).collect::<Result<Vec<_>, _>>();
+            let (client, cluster) = (ports().map_err(err)?, ports().map_err(err)?);
+            match Self::try_start(&binary, client, &cluster).await {
+                Ok(cluster) => return Ok(cluster),
+                // The nodes started so far are killed as the half-built cluster drops.
+                Err(NotReady::PortTaken(e)) if attempt < 5 => {
+                    tracing::debug!(error = %e, "nats cluster did not start; other ports");
+                }
+                Err(NotReady::PortTaken(e) | NotReady::Failed(e)) => return Err(e),
+            }
+        }
+    }
+
+    /// Starts one node per client port, node `i` routing on `cluster_ports[i]`.
+    async fn try_start(
+        binary: &Path,
+        ports: Vec<u16>,
+        cluster_ports: &[u16],
+    ) -> Result<Self, NotReady> {
+        let n = ports.len();
+        let err = |e: std::io::Error| NotReady::Failed(LogError::Server(e.to_string()));
+        let mut cluster = Self {
+            nodes: Vec::with_capacity(n),
+            ports,
+            prefix: format!("crm-{}-node-", uuid::Uuid::new_v4().simple()),
+            _dirs: Vec::with_capacity(n),
+        };
         for i in 0..n {
             let dir = tempfile::tempdir().map_err(err)?;
             let routes: Vec<String> = cluster_ports
@@ -334,15 +359,15 @@ impl NatsCluster {
                 .filter(|(j, _)| *j != i)
                 .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
                 .collect();
-            let child = Command::new(&binary)
+            let child = Command::new(binary)
                 .args([
                     "-a",
                     "127.0.0.1",
                     "-p",
-                    &ports[i].to_string(),
+                    &cluster.ports[i].to_string(),
                     "-js",
                     "-n",
-                    &format!("crm-node-{i}"),
+                    &cluster.name(i),
                 ])
                 .arg("-sd")
                 .arg(dir.path())
@@ -358,27 +383,62 @@ impl NatsCluster {
                 .stderr(Stdio::null())
                 .kill_on_drop(true)
                 .spawn()
-                .map_err(|e| LogError::Server(format!("starting {}: {e}", binary.display())))?;
-            nodes.push(Some(child));
-            dirs.push(dir);
+                .map_err(|e| {
+                    NotReady::Failed(LogError::Server(format!(
+                        "starting {}: {e}",
+                        binary.display()
+                    )))
+                })?;
+            cluster.nodes.push(Some(child));
+            cluster._dirs.push(dir);
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        for p in &ports {
-            while tokio::net::TcpStream::connect(("127.0.0.1", *p))
-                .await
-                .is_err()
-            {
+        for i in 0..n {
+            loop {
+                let exited = match &mut cluster.nodes[i] {
+                    Some(child) => child
+                        .try_wait()
+                        .map_err(|e| NotReady::Failed(LogError::Server(e.to_string())))?,
+                    None => None,
+                };
+                if let Some(status) = exited {
+                    // A node that cannot bind its client or cluster port exits at once.
+                    return Err(NotReady::PortTaken(LogError::Server(format!(
+                        "cluster node {i} exited during start-up ({status}); are its ports free?"
+                    ))));
+                }
+                match info_name(cluster.ports[i]).await {
+                    Some(name) if name == cluster.name(i) => break,
+                    Some(other) => {
+                        return Err(NotReady::PortTaken(LogError::Server(format!(
+                            "port {} is another nats-server's ({other})",
+                            cluster.ports[i]
+                        ))));
+                    }
+                    None => {}
+                }
                 if tokio::time::Instant::now() > deadline {
-                    return Err(LogError::Server("cluster did not start within 20s".into()));
+                    return Err(NotReady::Failed(LogError::Server(
+                        "cluster did not start within 20s".into(),
+                    )));
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        Ok(Self {
-            nodes,
-            ports,
-            _dirs: dirs,
-        })
+        Ok(cluster)
+    }
+
+    /// The server name of node `i`.
+    fn name(&self, i: usize) -> String {
+        format!("{}{i}", self.prefix)
+    }
+
+    /// The node a server name (a stream's leader, say) belongs to.
+    pub fn node_named(&self, name: &str) -> Option<usize> {
+        name.strip_prefix(&self.prefix)?
+            .parse()
+            .ok()
+            .filter(|&i| i < self.ports.len())
     }
 
     /// All client URLs, comma-separated (what a client should be given).
@@ -405,11 +465,46 @@ impl NatsCluster {
 
 #[cfg(test)]
 mod tests {
-    use super::PINNED_VERSION;
+    use super::*;
 
-    /// The pinned nats-server version is written in several files (the script that fetches
-    /// it, the scripts that point at it, the deployment images): they all name this one,
-    /// so bumping one of them alone fails here rather than on a clean clone.
+    /// A cluster node whose port another process holds is told apart from a slow start: the
+    /// attempt fails at once as a taken port (so `start` tries other ports), and no node
+    /// of it is left running.
+    #[tokio::test]
+    async fn a_cluster_on_a_taken_port_is_refused_as_taken() -> anyhow::Result<()> {
+        let binary = find_binary().ok_or_else(|| {
+            anyhow::anyhow!(
+                "nats-server not found: run scripts/setup-nats.sh or set CRM_NATS_SERVER"
+            )
+        })?;
+        let held = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let taken = held.local_addr()?.port();
+        let client = vec![free_port()?, taken];
+        let routes = [free_port()?, free_port()?];
+        let started = tokio::time::Instant::now();
+        match NatsCluster::try_start(&binary, client.clone(), &routes).await {
+            Err(NotReady::PortTaken(e)) => assert!(e.to_string().contains("node 1"), "{e}"),
+            Err(NotReady::Failed(e)) => anyhow::bail!("not seen as a taken port: {e}"),
+            Ok(_) => anyhow::bail!("a node started on a port another process holds"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{:?}",
+            started.elapsed()
+        );
+        // Node 0 went with the failed attempt.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(info_name(client[0]).await, None);
+
+        let cluster = NatsCluster::start(2).await?;
+        let name = info_name(cluster.ports[1])
+            .await
+            .ok_or_else(|| anyhow::anyhow!("node 1 does not answer"))?;
+        assert_eq!(cluster.node_named(&name), Some(1));
+        assert_eq!(cluster.node_named("crm-node-1"), None);
+        Ok(())
+    }
+
     #[test]
     fn every_file_pins_the_same_nats_server() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
