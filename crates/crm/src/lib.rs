@@ -48,16 +48,19 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// An error and its causes on one line, as `{:#}` writes them, but without a cause whose
-/// text the message before it already shows: many errors print their source inside their
-/// own message (sqlx's and the read store's do), and the whole chain would then say the
-/// same thing two or three times.
+/// An error and its causes on one line, as `{:#}` writes them, but without a cause that the
+/// message before it already ends with (after `: `): many errors print their source at the
+/// end of their own message (sqlx's and the read store's do), and the whole chain would
+/// then say the same thing two or three times.
 pub fn error_text(e: &anyhow::Error) -> String {
     let mut out = String::new();
     let mut previous = String::new();
     for cause in e.chain() {
         let text = cause.to_string();
-        if !out.is_empty() && previous.contains(&text) {
+        let shown = previous
+            .strip_suffix(text.as_str())
+            .is_some_and(|head| head.ends_with(": "));
+        if shown {
             continue;
         }
         if !out.is_empty() {
@@ -96,5 +99,10 @@ mod tests {
         );
         let plain = anyhow::anyhow!("disk full").context("writing the shadow");
         assert_eq!(error_text(&plain), "writing the shadow: disk full");
+        // Found inside the message, not as its end: something new.
+        let inside = anyhow::anyhow!("denied").context("reading /srv/denied/key");
+        assert_eq!(error_text(&inside), "reading /srv/denied/key: denied");
+        let ends = anyhow::anyhow!("key").context("reading /srv/key");
+        assert_eq!(error_text(&ends), "reading /srv/key: key");
     }
 }

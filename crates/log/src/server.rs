@@ -301,6 +301,9 @@ impl NatsServer {
     }
 }
 
+/// The log file of a cluster node, in its store directory.
+const NODE_LOG: &str = "nats.log";
+
 /// A cluster of `nats-server`s with JetStream on loopback (tests of replication and
 /// fail-over). Each node has its own store; nodes are killed on drop.
 #[derive(Debug)]
@@ -337,20 +340,36 @@ impl NatsCluster {
         }
     }
 
-    /// Starts one node per client port, node `i` routing on `cluster_ports[i]`.
+    /// Starts one node per client port, node `i` routing on `cluster_ports[i]`. On
+    /// failure every node started is killed and waited for.
     async fn try_start(
         binary: &Path,
         ports: Vec<u16>,
         cluster_ports: &[u16],
     ) -> Result<Self, NotReady> {
         let n = ports.len();
-        let err = |e: std::io::Error| NotReady::Failed(LogError::Server(e.to_string()));
         let mut cluster = Self {
             nodes: Vec::with_capacity(n),
             ports,
             prefix: format!("crm-{}-node-", uuid::Uuid::new_v4().simple()),
             _dirs: Vec::with_capacity(n),
         };
+        match cluster.launch(binary, cluster_ports).await {
+            Ok(()) => Ok(cluster),
+            Err(e) => {
+                for i in 0..n {
+                    cluster.kill(i).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Spawns the nodes and waits until each answers with its name on its client port and
+    /// listens on its route port.
+    async fn launch(&mut self, binary: &Path, cluster_ports: &[u16]) -> Result<(), NotReady> {
+        let n = self.ports.len();
+        let err = |e: std::io::Error| NotReady::Failed(LogError::Server(e.to_string()));
         for i in 0..n {
             let dir = tempfile::tempdir().map_err(err)?;
             let routes: Vec<String> = cluster_ports
@@ -364,13 +383,15 @@ impl NatsCluster {
                     "-a",
                     "127.0.0.1",
                     "-p",
-                    &cluster.ports[i].to_string(),
+                    &self.ports[i].to_string(),
                     "-js",
                     "-n",
-                    &cluster.name(i),
+                    &self.name(i),
                 ])
                 .arg("-sd")
                 .arg(dir.path())
+                .arg("-l")
+                .arg(dir.path().join(NODE_LOG))
                 .args([
                     "--cluster_name",
                     "crm-test",
@@ -389,43 +410,74 @@ impl NatsCluster {
                         binary.display()
                     )))
                 })?;
-            cluster.nodes.push(Some(child));
-            cluster._dirs.push(dir);
+            self.nodes.push(Some(child));
+            self._dirs.push(dir);
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        for i in 0..n {
+        let late = || NotReady::Failed(LogError::Server("cluster did not start within 20s".into()));
+        for (i, &route_port) in cluster_ports.iter().enumerate() {
+            // The client port first: this node's name in the greeting.
             loop {
-                let exited = match &mut cluster.nodes[i] {
-                    Some(child) => child
-                        .try_wait()
-                        .map_err(|e| NotReady::Failed(LogError::Server(e.to_string())))?,
-                    None => None,
-                };
-                if let Some(status) = exited {
-                    // A node that cannot bind its client or cluster port exits at once.
-                    return Err(NotReady::PortTaken(LogError::Server(format!(
-                        "cluster node {i} exited during start-up ({status}); are its ports free?"
-                    ))));
-                }
-                match info_name(cluster.ports[i]).await {
-                    Some(name) if name == cluster.name(i) => break,
+                self.exited(i)?;
+                match info_name(self.ports[i]).await {
+                    Some(name) if name == self.name(i) => break,
                     Some(other) => {
                         return Err(NotReady::PortTaken(LogError::Server(format!(
                             "port {} is another nats-server's ({other})",
-                            cluster.ports[i]
+                            self.ports[i]
                         ))));
                     }
                     None => {}
                 }
                 if tokio::time::Instant::now() > deadline {
-                    return Err(NotReady::Failed(LogError::Server(
-                        "cluster did not start within 20s".into(),
-                    )));
+                    return Err(late());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            // Then the route port, which nats-server opens after the client port (and
+            // exits if it cannot).
+            while tokio::net::TcpStream::connect(("127.0.0.1", route_port))
+                .await
+                .is_err()
+            {
+                self.exited(i)?;
+                if tokio::time::Instant::now() > deadline {
+                    return Err(late());
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         }
-        Ok(cluster)
+        // A node that found its route port held by another process exits just after that
+        // process answered for it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        (0..n).try_for_each(|i| self.exited(i))
+    }
+
+    /// An error if node `i` has exited: a taken port when its log says so.
+    fn exited(&mut self, i: usize) -> Result<(), NotReady> {
+        let Some(child) = &mut self.nodes[i] else {
+            return Ok(());
+        };
+        let Some(status) = child
+            .try_wait()
+            .map_err(|e| NotReady::Failed(LogError::Server(e.to_string())))?
+        else {
+            return Ok(());
+        };
+        let log = std::fs::read_to_string(self._dirs[i].path().join(NODE_LOG)).unwrap_or_default();
+        let last = log
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("no log");
+        let e = LogError::Server(format!(
+            "cluster node {i} exited during start-up ({status}): {last}"
+        ));
+        if log.contains("address already in use") {
+            Err(NotReady::PortTaken(e))
+        } else {
+            Err(NotReady::Failed(e))
+        }
     }
 
     /// The server name of node `i`.
@@ -483,7 +535,13 @@ mod tests {
         let routes = [free_port()?, free_port()?];
         let started = tokio::time::Instant::now();
         match NatsCluster::try_start(&binary, client.clone(), &routes).await {
-            Err(NotReady::PortTaken(e)) => assert!(e.to_string().contains("node 1"), "{e}"),
+            Err(NotReady::PortTaken(e)) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("node 1") && e.contains("address already in use"),
+                    "{e}"
+                );
+            }
             Err(NotReady::Failed(e)) => anyhow::bail!("not seen as a taken port: {e}"),
             Ok(_) => anyhow::bail!("a node started on a port another process holds"),
         }
@@ -492,9 +550,12 @@ mod tests {
             "{:?}",
             started.elapsed()
         );
-        // Node 0 went with the failed attempt.
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(info_name(client[0]).await, None);
+        // Node 0 went with the failed attempt (whatever may answer on its port now).
+        let node0 = info_name(client[0]).await;
+        assert!(
+            node0.as_deref().is_none_or(|n| !n.ends_with("-node-0")),
+            "{node0:?}"
+        );
 
         let cluster = NatsCluster::start(2).await?;
         let name = info_name(cluster.ports[1])
@@ -505,6 +566,9 @@ mod tests {
         Ok(())
     }
 
+    /// The pinned nats-server version is written in several files (the script that fetches
+    /// it, the scripts that point at it, the deployment images): they all name this one,
+    /// so bumping one of them alone fails here rather than on a clean clone.
     #[test]
     fn every_file_pins_the_same_nats_server() {
         let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
