@@ -32,6 +32,61 @@ pub struct NatsServer {
     store_dir: PathBuf,
     extra_args: Vec<String>,
     _temp: Option<tempfile::TempDir>,
+    /// Where the server's log goes: the caller's log file, or an unnamed file of ours
+    /// (what it wrote before exiting says why it did).
+    log: ServerLog,
+}
+
+/// Where a [`NatsServer`]'s log goes.
+#[derive(Debug)]
+enum ServerLog {
+    File(PathBuf),
+    Caught(std::fs::File),
+}
+
+impl ServerLog {
+    /// The last lines the server logged (the last 64 KiB at most).
+    fn tail(&self) -> String {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut file = match self {
+            ServerLog::File(path) => match std::fs::File::open(path) {
+                Ok(f) => f,
+                Err(_) => return String::new(),
+            },
+            ServerLog::Caught(f) => match f.try_clone() {
+                Ok(f) => f,
+                Err(_) => return String::new(),
+            },
+        };
+        let len = file.seek(SeekFrom::End(0)).unwrap_or(0);
+        let _ = file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
+        let mut bytes = Vec::new();
+        let _ = file.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+}
+
+/// Why a server that exited during start-up did, from its log: a taken port (worth another
+/// port) or anything else, with its last line.
+fn exit_reason(what: &str, status: std::process::ExitStatus, log: &str) -> NotReady {
+    // Only what this start wrote: a log file kept across runs also holds older starts.
+    let this_start = log
+        .rfind("Starting nats-server")
+        .map_or(log, |at| &log[at..]);
+    let last = this_start
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("it logged nothing");
+    let e = LogError::Server(format!(
+        "{what} exited during start-up ({status}): {}",
+        last.trim()
+    ));
+    if this_start.contains("address already in use") {
+        NotReady::PortTaken(e)
+    } else {
+        NotReady::Failed(e)
+    }
 }
 
 /// How to start a server.
@@ -184,14 +239,19 @@ impl NatsServer {
         // stops it last).
         #[cfg(unix)]
         cmd.process_group(0);
-        match &opts.log_file {
+        let log = match &opts.log_file {
             Some(f) => {
                 cmd.arg("-l").arg(f).stderr(Stdio::null());
+                ServerLog::File(f.clone())
             }
             None => {
-                cmd.stderr(Stdio::null());
+                let caught = tempfile::tempfile()
+                    .and_then(|f| Ok((f.try_clone()?, f)))
+                    .map_err(|e| LogError::Server(format!("a file for nats-server's log: {e}")))?;
+                cmd.stderr(caught.0);
+                ServerLog::Caught(caught.1)
             }
-        }
+        };
         let child = cmd
             .spawn()
             .map_err(|e| LogError::Server(format!("starting {}: {e}", binary.display())))?;
@@ -202,6 +262,7 @@ impl NatsServer {
             store_dir: store_dir.to_path_buf(),
             extra_args: opts.extra_args.clone(),
             _temp: None,
+            log,
         })
     }
 
@@ -214,10 +275,7 @@ impl NatsServer {
                 .try_wait()
                 .map_err(|e| NotReady::Failed(LogError::Server(e.to_string())))?
             {
-                return Err(NotReady::PortTaken(LogError::Server(format!(
-                    "nats-server exited during start-up ({status}); is port {} free?",
-                    self.port
-                ))));
+                return Err(exit_reason("nats-server", status, &self.log.tail()));
             }
             match info_name(self.port).await {
                 Some(name) if name == self.name => return Ok(()),
@@ -464,20 +522,8 @@ impl NatsCluster {
         else {
             return Ok(());
         };
-        let log = std::fs::read_to_string(self._dirs[i].path().join(NODE_LOG)).unwrap_or_default();
-        let last = log
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no log");
-        let e = LogError::Server(format!(
-            "cluster node {i} exited during start-up ({status}): {last}"
-        ));
-        if log.contains("address already in use") {
-            Err(NotReady::PortTaken(e))
-        } else {
-            Err(NotReady::Failed(e))
-        }
+        let log = ServerLog::File(self._dirs[i].path().join(NODE_LOG)).tail();
+        Err(exit_reason(&format!("cluster node {i}"), status, &log))
     }
 
     /// The server name of node `i`.
@@ -563,6 +609,49 @@ mod tests {
             .ok_or_else(|| anyhow::anyhow!("node 1 does not answer"))?;
         assert_eq!(cluster.node_named(&name), Some(1));
         assert_eq!(cluster.node_named("crm-node-1"), None);
+        Ok(())
+    }
+
+    /// A server that exits during start-up says why, in the server's own words: a port
+    /// held by another process is a taken port, and anything else (here an unknown flag)
+    /// fails at once instead of being retried on other ports.
+    #[tokio::test]
+    async fn a_server_that_exits_at_start_up_says_why() -> anyhow::Result<()> {
+        let held = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let taken = held.local_addr()?.port();
+        let on_taken = NatsServer::start_with(ServerOptions {
+            port: Some(taken),
+            ..ServerOptions::default()
+        })
+        .await
+        .map(|_| ())
+        .expect_err("the port is held");
+        assert!(
+            on_taken.to_string().contains("address already in use"),
+            "{on_taken}"
+        );
+
+        let started = tokio::time::Instant::now();
+        let bad_flag = NatsServer::start_with(ServerOptions {
+            extra_args: vec!["--no-such-flag".into()],
+            ..ServerOptions::default()
+        })
+        .await
+        .map(|_| ())
+        .expect_err("an unknown flag");
+        let text = bad_flag.to_string();
+        assert!(
+            text.contains("nats-server exited during start-up"),
+            "{text}"
+        );
+        assert!(!text.contains("address already in use"), "{text}");
+        assert!(text.contains("no-such-flag"), "{text}");
+        // Not retried: one start of a server that fails at once.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
         Ok(())
     }
 
