@@ -32,57 +32,80 @@ pub struct NatsServer {
     store_dir: PathBuf,
     extra_args: Vec<String>,
     _temp: Option<tempfile::TempDir>,
-    /// Where the server's log goes: the caller's log file, or an unnamed file of ours
-    /// (what it wrote before exiting says why it did).
+    /// What the server says: what it wrote before exiting says why it did.
     log: ServerLog,
 }
 
-/// Where a [`NatsServer`]'s log goes.
+/// Where a server's words go: its stderr always into an unnamed file of ours (flag errors
+/// and anything said before its logger is set up go there), and its log into the caller's
+/// log file when there is one (of which only what this start wrote counts: the file may
+/// hold earlier runs).
 #[derive(Debug)]
-enum ServerLog {
-    File(PathBuf),
-    Caught(std::fs::File),
+struct ServerLog {
+    stderr: std::fs::File,
+    file: Option<(PathBuf, u64)>,
 }
 
 impl ServerLog {
-    /// The last lines the server logged (the last 64 KiB at most).
-    fn tail(&self) -> String {
-        use std::io::{Read, Seek, SeekFrom};
-        let mut file = match self {
-            ServerLog::File(path) => match std::fs::File::open(path) {
-                Ok(f) => f,
-                Err(_) => return String::new(),
-            },
-            ServerLog::Caught(f) => match f.try_clone() {
-                Ok(f) => f,
-                Err(_) => return String::new(),
-            },
+    /// A file for the stderr of a server about to start, and `log_file`'s current end.
+    fn new(log_file: Option<&Path>) -> Result<Self, LogError> {
+        let stderr = tempfile::tempfile()
+            .map_err(|e| LogError::Server(format!("a file for nats-server's stderr: {e}")))?;
+        let file = log_file.map(|path| {
+            let len = std::fs::metadata(path).map_or(0, |m| m.len());
+            (path.to_path_buf(), len)
+        });
+        Ok(Self { stderr, file })
+    }
+
+    /// A handle on the stderr file for the child.
+    fn for_child(&self) -> Result<Stdio, LogError> {
+        let dup = self
+            .stderr
+            .try_clone()
+            .map_err(|e| LogError::Server(format!("a file for nats-server's stderr: {e}")))?;
+        Ok(Stdio::from(dup))
+    }
+
+    /// What the server wrote since it started (at most the last 64 KiB of each file):
+    /// its stderr, then its log file's new part. Read once it has exited.
+    fn said(&self) -> String {
+        let mut out = match self.stderr.try_clone() {
+            Ok(f) => tail(f, 0),
+            Err(_) => String::new(),
         };
-        let len = file.seek(SeekFrom::End(0)).unwrap_or(0);
-        let _ = file.seek(SeekFrom::Start(len.saturating_sub(64 * 1024)));
-        let mut bytes = Vec::new();
-        let _ = file.read_to_end(&mut bytes);
-        String::from_utf8_lossy(&bytes).into_owned()
+        if let Some((path, from)) = &self.file
+            && let Ok(f) = std::fs::File::open(path)
+        {
+            out.push_str(&tail(f, *from));
+        }
+        out
     }
 }
 
-/// Why a server that exited during start-up did, from its log: a taken port (worth another
-/// port) or anything else, with its last line.
-fn exit_reason(what: &str, status: std::process::ExitStatus, log: &str) -> NotReady {
-    // Only what this start wrote: a log file kept across runs also holds older starts.
-    let this_start = log
-        .rfind("Starting nats-server")
-        .map_or(log, |at| &log[at..]);
-    let last = this_start
+/// The text of `file` after byte `from`, the last 64 KiB at most.
+fn tail(mut file: std::fs::File, from: u64) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let len = file.seek(SeekFrom::End(0)).unwrap_or(0);
+    let _ = file.seek(SeekFrom::Start(from.max(len.saturating_sub(64 * 1024))));
+    let mut bytes = Vec::new();
+    let _ = file.read_to_end(&mut bytes);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// Why a server that exited during start-up did, from what it said: a taken port (worth
+/// another port) or anything else, with its last line.
+fn exit_reason(what: &str, status: std::process::ExitStatus, said: &str) -> NotReady {
+    let last = said
         .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
-        .unwrap_or("it logged nothing");
+        .unwrap_or("it said nothing");
     let e = LogError::Server(format!(
         "{what} exited during start-up ({status}): {}",
         last.trim()
     ));
-    if this_start.contains("address already in use") {
+    if said.contains("address already in use") {
         NotReady::PortTaken(e)
     } else {
         NotReady::Failed(e)
@@ -98,7 +121,8 @@ pub struct ServerOptions {
     pub store_dir: Option<PathBuf>,
     /// Explicit binary; otherwise [`find_binary`] decides.
     pub binary: Option<PathBuf>,
-    /// Where the server writes its log; discarded when `None`.
+    /// Where the server writes its log; when `None`, a file of our own that is read only to
+    /// say why the server exited during start-up.
     pub log_file: Option<PathBuf>,
     /// More command-line arguments (`--user`, `--auth`, …).
     pub extra_args: Vec<String>,
@@ -239,19 +263,11 @@ impl NatsServer {
         // stops it last).
         #[cfg(unix)]
         cmd.process_group(0);
-        let log = match &opts.log_file {
-            Some(f) => {
-                cmd.arg("-l").arg(f).stderr(Stdio::null());
-                ServerLog::File(f.clone())
-            }
-            None => {
-                let caught = tempfile::tempfile()
-                    .and_then(|f| Ok((f.try_clone()?, f)))
-                    .map_err(|e| LogError::Server(format!("a file for nats-server's log: {e}")))?;
-                cmd.stderr(caught.0);
-                ServerLog::Caught(caught.1)
-            }
-        };
+        let log = ServerLog::new(opts.log_file.as_deref())?;
+        if let Some(f) = &opts.log_file {
+            cmd.arg("-l").arg(f);
+        }
+        cmd.stderr(log.for_child()?);
         let child = cmd
             .spawn()
             .map_err(|e| LogError::Server(format!("starting {}: {e}", binary.display())))?;
@@ -275,7 +291,7 @@ impl NatsServer {
                 .try_wait()
                 .map_err(|e| NotReady::Failed(LogError::Server(e.to_string())))?
             {
-                return Err(exit_reason("nats-server", status, &self.log.tail()));
+                return Err(exit_reason("nats-server", status, &self.log.said()));
             }
             match info_name(self.port).await {
                 Some(name) if name == self.name => return Ok(()),
@@ -371,6 +387,8 @@ pub struct NatsCluster {
     /// Node `i` is called `{prefix}{i}`: a name of this cluster's own, so readiness is these
     /// nodes answering, not another server that took a port.
     prefix: String,
+    /// What each node says (its stderr, and its log in its store dir).
+    logs: Vec<ServerLog>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
@@ -410,6 +428,7 @@ impl NatsCluster {
             nodes: Vec::with_capacity(n),
             ports,
             prefix: format!("crm-{}-node-", uuid::Uuid::new_v4().simple()),
+            logs: Vec::with_capacity(n),
             _dirs: Vec::with_capacity(n),
         };
         match cluster.launch(binary, cluster_ports).await {
@@ -436,6 +455,8 @@ impl NatsCluster {
                 .filter(|(j, _)| *j != i)
                 .map(|(_, p)| format!("nats://127.0.0.1:{p}"))
                 .collect();
+            let log_file = dir.path().join(NODE_LOG);
+            let log = ServerLog::new(Some(&log_file)).map_err(NotReady::Failed)?;
             let child = Command::new(binary)
                 .args([
                     "-a",
@@ -449,7 +470,7 @@ impl NatsCluster {
                 .arg("-sd")
                 .arg(dir.path())
                 .arg("-l")
-                .arg(dir.path().join(NODE_LOG))
+                .arg(&log_file)
                 .args([
                     "--cluster_name",
                     "crm-test",
@@ -459,7 +480,7 @@ impl NatsCluster {
                 .args(["--routes", &routes.join(",")])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
-                .stderr(Stdio::null())
+                .stderr(log.for_child().map_err(NotReady::Failed)?)
                 .kill_on_drop(true)
                 .spawn()
                 .map_err(|e| {
@@ -469,6 +490,7 @@ impl NatsCluster {
                     )))
                 })?;
             self.nodes.push(Some(child));
+            self.logs.push(log);
             self._dirs.push(dir);
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -522,8 +544,11 @@ impl NatsCluster {
         else {
             return Ok(());
         };
-        let log = ServerLog::File(self._dirs[i].path().join(NODE_LOG)).tail();
-        Err(exit_reason(&format!("cluster node {i}"), status, &log))
+        Err(exit_reason(
+            &format!("cluster node {i}"),
+            status,
+            &self.logs[i].said(),
+        ))
     }
 
     /// The server name of node `i`.
