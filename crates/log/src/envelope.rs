@@ -17,6 +17,8 @@ use uuid::Uuid;
 
 use crate::error::LogError;
 
+mod stored;
+
 /// `prev_hash` of a customer's first event.
 pub const GENESIS_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
@@ -297,9 +299,13 @@ impl Envelope {
             .unwrap_or_default()
     }
 
-    /// Parses stored bytes.
+    /// Parses stored bytes: those in the layout the log stores ([`Envelope::to_bytes`])
+    /// without serde's general decoder ([`stored`]), anything else with it.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, DecodeError> {
-        Ok(serde_json::from_slice(bytes)?)
+        match stored::decode(bytes) {
+            Some(envelope) => Ok(envelope),
+            None => Ok(serde_json::from_slice(bytes)?),
+        }
     }
 
     /// The domain event, upcast from older schema versions. The payload text is parsed

@@ -14,7 +14,7 @@ use crate::connect::NatsConfig;
 use crate::envelope::{DecodeError, Envelope};
 use crate::error::LogError;
 use crate::stream::{StreamSettings, ensure_stream, existing_stream};
-use crate::subject::customer_subject;
+use crate::subject::{customer_subject, is_customer_subject};
 use crate::wire::Dialer;
 
 /// Header carrying the event type.
@@ -145,7 +145,7 @@ pub(crate) fn decode_stored(
         sequence,
         reason: e.to_string(),
     })?;
-    if subject != customer_subject(&envelope.customer_id, partitions) {
+    if !is_customer_subject(subject, &envelope.customer_id, partitions) {
         return Err(LogError::Decode {
             sequence,
             reason: format!(

@@ -36,6 +36,32 @@ pub fn customer_subject(customer: &CustomerId, partitions: u32) -> String {
     subject
 }
 
+/// Whether `subject` is [`customer_subject`] of `customer` (without writing it out: every
+/// event read is checked against its subject).
+pub fn is_customer_subject(subject: &str, customer: &CustomerId, partitions: u32) -> bool {
+    let Some(rest) = subject
+        .strip_prefix(EVENTS_PREFIX)
+        .and_then(|r| r.strip_prefix('.'))
+    else {
+        return false;
+    };
+    let Some((pp, id)) = rest.split_once('.') else {
+        return false;
+    };
+    let p = partition(customer, partitions);
+    let partition_matches = if p < 100 {
+        pp.as_bytes() == [b'0' + (p / 10) as u8, b'0' + (p % 10) as u8]
+    } else {
+        pp == p.to_string()
+    };
+    partition_matches
+        && id
+            == customer
+                .as_uuid()
+                .hyphenated()
+                .encode_lower(&mut uuid::Uuid::encode_buffer())
+}
+
 /// Extracts the customer id from an event subject.
 pub fn customer_from_subject(subject: &str) -> Option<CustomerId> {
     subject
@@ -60,5 +86,48 @@ mod tests {
             format!("crm.events.{p:02}.0191e4c2-7a3b-7cde-8f00-123456789abc")
         );
         assert_eq!(customer_from_subject(&customer_subject(&id, 16)), Some(id));
+    }
+
+    #[test]
+    fn a_subject_is_checked_as_customer_subject_writes_it() {
+        let id = CustomerId::parse("0191e4c2-7a3b-7cde-8f00-123456789abc").expect("uuid");
+        let other = CustomerId::parse("0191e4c2-7a3b-7cde-8f00-123456789abd").expect("uuid");
+        for partitions in [1, 7, 16, 100, 250, 1000] {
+            let subject = customer_subject(&id, partitions);
+            assert!(is_customer_subject(&subject, &id, partitions), "{subject}");
+            assert!(
+                !is_customer_subject(&subject, &other, partitions),
+                "{subject}"
+            );
+            let p = partition(&id, partitions);
+            // The same customer on another partition, or the partition written otherwise.
+            let elsewhere = format!("crm.events.{:02}.{id}", (p + 1) % partitions.max(2));
+            assert!(
+                !is_customer_subject(&elsewhere, &id, partitions),
+                "{elsewhere}"
+            );
+            let unpadded = format!("crm.events.{p}.{id}");
+            assert_eq!(
+                is_customer_subject(&unpadded, &id, partitions),
+                p >= 10,
+                "{unpadded}"
+            );
+            let upper = format!("crm.events.{p:02}.{}", id.to_string().to_uppercase());
+            assert!(!is_customer_subject(&upper, &id, partitions), "{upper}");
+            let trailing = format!("{subject}.x");
+            assert!(
+                !is_customer_subject(&trailing, &id, partitions),
+                "{trailing}"
+            );
+        }
+        for wrong in [
+            "",
+            "crm.events",
+            "crm.events.",
+            "crm.eventsX01.a",
+            "other.events.00.x",
+        ] {
+            assert!(!is_customer_subject(wrong, &id, 16), "{wrong}");
+        }
     }
 }
