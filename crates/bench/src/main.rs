@@ -149,6 +149,8 @@ impl Args {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // As the `crm` binary does, so the paths measured here run as they do there.
+    crm_cli::disable_transparent_huge_pages();
     // Re-executed by the bench as a `crm` process of its own (see `memory`).
     if std::env::var_os(memory::AS_CRM).is_some() {
         return crm_cli::main();
