@@ -30,7 +30,7 @@ use clap::Parser;
 /// On a kernel that backs all anonymous memory with 2 MiB pages (`always`), every page
 /// mimalloc returns to the system and takes back is faulted in again as a fresh huge page,
 /// zeroed in full: 6-7 % of a catching-up projector's samples were the kernel zeroing
-/// pages, and the combined projector ran 8 % faster without them, with less memory
+/// pages, and the combined projector ran 4-8 % faster without them, with less memory
 /// (docs/benchmarks.md, 2026-12-05). Called first thing in `main`; where the kernel refuses
 /// (or has no such setting) nothing changes.
 pub fn disable_transparent_huge_pages() {
