@@ -278,6 +278,17 @@ mod tests {
         )?)
     }
 
+    /// The first generated envelope with no escape anywhere (so it reads on the fast path)
+    /// that `also` accepts.
+    fn plain_envelope(rng: &mut Rng, also: impl Fn(&Envelope) -> bool) -> anyhow::Result<Envelope> {
+        loop {
+            let e = envelope(rng)?;
+            if !e.to_bytes().contains(&b'\\') && also(&e) {
+                return Ok(e);
+            }
+        }
+    }
+
     #[test]
     fn a_stored_envelope_reads_as_serde_reads_it() -> anyhow::Result<()> {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
@@ -308,13 +319,7 @@ mod tests {
 
     #[test]
     fn anything_else_is_left_to_serde() -> anyhow::Result<()> {
-        let mut rng = Rng(42);
-        let e = loop {
-            let e = envelope(&mut rng)?;
-            if !e.to_bytes().contains(&b'\\') {
-                break e;
-            }
-        };
+        let e = plain_envelope(&mut Rng(42), |_| true)?;
         let bytes = e.to_bytes();
         assert_eq!(decode(&bytes).as_ref(), Some(&e));
         let text = String::from_utf8(bytes.clone())?;
@@ -350,13 +355,7 @@ mod tests {
 
     #[test]
     fn edge_values_read_as_serde_reads_them() -> anyhow::Result<()> {
-        let mut rng = Rng(7);
-        let e = loop {
-            let e = envelope(&mut rng)?;
-            if !e.to_bytes().contains(&b'\\') && e.request_hash.is_none() {
-                break e;
-            }
-        };
+        let e = plain_envelope(&mut Rng(7), |e| e.request_hash.is_none())?;
         let text = String::from_utf8(e.to_bytes())?;
         let id = e.customer_id.to_string();
         let at = "2026-11-01T10:00:00.123456Z";
