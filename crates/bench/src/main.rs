@@ -31,7 +31,8 @@ pub enum Scenario {
     Append,
     /// End to end through the HTTP gateway with keep-alive clients.
     Http,
-    /// Each projection alone, then all four together, over a preloaded log.
+    /// Each view alone, then the four views together, then all five projections (the audit
+    /// index too) as `crm project all` runs them, over a preloaded log.
     Project,
     /// All four views rebuilt from scratch over a larger preloaded log.
     Rebuild,

@@ -996,6 +996,9 @@ const FOUR_VIEWS: [&str; 4] = [
     crm_projections::renewals::NAME,
 ];
 
+/// Every projection, as `crm project all` runs them: the four views and the audit index.
+const FIVE_PROJECTIONS: [&str; 5] = crm_projections::any::ALL;
+
 /// What a combined projector's row runs over: the scenario's server and log, its
 /// arguments, and the head to project up to.
 #[derive(Clone, Copy)]
@@ -1221,11 +1224,21 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
         Over::of(&env, &log, args, head),
         "project-combined",
         &FOUR_VIEWS,
-        "project: all four, one combined projector, one SQLite file (as deployed)",
+        "project: the four views, one combined projector, one SQLite file",
         raw_consume,
     )
     .await?;
     table.rows.push(row);
+    // What `crm project all` and `crm dev` deploy: the audit index in the same projector.
+    eprintln!("[project] all five, one combined projector");
+    let row = combined_sqlite_row(
+        Over::of(&env, &log, args, head),
+        "project5-combined",
+        &FIVE_PROJECTIONS,
+        "project: all five (the four views and the audit index), one combined projector, one SQLite file (as `crm project all` and `crm dev` run)",
+    )
+    .await?;
+    table.rows.push(row.vs(RAW_CONSUME, raw_consume));
     let row = postgres_combined_row(
         &env,
         &log,
@@ -1336,12 +1349,10 @@ async fn rebuild(args: &Args) -> anyhow::Result<Table> {
     table.rows.push(row);
     if !args.combined_only {
         eprintln!("[rebuild] the audit index too");
-        let mut five = vec![crm_projections::audit::NAME];
-        five.extend(FOUR_VIEWS);
         let row = combined_sqlite_row(
             Over::of(&env, &log, args, head),
             "rebuild5-combined",
-            &five,
+            &FIVE_PROJECTIONS,
             "rebuild: all four views and the audit index, one combined projector",
         )
         .await?;
