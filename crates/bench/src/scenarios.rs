@@ -1047,6 +1047,18 @@ async fn combined_sqlite_row(
     ))
 }
 
+/// [`combined_sqlite_row`] of every projection ([`FIVE_PROJECTIONS`], as `crm project all`
+/// runs them), against the raw ordered consume measured up front.
+async fn five_projections_row(
+    over: Over<'_>,
+    tag: &str,
+    row_name: &str,
+    raw_consume: f64,
+) -> anyhow::Result<Row> {
+    let row = combined_sqlite_row(over, tag, &FIVE_PROJECTIONS, row_name).await?;
+    Ok(row.vs(RAW_CONSUME, raw_consume))
+}
+
 /// [`combined_sqlite_row`] measured `args.pairs` times, each right after the raw ordered
 /// consume of the same count on the same server (each into a fresh file). The row is the
 /// pair with the median ratio, compared with its own baseline; the note lists every pair.
@@ -1231,14 +1243,14 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
     table.rows.push(row);
     // What `crm project all` and `crm dev` deploy: the audit index in the same projector.
     eprintln!("[project] all five, one combined projector");
-    let row = combined_sqlite_row(
+    let row = five_projections_row(
         Over::of(&env, &log, args, head),
         "project5-combined",
-        &FIVE_PROJECTIONS,
         "project: all five (the four views and the audit index), one combined projector, one SQLite file (as `crm project all` and `crm dev` run)",
+        raw_consume,
     )
     .await?;
-    table.rows.push(row.vs(RAW_CONSUME, raw_consume));
+    table.rows.push(row);
     let row = postgres_combined_row(
         &env,
         &log,
@@ -1349,14 +1361,14 @@ async fn rebuild(args: &Args) -> anyhow::Result<Table> {
     table.rows.push(row);
     if !args.combined_only {
         eprintln!("[rebuild] the audit index too");
-        let row = combined_sqlite_row(
+        let row = five_projections_row(
             Over::of(&env, &log, args, head),
             "rebuild5-combined",
-            &FIVE_PROJECTIONS,
             "rebuild: all four views and the audit index, one combined projector",
+            raw_consume,
         )
         .await?;
-        table.rows.push(row.vs(RAW_CONSUME, raw_consume));
+        table.rows.push(row);
         let row = postgres_combined_row(
             &env,
             &log,
