@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use crm_e2e::{App, Db, Env, read_all, register, sign};
 use crm_log::StoredEvent;
+use crm_projections::audit::AuditProjection;
 use crm_projections::cache::StateCache;
 use crm_projections::health::HealthProjection;
 use crm_projections::lifecycle::LifecycleProjection;
@@ -102,6 +103,36 @@ fn projector<P: Projection>(
     )
 }
 
+/// Every row of the audit index and of the chain heads, in key order (empty where the
+/// audit projection did not run).
+async fn audit_rows(store: &ReadStore) -> Vec<String> {
+    let index: Vec<(i64, String, String, String, i64, i64)> = sqlx::query_as(
+        "SELECT sequence, customer_id, event_type, actor, occurred_us, recorded_us \
+         FROM audit_index ORDER BY sequence",
+    )
+    .fetch_all(store.pool())
+    .await
+    .expect("audit_index");
+    let heads: Vec<(String, i64, String, i64)> = sqlx::query_as(
+        "SELECT customer_id, version, hash, sequence FROM chain_heads ORDER BY customer_id",
+    )
+    .fetch_all(store.pool())
+    .await
+    .expect("chain_heads");
+    index
+        .iter()
+        .map(|r| format!("{r:?}"))
+        .chain(heads.iter().map(|r| format!("{r:?}")))
+        .collect()
+}
+
+/// The views and the audit index of `store`.
+async fn dump(store: &ReadStore) -> Vec<String> {
+    let mut out = crm_e2e::dump_views(store).await;
+    out.extend(audit_rows(store).await);
+    out
+}
+
 async fn check<P: Projection + Clone>(projection: P, app: &App, env: &Env, events: &[StoredEvent]) {
     let name = projection.name();
     let head = events.last().unwrap().sequence;
@@ -112,6 +143,7 @@ async fn check<P: Projection + Clone>(projection: P, app: &App, env: &Env, event
     let fresh = env.open_store(&format!("{name}-fresh.sqlite")).await;
     run(&fresh, 10_000, None).run_until(head).await.unwrap();
     assert_eq!(fresh.checkpoint(name).await.unwrap(), head);
+    assert!(!dump(&fresh).await.is_empty(), "{name}: nothing projected");
 
     // Crash inside the transaction of batch 3: batches 1 and 2 stay, batch 3 vanishes.
     let crashed = env.open_store(&format!("{name}-crashed.sqlite")).await;
@@ -136,11 +168,7 @@ async fn check<P: Projection + Clone>(projection: P, app: &App, env: &Env, event
     // Restart and finish: the same view as the clean pass, nothing lost or doubled.
     run(&crashed, 25, None).run_until(head).await.unwrap();
     assert_eq!(crashed.checkpoint(name).await.unwrap(), head);
-    assert_eq!(
-        crm_e2e::dump_views(&crashed).await,
-        crm_e2e::dump_views(&fresh).await,
-        "{name}"
-    );
+    assert_eq!(dump(&crashed).await, dump(&fresh).await, "{name}");
 
     // The folded state kept between batches changes nothing: none kept, and far fewer
     // customers kept than there are (entries dropped every batch), give the same views.
@@ -162,8 +190,8 @@ async fn check<P: Projection + Clone>(projection: P, app: &App, env: &Env, event
         .await
         .unwrap();
         assert_eq!(
-            crm_e2e::dump_views(&store).await,
-            crm_e2e::dump_views(&fresh).await,
+            dump(&store).await,
+            dump(&fresh).await,
             "{name} with a state cache of {capacity}"
         );
     }
@@ -178,8 +206,8 @@ async fn check<P: Projection + Clone>(projection: P, app: &App, env: &Env, event
             .unwrap();
     }
     assert_eq!(
-        crm_e2e::dump_views(&crashed).await,
-        crm_e2e::dump_views(&fresh).await,
+        dump(&crashed).await,
+        dump(&fresh).await,
         "{name} after re-apply"
     );
 }
@@ -201,6 +229,7 @@ async fn crash_inside_and_between_batches_equals_rebuild_for_every_projection(db
     check(TrustProjection::new(policy.clone()), &app, &env, &events).await;
     check(HealthProjection::new(policy), &app, &env, &events).await;
     check(RenewalsProjection, &app, &env, &events).await;
+    check(AuditProjection, &app, &env, &events).await;
     app.stop().await;
 }
 

@@ -1231,6 +1231,29 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
             .vs(RAW_CONSUME, raw_consume),
         );
     }
+    // The fifth projection, alone: what the audit index costs by itself.
+    eprintln!("[project] the audit index alone");
+    let store = ReadStore::open_file(&env.dir.path().join("alone-audit.sqlite")).await?;
+    reset_peak_rss();
+    let mark = env.cpu.mark();
+    let elapsed = project_one(
+        crm_projections::audit::AuditProjection,
+        store,
+        log.clone(),
+        args.projector(),
+        head,
+    )
+    .await?;
+    table.rows.push(
+        timed_row(
+            "project: the audit index alone".into(),
+            head,
+            elapsed,
+            mark.share(),
+            row_rss(),
+        )
+        .vs(RAW_CONSUME, raw_consume),
+    );
     eprintln!("[project] all four, one combined projector");
     let (row, paired) = paired_combined_row(
         Over::of(&env, &log, args, head),
@@ -1251,6 +1274,28 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
     )
     .await?;
     table.rows.push(row);
+    // What would take the audit index off the views' serial writer: a file of its own,
+    // written by a projector of its own on the other core.
+    eprintln!("[project] all five, the audit index in a file of its own");
+    reset_peak_rss();
+    let mark = env.cpu.mark();
+    let views_at = fresh_location(&env, "project5-split-views", None);
+    let audit_at = fresh_location(&env, "project5-split-audit", None);
+    let t = Instant::now();
+    tokio::try_join!(
+        project_combined(&log, args, head, &views_at, &FOUR_VIEWS),
+        project_combined(&log, args, head, &audit_at, &[crm_projections::audit::NAME]),
+    )?;
+    table.rows.push(
+        timed_row(
+            "project: all five, the four views combined in one SQLite file and the audit index in a file of its own, two concurrent projectors".into(),
+            head,
+            t.elapsed(),
+            mark.share(),
+            row_rss(),
+        )
+        .vs(RAW_CONSUME, raw_consume),
+    );
     let row = postgres_combined_row(
         &env,
         &log,

@@ -20,7 +20,7 @@ use std::hash::{Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
 
-use crm_domain::{Command, CustomerId, CustomerState, DomainError, decide};
+use crm_domain::{Command, CustomerId, CustomerState, DomainError, Event, decide};
 use lru::LruCache;
 use serde::Serialize;
 use time::OffsetDateTime;
@@ -218,6 +218,22 @@ fn strip_nulls(value: &mut serde_json::Value) {
 impl Loaded {
     /// Folds `stored`, the next event read from customer `id`'s subject.
     fn apply(&mut self, id: &CustomerId, stored: &StoredEvent) -> Result<(), LogError> {
+        let event = stored.envelope.event().map_err(|e| LogError::Decode {
+            sequence: stored.sequence,
+            reason: e.to_string(),
+        })?;
+        self.fold(id, stored, &event)
+    }
+
+    /// Folds `stored` whose domain event is `event`: the decoded one when read from the
+    /// log, the decided one right after appending it (what decoding the stored envelope
+    /// gives, without decoding it again; debug builds check that it is).
+    fn fold(
+        &mut self,
+        id: &CustomerId,
+        stored: &StoredEvent,
+        event: &Event,
+    ) -> Result<(), LogError> {
         let env = &stored.envelope;
         let decode = |reason: String| LogError::Decode {
             sequence: stored.sequence,
@@ -250,8 +266,7 @@ impl Loaded {
                 env.version, env.prev_hash
             )));
         }
-        let event = env.event().map_err(|e| decode(e.to_string()))?;
-        self.state = std::mem::take(&mut self.state).apply(&event);
+        self.state = std::mem::take(&mut self.state).apply(event);
         self.last_sequence = stored.sequence;
         self.last_hash = env.hash.clone();
         if let Some(key) = &env.idempotency_key {
@@ -612,7 +627,12 @@ impl Customers {
             {
                 Ok(appended) if !appended.duplicate => {
                     let stored = StoredEvent::new(appended.sequence, envelope);
-                    loaded.apply(&id, &stored)?;
+                    debug_assert_eq!(
+                        stored.envelope.event().ok().as_ref(),
+                        Some(&event),
+                        "the sealed envelope decodes to the decided event"
+                    );
+                    loaded.fold(&id, &stored, &event)?;
                     return Ok(Submitted {
                         receipt: receipt(&stored),
                         replayed: false,

@@ -56,8 +56,9 @@ impl Projection for AuditProjection {
         _cache: &mut StateCache,
     ) -> Result<(), ProjectionError> {
         for chunk in events.chunks(ROWS_PER_STATEMENT) {
-            let mut q = Sql::new(
-                "INSERT INTO audit_index (sequence, customer_id, event_type, actor, occurred_us, recorded_us) ",
+            let mut q = Sql::insert_once(
+                "audit_index (sequence, customer_id, event_type, actor, occurred_us, recorded_us)",
+                "sequence",
             );
             q.values(chunk, |b, e| {
                 b.bind(i64_of(e.sequence))
@@ -67,7 +68,6 @@ impl Projection for AuditProjection {
                     .bind(micros(e.envelope.occurred_at))
                     .bind(micros(e.envelope.recorded_at));
             });
-            q.push(" ON CONFLICT (sequence) DO NOTHING");
             q.execute(&mut *tx).await?;
         }
         // The latest head of every customer in the batch.

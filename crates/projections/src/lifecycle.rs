@@ -119,8 +119,9 @@ impl Projection for LifecycleProjection {
             q.execute(&mut *tx).await?;
         }
         for chunk in transitions.chunks(ROWS_PER_STATEMENT) {
-            let mut q = Sql::new(
-                "INSERT INTO lifecycle_transitions (customer_id, version, from_stage, to_stage, at, event_type, sequence) ",
+            let mut q = Sql::insert_once(
+                "lifecycle_transitions (customer_id, version, from_stage, to_stage, at, event_type, sequence)",
+                "customer_id, version",
             );
             q.values(chunk, |b, (id, t, seq)| {
                 b.bind(id.to_string())
@@ -131,7 +132,6 @@ impl Projection for LifecycleProjection {
                     .bind(t.event_type.clone())
                     .bind(i64_of(*seq));
             });
-            q.push(" ON CONFLICT (customer_id, version) DO NOTHING");
             q.execute(&mut *tx).await?;
         }
         // Only customers with a row (a stage) are kept: one without is loaded as no row.

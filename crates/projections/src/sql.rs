@@ -36,6 +36,8 @@ pub(crate) struct Sql {
     /// The text with [`MARK`] where each placeholder goes.
     text: String,
     args: AnyArguments,
+    /// For [`Sql::insert_once`]: the key whose rows already stored are left as they are.
+    once: Option<&'static str>,
 }
 
 /// Stands for a placeholder until the statement is rendered for its database.
@@ -47,6 +49,23 @@ impl Sql {
         Self {
             text: text.into(),
             args: AnyArguments::default(),
+            once: None,
+        }
+    }
+
+    /// A multi-row `INSERT INTO {into}` (the table and its columns, `VALUES` to follow) of
+    /// rows written once: a row whose `key` is stored already (its batch replayed after a
+    /// crash) is left as it is. On PostgreSQL `ON CONFLICT (key) DO NOTHING`. On SQLite
+    /// `INSERT OR IGNORE`: with no constraint left that would abort the statement halfway
+    /// (`ON CONFLICT` leaves `NOT NULL` aborting), SQLite keeps no statement journal for it,
+    /// a copy of every page the statement changes. That was 10 % of the audit projector's
+    /// samples, and its catch-up ran 13 % faster without it. Only for rows whose values
+    /// are never NULL where the column is `NOT NULL`: such a row would be skipped, not
+    /// refused.
+    pub(crate) fn insert_once(into: &str, key: &'static str) -> Self {
+        Self {
+            once: Some(key),
+            ..Self::new(into)
         }
     }
 
@@ -70,10 +89,16 @@ impl Sql {
 
     /// The statement's text for `dialect`.
     fn render(&self, dialect: Dialect) -> String {
-        match dialect {
-            Dialect::Sqlite => self.text.replace(MARK, "?"),
-            Dialect::Postgres => {
-                let mut out = String::with_capacity(self.text.len() + 4 * self.args.len());
+        match (dialect, self.once) {
+            (Dialect::Sqlite, None) => self.text.replace(MARK, "?"),
+            (Dialect::Sqlite, Some(_)) => {
+                format!("INSERT OR IGNORE INTO {}", self.text.replace(MARK, "?"))
+            }
+            (Dialect::Postgres, once) => {
+                let mut out = String::with_capacity(self.text.len() + 4 * self.args.len() + 64);
+                if once.is_some() {
+                    out.push_str("INSERT INTO ");
+                }
                 let mut n = 0;
                 for c in self.text.chars() {
                     if c == MARK {
@@ -83,6 +108,11 @@ impl Sql {
                     } else {
                         out.push(c);
                     }
+                }
+                if let Some(key) = once {
+                    out.push_str(" ON CONFLICT (");
+                    out.push_str(key);
+                    out.push_str(") DO NOTHING");
                 }
                 out
             }
@@ -268,6 +298,26 @@ pub(crate) fn json<T: serde::Serialize>(v: &T) -> String {
 #[cfg(test)]
 mod tests {
     use time::macros::datetime;
+
+    use super::{Dialect, Sql};
+
+    /// Rows written once: `OR IGNORE` on SQLite, `ON CONFLICT (key) DO NOTHING` on
+    /// PostgreSQL, with the placeholders each one takes.
+    #[test]
+    fn an_insert_of_rows_written_once_is_written_for_each_database() {
+        let mut q = Sql::insert_once("t (a, b)", "a");
+        q.values([(1_i64, "x"), (2, "y")], |r, (a, b)| {
+            r.bind(a).bind(b);
+        });
+        assert_eq!(
+            q.render(Dialect::Sqlite),
+            "INSERT OR IGNORE INTO t (a, b) VALUES (?, ?), (?, ?)"
+        );
+        assert_eq!(
+            q.render(Dialect::Postgres),
+            "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) ON CONFLICT (a) DO NOTHING"
+        );
+    }
 
     /// Stored as text in UTC, so the text order is the order of the instants whatever
     /// offset the caller wrote.

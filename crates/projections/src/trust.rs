@@ -133,9 +133,10 @@ impl Projection for TrustProjection {
         // The rows are moved into the statements, not cloned: a batch can price thousands.
         let mut ledger = ledger.into_iter().peekable();
         while ledger.peek().is_some() {
-            let mut q = Sql::new(
-                "INSERT INTO trust_ledger (customer_id, sequence, entry_no, event_id, event_type, \
-                 version, occurred_at, tier, points, rule, policy_version) ",
+            let mut q = Sql::insert_once(
+                "trust_ledger (customer_id, sequence, entry_no, event_id, event_type, \
+                 version, occurred_at, tier, points, rule, policy_version)",
+                "customer_id, sequence, entry_no",
             );
             q.values(ledger.by_ref().take(ROWS_PER_STATEMENT), |b, r| {
                 b.bind(r.customer.to_string())
@@ -150,7 +151,6 @@ impl Projection for TrustProjection {
                     .bind(r.entry.rule)
                     .bind(self.policy.version.clone());
             });
-            q.push(" ON CONFLICT (customer_id, sequence, entry_no) DO NOTHING");
             q.execute(&mut *tx).await?;
         }
         cache.keep(accounts);
