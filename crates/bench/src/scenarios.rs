@@ -813,13 +813,15 @@ pub(crate) async fn project_one<P: Projection>(
     Ok(elapsed)
 }
 
-/// The four projections, each constructed as `crm project all` does.
+/// The projections, each constructed as `crm project all` does: the four views and the
+/// audit index.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum View {
     Lifecycle,
     Trust,
     Health,
     Renewals,
+    Audit,
 }
 
 const VIEWS: [View; 4] = [View::Lifecycle, View::Trust, View::Health, View::Renewals];
@@ -831,6 +833,7 @@ impl View {
             View::Trust => crm_projections::trust::NAME,
             View::Health => crm_projections::health::NAME,
             View::Renewals => crm_projections::renewals::NAME,
+            View::Audit => crm_projections::audit::NAME,
         }
     }
 
@@ -851,6 +854,16 @@ impl View {
                 project_one(HealthProjection::new(policy), store, log, batch, head).await
             }
             View::Renewals => project_one(RenewalsProjection, store, log, batch, head).await,
+            View::Audit => {
+                project_one(
+                    crm_projections::audit::AuditProjection,
+                    store,
+                    log,
+                    batch,
+                    head,
+                )
+                .await
+            }
         }
     }
 }
@@ -1212,7 +1225,8 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
     eprintln!("[project] a projector keeping no view");
     let row = no_views_row(&env, &log, args, head).await?;
     table.rows.push(row.vs(RAW_CONSUME, raw_consume));
-    for v in VIEWS {
+    // Each projection alone, the audit index too.
+    for v in VIEWS.into_iter().chain([View::Audit]) {
         eprintln!("[project] {} alone", v.name());
         let store =
             ReadStore::open_file(&env.dir.path().join(format!("alone-{}.sqlite", v.name())))
@@ -1231,29 +1245,6 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
             .vs(RAW_CONSUME, raw_consume),
         );
     }
-    // The fifth projection, alone: what the audit index costs by itself.
-    eprintln!("[project] the audit index alone");
-    let store = ReadStore::open_file(&env.dir.path().join("alone-audit.sqlite")).await?;
-    reset_peak_rss();
-    let mark = env.cpu.mark();
-    let elapsed = project_one(
-        crm_projections::audit::AuditProjection,
-        store,
-        log.clone(),
-        args.projector(),
-        head,
-    )
-    .await?;
-    table.rows.push(
-        timed_row(
-            "project: the audit index alone".into(),
-            head,
-            elapsed,
-            mark.share(),
-            row_rss(),
-        )
-        .vs(RAW_CONSUME, raw_consume),
-    );
     eprintln!("[project] all four, one combined projector");
     let (row, paired) = paired_combined_row(
         Over::of(&env, &log, args, head),
