@@ -343,6 +343,42 @@ pub(crate) fn register_body(k: u64) -> serde_json::Value {
            "segment": "software", "region": "north"})
 }
 
+/// The command path over `log` with the aggregate cache of `--cache`, and `--customers`
+/// fresh customer ids.
+fn command_path(log: &EventLog, args: &Args) -> (Arc<Customers>, Arc<Vec<CustomerId>>) {
+    let customers = Arc::new(Customers::new(
+        log.clone(),
+        args.cache,
+        DEFAULT_MAX_ATTEMPTS,
+    ));
+    (customers, customer_ids(args.customers))
+}
+
+/// One `register_customer` per id through `customers`, from `concurrency` submitters in
+/// a closed loop.
+async fn register_all(
+    customers: &Arc<Customers>,
+    ids: &Arc<Vec<CustomerId>>,
+    concurrency: usize,
+) -> Measured {
+    let (customers, ids) = (customers.clone(), ids.clone());
+    measure::drive(ids.len() as u64, concurrency, None, move |k, _| {
+        let (customers, id) = (customers.clone(), ids[k as usize]);
+        async move {
+            // Built here rather than kept for every customer, so the bench's own memory
+            // does not grow with --customers.
+            let register: Command =
+                serde_json::from_value(register_body(k)).map_err(|e| e.to_string())?;
+            customers
+                .submit(id, &register, &SubmitOptions::now("bench"))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await
+}
+
 fn activity_body() -> serde_json::Value {
     let day = time::OffsetDateTime::now_utc().date().to_string();
     json!({"type": "record_activity", "day": day, "logins": 17, "active_users": 5})
@@ -385,12 +421,7 @@ async fn append(args: &Args) -> anyhow::Result<Table> {
     eprintln!("[append] starting nats-server");
     let env = Env::start().await?;
     let log = env.log().await?;
-    let customers = Arc::new(Customers::new(
-        log.clone(),
-        args.cache,
-        DEFAULT_MAX_ATTEMPTS,
-    ));
-    let ids = customer_ids(args.customers);
+    let (customers, ids) = command_path(&log, args);
     let n = ids.len() as u64;
     let mut table = Table {
         scenario: format!(
@@ -403,25 +434,9 @@ async fn append(args: &Args) -> anyhow::Result<Table> {
     eprintln!("[append] registering {n} customers");
     reset_peak_rss();
     let mark = env.cpu.mark();
-    let reg = {
-        let (customers, ids) = (customers.clone(), ids.clone());
-        measure::drive(n, args.concurrency, None, move |k, _| {
-            let (customers, id) = (customers.clone(), ids[k as usize]);
-            async move {
-                // Built here rather than kept for every customer, so the bench's own memory
-                // does not grow with --customers.
-                let register: Command =
-                    serde_json::from_value(register_body(k)).map_err(|e| e.to_string())?;
-                customers
-                    .submit(id, &register, &SubmitOptions::now("bench"))
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| e.to_string())
-            }
-        })
+    let reg = register_all(&customers, &ids, args.concurrency)
         .await
-        .with_cpu(&mark)
-    };
+        .with_cpu(&mark);
     let reg_rss = row_rss();
 
     let activity: Arc<Command> = Arc::new(serde_json::from_value(activity_body())?);
@@ -985,12 +1000,7 @@ async fn project_combined(
     names: &[&str],
 ) -> anyhow::Result<Duration> {
     let store = ReadStore::open_at(at).await?;
-    let policy = Arc::new(crm_projections::policy::default_policy());
-    let mut projections = Vec::new();
-    for n in names {
-        projections.push(AnyProjection::by_name(n, &policy)?);
-    }
-    let projector = Projector::combined(projections, store.clone(), log.clone(), args.projector());
+    let projector = combined_projector(&store, log, args, names)?;
     let t = Instant::now();
     projector.run_until(head).await?;
     let elapsed = t.elapsed();
@@ -1000,6 +1010,27 @@ async fn project_combined(
     }
     store.pool().close().await;
     Ok(elapsed)
+}
+
+/// One combined projector of `names` (as `crm project` takes them, built as `crm project
+/// all` builds them) from `log` into `store`.
+fn combined_projector(
+    store: &ReadStore,
+    log: &EventLog,
+    args: &Args,
+    names: &[&str],
+) -> anyhow::Result<Projector<AnyProjection>> {
+    let policy = Arc::new(crm_projections::policy::default_policy());
+    let projections = names
+        .iter()
+        .map(|n| AnyProjection::by_name(n, &policy))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Projector::combined(
+        projections,
+        store.clone(),
+        log.clone(),
+        args.projector(),
+    ))
 }
 
 const FOUR_VIEWS: [&str; 4] = [
@@ -1070,6 +1101,133 @@ async fn five_projections_row(
 ) -> anyhow::Result<Row> {
     let row = combined_sqlite_row(over, tag, &FIVE_PROJECTIONS, row_name).await?;
     Ok(row.vs(RAW_CONSUME, raw_consume))
+}
+
+/// The deployed projector (all five, one combined projector, as `crm project all` runs
+/// it) following the command path live: caught up to `head` first, then running while
+/// `args.commands` `record_activity` commands are appended through `Customers::submit` by
+/// `args.concurrency` submitters, in a closed loop (`rate` `None`) or paced. The row's
+/// throughput is the appended events per second over the time from the first command to
+/// the commit that applies the last, and its latency, per event, the time from the
+/// append's acknowledgement to the commit of the projector's batch holding it (its
+/// checkpoint reaching the event): how stale the views are behind the writes.
+async fn live_row(over: Over<'_>, rate: Option<f64>, name: &str) -> anyhow::Result<Row> {
+    let Over {
+        env,
+        log,
+        args,
+        head,
+    } = over;
+    let store = ReadStore::open_at(&fresh_location(env, "project5-live", None)).await?;
+    let projector = Arc::new(combined_projector(&store, log, args, &FIVE_PROJECTIONS)?);
+    projector.run_until(head).await?;
+
+    // Every change of the projector's checkpoint, with when it was seen.
+    let mut status = projector.status();
+    let commits = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        while status.changed().await.is_ok() {
+            let checkpoint = status.borrow_and_update().checkpoint;
+            seen.push((checkpoint, Instant::now()));
+        }
+        seen
+    });
+    let shutdown = CancellationToken::new();
+    let running = {
+        let (projector, shutdown) = (projector.clone(), shutdown.clone());
+        tokio::spawn(async move { projector.run(shutdown).await })
+    };
+
+    // Customers of their own, registered first (live too, not measured).
+    let (customers, ids) = command_path(log, args);
+    let n = ids.len() as u64;
+    let reg = register_all(&customers, &ids, args.concurrency).await;
+    anyhow::ensure!(
+        reg.errors == 0,
+        "live: registering failed: {:?}",
+        reg.first_error
+    );
+
+    // Each appended event's stream sequence and when its append was acknowledged.
+    let acks = Arc::new(std::sync::Mutex::new(Vec::with_capacity(
+        args.commands as usize,
+    )));
+    let activity: Arc<Command> = Arc::new(serde_json::from_value(activity_body())?);
+    reset_peak_rss();
+    let mark = env.cpu.mark();
+    let start = Instant::now();
+    let appended = {
+        let (customers, ids, acks) = (customers.clone(), ids.clone(), acks.clone());
+        measure::drive(args.commands, args.concurrency, rate, move |k, _| {
+            let (customers, activity, acks) = (customers.clone(), activity.clone(), acks.clone());
+            let id = ids[(k % n) as usize];
+            async move {
+                let done = customers
+                    .submit(id, &activity, &SubmitOptions::now("bench"))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let at = Instant::now();
+                if let Ok(mut acks) = acks.lock() {
+                    acks.push((done.receipt.stream_sequence, at));
+                }
+                Ok(())
+            }
+        })
+        .await
+    };
+    anyhow::ensure!(
+        appended.errors == 0,
+        "live: appending failed: {:?}",
+        appended.first_error
+    );
+    let last = log.head().await?;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while store.checkpoint(crm_projections::audit::NAME).await? < last
+        || projector.status().borrow().checkpoint < last
+    {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "live: the projector did not reach {last} within 120 s of the last append"
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let elapsed = start.elapsed();
+    let cpu = mark.share();
+    let rss = row_rss();
+    shutdown.cancel();
+    running.await??;
+    drop(projector);
+    let commits = commits.await?;
+    store.pool().close().await;
+
+    // The lag of each event: from its ack to the first checkpoint at or past it.
+    let mut acks = std::mem::take(&mut *acks.lock().map_err(|_| anyhow::anyhow!("poisoned"))?);
+    acks.sort_unstable_by_key(|(seq, _)| *seq);
+    let mut lags = Vec::with_capacity(acks.len());
+    let mut next = commits.iter().peekable();
+    for (seq, acked) in &acks {
+        while next.peek().is_some_and(|(cp, _)| cp < seq) {
+            next.next();
+        }
+        let (_, committed) = next
+            .peek()
+            .with_context(|| format!("live: no checkpoint seen at or past {seq}"))?;
+        let lag = committed.saturating_duration_since(*acked);
+        lags.push(u32::try_from(lag.as_micros()).unwrap_or(u32::MAX));
+    }
+    Ok(Row::of(
+        name,
+        &Measured {
+            ok: appended.ok,
+            errors: 0,
+            first_error: None,
+            elapsed,
+            latency: measure::Latency::of(lags),
+            issued: None,
+            cpu,
+        },
+        rss,
+    ))
 }
 
 /// [`combined_sqlite_row`] measured `args.pairs` times, each right after the raw ordered
@@ -1326,6 +1484,33 @@ async fn project(args: &Args) -> anyhow::Result<Table> {
             row_rss(),
         )
         .vs(RAW_CONSUME, raw_consume),
+    );
+    // Last, as they append to the log: the deployed projector live, behind the command
+    // path at its maximum and at half of it.
+    eprintln!("[project] all five live, behind a closed-loop append");
+    let max = live_row(
+        Over::of(&env, &log, args, head),
+        None,
+        &format!(
+            "project: all five live behind the append closed loop ({} submitters), latency = append ack to the commit applying it",
+            args.concurrency
+        ),
+    )
+    .await?;
+    let half = max.rate / 2.0;
+    table.rows.push(max);
+    eprintln!("[project] all five live, behind appends paced at {half:.0}/s");
+    // The log has grown by the rows above: the next one catches up with all of it first.
+    let head = log.head().await?;
+    table.rows.push(
+        live_row(
+            Over::of(&env, &log, args, head),
+            Some(half),
+            &format!(
+                "project: all five live behind appends paced at {half:.0}/s, latency = append ack to the commit applying it"
+            ),
+        )
+        .await?,
     );
     table.rows.extend(baseline_rows(&b));
     table.notes = common_notes(args, size, &b);

@@ -534,6 +534,9 @@ impl<P: Projection> Projector<P> {
         // How many more events the log held when the latest applied one was read (unknown,
         // so taken as none, until the first batch).
         let mut behind = 0u64;
+        // On SQLite, the WAL checkpoint interval set on `conn`: unknown until the first batch
+        // (a pooled connection keeps what an earlier pass set).
+        let mut wal = crate::store::WalPace::of(self.store.dialect());
         loop {
             // While the log held more for this subscription, a batch is due in well under a
             // second; at the head, quiet is normal.
@@ -579,6 +582,8 @@ impl<P: Projection> Projector<P> {
                 continue;
             };
             batch_no += 1;
+            wal.set(&mut conn, events.last().map_or(0, StoredEvent::behind) > 0)
+                .await?;
             let apply_rate = rate.record(events.len() as u64);
             self.commit_batch(&mut conn, &events, &marks, &mut kept, apply_rate, batch_no)
                 .await?;

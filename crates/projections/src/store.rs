@@ -415,7 +415,8 @@ const SQLITE_PRAGMAS: &str = "\
     -- each page once however many batches rewrote it; 500,000-event rebuilds spent 20 %
     -- less time committing (0.77-0.84 s against 0.94-1.02 s) and ran 3-6 % faster in three
     -- alternated pairs. The log file then takes up to ~256 MiB on disk, and the WAL index in
-    -- shared memory ~0.5 MiB.
+    -- shared memory ~0.5 MiB. A projector at the head of the log checkpoints every 16 MiB
+    -- instead (`WalPace`).
     PRAGMA wal_autocheckpoint = 65536;
     -- Statement journals in memory: every multi-row upsert inside a projector's
     -- transaction keeps one (to undo just that statement), and past 64 KiB SQLite spills it
@@ -424,6 +425,54 @@ const SQLITE_PRAGMAS: &str = "\
     -- bounded by the pages one statement of at most 500 rows touches. (Temporary tables and
     -- sorts live in memory too; the views' queries are indexed or limited.)
     PRAGMA temp_store = MEMORY;";
+
+/// When a projector's commits checkpoint SQLite's WAL into the database file. SQLite does
+/// it inside the commit that takes the WAL past `wal_autocheckpoint` pages, and the commit
+/// returns only after it has copied every page written since the last one. Catching up,
+/// a large interval lets one checkpoint copy each hot page once however many batches
+/// rewrote it ([`SQLITE_PRAGMAS`]: 256 MiB). Following the head, the same interval made
+/// every ~25,000th event wait 230-270 ms for its commit, so a projector at the head
+/// checkpoints in steps of 16 MiB instead (`crm-bench project`, the live rows: all five
+/// projections behind appends at 10,000-12,000/s, p99 lag 364-478 ms before, 147-236 ms
+/// after; steps of 4 MiB were no better and sync the file four times as often).
+pub(crate) struct WalPace {
+    sqlite: bool,
+    /// Whether the interval set on the connection is the catch-up one; `None` until set.
+    catching_up: Option<bool>,
+}
+
+/// WAL pages between checkpoints while a projector catches up (as [`SQLITE_PRAGMAS`]).
+const WAL_PAGES_CATCHING_UP: &str = "PRAGMA wal_autocheckpoint = 65536";
+/// WAL pages between checkpoints once a projector follows the head (16 MiB).
+const WAL_PAGES_LIVE: &str = "PRAGMA wal_autocheckpoint = 4096";
+
+impl WalPace {
+    pub(crate) fn of(dialect: Dialect) -> Self {
+        Self {
+            sqlite: dialect == Dialect::Sqlite,
+            catching_up: None,
+        }
+    }
+
+    /// Sets the interval on `conn` for a batch read behind the head (`catching_up`) or
+    /// at it, unless it is set already.
+    pub(crate) async fn set(
+        &mut self,
+        conn: &mut sqlx::AnyConnection,
+        catching_up: bool,
+    ) -> Result<(), sqlx::Error> {
+        if self.sqlite && self.catching_up != Some(catching_up) {
+            let pragma = if catching_up {
+                WAL_PAGES_CATCHING_UP
+            } else {
+                WAL_PAGES_LIVE
+            };
+            sqlx::query(pragma).execute(&mut *conn).await?;
+            self.catching_up = Some(catching_up);
+        }
+        Ok(())
+    }
+}
 
 /// Set on every connection to a rebuild's SQLite shadow file, instead of
 /// [`SQLITE_PRAGMAS`]. One projector writes a shadow, and it is read only between that
@@ -576,6 +625,36 @@ mod tests {
 #[cfg(test)]
 mod pragma_tests {
     use super::*;
+
+    /// A projector's write connection checkpoints its WAL in large steps while catching up
+    /// and in small ones at the head, whatever an earlier pass left set on the pooled
+    /// connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_checkpoint_interval_follows_catching_up_and_live() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let store = ReadStore::open_file(&dir.path().join("w.sqlite")).await?;
+        let mut conn = store.pool().acquire().await?;
+        async fn interval(conn: &mut sqlx::AnyConnection) -> anyhow::Result<i64> {
+            let (pages,): (i64,) = sqlx::query_as("PRAGMA wal_autocheckpoint")
+                .fetch_one(conn)
+                .await?;
+            Ok(pages)
+        }
+        assert_eq!(interval(&mut conn).await?, 65_536, "the pool's own setting");
+        let mut pace = WalPace::of(store.dialect());
+        pace.set(&mut conn, false).await?;
+        assert_eq!(interval(&mut conn).await?, 4_096);
+        pace.set(&mut conn, false).await?;
+        assert_eq!(interval(&mut conn).await?, 4_096);
+        pace.set(&mut conn, true).await?;
+        assert_eq!(interval(&mut conn).await?, 65_536);
+        pace.set(&mut conn, false).await?;
+        // The next pass on the same pooled connection starts from what it finds.
+        let mut next = WalPace::of(store.dialect());
+        next.set(&mut conn, true).await?;
+        assert_eq!(interval(&mut conn).await?, 65_536);
+        Ok(())
+    }
 
     /// Every pooled SQLite connection runs with the pragmas the projectors were tuned
     /// for (WAL, synchronous NORMAL, a large page cache, a 10 s busy timeout).
