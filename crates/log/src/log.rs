@@ -54,9 +54,10 @@ impl StoredEvent {
         }
     }
 
-    /// How many more events the log held for the subscription that read this one, when
-    /// the server delivered it ([`EventLog::subscribe`]; 0 elsewhere): 0 means the reader
-    /// had caught up with the log's head.
+    /// How many more events the log held for the consumer that read this one, when the
+    /// server delivered it ([`EventLog::subscribe`] and [`EventLog::read`]; 0 for an event
+    /// read on its own, by direct get): 0 means the reader had caught up with the log's
+    /// head.
     pub fn behind(&self) -> u64 {
         self.behind
     }
