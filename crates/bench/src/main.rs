@@ -32,7 +32,8 @@ pub enum Scenario {
     /// End to end through the HTTP gateway with keep-alive clients.
     Http,
     /// Each view alone, then the four views together, then all five projections (the audit
-    /// index too) as `crm project all` runs them, over a preloaded log.
+    /// index too) as `crm project all` runs them, over a preloaded log; last, all five
+    /// live behind the command path, with each event's lag from append to commit.
     Project,
     /// All four views rebuilt from scratch over a larger preloaded log.
     Rebuild,
