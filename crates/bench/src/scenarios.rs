@@ -1112,15 +1112,10 @@ async fn five_projections_row(
 /// append's acknowledgement to the commit of the projector's batch holding it (its
 /// checkpoint reaching the event): how stale the views are behind the writes.
 async fn live_row(over: Over<'_>, rate: Option<f64>, name: &str) -> anyhow::Result<Row> {
-    let Over {
-        env,
-        log,
-        args,
-        head,
-    } = over;
+    let (env, log, args) = (over.env, over.log, over.args);
     let store = ReadStore::open_at(&fresh_location(env, "project5-live", None)).await?;
     let projector = Arc::new(combined_projector(&store, log, args, &FIVE_PROJECTIONS)?);
-    projector.run_until(head).await?;
+    projector.run_until(over.head).await?;
 
     // Every change of the projector's checkpoint, with when it was seen.
     let mut status = projector.status();
